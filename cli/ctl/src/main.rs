@@ -1,0 +1,127 @@
+//! `sf-ctl`: the operator's tool for the MariaDB side of Shaken Fist.
+//!
+//! Contract: `ensure-mariadb-schema` is the only path that creates or migrates tables
+//! (it refuses an incompatible server first); `check-mariadb` runs the same
+//! compatibility check every daemon runs at start and reports the schema state;
+//! `backup` and `restore` are retired in favour of `mariadb-dump` / `mariadb`. Exit
+//! codes: 0 success, 1 a check or operation failed, 64 bad usage or configuration.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sf_database::migration::{compare_versions, expected_versions, read_versions};
+use sf_database::{MariaDbArgs, compat, connect, ensure_schema};
+
+/// Operator tool for Shaken Fist's MariaDB.
+#[derive(Debug, Parser)]
+#[command(name = "sf-ctl", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    mariadb: MariaDbArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or migrate every table (idempotent) and record versions in schema_versions.
+    EnsureMariadbSchema,
+    /// Check that the server is MariaDB >= 10.6 with InnoDB and utf8mb4 defaults.
+    CheckMariadb,
+    /// Retired: use mariadb-dump.
+    Backup {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
+    /// Retired: use the mariadb client.
+    Restore {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
+}
+
+fn retired(args: &MariaDbArgs, what: &str) -> ExitCode {
+    let db = &args.database;
+    let (h, p, u) = (&args.host, args.port, &args.user);
+    println!(
+        "sf-ctl {what} is retired: Shaken Fist keeps all of its state in MariaDB, so MariaDB's own tools are the way.\n\
+         \n\
+         Back up (consistent, without locking InnoDB tables):\n\
+         \x20 mariadb-dump --single-transaction --routines --triggers -h {h} -P {p} -u {u} -p {db} > shakenfist-$(date +%Y%m%d-%H%M%S).sql\n\
+         \n\
+         Restore (stop sf-database, sf-cluster and the agents first):\n\
+         \x20 mariadb -h {h} -P {p} -u {u} -p {db} < shakenfist-YYYYMMDD-HHMMSS.sql\n\
+         \x20 sf-ctl ensure-mariadb-schema   # brings an older dump's schema up to date"
+    );
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Backup { .. } => return Ok(retired(&cli.mariadb, "backup")),
+        Command::Restore { .. } => return Ok(retired(&cli.mariadb, "restore")),
+        Command::EnsureMariadbSchema | Command::CheckMariadb => {}
+    }
+    let db = connect(&cli.mariadb).await?;
+    let facts = match compat::check(&db, &cli.mariadb.target()).await {
+        Ok(facts) => facts,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for warning in compat::warnings(&facts) {
+        eprintln!("warning: {warning}");
+    }
+    match cli.command {
+        Command::CheckMariadb => {
+            println!(
+                "MariaDB at {} is compatible: {} ({}), default engine {}, server {} / {}, database {} / {}",
+                cli.mariadb.target(),
+                facts.version,
+                facts.version_comment,
+                facts.default_engine,
+                facts.charset_server,
+                facts.collation_server,
+                facts.database_charset,
+                facts.database_collation,
+            );
+            let mismatch = compare_versions(&read_versions(&db).await?, &expected_versions());
+            if mismatch.is_empty() {
+                println!("schema: every table at the expected version");
+            } else {
+                println!("schema: {mismatch}");
+            }
+        }
+        Command::EnsureMariadbSchema => {
+            let report = ensure_schema(&db).await?;
+            print!("{report}");
+        }
+        Command::Backup { .. } | Command::Restore { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sf-ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

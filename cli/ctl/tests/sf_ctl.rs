@@ -1,0 +1,112 @@
+//! `sf-ctl` as a process against real private MariaDB servers.
+
+use std::process::{Command, Output};
+
+use sf_harness::{MariaDb, ServerOptions, TestDatabase};
+
+fn sf_ctl(port: u16, database: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sf-ctl"))
+        .env_clear()
+        .env("SHAKENFIST_MARIADB_HOST", "127.0.0.1")
+        .env("SHAKENFIST_MARIADB_PORT", port.to_string())
+        .env("SHAKENFIST_MARIADB_USER", "root")
+        .env("SHAKENFIST_MARIADB_DATABASE", database)
+        .args(args)
+        .output()
+        .expect("run sf-ctl")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn ensure_then_ensure_again_then_check() {
+    let tdb = TestDatabase::new().expect("db");
+    let first = sf_ctl(tdb.port, &tdb.name, &["ensure-mariadb-schema"]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        text(&first).contains("applied migration m0001_initial"),
+        "{}",
+        text(&first)
+    );
+    assert!(text(&first).contains("work_queue"), "{}", text(&first));
+
+    let second = sf_ctl(tdb.port, &tdb.name, &["ensure-mariadb-schema"]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(text(&second).contains("nothing to do"), "{}", text(&second));
+
+    let check = sf_ctl(tdb.port, &tdb.name, &["check-mariadb"]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains("is compatible"), "{}", text(&check));
+    assert!(text(&check).contains("every table at the expected version"));
+}
+
+#[test]
+fn check_mariadb_refuses_latin1_and_myisam_servers() {
+    for (opts, expect) in [
+        (ServerOptions::latin1(), "found latin1; expected utf8mb4"),
+        (ServerOptions::myisam(), "found MyISAM; expected InnoDB"),
+    ] {
+        let server = MariaDb::start(&opts).expect("server");
+        let tdb = server.create_database().expect("db");
+        for verb in ["check-mariadb", "ensure-mariadb-schema"] {
+            let out = sf_ctl(tdb.port, &tdb.name, &[verb]);
+            assert_eq!(out.status.code(), Some(1), "{verb}: {}", text(&out));
+            let t = text(&out);
+            assert!(t.contains("is not compatible"), "{t}");
+            assert!(t.contains(expect), "{t}");
+            assert!(t.contains("Fix:"), "{t}");
+            assert!(t.lines().count() >= 3, "multi-line: {t}");
+        }
+        // Refused before anything was created.
+        let tables = tdb
+            .query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()")
+            .expect("count");
+        assert_eq!(tables.trim(), "0");
+    }
+}
+
+#[test]
+fn an_unknown_database_says_how_to_create_it() {
+    let tdb = TestDatabase::new().expect("db");
+    let out = sf_ctl(tdb.port, "no_such_database", &["check-mariadb"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("bootstrap-mariadb.sql"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn backup_and_restore_are_retired_with_the_commands_to_use() {
+    for verb in ["backup", "restore"] {
+        let out = sf_ctl(1, "shakenfist", &[verb, "--whatever"]);
+        assert_eq!(out.status.code(), Some(1));
+        let t = text(&out);
+        assert!(t.contains("retired"), "{t}");
+        assert!(t.contains("mariadb-dump --single-transaction"), "{t}");
+        assert!(t.contains("mariadb -h 127.0.0.1 -P 1"), "{t}");
+    }
+}
+
+#[test]
+fn a_bad_port_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sf-ctl"))
+        .env_clear()
+        .env("SHAKENFIST_MARIADB_PORT", "not-a-port")
+        .arg("check-mariadb")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("SHAKENFIST_MARIADB_PORT") || text(&out).contains("--mariadb-port"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,199 @@
+//! MariaDB connection settings and connecting.
+//!
+//! Contract: settings come from `SHAKENFIST_MARIADB_{HOST,PORT,USER,PASSWORD,DATABASE}`
+//! (defaults from Shaken Fist: 127.0.0.1, 3306, shakenfist, no password, shakenfist), and
+//! flags override them. The password is never printed: [`MariaDbArgs::target`] and
+//! `Debug` leave it out. [`connect`] turns the driver's errors into messages that say
+//! what to do.
+
+use std::fmt;
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+/// How to reach MariaDB. Embed in a daemon's config with `#[command(flatten)]`.
+#[derive(Clone, clap::Args)]
+pub struct MariaDbArgs {
+    /// MariaDB host name or address.
+    #[arg(
+        long = "mariadb-host",
+        env = "SHAKENFIST_MARIADB_HOST",
+        default_value = "127.0.0.1"
+    )]
+    pub host: String,
+    /// MariaDB TCP port.
+    #[arg(
+        long = "mariadb-port",
+        env = "SHAKENFIST_MARIADB_PORT",
+        default_value_t = 3306
+    )]
+    pub port: u16,
+    /// MariaDB user.
+    #[arg(
+        long = "mariadb-user",
+        env = "SHAKENFIST_MARIADB_USER",
+        default_value = "shakenfist"
+    )]
+    pub user: String,
+    /// MariaDB password (prefer the environment variable: flags show up in `ps`).
+    #[arg(
+        long = "mariadb-password",
+        env = "SHAKENFIST_MARIADB_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub password: String,
+    /// Database name.
+    #[arg(
+        long = "mariadb-database",
+        env = "SHAKENFIST_MARIADB_DATABASE",
+        default_value = "shakenfist"
+    )]
+    pub database: String,
+    /// Size of the connection pool.
+    #[arg(
+        long = "mariadb-pool-size",
+        env = "SHAKENFIST_MARIADB_POOL_SIZE",
+        default_value_t = 32
+    )]
+    pub pool_size: u32,
+}
+
+impl fmt::Debug for MariaDbArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MariaDbArgs")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("database", &self.database)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl MariaDbArgs {
+    /// Settings for a URL-less caller (tests): root on `127.0.0.1:port`.
+    pub fn local_root(port: u16, database: &str) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port,
+            user: "root".into(),
+            password: String::new(),
+            database: database.into(),
+            pool_size: 8,
+        }
+    }
+
+    /// `user@host:port/database`, for messages (no password).
+    pub fn target(&self) -> String {
+        format!(
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
+    }
+
+    /// The driver URL (contains the password: never log it).
+    pub fn url(&self) -> String {
+        let auth = if self.password.is_empty() {
+            percent_encode(&self.user)
+        } else {
+            format!(
+                "{}:{}",
+                percent_encode(&self.user),
+                percent_encode(&self.password)
+            )
+        };
+        format!(
+            "mysql://{auth}@{}:{}/{}",
+            self.host,
+            self.port,
+            percent_encode(&self.database)
+        )
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Errors of [`connect`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connection failed; `hint` says what to check.
+    #[error("cannot connect to MariaDB at {target}: {source}\n{hint}")]
+    Connect {
+        /// `user@host:port/database`.
+        target: String,
+        /// What to check.
+        hint: &'static str,
+        /// The driver's error.
+        #[source]
+        source: DbErr,
+    },
+}
+
+fn hint_for(err: &DbErr) -> &'static str {
+    let text = err.to_string();
+    if text.contains("1049") || text.contains("Unknown database") {
+        "The database does not exist: create it and its user with tools/bootstrap-mariadb.sql."
+    } else if text.contains("1045") || text.contains("Access denied") {
+        "Check SHAKENFIST_MARIADB_USER and SHAKENFIST_MARIADB_PASSWORD (tools/bootstrap-mariadb.sql creates the user)."
+    } else if text.contains("refused") || text.contains("timed out") || text.contains("resolve") {
+        "Is MariaDB running and listening there? Check SHAKENFIST_MARIADB_HOST and SHAKENFIST_MARIADB_PORT."
+    } else {
+        "Check the SHAKENFIST_MARIADB_* settings."
+    }
+}
+
+/// Opens a connection pool.
+pub async fn connect(args: &MariaDbArgs) -> Result<DatabaseConnection, ConnectError> {
+    let mut opts = ConnectOptions::new(args.url());
+    opts.max_connections(args.pool_size)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    Database::connect(opts)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            target: args.target(),
+            hint: hint_for(&source),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_encodes_credentials_and_debug_hides_the_password() {
+        let mut a = MariaDbArgs::local_root(3306, "shakenfist");
+        a.user = "sf user".into();
+        a.password = "p@ss:w/rd".into();
+        assert_eq!(
+            a.url(),
+            "mysql://sf%20user:p%40ss%3Aw%2Frd@127.0.0.1:3306/shakenfist"
+        );
+        let dbg = format!("{a:?}");
+        assert!(!dbg.contains("p@ss"), "{dbg}");
+        assert!(!a.target().contains("p@ss"));
+    }
+}
