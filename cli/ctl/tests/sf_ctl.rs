@@ -110,3 +110,43 @@ fn a_bad_port_is_a_usage_error() {
         text(&out)
     );
 }
+
+fn workspace_file(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+#[test]
+fn bootstrap_sql_is_idempotent_and_its_user_can_create_the_schema() {
+    // A server of its own: the script creates users and a database named shakenfist.
+    let server = MariaDb::start(&ServerOptions::default()).expect("server");
+    let sql = std::fs::read_to_string(workspace_file("tools/bootstrap-mariadb.sql")).expect("read");
+    server.execute(&sql).expect("first run");
+    server.execute(&sql).expect("second run is harmless");
+    let out = Command::new(env!("CARGO_BIN_EXE_sf-ctl"))
+        .env_clear()
+        .env("SHAKENFIST_MARIADB_PORT", server.port().to_string())
+        .env("SHAKENFIST_MARIADB_PASSWORD", "change-me")
+        .arg("ensure-mariadb-schema")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("applied migration"), "{}", text(&out));
+}
+
+#[test]
+fn the_example_tuning_file_gives_a_compatible_server() {
+    let opts = ServerOptions {
+        defaults_file: Some(workspace_file("examples/mariadb-tuning.cnf")),
+        ..ServerOptions::default()
+    };
+    let server = MariaDb::start(&opts).expect("server with examples/mariadb-tuning.cnf");
+    assert_eq!(
+        server.execute("SELECT @@tx_isolation").expect("q").trim(),
+        "READ-COMMITTED"
+    );
+    let tdb = server.create_database().expect("db");
+    let out = sf_ctl(tdb.port, &tdb.name, &["check-mariadb"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -98,6 +98,9 @@ pub struct ServerOptions {
     pub collation: String,
     /// `default-storage-engine`.
     pub default_engine: String,
+    /// A configuration file read instead of `--no-defaults` (its `[mariadbd]` group
+    /// applies; the harness's own options still win).
+    pub defaults_file: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -106,6 +109,7 @@ impl Default for ServerOptions {
             charset: "utf8mb4".into(),
             collation: "utf8mb4_unicode_ci".into(),
             default_engine: "InnoDB".into(),
+            defaults_file: None,
         }
     }
 }
@@ -228,12 +232,20 @@ impl MariaDb {
             path: data.clone(),
             source,
         })?;
+        // A private tmpdir: concurrent servers in the shared /tmp collide on the names
+        // of their internal temporary tables.
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp).map_err(|source| HarnessError::CreateDataDir {
+            path: tmp.clone(),
+            source,
+        })?;
         let root = running_as_root();
 
         let mut install = Command::new(install_db);
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db");
         if root {
@@ -254,22 +266,30 @@ impl MariaDb {
         let port = free_port()?;
         let log = dir.join("error.log");
         let mut args = vec![
-            "--no-defaults".to_string(),
+            match &opts.defaults_file {
+                Some(f) => format!("--defaults-file={}", f.display()),
+                None => "--no-defaults".to_string(),
+            },
             format!("--datadir={}", data.display()),
             format!("--socket={}", dir.join("mysqld.sock").display()),
             format!("--port={port}"),
             "--bind-address=127.0.0.1".into(),
             format!("--pid-file={}", dir.join("mariadbd.pid").display()),
             format!("--log-error={}", log.display()),
-            format!("--character-set-server={}", opts.charset),
-            format!("--collation-server={}", opts.collation),
-            format!("--default-storage-engine={}", opts.default_engine),
-            "--innodb-buffer-pool-size=256M".into(),
-            // Tests need durability across a crash of the test, not of the machine.
-            "--innodb-flush-log-at-trx-commit=2".into(),
-            "--max-connections=1000".into(),
-            "--skip-name-resolve".into(),
+            format!("--tmpdir={}", tmp.display()),
         ];
+        if opts.defaults_file.is_none() {
+            args.extend([
+                format!("--character-set-server={}", opts.charset),
+                format!("--collation-server={}", opts.collation),
+                format!("--default-storage-engine={}", opts.default_engine),
+                "--innodb-buffer-pool-size=256M".into(),
+                // Tests need durability across a crash of the test, not of the machine.
+                "--innodb-flush-log-at-trx-commit=2".into(),
+                "--max-connections=1000".into(),
+                "--skip-name-resolve".into(),
+            ]);
+        }
         if root {
             args.push("--user=root".into());
         }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages the workspace needs to build and test, and
+# nothing else. Safe to re-run: it installs only what is missing.
+set -euo pipefail
+
+# command-or-file : package
+needs=(
+  "mariadbd:mariadb-server"
+  "mariadb:mariadb-client"
+  "protoc:protobuf-compiler"
+  "/usr/include/libvirt/libvirt.h:libvirt-dev"
+  "virt-xml-validate:libvirt-clients"
+  "ip:iproute2"
+  "dnsmasq:dnsmasq-base"
+  "busybox:busybox"
+  "setpriv:util-linux"
+  "qemu-img:qemu-utils"
+  "pkg-config:pkg-config"
+)
+
+missing=()
+for entry in "${needs[@]}"; do
+  probe=${entry%%:*}
+  pkg=${entry#*:}
+  if [[ $probe == /* ]]; then
+    [[ -e $probe ]] && continue
+  else
+    PATH="$PATH:/usr/sbin:/sbin" command -v "$probe" >/dev/null 2>&1 && continue
+  fi
+  missing+=("$pkg")
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: missing packages (${missing[*]}) and no apt-get: install them by hand" >&2
+  exit 1
+fi
+sudo=""
+if [[ $(id -u) != 0 ]]; then
+  sudo="sudo"
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# qemu-utils: never replace a newer one that is already installed (e.g. a backport).
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's mariadb-server package may try to start a system server; ours never uses it.
