@@ -9,6 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sea_orm::sqlx::{self, Executor};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 /// How to reach MariaDB. Embed in a daemon's config with `#[command(flatten)]`.
@@ -176,6 +178,60 @@ pub async fn connect(args: &MariaDbArgs) -> Result<DatabaseConnection, ConnectEr
             target: args.target(),
             hint: hint_for(&source),
             source,
+        })
+}
+
+/// Errors of [`connect_pool`].
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The pool could not open its first connection.
+    #[error("cannot connect to MariaDB at {target}: {source}\n{hint}")]
+    Connect {
+        /// `user@host:port/database`.
+        target: String,
+        /// What to check.
+        hint: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Opens the store's pool. Every session runs READ COMMITTED (no gap locks, so
+/// concurrent inserts and SKIP LOCKED claims do not deadlock on ranges) with a
+/// 10-second lock wait, utf8mb4.
+pub async fn connect_pool(args: &MariaDbArgs) -> Result<MySqlPool, PoolError> {
+    let mut opts = MySqlConnectOptions::new()
+        .host(&args.host)
+        .port(args.port)
+        .username(&args.user)
+        .database(&args.database)
+        .charset("utf8mb4");
+    if !args.password.is_empty() {
+        opts = opts.password(&args.password);
+    }
+    MySqlPoolOptions::new()
+        .max_connections(args.pool_size)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .await?;
+                conn.execute("SET SESSION innodb_lock_wait_timeout = 10")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(|source| {
+            let hint = hint_for(&DbErr::Custom(source.to_string()));
+            PoolError::Connect {
+                target: args.target(),
+                hint,
+                source,
+            }
         })
 }
 

@@ -9,7 +9,9 @@ pub mod compat;
 pub mod connection;
 pub mod entity;
 pub mod migration;
+pub mod store;
 
 pub use compat::{CompatError, ServerFacts};
-pub use connection::{ConnectError, MariaDbArgs, connect};
+pub use connection::{ConnectError, MariaDbArgs, PoolError, connect, connect_pool};
 pub use migration::{EnsureReport, SchemaError, check_schema_versions, ensure_schema};
+pub use store::{Store, StoreError};

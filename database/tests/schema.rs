@@ -113,9 +113,9 @@ async fn entities_match_the_tables_column_for_column() {
     let (tdb, db) = fresh().await;
     ensure_schema(&db).await.expect("ensure");
     drop(db);
-    fn entity_columns<E: EntityName + Default>() -> (String, Vec<String>)
+    fn entity_columns<E>() -> (String, Vec<String>)
     where
-        E: sea_orm::EntityTrait,
+        E: sea_orm::EntityTrait + EntityName + Default,
     {
         let cols = <E as sea_orm::EntityTrait>::Column::iter()
             .map(|c| sea_orm::IdenStatic::as_str(&c).to_string())

@@ -1,0 +1,1 @@
+//! events (filled in by a later change).

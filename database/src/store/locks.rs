@@ -1,0 +1,1 @@
+//! locks (filled in by a later change).

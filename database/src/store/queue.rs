@@ -1,0 +1,1 @@
+//! queue (filled in by a later change).

@@ -1,0 +1,96 @@
+//! The `NetworkInterface` kind (namespaced, short name `netif`): one NIC of an
+//! instance on a network, created for each `spec.networks[]` entry of an Instance
+//! and by hot-plug.
+//!
+//! Contract: `spec` names the instance and network and, optionally, a fixed address,
+//! MAC and model; the IPAM controller allocates the address and writes it, with the
+//! MAC and the floating address, to `status`; the agent writes `status.node`.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, ResourceState, string_enum};
+
+string_enum! {
+    /// The emulated NIC model.
+    pub enum NicModel: "nic model", default = Virtio {
+        /// virtio-net.
+        Virtio => "virtio",
+        /// Intel e1000.
+        E1000 => "e1000",
+        /// NE2000 PCI.
+        Ne2kPci => "ne2k_pci",
+        /// AMD PCnet.
+        Pcnet => "pcnet",
+        /// Realtek RTL8139.
+        Rtl8139 => "rtl8139",
+    }
+}
+
+/// The desired state of a network interface.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "shakenfist.io",
+    version = "v1alpha1",
+    kind = "NetworkInterface",
+    namespaced,
+    status = "NetworkInterfaceStatus",
+    shortname = "netif",
+    derive = "PartialEq",
+    doc = "A network interface of a Shaken Fist instance.",
+    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".spec.instance"}"#,
+    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
+    printcolumn = r#"{"name":"IPv4","type":"string","jsonPath":".status.ipv4"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkInterfaceSpec {
+    /// The Instance's name.
+    pub instance: String,
+    /// The Network, by name or UUID.
+    pub network: String,
+    /// A fixed IPv4 address; absent means allocate one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// A fixed MAC address; absent means generate one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macaddr: Option<String>,
+    /// The NIC model.
+    #[serde(default)]
+    pub model: NicModel,
+    /// Give the interface a floating address.
+    #[serde(default)]
+    pub float: bool,
+    /// The position on the instance; absent means after the existing ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<u32>,
+}
+
+/// The observed state of a network interface.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInterfaceStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions, keyed by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The lifecycle state.
+    #[serde(default)]
+    pub state: ResourceState,
+    /// The allocated IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    /// The floating address, when floated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating_address: Option<String>,
+    /// The MAC address in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macaddr: Option<String>,
+    /// The Node the interface is plumbed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
