@@ -7,8 +7,10 @@
 
 pub mod compat;
 pub mod connection;
+pub mod daemon;
 pub mod entity;
 pub mod migration;
+pub mod server;
 pub mod store;
 
 pub use compat::{CompatError, ServerFacts};

@@ -31,6 +31,9 @@ pub struct Model {
     pub op_uid: String,
     /// Column `target_uid`.
     pub target_uid: String,
+    /// Column `claimed_target`: generated (`target_uid` while claimed, else NULL), unique;
+    /// never written.
+    pub claimed_target: Option<String>,
     /// Column `created_at`.
     pub created_at: DateTimeUtc,
 }

@@ -146,10 +146,16 @@ fn statements() -> Vec<String> {
         ),
         // One row per claimable operation. `waiting_on` counts unfinished dependencies;
         // the ready scan reads ix_work_queue_ready and claims with SKIP LOCKED.
+        // `queue_name` is `cluster` or `node:<node>` (a node name is at most 253).
+        // `claimed_target` is the target's uid while the row is claimed, else NULL: its
+        // unique key lets at most one operation per target be claimed at a time, enforced
+        // by InnoDB even between concurrent claimers (NULLs never collide). RTRIM is a
+        // no-op on a CHAR value but MariaDB refuses a bare CHAR column under IF() in a
+        // generated column (its value would depend on PAD_CHAR_TO_FULL_LENGTH).
         format!(
             "CREATE TABLE IF NOT EXISTS work_queue (
                 id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-                queue_name VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+                queue_name VARCHAR(258) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
                 priority TINYINT UNSIGNED NOT NULL,
                 scheduled_at DATETIME(6) NOT NULL,
                 claimed_at DATETIME(6) NULL,
@@ -160,8 +166,10 @@ fn statements() -> Vec<String> {
                 waiting_on INT UNSIGNED NOT NULL DEFAULT 0,
                 op_uid {uid} NOT NULL,
                 target_uid {uid} NOT NULL,
+                claimed_target {uid} AS (IF(claimed_at IS NULL, NULL, RTRIM(target_uid))) PERSISTENT,
                 created_at DATETIME(6) NOT NULL,
                 UNIQUE KEY ux_work_queue_op (op_uid),
+                UNIQUE KEY ux_work_queue_claimed_target (claimed_target),
                 KEY ix_work_queue_ready (queue_name, waiting_on, claimed_at, priority, scheduled_at),
                 KEY ix_work_queue_claim (claim_id),
                 KEY ix_work_queue_target (target_uid),
@@ -184,11 +192,17 @@ fn statements() -> Vec<String> {
                 KEY ix_ipam_reservations_user (network_uid, user_uid)
             ) {TABLE_OPTIONS}"
         ),
+        // One row per network known to IPAM: its VXLAN id (NULL until allocated; the
+        // floating network never gets one), and its namespace and name (IPAMLease names
+        // derive from them). Every IPAM write of a network locks this row first, so a
+        // network's reservations are serialised (DESIGN invariant 7).
         format!(
             "CREATE TABLE IF NOT EXISTS network_vxids (
-                vxid INT UNSIGNED NOT NULL PRIMARY KEY,
-                network_uid {uid} NOT NULL,
-                UNIQUE KEY ux_network_vxids_network (network_uid)
+                network_uid {uid} NOT NULL PRIMARY KEY,
+                namespace {name} NOT NULL DEFAULT '',
+                name {name} NOT NULL DEFAULT '',
+                vxid INT UNSIGNED NULL,
+                UNIQUE KEY ux_network_vxids_vxid (vxid)
             ) {TABLE_OPTIONS}"
         ),
         // Shaken Fist v0.8's event tables, same columns and read shape.

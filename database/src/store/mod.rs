@@ -280,6 +280,6 @@ pub(crate) fn parse_json(text: &str, what: &str) -> Result<Value, StoreError> {
 }
 
 /// RFC 3339 with second precision and `Z`, as Kubernetes writes timestamps.
-pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

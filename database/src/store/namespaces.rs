@@ -1,1 +1,344 @@
-//! namespaces (filled in by a later change).
+//! Namespaces and their API keys (authentication data; DESIGN invariant 8).
+//!
+//! Contract:
+//! - A namespace is a `namespaces` row AND a cluster-scoped Namespace resource, created
+//!   and deleted together in one transaction; a name taken by either is
+//!   [`StoreError::AlreadyExists`].
+//! - `system` (the admin namespace) cannot be deleted. A namespace that still holds
+//!   objects other than IPAMLeases cannot be deleted ([`StoreError::Conflict`]);
+//!   leftover IPAMLeases (addresses resting in a deletion halo) go with it, as do its
+//!   keys (foreign-key cascade). The Namespace object is removed outright.
+//! - Keys are stored as hashes only (the caller hashes). Every put, new or
+//!   replacing, gets a new nonce: tokens carry the nonce, so rotating a key revokes
+//!   the tokens issued under it. Keys are not resources: no revision.
+//! - Lock order: the `namespaces` row, then `resources` rows, then the revision
+//!   counter (see [`super`]).
+
+use chrono::{DateTime, Utc};
+use sea_orm::sqlx::{self, Row};
+use serde_json::{Value, json};
+use sf_schema::namespace::SYSTEM_NAMESPACE;
+
+use super::resources::{Deleted, ObjectKey, insert_object, lock_row, prepare_new, remove_object};
+use super::{Store, StoreError, Stored, Tx, allocate_revisions};
+
+const NAMESPACE_KIND: &str = "Namespace";
+const KEY_KIND: &str = "NamespaceKey";
+
+/// A namespace key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The namespace.
+    pub namespace: String,
+    /// The key's name.
+    pub key_name: String,
+    /// The key's password hash.
+    pub key_hash: String,
+    /// Changes on every put; carried in issued tokens.
+    pub nonce: String,
+    /// When this version of the key was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+fn namespace_key(name: &str) -> ObjectKey {
+    ObjectKey::new(NAMESPACE_KIND, "", name)
+}
+
+fn check_namespace_name(name: &str) -> Result<(), StoreError> {
+    if !sf_schema::validation::is_dns_label(name) {
+        return Err(StoreError::Invalid(format!(
+            "namespace name {name:?} must be a DNS label: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+fn check_key_name(key_name: &str) -> Result<(), StoreError> {
+    if key_name.is_empty() || key_name.len() > 63 || !key_name.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(StoreError::Invalid(format!(
+            "key name {key_name:?} must be 1 to 63 printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+fn namespace_not_found(name: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: NAMESPACE_KIND.into(),
+        namespace: String::new(),
+        name: name.into(),
+    }
+}
+
+fn key_from_row(r: &sqlx::mysql::MySqlRow) -> Result<KeyRecord, StoreError> {
+    let col = |e: sqlx::Error| StoreError::Corrupt(format!("namespace_keys: {e}"));
+    Ok(KeyRecord {
+        namespace: r.try_get("namespace").map_err(col)?,
+        key_name: r.try_get("key_name").map_err(col)?,
+        key_hash: r.try_get("key_hash").map_err(col)?,
+        nonce: r.try_get("nonce").map_err(col)?,
+        created_at: r.try_get("created_at").map_err(col)?,
+    })
+}
+
+/// Locks the namespace's row; false if there is none.
+async fn lock_namespace_row(tx: &mut Tx, name: &str) -> Result<bool, StoreError> {
+    let row: Option<String> =
+        sqlx::query_scalar("SELECT name FROM namespaces WHERE name = ? FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock namespace"))?;
+    Ok(row.is_some())
+}
+
+async fn namespace_exists(store: &Store, name: &str) -> Result<bool, StoreError> {
+    let row: Option<String> = sqlx::query_scalar("SELECT name FROM namespaces WHERE name = ?")
+        .bind(name)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(StoreError::query("read namespace"))?;
+    Ok(row.is_some())
+}
+
+impl Store {
+    /// Creates namespace `name`: its row and its Namespace object, in one transaction.
+    pub async fn create_namespace(&self, name: &str) -> Result<Stored, StoreError> {
+        check_namespace_name(name)?;
+        let key = namespace_key(name);
+        let already = || StoreError::AlreadyExists {
+            kind: NAMESPACE_KIND.into(),
+            namespace: String::new(),
+            name: name.into(),
+        };
+        self.with_retry("create namespace", || async {
+            let mut object = namespace_object(name);
+            let (_, uid) = prepare_new(&mut object)?;
+            let mut tx = self.begin("create namespace").await?;
+            if lock_row(&mut tx, &key).await?.is_some() {
+                return Err(already());
+            }
+            let inserted =
+                sqlx::query("INSERT INTO namespaces (name, uid, created_at) VALUES (?, ?, NOW(6))")
+                    .bind(name)
+                    .bind(&uid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("create namespace"));
+            match inserted {
+                Err(e) if e.is_duplicate_key() => return Err(already()),
+                other => other?,
+            };
+            let revision = allocate_revisions(&mut tx, 1).await?;
+            insert_object(&mut tx, revision, &key, &uid, &mut object).await?;
+            self.commit(tx, "create namespace").await?;
+            Ok(Stored {
+                object,
+                resource_version: revision,
+                changed: true,
+            })
+        })
+        .await
+    }
+
+    /// Deletes namespace `name` with its keys, its leftover IPAMLeases and its
+    /// Namespace object (see the module contract). `revision` is 0 when there was no
+    /// Namespace object to remove.
+    pub async fn delete_namespace(&self, name: &str) -> Result<Deleted, StoreError> {
+        if name == SYSTEM_NAMESPACE {
+            return Err(StoreError::Invalid(format!(
+                "the {SYSTEM_NAMESPACE} namespace is the admin namespace and cannot be deleted"
+            )));
+        }
+        check_namespace_name(name)?;
+        let key = namespace_key(name);
+        self.with_retry("delete namespace", || async {
+            let mut tx = self.begin("delete namespace").await?;
+            let has_row = lock_namespace_row(&mut tx, name).await?;
+            let objects: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM resources WHERE namespace = ? AND kind <> 'IPAMLease'",
+            )
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::query("count namespace objects"))?;
+            if objects > 0 {
+                return Err(StoreError::Conflict {
+                    kind: NAMESPACE_KIND.into(),
+                    namespace: String::new(),
+                    name: name.into(),
+                    reason: format!("namespace {name} still has {objects} objects"),
+                });
+            }
+            let leases: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM resources WHERE kind = 'IPAMLease' AND namespace = ? ORDER BY name",
+            )
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query("list namespace leases"))?;
+            let mut lease_rows = Vec::with_capacity(leases.len());
+            for lease in &leases {
+                if let Some(row) = lock_row(&mut tx, &ObjectKey::new("IPAMLease", name, lease)).await? {
+                    lease_rows.push(row);
+                }
+            }
+            let ns_row = lock_row(&mut tx, &key).await?;
+            if !has_row && ns_row.is_none() {
+                return Err(namespace_not_found(name));
+            }
+            // Own rows before the counter: the keys go by cascade.
+            sqlx::query("DELETE FROM namespaces WHERE name = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("delete namespace"))?;
+            for row in &lease_rows {
+                let revision = allocate_revisions(&mut tx, 1).await?;
+                let mut object = row.object.clone();
+                remove_object(&mut tx, revision, row, &mut object).await?;
+            }
+            let deleted = match ns_row {
+                Some(row) => {
+                    let revision = allocate_revisions(&mut tx, 1).await?;
+                    let mut object = row.object.clone();
+                    remove_object(&mut tx, revision, &row, &mut object).await?;
+                    Deleted {
+                        object,
+                        removed: true,
+                        revision,
+                    }
+                }
+                None => Deleted {
+                    object: json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": NAMESPACE_KIND, "metadata": {"name": name}}),
+                    removed: true,
+                    revision: 0,
+                },
+            };
+            self.commit(tx, "delete namespace").await?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Stores key `key_name` of `namespace` (new or replacing) with a new nonce.
+    pub async fn put_key(
+        &self,
+        namespace: &str,
+        key_name: &str,
+        key_hash: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        check_namespace_name(namespace).map_err(|_| namespace_not_found(namespace))?;
+        check_key_name(key_name)?;
+        if key_hash.is_empty() || key_hash.len() > 255 || !key_hash.is_ascii() {
+            return Err(StoreError::Invalid(
+                "a key hash must be 1 to 255 ASCII characters".into(),
+            ));
+        }
+        self.with_retry("put key", || async {
+            let nonce = uuid::Uuid::new_v4().to_string();
+            let mut tx = self.begin("put key").await?;
+            let res = sqlx::query(
+                "INSERT INTO namespace_keys (namespace, key_name, key_hash, nonce, created_at) \
+                 VALUES (?, ?, ?, ?, NOW(6)) ON DUPLICATE KEY UPDATE \
+                 key_hash = VALUES(key_hash), nonce = VALUES(nonce), created_at = VALUES(created_at)",
+            )
+            .bind(namespace)
+            .bind(key_name)
+            .bind(key_hash)
+            .bind(&nonce)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("put key"));
+            match res {
+                // 1452: no parent row (the namespace does not exist).
+                Err(StoreError::Query { source, .. })
+                    if super::mariadb_error_number(&source) == Some(1452) =>
+                {
+                    return Err(namespace_not_found(namespace));
+                }
+                other => other?,
+            };
+            let row = sqlx::query(
+                "SELECT namespace, key_name, key_hash, nonce, created_at FROM namespace_keys \
+                 WHERE namespace = ? AND key_name = ?",
+            )
+            .bind(namespace)
+            .bind(key_name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::query("put key"))?;
+            let record = key_from_row(&row)?;
+            tx.commit().await.map_err(StoreError::query("put key"))?;
+            Ok(record)
+        })
+        .await
+    }
+
+    /// Key `key_name` of `namespace`.
+    pub async fn get_key(&self, namespace: &str, key_name: &str) -> Result<KeyRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT namespace, key_name, key_hash, nonce, created_at FROM namespace_keys \
+             WHERE namespace = ? AND key_name = ?",
+        )
+        .bind(namespace)
+        .bind(key_name)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(StoreError::query("get key"))?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: KEY_KIND.into(),
+            namespace: namespace.into(),
+            name: key_name.into(),
+        })?;
+        key_from_row(&row)
+    }
+
+    /// Every key of `namespace` (hashes included: callers are trusted daemons), by name.
+    pub async fn list_keys(&self, namespace: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT namespace, key_name, key_hash, nonce, created_at FROM namespace_keys \
+             WHERE namespace = ? ORDER BY key_name",
+        )
+        .bind(namespace)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("list keys"))?;
+        if rows.is_empty() && !namespace_exists(self, namespace).await? {
+            return Err(namespace_not_found(namespace));
+        }
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Deletes key `key_name` of `namespace`.
+    pub async fn delete_key(&self, namespace: &str, key_name: &str) -> Result<(), StoreError> {
+        let deleted =
+            sqlx::query("DELETE FROM namespace_keys WHERE namespace = ? AND key_name = ?")
+                .bind(namespace)
+                .bind(key_name)
+                .execute(self.pool())
+                .await
+                .map_err(StoreError::query("delete key"))?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: KEY_KIND.into(),
+                namespace: namespace.into(),
+                name: key_name.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The Namespace object of `name` as [`Store::create_namespace`] writes it (before
+/// uid, timestamps and versions).
+fn namespace_object(name: &str) -> Value {
+    json!({
+        "apiVersion": "shakenfist.io/v1alpha1",
+        "kind": NAMESPACE_KIND,
+        "metadata": {"name": name},
+        "spec": {"trust": []},
+        "status": {"state": "created"},
+    })
+}

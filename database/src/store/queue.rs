@@ -1,1 +1,1957 @@
-//! queue (filled in by a later change).
+//! The work queue: ClusterOperations, their claims by agents and the cluster, and the
+//! reaper (DESIGN invariants 3, 4, 6).
+//!
+//! Contract:
+//! - **Create** ([`Store::create_operations`], [`Store::create_operation`]) writes, in ONE
+//!   transaction (rerun on deadlock/conflict, never reported as success without the
+//!   rows): the `cluster_operations` projection row, its `operation_dependencies`, its
+//!   `work_queue` row and then, after allocating the revision LAST, the ClusterOperation
+//!   resource with `status {state: queued, attempts: 0}`. A duplicate (namespace, name)
+//!   is [`StoreError::AlreadyExists`], detected before the revision is allocated.
+//!   `spec.dependsOn` names operations of the same namespace (created earlier, or earlier
+//!   in the same batch); an unknown name is [`StoreError::Invalid`] naming it, and so is
+//!   a dependency that already ended in `error` or `abort` ("dependency X failed"): the
+//!   new operation could never run, and refusing tells the caller at once. The queue row
+//!   is `node:<spec.node>` or `cluster`, priority 0/1/2 for high/normal/low,
+//!   `scheduled_at` now + delay, `waiting_on` = dependencies not yet complete.
+//! - **Claim** ([`Store::claim`]) takes ready rows (`waiting_on = 0`, unclaimed, due) of
+//!   `node:<node>` and `cluster`, ordered by priority, scheduled time and id, with
+//!   `SELECT ... FOR UPDATE SKIP LOCKED`, in one transaction per batch. It touches only
+//!   `work_queue` (no revision, no resource write): the returned object has
+//!   `status.state = executing`, `attempts`, `claimedBy` and `startedAt` overlaid, while
+//!   the STORED resource keeps `queued` until Complete/Fail (a GET-side overlay is a
+//!   later change). A claim that names a `claim_id` whose rows are still claimed gets
+//!   the same rows again: a claimer whose response was lost (or whose call was
+//!   cancelled after the commit, Shaken Fist #3605) retries with the same id and loses
+//!   nothing. When nothing is ready the claim long-polls up to `wait`: it retries every
+//!   20 ms and at once when this process creates, completes, fails, aborts or re-queues
+//!   work (a process-global [`Notify`], so every store of the process wakes; writes
+//!   made through other gateway instances are seen by the 20 ms poll).
+//! - **Per-target exclusion**: no two operations on one target are claimed at once. The
+//!   generated column `work_queue.claimed_target` (the target uid while claimed, else
+//!   NULL) has a UNIQUE key, so InnoDB itself refuses a second claimed row per target,
+//!   also between concurrent claimers on several gateways, whatever they read. The
+//!   ready scan skips targets that are already claimed (a non-locking `NOT EXISTS` on
+//!   that key, so the scan does not stall on them) and a batch takes one row per
+//!   target; a claimer that races another one to a target gets a duplicate-key error
+//!   on that row, which only drops the row from its batch (a deadlock between two such
+//!   claimers reruns the claim).
+//! - **Leases and fencing**: a claim returns a [`Lease`] `(row id, attempt)`.
+//!   [`Store::heartbeat`], [`Store::complete`], [`Store::complete_batch`] and
+//!   [`Store::fail`] with a lease whose row is gone, re-claimed (attempt differs) or no
+//!   longer claimed get [`StoreError::StaleLease`] and change nothing.
+//! - **Complete** deletes the row, decrements `waiting_on` of the dependents, sets the
+//!   projection to `complete` and writes the status (state, result, attempts,
+//!   claimedBy, startedAt, completedAt): one revision per operation;
+//!   [`Store::complete_batch`] completes many leases in one transaction with one
+//!   [`allocate_revisions`] call.
+//! - **Fail**: a retryable failure below [`CLUSTER_OP_MAX_ATTEMPTS`] clears the claim and
+//!   re-schedules the row after an exponential backoff (1 s, 2 s, 4 s, ..., capped at
+//!   5 min); the status stays `queued` with the report (one revision). Otherwise the
+//!   operation goes to `error` with the report and its row is deleted.
+//! - **Failure propagates**: when an operation ends in `error` or `abort`, every
+//!   operation that depends on it, transitively, is aborted (code `DependencyFailed`),
+//!   in the same transaction, one revision each.
+//! - **Abort** ([`Store::abort`]) aborts a target's queued and executing operations
+//!   except `instance_snapshot` ones (kept to complete first; a kept snapshot that
+//!   depended on an aborted operation is released rather than aborted). The row of an
+//!   aborted EXECUTING operation stays claimed until its claimer learns of it: its
+//!   heartbeat returns `false` (stop), its complete/fail is [`StoreError::StaleLease`]
+//!   and removes the row (the operation stays `abort`); until then the target stays
+//!   busy, so a delete queued after the abort never runs beside the aborted work.
+//! - **Reaper** ([`Store::reap_stuck`]): a claimed row whose last heartbeat (or claim) is
+//!   older than the threshold is re-queued with its attempts kept; one at
+//!   `max_attempts` is deleted and its operation goes to `error` ("claimed N times
+//!   without completing; rejected by the reaper"). Rows of aborted operations are
+//!   simply removed.
+//! - **Retention** ([`Store::purge_terminal_operations`]) removes complete/error/abort
+//!   operations older than a threshold: projection, dependency edges and the resource
+//!   (through the resources building blocks, so watchers see DELETED).
+//! - Lock order, as the store contract requires: `work_queue` rows, then
+//!   `cluster_operations` rows, then dependents' rows, then `resources` rows, then the
+//!   revision counter, then only `resources`/`change_log` writes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use sea_orm::sqlx::{self, Row, mysql::MySqlRow};
+use serde_json::{Map, Value, json};
+use sf_schema::operation::{ClusterOperation, ClusterOperationSpec, Priority};
+use sf_schema::validation::validate_cluster_operation;
+use tokio::sync::Notify;
+
+use super::resources::{Row0, insert_object, prepare_new, remove_object, replace_object};
+use super::{ObjectKey, Store, StoreError, Stored, Tx, allocate_revisions, parse_json, rfc3339};
+
+pub use sf_schema::operation::ErrorReport;
+
+/// After this many claims an operation that fails (or is reaped) goes to error.
+pub const CLUSTER_OP_MAX_ATTEMPTS: u32 = 5;
+/// A claim without a heartbeat for this long is re-queued by the reaper.
+pub const CLUSTER_OP_STUCK_THRESHOLD: Duration = Duration::from_secs(1800);
+/// The longest batch one claim takes.
+pub const MAX_CLAIM_BATCH: u32 = 500;
+
+/// The resource kind.
+const KIND: &str = "ClusterOperation";
+/// The operation type abort() keeps.
+const SNAPSHOT: &str = "instance_snapshot";
+/// How often a waiting claim looks again (for work enqueued through other gateways).
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// The first retry backoff, doubled per attempt up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest retry backoff.
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// Rows per statement or transaction in bulk paths.
+const CHUNK: usize = 500;
+
+/// Woken after every local commit that may have made work claimable.
+static QUEUE_CHANGED: Notify = Notify::const_new();
+
+fn wake_claimers() {
+    QUEUE_CHANGED.notify_waiters();
+}
+
+/// A claim on one work_queue row: valid while the row exists, is claimed, and its
+/// attempts counter still equals `attempt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lease {
+    /// The work_queue row id.
+    pub id: u64,
+    /// The attempt this claim made (1 for the first claim).
+    pub attempt: u32,
+}
+
+/// One claimed operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The lease to heartbeat, complete or fail with.
+    pub lease: Lease,
+    /// The ClusterOperation with `status.state = executing`, `attempts`, `claimedBy`
+    /// and `startedAt` overlaid (the stored resource still says `queued`).
+    pub object: Value,
+}
+
+/// The retry delay after the `attempts`-th claim failed.
+pub fn retry_backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << doublings).min(BACKOFF_CAP)
+}
+
+// ---------------------------------------------------------------------------------
+// Small helpers.
+
+/// `?, ?, ?` for `n` values.
+fn marks(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
+/// A dynamic statement built from constant fragments and placeholders only.
+fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+fn col<'r, T>(row: &'r MySqlRow, name: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+{
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("work queue column {name}: {e}")))
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn timestamp_from_micros(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+fn priority_number(p: &Priority) -> Result<u8, StoreError> {
+    match p {
+        Priority::High => Ok(0),
+        Priority::Normal => Ok(1),
+        Priority::Low => Ok(2),
+        Priority::Other(v) => Err(StoreError::Invalid(format!(
+            "spec.priority: unsupported value {v:?}: supported values: \"high\", \"normal\", \"low\""
+        ))),
+    }
+}
+
+fn stale(lease: Lease, reason: impl Into<String>) -> StoreError {
+    StoreError::StaleLease {
+        id: lease.id,
+        attempt: lease.attempt,
+        reason: reason.into(),
+    }
+}
+
+/// Reads the work_queue columns every path needs. Times are epoch microseconds.
+const QUEUE_COLUMNS: &str = "w.id, w.op_uid, w.target_uid, w.attempts, w.priority, w.claimed_by, \
+     CAST(UNIX_TIMESTAMP(w.claimed_at) * 1000000 AS SIGNED) AS claimed_us, \
+     CAST(UNIX_TIMESTAMP(w.scheduled_at) * 1000000 AS SIGNED) AS scheduled_us";
+
+/// A work_queue row (locked by the reader unless said otherwise).
+#[derive(Debug, Clone)]
+struct QueueRow {
+    id: u64,
+    op_uid: String,
+    target_uid: String,
+    attempts: u32,
+    priority: u8,
+    claimed_by: Option<String>,
+    /// When claimed (epoch µs); None while unclaimed.
+    claimed_us: Option<i64>,
+    scheduled_us: i64,
+}
+
+impl QueueRow {
+    fn decode(row: &MySqlRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: col(row, "id")?,
+            op_uid: col(row, "op_uid")?,
+            target_uid: col(row, "target_uid")?,
+            attempts: col(row, "attempts")?,
+            priority: col(row, "priority")?,
+            claimed_by: col(row, "claimed_by")?,
+            claimed_us: col(row, "claimed_us")?,
+            scheduled_us: col::<Option<i64>>(row, "scheduled_us")?.unwrap_or(0),
+        })
+    }
+
+    fn sort_key(&self) -> (u8, i64, u64) {
+        (self.priority, self.scheduled_us, self.id)
+    }
+}
+
+/// Locks work_queue rows by id, in id order.
+async fn lock_queue_rows(tx: &mut Tx, ids: &[u64]) -> Result<HashMap<u64, QueueRow>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let text = format!(
+            "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.id IN ({}) ORDER BY w.id FOR UPDATE",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock work queue rows"))?
+        {
+            let r = QueueRow::decode(&row)?;
+            out.insert(r.id, r);
+        }
+    }
+    Ok(out)
+}
+
+/// Locks work_queue rows by operation uid.
+async fn lock_queue_rows_of(
+    tx: &mut Tx,
+    op_uids: &[String],
+) -> Result<HashMap<String, QueueRow>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in op_uids.chunks(CHUNK) {
+        let text = format!(
+            "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.op_uid IN ({}) ORDER BY w.id FOR UPDATE",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text));
+        for uid in chunk {
+            q = q.bind(uid);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock work queue rows"))?
+        {
+            let r = QueueRow::decode(&row)?;
+            out.insert(r.op_uid.clone(), r);
+        }
+    }
+    Ok(out)
+}
+
+/// A `cluster_operations` projection row.
+#[derive(Debug, Clone)]
+struct OpRow {
+    uid: String,
+    namespace: String,
+    name: String,
+    operation_type: String,
+    state: String,
+}
+
+impl OpRow {
+    fn decode(row: &MySqlRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            uid: col(row, "uid")?,
+            namespace: col(row, "namespace")?,
+            name: col(row, "name")?,
+            operation_type: col(row, "operation_type")?,
+            state: col(row, "state")?,
+        })
+    }
+
+    fn display(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+const OP_COLUMNS: &str = "uid, namespace, name, operation_type, CAST(state AS CHAR) AS state";
+
+/// Locks projection rows by uid.
+async fn lock_ops(tx: &mut Tx, uids: &[String]) -> Result<HashMap<String, OpRow>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in uids.chunks(CHUNK) {
+        let text = format!(
+            "SELECT {OP_COLUMNS} FROM cluster_operations WHERE uid IN ({}) FOR UPDATE",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text));
+        for uid in chunk {
+            q = q.bind(uid);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock cluster operations"))?
+        {
+            let r = OpRow::decode(&row)?;
+            out.insert(r.uid.clone(), r);
+        }
+    }
+    Ok(out)
+}
+
+/// Locks ClusterOperation resource rows by uid (the resources building blocks' row).
+async fn lock_resources(tx: &mut Tx, uids: &[String]) -> Result<HashMap<String, Row0>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in uids.chunks(CHUNK) {
+        let text = format!(
+            "SELECT uid, namespace, name, resource_version, generation, object FROM resources \
+             WHERE uid IN ({}) AND kind = ? FOR UPDATE",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text));
+        for uid in chunk {
+            q = q.bind(uid);
+        }
+        q = q.bind(KIND);
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock operation resources"))?
+        {
+            let text: String = col(&row, "object")?;
+            let r = Row0 {
+                key: ObjectKey::new(
+                    KIND,
+                    col::<String>(&row, "namespace")?,
+                    col::<String>(&row, "name")?,
+                ),
+                uid: col(&row, "uid")?,
+                resource_version: col(&row, "resource_version")?,
+                generation: col(&row, "generation")?,
+                object: parse_json(&text, "resources.object")?,
+            };
+            out.insert(r.uid.clone(), r);
+        }
+    }
+    Ok(out)
+}
+
+async fn delete_queue_rows(tx: &mut Tx, ids: &[u64]) -> Result<(), StoreError> {
+    for chunk in ids.chunks(CHUNK) {
+        let text = format!(
+            "DELETE FROM work_queue WHERE id IN ({})",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("delete work queue rows"))?;
+    }
+    Ok(())
+}
+
+/// Clears the claim of rows (re-queue), `delay_us` after now.
+async fn requeue_rows(tx: &mut Tx, ids: &[u64], delay_us: Option<u64>) -> Result<(), StoreError> {
+    for chunk in ids.chunks(CHUNK) {
+        let schedule = if delay_us.is_some() {
+            "scheduled_at = NOW(6) + INTERVAL ? MICROSECOND, "
+        } else {
+            ""
+        };
+        let text = format!(
+            "UPDATE work_queue SET {schedule}claimed_at = NULL, claimed_by = NULL, claim_id = NULL, \
+             heartbeat_at = NULL WHERE id IN ({})",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text));
+        if let Some(d) = delay_us {
+            q = q.bind(d);
+        }
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("re-queue work"))?;
+    }
+    Ok(())
+}
+
+async fn set_op_state(tx: &mut Tx, uids: &[String], state: &str) -> Result<(), StoreError> {
+    for chunk in uids.chunks(CHUNK) {
+        let text = format!(
+            "UPDATE cluster_operations SET state = ?, updated_at = NOW(6) WHERE uid IN ({})",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text)).bind(state);
+        for uid in chunk {
+            q = q.bind(uid);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("update operation state"))?;
+    }
+    Ok(())
+}
+
+/// Dependency edges `(dependent, dependency)` whose dependency is one of `uids`.
+async fn dependents_of(tx: &mut Tx, uids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in uids.chunks(CHUNK) {
+        let text = format!(
+            "SELECT op_uid, depends_on_uid FROM operation_dependencies WHERE depends_on_uid IN ({})",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query(sql(text));
+        for uid in chunk {
+            q = q.bind(uid);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::query("read dependents"))?
+        {
+            out.push((col(&row, "op_uid")?, col(&row, "depends_on_uid")?));
+        }
+    }
+    Ok(out)
+}
+
+/// Lowers `waiting_on` of each dependent by its count of finished dependencies.
+async fn release_dependents(tx: &mut Tx, counts: &BTreeMap<String, u32>) -> Result<(), StoreError> {
+    let mut by_count: BTreeMap<u32, Vec<&String>> = BTreeMap::new();
+    for (uid, n) in counts {
+        by_count.entry(*n).or_default().push(uid);
+    }
+    for (n, uids) in by_count {
+        for chunk in uids.chunks(CHUNK) {
+            let text = format!(
+                "UPDATE work_queue SET waiting_on = GREATEST(waiting_on, ?) - ? WHERE op_uid IN ({})",
+                marks(chunk.len())
+            );
+            let mut q = sqlx::query(sql(text)).bind(n).bind(n);
+            for uid in chunk {
+                q = q.bind(*uid);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(StoreError::query("release dependents"))?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Finishing operations: the one path every outcome goes through.
+
+/// What happens to an operation.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// Done, with its result.
+    Complete(Option<Value>),
+    /// Failed but will be tried again after `delay`.
+    Retry(ErrorReport, Duration),
+    /// Failed for good.
+    Error(ErrorReport),
+    /// Cancelled.
+    Abort(ErrorReport),
+}
+
+impl Outcome {
+    fn state(&self) -> &'static str {
+        match self {
+            Outcome::Complete(_) => "complete",
+            Outcome::Retry(..) => "queued",
+            Outcome::Error(_) => "error",
+            Outcome::Abort(_) => "abort",
+        }
+    }
+}
+
+/// One operation to finish: its locked projection row, its locked queue row (if any).
+#[derive(Debug, Clone)]
+struct Finishing {
+    op: OpRow,
+    queue: Option<QueueRow>,
+    outcome: Outcome,
+}
+
+/// The new status of a finished operation (pure apart from the clock).
+fn next_object(stored: &Value, item: &Finishing) -> Result<Value, StoreError> {
+    let mut next = stored.clone();
+    let map = next
+        .as_object_mut()
+        .ok_or_else(|| StoreError::Corrupt("stored operation is not a JSON object".into()))?;
+    let status = map.entry("status").or_insert_with(|| json!({}));
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let status: &mut Map<String, Value> = status
+        .as_object_mut()
+        .ok_or_else(|| StoreError::Corrupt("operation status is not an object".into()))?;
+    status.insert("state".into(), json!(item.outcome.state()));
+    if let Some(q) = &item.queue {
+        status.insert("attempts".into(), json!(q.attempts));
+    } else if !status.contains_key("attempts") {
+        status.insert("attempts".into(), json!(0));
+    }
+    let now = rfc3339(chrono::Utc::now());
+    let claimed = item
+        .queue
+        .as_ref()
+        .and_then(|q| q.claimed_us.map(|us| (q, us)));
+    let record_claim = |status: &mut Map<String, Value>| {
+        if let Some((q, us)) = claimed {
+            if let Some(by) = &q.claimed_by {
+                status.insert("claimedBy".into(), json!(by));
+            }
+            status.insert("startedAt".into(), json!(timestamp_from_micros(us)));
+        }
+    };
+    match &item.outcome {
+        Outcome::Complete(result) => {
+            record_claim(status);
+            status.insert("completedAt".into(), json!(now));
+            status.remove("errorReport");
+            match result {
+                Some(r) => status.insert("result".into(), r.clone()),
+                None => status.remove("result"),
+            };
+        }
+        Outcome::Retry(report, _) => {
+            status.remove("claimedBy");
+            status.remove("startedAt");
+            status.insert("errorReport".into(), report_json(report)?);
+        }
+        Outcome::Error(report) | Outcome::Abort(report) => {
+            record_claim(status);
+            status.insert("completedAt".into(), json!(now));
+            status.insert("errorReport".into(), report_json(report)?);
+        }
+    }
+    Ok(next)
+}
+
+fn report_json(report: &ErrorReport) -> Result<Value, StoreError> {
+    serde_json::to_value(report).map_err(|e| StoreError::Invalid(format!("errorReport: {e}")))
+}
+
+/// Applies the work_queue and projection writes of `items`.
+async fn write_queue_side(tx: &mut Tx, items: &[Finishing]) -> Result<(), StoreError> {
+    let mut delete = Vec::new();
+    let mut retry: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    let mut states: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for item in items {
+        match &item.outcome {
+            Outcome::Retry(_, delay) => {
+                if let Some(q) = &item.queue {
+                    retry.entry(micros(*delay)).or_default().push(q.id);
+                }
+            }
+            // An aborted operation that is executing keeps its claimed row until its
+            // claimer learns of the abort (heartbeat false, complete/fail stale).
+            Outcome::Abort(_) => {
+                if let Some(q) = item.queue.as_ref().filter(|q| q.claimed_us.is_none()) {
+                    delete.push(q.id);
+                }
+                states.entry("abort").or_default().push(item.op.uid.clone());
+            }
+            Outcome::Complete(_) | Outcome::Error(_) => {
+                if let Some(q) = &item.queue {
+                    delete.push(q.id);
+                }
+                states
+                    .entry(item.outcome.state())
+                    .or_default()
+                    .push(item.op.uid.clone());
+            }
+        }
+    }
+    delete_queue_rows(tx, &delete).await?;
+    for (delay, ids) in retry {
+        requeue_rows(tx, &ids, Some(delay)).await?;
+    }
+    for (state, uids) in states {
+        set_op_state(tx, &uids, state).await?;
+    }
+    Ok(())
+}
+
+/// What [`finish`] did.
+struct Finished {
+    /// The stored object of each primary item, in order (None: its resource is gone).
+    stored: Vec<Option<Stored>>,
+    /// Names (`namespace/name`) of dependents aborted because a dependency failed.
+    cascaded: Vec<String>,
+}
+
+/// Finishes `items` (whose queue and projection rows the caller locked, in that order):
+/// queue rows, projection states, dependents (released on completion, aborted
+/// transitively on error/abort unless in `keep`, which are released), then the
+/// resources, with their revisions allocated last.
+async fn finish(
+    tx: &mut Tx,
+    items: Vec<Finishing>,
+    keep: &HashSet<String>,
+) -> Result<Finished, StoreError> {
+    write_queue_side(tx, &items).await?;
+
+    // Completion releases dependents.
+    let completed: Vec<String> = items
+        .iter()
+        .filter(|i| matches!(i.outcome, Outcome::Complete(_)))
+        .map(|i| i.op.uid.clone())
+        .collect();
+    if !completed.is_empty() {
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for (dependent, _) in dependents_of(tx, &completed).await? {
+            *counts.entry(dependent).or_default() += 1;
+        }
+        release_dependents(tx, &counts).await?;
+    }
+
+    // Error and abort propagate to dependents, transitively.
+    let mut done: HashSet<String> = items.iter().map(|i| i.op.uid.clone()).collect();
+    let mut frontier: HashMap<String, (String, &'static str)> = items
+        .iter()
+        .filter(|i| matches!(i.outcome, Outcome::Error(_) | Outcome::Abort(_)))
+        .map(|i| (i.op.uid.clone(), (i.op.display(), i.outcome.state())))
+        .collect();
+    let mut cascaded: Vec<Finishing> = Vec::new();
+    while !frontier.is_empty() {
+        let uids: Vec<String> = frontier.keys().cloned().collect();
+        let edges = dependents_of(tx, &uids).await?;
+        let mut dependents: Vec<String> = edges
+            .iter()
+            .map(|(d, _)| d.clone())
+            .filter(|d| !done.contains(d))
+            .collect();
+        dependents.sort();
+        dependents.dedup();
+        if dependents.is_empty() {
+            break;
+        }
+        let queue = lock_queue_rows_of(tx, &dependents).await?;
+        let ops = lock_ops(tx, &dependents).await?;
+        let mut released: BTreeMap<String, u32> = BTreeMap::new();
+        let mut next_frontier = HashMap::new();
+        let mut round = Vec::new();
+        for uid in dependents {
+            let Some(op) = ops.get(&uid).filter(|o| o.state == "queued") else {
+                continue;
+            };
+            let failed: Vec<&(String, &'static str)> = edges
+                .iter()
+                .filter(|(d, _)| *d == uid)
+                .filter_map(|(_, dep)| frontier.get(dep))
+                .collect();
+            if keep.contains(&uid) {
+                released.insert(uid, u32::try_from(failed.len()).unwrap_or(u32::MAX));
+                continue;
+            }
+            let message = failed
+                .iter()
+                .map(|(name, state)| format!("dependency {name} ended in {state}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            done.insert(uid.clone());
+            next_frontier.insert(uid.clone(), (op.display(), "abort"));
+            round.push(Finishing {
+                op: op.clone(),
+                queue: queue.get(&uid).cloned(),
+                outcome: Outcome::Abort(ErrorReport {
+                    code: "DependencyFailed".into(),
+                    message,
+                    retryable: false,
+                }),
+            });
+        }
+        release_dependents(tx, &released).await?;
+        write_queue_side(tx, &round).await?;
+        cascaded.extend(round);
+        frontier = next_frontier;
+    }
+
+    // Resources last: lock them, then the counter, then write.
+    let all: Vec<&Finishing> = items.iter().chain(cascaded.iter()).collect();
+    let uids: Vec<String> = all.iter().map(|i| i.op.uid.clone()).collect();
+    let rows = lock_resources(tx, &uids).await?;
+    let mut writes = Vec::new();
+    for (index, item) in all.iter().enumerate() {
+        if let Some(row) = rows.get(&item.op.uid) {
+            let next = next_object(&row.object, item)?;
+            writes.push((index, row, next));
+        } else {
+            tracing::warn!(operation = %item.op.display(), uid = %item.op.uid,
+                "cluster operation has no resource; finished its queue rows only");
+        }
+    }
+    let mut stored: Vec<Option<Stored>> = vec![None; items.len()];
+    if !writes.is_empty() {
+        let count = u64::try_from(writes.len()).unwrap_or(u64::MAX);
+        let first = allocate_revisions(tx, count).await?;
+        for (revision, (index, row, mut next)) in (first..).zip(writes) {
+            replace_object(tx, revision, row, &mut next, row.generation).await?;
+            if index < items.len() {
+                stored[index] = Some(Stored {
+                    object: next,
+                    resource_version: revision,
+                    changed: true,
+                });
+            }
+        }
+    }
+    let mut names: Vec<String> = cascaded.iter().map(|c| c.op.display()).collect();
+    names.sort();
+    Ok(Finished {
+        stored,
+        cascaded: names,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Create.
+
+/// A validated new operation.
+struct NewOp {
+    key: ObjectKey,
+    uid: String,
+    object: Value,
+    depends_on: Vec<String>,
+    queue_name: String,
+    priority: u8,
+    operation_type: String,
+    target_kind: String,
+    target_uid: String,
+    target_name: String,
+    node: Option<String>,
+    delay_us: u64,
+}
+
+fn invalid(message: impl Into<String>) -> StoreError {
+    StoreError::Invalid(message.into())
+}
+
+/// Validates and prepares one new operation (uid, timestamps, status queued).
+fn prepare_operation(mut object: Value, delay: Duration) -> Result<NewOp, StoreError> {
+    let map = object
+        .as_object_mut()
+        .ok_or_else(|| invalid("a ClusterOperation must be a JSON object"))?;
+    match map.get("kind").and_then(Value::as_str) {
+        Some(KIND) => {}
+        other => {
+            return Err(invalid(format!(
+                "kind must be {KIND}, not {}",
+                other.unwrap_or("missing")
+            )));
+        }
+    }
+    map.entry("apiVersion")
+        .or_insert_with(|| json!("shakenfist.io/v1alpha1"));
+    map.remove("status");
+    let spec_json = map
+        .get("spec")
+        .cloned()
+        .ok_or_else(|| invalid("spec is required"))?;
+    let spec: ClusterOperationSpec =
+        serde_json::from_value(spec_json).map_err(|e| invalid(format!("spec: {e}")))?;
+    let key = ObjectKey::of(&object)?;
+    if key.namespace.is_empty() {
+        return Err(invalid(
+            "metadata.namespace is required for a ClusterOperation",
+        ));
+    }
+    let mut typed = ClusterOperation::new(&key.name, spec.clone());
+    typed.metadata.namespace = Some(key.namespace.clone());
+    let errors = validate_cluster_operation(&typed);
+    if !errors.is_empty() {
+        return Err(invalid(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
+    let ascii_max = |field: &str, value: &str, max: usize| {
+        if value.is_ascii() && value.len() <= max {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "{field}: must be ASCII of at most {max} characters: {value:?}"
+            )))
+        }
+    };
+    ascii_max("spec.target.uid", &spec.target.uid, 36)?;
+    ascii_max("spec.target.kind", &spec.target.kind, 64)?;
+    ascii_max("spec.operationType", spec.operation_type.as_str(), 64)?;
+    let priority = priority_number(&spec.priority)?;
+    let mut depends_on = Vec::new();
+    for name in &spec.depends_on {
+        if !depends_on.contains(name) {
+            depends_on.push(name.clone());
+        }
+    }
+    let (key, uid) = prepare_new(&mut object)?;
+    if let Some(map) = object.as_object_mut() {
+        map.insert("status".into(), json!({"state": "queued", "attempts": 0}));
+    }
+    Ok(NewOp {
+        queue_name: match &spec.node {
+            Some(node) => format!("node:{node}"),
+            None => "cluster".into(),
+        },
+        key,
+        uid,
+        object,
+        depends_on,
+        priority,
+        operation_type: spec.operation_type.as_str().to_string(),
+        target_kind: spec.target.kind.clone(),
+        target_uid: spec.target.uid.clone(),
+        target_name: spec.target.name.clone(),
+        node: spec.node.clone(),
+        delay_us: micros(delay),
+    })
+}
+
+fn already_exists(key: &ObjectKey) -> StoreError {
+    StoreError::AlreadyExists {
+        kind: key.kind.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+/// A dependency as resolved at create time.
+struct Dependency {
+    uid: String,
+    complete: bool,
+}
+
+/// Resolves and locks the dependencies of `ops` (earlier items of the batch, or
+/// committed operations of the same namespace).
+async fn resolve_dependencies(
+    tx: &mut Tx,
+    ops: &[NewOp],
+) -> Result<Vec<Vec<Dependency>>, StoreError> {
+    // Names to look up, per namespace.
+    let mut in_batch: HashMap<(&str, &str), &str> = HashMap::new();
+    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for op in ops {
+        for dep in &op.depends_on {
+            if !in_batch.contains_key(&(op.key.namespace.as_str(), dep.as_str())) {
+                wanted
+                    .entry(op.key.namespace.as_str())
+                    .or_default()
+                    .push(dep);
+            }
+        }
+        in_batch.insert(
+            (op.key.namespace.as_str(), op.key.name.as_str()),
+            op.uid.as_str(),
+        );
+    }
+    let mut found: HashMap<(String, String), OpRow> = HashMap::new();
+    for (namespace, mut names) in wanted {
+        names.sort_unstable();
+        names.dedup();
+        for chunk in names.chunks(CHUNK) {
+            let text = format!(
+                "SELECT {OP_COLUMNS} FROM cluster_operations WHERE namespace = ? AND name IN ({}) FOR UPDATE",
+                marks(chunk.len())
+            );
+            let mut q = sqlx::query(sql(text)).bind(namespace);
+            for name in chunk {
+                q = q.bind(*name);
+            }
+            for row in q
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(StoreError::query("resolve dependencies"))?
+            {
+                let r = OpRow::decode(&row)?;
+                found.insert((r.namespace.clone(), r.name.clone()), r);
+            }
+        }
+    }
+    let mut batch_uids: HashMap<(&str, &str), &str> = HashMap::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let mut deps = Vec::new();
+        for dep in &op.depends_on {
+            let ns = op.key.namespace.as_str();
+            if let Some(uid) = batch_uids.get(&(ns, dep.as_str())) {
+                deps.push(Dependency {
+                    uid: (*uid).to_string(),
+                    complete: false,
+                });
+                continue;
+            }
+            match found.get(&(ns.to_string(), dep.clone())) {
+                None => {
+                    return Err(invalid(format!(
+                        "spec.dependsOn: operation {ns}/{dep} (of {ns}/{}) does not exist",
+                        op.key.name
+                    )));
+                }
+                Some(r) if r.state == "error" || r.state == "abort" => {
+                    return Err(invalid(format!(
+                        "spec.dependsOn: dependency {ns}/{dep} failed (state {}), so {ns}/{} could never run",
+                        r.state, op.key.name
+                    )));
+                }
+                Some(r) => deps.push(Dependency {
+                    uid: r.uid.clone(),
+                    complete: r.state == "complete",
+                }),
+            }
+        }
+        batch_uids.insert(
+            (op.key.namespace.as_str(), op.key.name.as_str()),
+            op.uid.as_str(),
+        );
+        out.push(deps);
+    }
+    Ok(out)
+}
+
+async fn insert_projection(tx: &mut Tx, ops: &[NewOp]) -> Result<(), StoreError> {
+    for chunk in ops.chunks(CHUNK) {
+        let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', NOW(6), NOW(6))";
+        let text = format!(
+            "INSERT INTO cluster_operations (uid, namespace, name, operation_type, target_kind, \
+             target_uid, target_name, node, priority, state, created_at, updated_at) VALUES {}",
+            vec![row; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query(sql(text));
+        for op in chunk {
+            q = q
+                .bind(&op.uid)
+                .bind(&op.key.namespace)
+                .bind(&op.key.name)
+                .bind(&op.operation_type)
+                .bind(&op.target_kind)
+                .bind(&op.target_uid)
+                .bind(&op.target_name)
+                .bind(&op.node)
+                .bind(op.priority);
+        }
+        let res = q
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("insert cluster operation"));
+        match res {
+            Ok(_) => {}
+            Err(e) if e.is_duplicate_key() => return Err(find_duplicate(tx, chunk).await),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The AlreadyExists error for the first item of `ops` whose name is taken.
+async fn find_duplicate(tx: &mut Tx, ops: &[NewOp]) -> StoreError {
+    for op in ops {
+        let taken =
+            sqlx::query("SELECT 1 FROM cluster_operations WHERE namespace = ? AND name = ?")
+                .bind(&op.key.namespace)
+                .bind(&op.key.name)
+                .fetch_optional(&mut **tx)
+                .await;
+        match taken {
+            Ok(Some(_)) => return already_exists(&op.key),
+            Ok(None) => {}
+            Err(e) => return StoreError::query("find duplicate operation")(e),
+        }
+    }
+    ops.first()
+        .map(|op| already_exists(&op.key))
+        .unwrap_or_else(|| invalid("duplicate operation"))
+}
+
+/// AlreadyExists if a resource of one of these names exists (created outside the queue).
+async fn check_resources_free(tx: &mut Tx, ops: &[NewOp]) -> Result<(), StoreError> {
+    for chunk in ops.chunks(CHUNK) {
+        let text = format!(
+            "SELECT namespace, name FROM resources WHERE kind = ? AND (namespace, name) IN ({}) FOR UPDATE",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query(sql(text)).bind(KIND);
+        for op in chunk {
+            q = q.bind(&op.key.namespace).bind(&op.key.name);
+        }
+        if let Some(row) = q
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::query("check operation names"))?
+        {
+            return Err(already_exists(&ObjectKey::new(
+                KIND,
+                col::<String>(&row, "namespace")?,
+                col::<String>(&row, "name")?,
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn insert_dependencies(tx: &mut Tx, edges: &[(&str, &str)]) -> Result<(), StoreError> {
+    for chunk in edges.chunks(CHUNK) {
+        let text = format!(
+            "INSERT INTO operation_dependencies (op_uid, depends_on_uid) VALUES {}",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query(sql(text));
+        for (op, dep) in chunk {
+            q = q.bind(*op).bind(*dep);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("insert operation dependencies"))?;
+    }
+    Ok(())
+}
+
+async fn insert_queue_rows(tx: &mut Tx, ops: &[NewOp], waiting: &[u32]) -> Result<(), StoreError> {
+    for (chunk, waits) in ops.chunks(CHUNK).zip(waiting.chunks(CHUNK)) {
+        let row = "(?, ?, NOW(6) + INTERVAL ? MICROSECOND, ?, ?, ?, NOW(6))";
+        let text = format!(
+            "INSERT INTO work_queue (queue_name, priority, scheduled_at, waiting_on, op_uid, \
+             target_uid, created_at) VALUES {}",
+            vec![row; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query(sql(text));
+        for (op, wait) in chunk.iter().zip(waits) {
+            q = q
+                .bind(&op.queue_name)
+                .bind(op.priority)
+                .bind(op.delay_us)
+                .bind(wait)
+                .bind(&op.uid)
+                .bind(&op.target_uid);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("enqueue operation"))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Claims.
+
+/// Reads claimed rows and their objects with the executing overlay, in claim order.
+async fn read_claimed<'e, E>(
+    executor: E,
+    where_sql: &str,
+    binds: Vec<BindValue>,
+) -> Result<Vec<(QueueRow, Option<Value>)>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::MySql>,
+{
+    let text = format!(
+        "SELECT {QUEUE_COLUMNS}, r.object FROM work_queue w \
+         LEFT JOIN resources r ON r.uid = w.op_uid AND r.kind = '{KIND}' \
+         WHERE {where_sql} ORDER BY w.priority, w.scheduled_at, w.id"
+    );
+    let mut q = sqlx::query(sql(text));
+    for b in binds {
+        q = match b {
+            BindValue::Id(v) => q.bind(v),
+            BindValue::Text(v) => q.bind(v),
+        };
+    }
+    let rows = q
+        .fetch_all(executor)
+        .await
+        .map_err(StoreError::query("read claimed work"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let q = QueueRow::decode(row)?;
+        let object: Option<String> = col(row, "object")?;
+        let object = object
+            .map(|text| parse_json(&text, "resources.object"))
+            .transpose()?;
+        out.push((q, object));
+    }
+    Ok(out)
+}
+
+enum BindValue {
+    Id(u64),
+    Text(String),
+}
+
+/// The claimed view of an operation: executing, attempts, claimedBy, startedAt.
+fn claimed_view(q: &QueueRow, mut object: Value) -> Claimed {
+    let state = object
+        .pointer("/status/state")
+        .and_then(Value::as_str)
+        .unwrap_or("queued");
+    // A terminal state (an abort since the claim) is shown as it is.
+    if (state == "queued" || state == "executing")
+        && let Some(map) = object.as_object_mut()
+    {
+        let status = map.entry("status").or_insert_with(|| json!({}));
+        if !status.is_object() {
+            *status = json!({});
+        }
+        if let Some(s) = status.as_object_mut() {
+            s.insert("state".into(), json!("executing"));
+            s.insert("attempts".into(), json!(q.attempts));
+            if let Some(by) = &q.claimed_by {
+                s.insert("claimedBy".into(), json!(by));
+            }
+            if let Some(us) = q.claimed_us {
+                s.insert("startedAt".into(), json!(timestamp_from_micros(us)));
+            }
+        }
+    }
+    Claimed {
+        lease: Lease {
+            id: q.id,
+            attempt: q.attempts,
+        },
+        object,
+    }
+}
+
+/// Ready, unclaimed rows of one queue, locked (SKIP LOCKED), in claim order.
+async fn ready_rows(tx: &mut Tx, queue: &str, max: u32) -> Result<Vec<QueueRow>, StoreError> {
+    // The equality prefix (queue_name, waiting_on, claimed_at IS NULL) of
+    // ix_work_queue_ready gives rows in (priority, scheduled_at, id) order, so LIMIT stops
+    // the scan early and no filesort locks the whole ready set. The NOT EXISTS reads
+    // ux_work_queue_claimed_target without locking (InnoDB locks only the outer rows).
+    let text = format!(
+        "SELECT {QUEUE_COLUMNS} FROM work_queue w \
+         WHERE w.queue_name = ? AND w.waiting_on = 0 AND w.claimed_at IS NULL \
+         AND w.scheduled_at <= NOW(6) \
+         AND NOT EXISTS (SELECT 1 FROM work_queue b WHERE b.claimed_target = w.target_uid) \
+         ORDER BY w.priority, w.scheduled_at, w.id LIMIT ? FOR UPDATE SKIP LOCKED"
+    );
+    let rows = sqlx::query(sql(text))
+        .bind(queue)
+        .bind(max)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::query("claim work"))?;
+    rows.iter().map(QueueRow::decode).collect()
+}
+
+/// Marks `rows` claimed; returns the ids actually claimed (a row whose target another
+/// claimer took meanwhile is dropped).
+async fn mark_claimed(
+    tx: &mut Tx,
+    rows: &[QueueRow],
+    claim_id: &str,
+    claimer: &str,
+) -> Result<Vec<u64>, StoreError> {
+    const SET: &str = "UPDATE work_queue SET claimed_at = NOW(6), claimed_by = ?, claim_id = ?, \
+                       heartbeat_at = NOW(6), attempts = attempts + 1";
+    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+    let text = format!("{SET} WHERE id IN ({})", marks(ids.len()));
+    let mut q = sqlx::query(sql(text)).bind(claimer).bind(claim_id);
+    for id in &ids {
+        q = q.bind(id);
+    }
+    match q
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("claim work"))
+    {
+        Ok(_) => return Ok(ids),
+        Err(e) if e.is_duplicate_key() => {}
+        Err(e) => return Err(e),
+    }
+    // Another claimer holds one of these targets: claim row by row, in target order (so
+    // two such claimers wait on each other's targets in one order), skipping the taken.
+    let mut by_target: Vec<&QueueRow> = rows.iter().collect();
+    by_target.sort_by(|a, b| a.target_uid.cmp(&b.target_uid));
+    let mut claimed = Vec::new();
+    for row in by_target {
+        let res = sqlx::query(sql(format!("{SET} WHERE id = ?")))
+            .bind(claimer)
+            .bind(claim_id)
+            .bind(row.id)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("claim work"));
+        match res {
+            Ok(_) => claimed.push(row.id),
+            Err(e) if e.is_duplicate_key() => {
+                tracing::debug!(target_uid = %row.target_uid, "target claimed concurrently; skipped");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(claimed)
+}
+
+// ---------------------------------------------------------------------------------
+// Leases.
+
+/// Why a locked row does not match a lease, if it does not.
+fn lease_problem(lease: Lease, row: Option<&QueueRow>) -> Option<String> {
+    match row {
+        None => Some("the work item is gone (completed, failed, aborted or rejected)".into()),
+        Some(r) if r.attempts != lease.attempt => Some(format!(
+            "the work item was claimed again since (attempt {})",
+            r.attempts
+        )),
+        Some(r) if r.claimed_us.is_none() => {
+            Some("the work item is no longer claimed (re-queued by the reaper or failed)".into())
+        }
+        Some(_) => None,
+    }
+}
+
+/// A lease checked under lock: the finishing item, or why it is stale.
+enum Checked {
+    Valid(OpRow, QueueRow),
+    Stale(StoreError),
+}
+
+/// Locks and checks `leases` (queue rows, then projection rows). Rows of aborted
+/// operations whose lease matched are deleted: their claimer is done with them.
+async fn check_leases(tx: &mut Tx, leases: &[Lease]) -> Result<Vec<Checked>, StoreError> {
+    let mut ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = lock_queue_rows(tx, &ids).await?;
+    let uids: Vec<String> = rows.values().map(|r| r.op_uid.clone()).collect();
+    let ops = lock_ops(tx, &uids).await?;
+    let mut seen = HashSet::new();
+    let mut leftovers = Vec::new();
+    let mut out = Vec::with_capacity(leases.len());
+    for lease in leases {
+        let row = rows.get(&lease.id);
+        if let Some(problem) = lease_problem(*lease, row) {
+            out.push(Checked::Stale(stale(*lease, problem)));
+            continue;
+        }
+        if !seen.insert(lease.id) {
+            out.push(Checked::Stale(stale(*lease, "the lease is listed twice")));
+            continue;
+        }
+        let Some(row) = row else { continue };
+        match ops.get(&row.op_uid) {
+            Some(op) if op.state == "queued" => out.push(Checked::Valid(op.clone(), row.clone())),
+            Some(op) => {
+                leftovers.push(row.id);
+                out.push(Checked::Stale(stale(
+                    *lease,
+                    format!(
+                        "operation {} was aborted (state {})",
+                        op.display(),
+                        op.state
+                    ),
+                )));
+            }
+            None => {
+                leftovers.push(row.id);
+                out.push(Checked::Stale(stale(
+                    *lease,
+                    "the operation no longer exists",
+                )));
+            }
+        }
+    }
+    delete_queue_rows(tx, &leftovers).await?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------
+// The API.
+
+impl Store {
+    /// Creates one operation, claimable after `delay` (see the module contract).
+    pub async fn create_operation(
+        &self,
+        object: Value,
+        delay: Duration,
+    ) -> Result<Stored, StoreError> {
+        let mut stored = self.create_operations(vec![(object, delay)]).await?;
+        stored
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("create returned nothing".into()))
+    }
+
+    /// Creates operations in one transaction (all or none), with consecutive revisions in
+    /// input order. A `dependsOn` may name an earlier item of the batch.
+    pub async fn create_operations(
+        &self,
+        items: Vec<(Value, Duration)>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut ops = Vec::with_capacity(items.len());
+        let mut names = HashSet::new();
+        for (object, delay) in items {
+            let op = prepare_operation(object, delay)?;
+            if !names.insert((op.key.namespace.clone(), op.key.name.clone())) {
+                return Err(already_exists(&op.key));
+            }
+            ops.push(op);
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ops = &ops;
+        let stored = self
+            .with_retry("create operation", || async move {
+                let mut tx = self.begin("create operation").await?;
+                let deps = resolve_dependencies(&mut tx, ops).await?;
+                insert_projection(&mut tx, ops).await?;
+                check_resources_free(&mut tx, ops).await?;
+                let mut edges = Vec::new();
+                let mut waiting = Vec::with_capacity(ops.len());
+                for (op, deps) in ops.iter().zip(&deps) {
+                    let mut wait = 0u32;
+                    for dep in deps {
+                        edges.push((op.uid.as_str(), dep.uid.as_str()));
+                        if !dep.complete {
+                            wait += 1;
+                        }
+                    }
+                    waiting.push(wait);
+                }
+                insert_dependencies(&mut tx, &edges).await?;
+                insert_queue_rows(&mut tx, ops, &waiting).await?;
+                let count = u64::try_from(ops.len()).unwrap_or(u64::MAX);
+                let first = allocate_revisions(&mut tx, count).await?;
+                let mut stored = Vec::with_capacity(ops.len());
+                for (revision, op) in (first..).zip(ops.iter()) {
+                    let mut object = op.object.clone();
+                    insert_object(&mut tx, revision, &op.key, &op.uid, &mut object).await?;
+                    stored.push(Stored {
+                        object,
+                        resource_version: revision,
+                        changed: true,
+                    });
+                }
+                self.commit(tx, "create operation").await?;
+                Ok(stored)
+            })
+            .await?;
+        wake_claimers();
+        Ok(stored)
+    }
+
+    /// Claims up to `max` ready operations of `node:<node>` and the cluster queue (only
+    /// the cluster queue when `node` is empty) for `claimer`, waiting up to `wait` for
+    /// work. A repeated `claim_id` whose rows are still claimed returns them again.
+    pub async fn claim(
+        &self,
+        node: &str,
+        max: u32,
+        claim_id: &str,
+        claimer: &str,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if claim_id.is_empty() || claim_id.len() > 64 || !claim_id.is_ascii() {
+            return Err(invalid("claim_id must be 1 to 64 ASCII characters"));
+        }
+        if claimer.is_empty() || claimer.chars().count() > 255 {
+            return Err(invalid("claimer must be 1 to 255 characters"));
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let again = read_claimed(
+            &self.pool,
+            "w.claim_id = ? AND w.claimed_at IS NOT NULL",
+            vec![BindValue::Text(claim_id.to_string())],
+        )
+        .await?;
+        if !again.is_empty() {
+            return Ok(again
+                .into_iter()
+                .filter_map(|(q, object)| object.map(|o| claimed_view(&q, o)))
+                .collect());
+        }
+        let max = max.min(MAX_CLAIM_BATCH);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = QUEUE_CHANGED.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let claimed = self.claim_once(node, max, claim_id, claimer).await?;
+            let now = tokio::time::Instant::now();
+            if !claimed.is_empty() || now >= deadline {
+                return Ok(claimed);
+            }
+            let nap = POLL_INTERVAL.min(deadline - now);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    /// One claim transaction.
+    async fn claim_once(
+        &self,
+        node: &str,
+        max: u32,
+        claim_id: &str,
+        claimer: &str,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut queues = vec!["cluster".to_string()];
+        if !node.is_empty() {
+            queues.insert(0, format!("node:{node}"));
+        }
+        let (claimed, orphans) = self
+            .with_retry("claim work", || async {
+                let mut tx = self.begin("claim work").await?;
+                let mut candidates = Vec::new();
+                for queue in &queues {
+                    candidates.extend(ready_rows(&mut tx, queue, max).await?);
+                }
+                if candidates.is_empty() {
+                    return Ok((Vec::new(), 0));
+                }
+                candidates.sort_by_key(QueueRow::sort_key);
+                let mut targets = HashSet::new();
+                candidates.retain(|r| targets.insert(r.target_uid.clone()));
+                candidates.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+                let ids = mark_claimed(&mut tx, &candidates, claim_id, claimer).await?;
+                if ids.is_empty() {
+                    return Ok((Vec::new(), 0));
+                }
+                let rows = read_claimed(
+                    &mut *tx,
+                    &format!("w.id IN ({})", marks(ids.len())),
+                    ids.iter().map(|id| BindValue::Id(*id)).collect(),
+                )
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                let mut orphans = Vec::new();
+                for (q, object) in rows {
+                    match object {
+                        Some(o) => out.push(claimed_view(&q, o)),
+                        None => orphans.push(q),
+                    }
+                }
+                let orphan_count = orphans.len();
+                if orphans.is_empty() {
+                    // A claim appends nothing to the change log: no change-feed wake.
+                    tx.commit().await.map_err(StoreError::query("claim work"))?;
+                } else {
+                    abort_orphans(&mut tx, orphans).await?;
+                    self.commit(tx, "claim work").await?;
+                }
+                Ok((out, orphan_count))
+            })
+            .await?;
+        if orphans > 0 {
+            wake_claimers();
+        }
+        Ok(claimed)
+    }
+
+    /// Records that the lease's claimer is alive. `Ok(false)` means stop: the operation
+    /// was aborted. A stale lease is [`StoreError::StaleLease`].
+    pub async fn heartbeat(&self, lease: Lease) -> Result<bool, StoreError> {
+        self.with_retry("heartbeat", || async {
+            let done = sqlx::query(
+                "UPDATE work_queue SET heartbeat_at = NOW(6) \
+                 WHERE id = ? AND attempts = ? AND claimed_at IS NOT NULL",
+            )
+            .bind(lease.id)
+            .bind(lease.attempt)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::query("heartbeat"))?;
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT CAST(o.state AS CHAR) FROM work_queue w \
+                 LEFT JOIN cluster_operations o ON o.uid = w.op_uid WHERE w.id = ?",
+            )
+            .bind(lease.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::query("heartbeat"))?
+            .flatten();
+            if done.rows_affected() == 1 {
+                return Ok(state.as_deref() == Some("queued"));
+            }
+            let row = read_claimed(&self.pool, "w.id = ?", vec![BindValue::Id(lease.id)])
+                .await?
+                .into_iter()
+                .next()
+                .map(|(q, _)| q);
+            Err(stale(
+                lease,
+                lease_problem(lease, row.as_ref()).unwrap_or_else(|| "the lease changed".into()),
+            ))
+        })
+        .await
+    }
+
+    /// Completes one claimed operation with its `result` (a JSON object, or null).
+    pub async fn complete(&self, lease: Lease, result: Value) -> Result<Stored, StoreError> {
+        self.complete_batch(vec![(lease, result)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("complete returned nothing".into())))
+    }
+
+    /// Completes many claimed operations in one transaction (one revision each, allocated
+    /// together). The outcome of each lease is in its slot: a stale one is
+    /// [`StoreError::StaleLease`] and changes nothing, the others complete.
+    pub async fn complete_batch(
+        &self,
+        items: Vec<(Lease, Value)>,
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let items = &items;
+        let out = self
+            .with_retry("complete work", || async move {
+                let mut tx = self.begin("complete work").await?;
+                let leases: Vec<Lease> = items.iter().map(|(l, _)| *l).collect();
+                let checked = check_leases(&mut tx, &leases).await?;
+                let mut slots: Vec<Option<Result<Stored, StoreError>>> =
+                    Vec::with_capacity(items.len());
+                let mut finishing = Vec::new();
+                let mut index = Vec::new();
+                for (i, (check, (_, result))) in checked.into_iter().zip(items).enumerate() {
+                    match check {
+                        Checked::Stale(e) => slots.push(Some(Err(e))),
+                        Checked::Valid(_, _) if !(result.is_object() || result.is_null()) => {
+                            slots.push(Some(Err(invalid("result must be a JSON object"))));
+                        }
+                        Checked::Valid(op, queue) => {
+                            slots.push(None);
+                            index.push(i);
+                            finishing.push(Finishing {
+                                op,
+                                queue: Some(queue),
+                                outcome: Outcome::Complete(
+                                    Some(result.clone()).filter(|r| !r.is_null()),
+                                ),
+                            });
+                        }
+                    }
+                }
+                let missing: Vec<ObjectKey> = finishing
+                    .iter()
+                    .map(|f| ObjectKey::new(KIND, f.op.namespace.clone(), f.op.name.clone()))
+                    .collect();
+                let finished = finish(&mut tx, finishing, &HashSet::new()).await?;
+                for ((i, stored), key) in index.into_iter().zip(finished.stored).zip(missing) {
+                    slots[i] = Some(stored.ok_or_else(|| key.not_found()));
+                }
+                self.commit(tx, "complete work").await?;
+                Ok(slots
+                    .into_iter()
+                    .map(|s| s.unwrap_or_else(|| Err(StoreError::Corrupt("lost a slot".into()))))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        wake_claimers();
+        Ok(out)
+    }
+
+    /// Fails a claimed operation. A retryable report below [`CLUSTER_OP_MAX_ATTEMPTS`]
+    /// re-queues it after [`retry_backoff`] (status stays `queued` with the report);
+    /// otherwise it goes to `error` and its dependents are aborted.
+    pub async fn fail(&self, lease: Lease, report: ErrorReport) -> Result<Stored, StoreError> {
+        let report = &report;
+        let stored = self
+            .with_retry("fail work", || async move {
+                let mut tx = self.begin("fail work").await?;
+                let mut checked = check_leases(&mut tx, &[lease]).await?;
+                let (op, queue) = match checked.pop() {
+                    Some(Checked::Valid(op, queue)) => (op, queue),
+                    Some(Checked::Stale(e)) => {
+                        // Commit the removal of an aborted operation's leftover row.
+                        self.commit(tx, "fail work").await?;
+                        return Err(e);
+                    }
+                    None => return Err(StoreError::Corrupt("lease check returned nothing".into())),
+                };
+                let outcome = if report.retryable && queue.attempts < CLUSTER_OP_MAX_ATTEMPTS {
+                    Outcome::Retry(report.clone(), retry_backoff(queue.attempts))
+                } else if report.retryable {
+                    Outcome::Error(ErrorReport {
+                        message: format!(
+                            "{} (gave up after {} attempts)",
+                            report.message, queue.attempts
+                        ),
+                        ..report.clone()
+                    })
+                } else {
+                    Outcome::Error(report.clone())
+                };
+                let key = ObjectKey::new(KIND, op.namespace.clone(), op.name.clone());
+                let finished = finish(
+                    &mut tx,
+                    vec![Finishing {
+                        op,
+                        queue: Some(queue),
+                        outcome,
+                    }],
+                    &HashSet::new(),
+                )
+                .await?;
+                self.commit(tx, "fail work").await?;
+                finished
+                    .stored
+                    .into_iter()
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| key.not_found())
+            })
+            .await;
+        wake_claimers();
+        stored
+    }
+
+    /// Aborts the queued and executing operations of `target_uid` except
+    /// `instance_snapshot` ones, with `reason`; their dependents are aborted too. Returns
+    /// the aborted operations' and the kept snapshots' `namespace/name`s, sorted.
+    pub async fn abort(
+        &self,
+        target_uid: &str,
+        reason: &str,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let result = self
+            .with_retry("abort operations", || async {
+                let uids: Vec<String> = sqlx::query_scalar(
+                    "SELECT uid FROM cluster_operations WHERE target_uid = ? AND state = 'queued'",
+                )
+                .bind(target_uid)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::query("abort operations"))?;
+                if uids.is_empty() {
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                let mut tx = self.begin("abort operations").await?;
+                let queue = lock_queue_rows_of(&mut tx, &uids).await?;
+                let ops = lock_ops(&mut tx, &uids).await?;
+                let mut kept = Vec::new();
+                let mut keep = HashSet::new();
+                let mut finishing = Vec::new();
+                let mut sorted: Vec<&OpRow> =
+                    ops.values().filter(|o| o.state == "queued").collect();
+                sorted.sort_by(|a, b| a.uid.cmp(&b.uid));
+                for op in sorted {
+                    if op.operation_type == SNAPSHOT {
+                        kept.push(op.display());
+                        keep.insert(op.uid.clone());
+                        continue;
+                    }
+                    finishing.push(Finishing {
+                        op: op.clone(),
+                        queue: queue.get(&op.uid).cloned(),
+                        outcome: Outcome::Abort(ErrorReport {
+                            code: "Aborted".into(),
+                            message: reason.to_string(),
+                            retryable: false,
+                        }),
+                    });
+                }
+                let mut aborted: Vec<String> = finishing.iter().map(|f| f.op.display()).collect();
+                let finished = finish(&mut tx, finishing, &keep).await?;
+                self.commit(tx, "abort operations").await?;
+                aborted.extend(finished.cascaded);
+                aborted.sort();
+                kept.sort();
+                Ok((aborted, kept))
+            })
+            .await?;
+        wake_claimers();
+        Ok(result)
+    }
+
+    /// Re-queues claims whose last heartbeat (or claim) is older than `threshold`, keeping
+    /// their attempts; rejects (error) those claimed `max_attempts` times. Returns
+    /// (re-queued, rejected).
+    pub async fn reap_stuck(
+        &self,
+        threshold: Duration,
+        max_attempts: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let threshold_us = micros(threshold);
+        let mut requeued_total = 0u64;
+        let mut rejected_total = 0u64;
+        loop {
+            let (seen, requeued, rejected) = self
+                .with_retry("reap stuck work", || async {
+                    let mut tx = self.begin("reap stuck work").await?;
+                    let text = format!(
+                        "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.claimed_at IS NOT NULL \
+                         AND COALESCE(w.heartbeat_at, w.claimed_at) < NOW(6) - INTERVAL ? MICROSECOND \
+                         LIMIT {CHUNK} FOR UPDATE SKIP LOCKED"
+                    );
+                    let rows: Vec<QueueRow> = sqlx::query(sql(text))
+                        .bind(threshold_us)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StoreError::query("reap stuck work"))?
+                        .iter()
+                        .map(QueueRow::decode)
+                        .collect::<Result<_, _>>()?;
+                    if rows.is_empty() {
+                        return Ok((0, 0, 0));
+                    }
+                    let uids: Vec<String> = rows.iter().map(|r| r.op_uid.clone()).collect();
+                    let ops = lock_ops(&mut tx, &uids).await?;
+                    let mut leftovers = Vec::new();
+                    let mut requeue = Vec::new();
+                    let mut reject = Vec::new();
+                    for row in &rows {
+                        match ops.get(&row.op_uid) {
+                            Some(op) if op.state == "queued" => {
+                                if row.attempts >= max_attempts {
+                                    tracing::warn!(operation = %op.display(), attempts = row.attempts,
+                                        "rejecting a stuck operation");
+                                    reject.push(Finishing {
+                                        op: op.clone(),
+                                        queue: Some(row.clone()),
+                                        outcome: Outcome::Error(ErrorReport {
+                                            code: "ReaperRejected".into(),
+                                            message: format!(
+                                                "claimed {} times without completing; rejected by the reaper",
+                                                row.attempts
+                                            ),
+                                            retryable: false,
+                                        }),
+                                    });
+                                } else {
+                                    tracing::info!(operation = %op.display(), attempts = row.attempts,
+                                        claimed_by = ?row.claimed_by, "re-queueing a stuck operation");
+                                    requeue.push(row.id);
+                                }
+                            }
+                            _ => leftovers.push(row.id),
+                        }
+                    }
+                    delete_queue_rows(&mut tx, &leftovers).await?;
+                    requeue_rows(&mut tx, &requeue, None).await?;
+                    let rejected = reject.len();
+                    if !reject.is_empty() {
+                        finish(&mut tx, reject, &HashSet::new()).await?;
+                    }
+                    self.commit(tx, "reap stuck work").await?;
+                    Ok((rows.len(), requeue.len(), rejected))
+                })
+                .await?;
+            requeued_total += u64::try_from(requeued).unwrap_or(u64::MAX);
+            rejected_total += u64::try_from(rejected).unwrap_or(u64::MAX);
+            if requeued > 0 {
+                wake_claimers();
+            }
+            if seen < CHUNK {
+                break;
+            }
+        }
+        Ok((requeued_total, rejected_total))
+    }
+
+    /// Removes complete, error and abort operations last changed more than `older_than`
+    /// ago: resource (a DELETED change), projection and dependency edges. An aborted
+    /// operation whose claimer still holds its row waits for that row to go. Returns how
+    /// many were removed.
+    pub async fn purge_terminal_operations(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let age_us = micros(older_than);
+        let mut total = 0u64;
+        loop {
+            let purged = self
+                .with_retry("purge operations", || async {
+                    let mut tx = self.begin("purge operations").await?;
+                    let text = format!(
+                        "SELECT {OP_COLUMNS} FROM cluster_operations o \
+                         WHERE o.state IN ('complete', 'error', 'abort') \
+                         AND o.updated_at < NOW(6) - INTERVAL ? MICROSECOND \
+                         AND NOT EXISTS (SELECT 1 FROM work_queue w WHERE w.op_uid = o.uid) \
+                         LIMIT {CHUNK} FOR UPDATE SKIP LOCKED"
+                    );
+                    let ops: Vec<OpRow> = sqlx::query(sql(text))
+                        .bind(age_us)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StoreError::query("purge operations"))?
+                        .iter()
+                        .map(OpRow::decode)
+                        .collect::<Result<_, _>>()?;
+                    if ops.is_empty() {
+                        return Ok(0);
+                    }
+                    let uids: Vec<String> = ops.iter().map(|o| o.uid.clone()).collect();
+                    let resources = lock_resources(&mut tx, &uids).await?;
+                    for chunk in uids.chunks(CHUNK) {
+                        let m = marks(chunk.len());
+                        for text in [
+                            format!("DELETE FROM operation_dependencies WHERE op_uid IN ({m})"),
+                            format!(
+                                "DELETE FROM operation_dependencies WHERE depends_on_uid IN ({m})"
+                            ),
+                            format!("DELETE FROM cluster_operations WHERE uid IN ({m})"),
+                        ] {
+                            let mut q = sqlx::query(sql(text));
+                            for uid in chunk {
+                                q = q.bind(uid);
+                            }
+                            q.execute(&mut *tx)
+                                .await
+                                .map_err(StoreError::query("purge operations"))?;
+                        }
+                    }
+                    let rows: Vec<&Row0> = uids.iter().filter_map(|u| resources.get(u)).collect();
+                    if !rows.is_empty() {
+                        let count = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+                        let first = allocate_revisions(&mut tx, count).await?;
+                        for (revision, row) in (first..).zip(rows) {
+                            let mut object = row.object.clone();
+                            remove_object(&mut tx, revision, row, &mut object).await?;
+                        }
+                    }
+                    self.commit(tx, "purge operations").await?;
+                    Ok(ops.len())
+                })
+                .await?;
+            total += u64::try_from(purged).unwrap_or(u64::MAX);
+            if purged < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Operations waiting to be claimed (ready, backing off or waiting on dependencies);
+    /// executing ones are not counted.
+    pub async fn queue_depth(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM work_queue WHERE claimed_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::query("queue depth"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Claimed rows whose resource is gone (deleted outside the queue): their operations
+/// are aborted, so dependents do not wait forever.
+async fn abort_orphans(tx: &mut Tx, orphans: Vec<QueueRow>) -> Result<(), StoreError> {
+    let uids: Vec<String> = orphans.iter().map(|q| q.op_uid.clone()).collect();
+    let ops = lock_ops(tx, &uids).await?;
+    let mut finishing = Vec::new();
+    let mut lost = Vec::new();
+    for mut q in orphans {
+        tracing::warn!(uid = %q.op_uid, "claimed work has no ClusterOperation resource; aborting it");
+        // Not executing: nobody was told about it, so the row goes at once.
+        q.claimed_us = None;
+        match ops.get(&q.op_uid) {
+            Some(op) => finishing.push(Finishing {
+                op: op.clone(),
+                queue: Some(q),
+                outcome: Outcome::Abort(ErrorReport {
+                    code: "ResourceMissing".into(),
+                    message: "the ClusterOperation resource was deleted".into(),
+                    retryable: false,
+                }),
+            }),
+            None => lost.push(q.id),
+        }
+    }
+    delete_queue_rows(tx, &lost).await?;
+    finish(tx, finishing, &HashSet::new()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_is_capped() {
+        assert_eq!(retry_backoff(1), Duration::from_secs(1));
+        assert_eq!(retry_backoff(2), Duration::from_secs(2));
+        assert_eq!(retry_backoff(4), Duration::from_secs(8));
+        assert_eq!(retry_backoff(40), BACKOFF_CAP);
+        assert_eq!(retry_backoff(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn placeholders_are_comma_separated() {
+        assert_eq!(marks(1), "?");
+        assert_eq!(marks(3), "?, ?, ?");
+    }
+
+    #[test]
+    fn operations_are_validated_before_any_sql() {
+        let good = json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "ClusterOperation",
+            "metadata": {"name": "op-1", "namespace": "demo"},
+            "spec": {"operationType": "instance_create",
+                     "target": {"kind": "Instance", "name": "web-1", "uid": "u-1"},
+                     "node": "hv-1", "priority": "high", "payload": {}},
+            "status": {"state": "complete"}
+        });
+        let op = prepare_operation(good.clone(), Duration::ZERO).expect("valid");
+        assert_eq!(op.queue_name, "node:hv-1");
+        assert_eq!(op.priority, 0);
+        assert_eq!(
+            op.object["status"],
+            json!({"state": "queued", "attempts": 0})
+        );
+        let mut bad = good.clone();
+        bad["spec"]["priority"] = json!("urgent");
+        assert!(matches!(
+            prepare_operation(bad, Duration::ZERO),
+            Err(StoreError::Invalid(_))
+        ));
+        let mut bad = good.clone();
+        bad["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("namespace");
+        assert!(matches!(
+            prepare_operation(bad, Duration::ZERO),
+            Err(StoreError::Invalid(_))
+        ));
+        let mut bad = good;
+        bad["kind"] = json!("Instance");
+        assert!(matches!(
+            prepare_operation(bad, Duration::ZERO),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}

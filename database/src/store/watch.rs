@@ -198,6 +198,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Compacts the change log while keeping at least `keep_revisions` of the newest
+    /// revisions AND everything younger than `keep_for`, whichever keeps more (the
+    /// maintenance policy: at least an hour or 10,000 revisions).
+    pub async fn compact_retaining(
+        &self,
+        keep_revisions: u64,
+        keep_for: Duration,
+    ) -> Result<(u64, u64), StoreError> {
+        let current = self.current_revision().await?;
+        let by_count = current.saturating_sub(keep_revisions);
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(keep_for).unwrap_or(chrono::Duration::MAX);
+        let by_age: u64 = sqlx::query_scalar::<_, Option<u64>>(
+            "SELECT MAX(revision) FROM change_log WHERE created_at < ?",
+        )
+        .bind(cutoff.naive_utc())
+        .fetch_one(self.pool())
+        .await
+        .map_err(StoreError::query("compact change log"))?
+        .unwrap_or(0);
+        let target = by_count.min(by_age);
+        if target == 0 {
+            return Ok((self.compacted_revision().await?, 0));
+        }
+        self.compact(target).await
+    }
+}
+
 /// The process's reader of `change_log`.
 pub struct ChangeFeed {
     store: Store,

@@ -101,6 +101,8 @@ pub struct ServerOptions {
     /// A configuration file read instead of `--no-defaults` (its `[mariadbd]` group
     /// applies; the harness's own options still win).
     pub defaults_file: Option<PathBuf>,
+    /// Extra `mariadbd` options, after the harness's own (so they win).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -110,6 +112,7 @@ impl Default for ServerOptions {
             collation: "utf8mb4_unicode_ci".into(),
             default_engine: "InnoDB".into(),
             defaults_file: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -120,6 +123,18 @@ impl ServerOptions {
         Self {
             charset: "latin1".into(),
             collation: "latin1_swedish_ci".into(),
+            ..Self::default()
+        }
+    }
+
+    /// Production durability (`innodb_flush_log_at_trx_commit=1`) and a larger buffer
+    /// pool, for benchmarks.
+    pub fn durable() -> Self {
+        Self {
+            extra_args: vec![
+                "--innodb-flush-log-at-trx-commit=1".into(),
+                "--innodb-buffer-pool-size=1G".into(),
+            ],
             ..Self::default()
         }
     }
@@ -290,6 +305,7 @@ impl MariaDb {
                 "--skip-name-resolve".into(),
             ]);
         }
+        args.extend(opts.extra_args.iter().cloned());
         if root {
             args.push("--user=root".into());
         }

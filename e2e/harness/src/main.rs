@@ -52,10 +52,10 @@ fn main() -> ExitCode {
             let pid = std::fs::read_to_string(dir.join("mariadbd.pid"))
                 .ok()
                 .map(|p| p.trim().to_string());
-            if let Some(port) = port {
-                if let Err(e) = MariaDb::attach(port).shutdown() {
-                    eprintln!("sf-test-mariadb: shutdown: {e}");
-                }
+            if let Some(port) = port
+                && let Err(e) = MariaDb::attach(port).shutdown()
+            {
+                eprintln!("sf-test-mariadb: shutdown: {e}");
             }
             // Wait for the process to go before deleting its files.
             if let Some(pid) = pid {

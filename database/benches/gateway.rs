@@ -1,0 +1,499 @@
+//! The gateway benchmark: prints one JSON document of figures.
+//!
+//! `cargo bench -p sf-database --bench gateway` starts a private MariaDB with production
+//! durability (`innodb_flush_log_at_trx_commit=1`), two in-process sf-database
+//! gateways on 127.0.0.1, and drives them through the client library over gRPC, as the
+//! other daemons do. Every loop is bounded in count and time. Figures:
+//! - create+claim+complete throughput with 16 claimers, unbatched (one op per call) and
+//!   batched (100 per call);
+//! - enqueue→claim latency p50/p99 (one long-polling claimer);
+//! - watch delivery latency p50/p99 (write acknowledged → event received), on the same
+//!   instance and across instances;
+//! - event batch insert rate.
+//!
+//! `SF_BENCH_SCALE` (default 1.0) scales the job counts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+use sf_daemon::Shutdown;
+use sf_database::daemon::{self, Config};
+use sf_database::{MariaDbArgs, connect, ensure_schema};
+use sf_database_client::{GatewayClient, RetryPolicy};
+use sf_harness::{MariaDb, ServerOptions};
+use sf_proto::v1 as pb;
+use tokio::sync::Mutex;
+
+const SECRET: &str = "bench-secret-0123456789";
+const CLAIMERS: usize = 16;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn summary(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(f64::total_cmp);
+    json!({
+        "samples": ms.len(),
+        "p50_ms": (percentile(&ms, 0.50) * 1000.0).round() / 1000.0,
+        "p99_ms": (percentile(&ms, 0.99) * 1000.0).round() / 1000.0,
+        "max_ms": (ms.last().copied().unwrap_or(f64::NAN) * 1000.0).round() / 1000.0,
+    })
+}
+
+async fn start_gateway(port: u16, database: &str) -> (SocketAddr, Shutdown) {
+    let config = Config::parse_from([
+        "sf-database",
+        "--mariadb-host=127.0.0.1",
+        &format!("--mariadb-port={port}"),
+        "--mariadb-user=root",
+        &format!("--mariadb-database={database}"),
+        "--mariadb-pool-size=24",
+        "--listen=127.0.0.1",
+        &format!("--mariadb-gateway-secret={SECRET}"),
+    ]);
+    let grpc = daemon::bind("gRPC", "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let metrics = daemon::bind("metrics", "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = daemon::serve(config, grpc, metrics, s).await {
+            eprintln!("gateway: {e}");
+        }
+    });
+    (addr, shutdown)
+}
+
+fn client(addrs: &[SocketAddr]) -> GatewayClient {
+    let list = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    GatewayClient::from_host_list(&list, SECRET, RetryPolicy::default()).expect("client")
+}
+
+async fn wait_ready(c: &GatewayClient) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ok = c
+            .call("list_resources", |mut g| async move {
+                g.list_resources(pb::ListResourcesRequest {
+                    kind: "Node".into(),
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+            .is_ok();
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateways did not come up");
+}
+
+fn operation(run: &str, i: usize, node: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "shakenfist.io/v1alpha1", "kind": "ClusterOperation",
+        "metadata": {"name": format!("{run}-{i}"), "namespace": "bench"},
+        "spec": {
+            "operationType": "instance_power_on",
+            // One target per op: per-target serialisation never blocks the bench.
+            "target": {"kind": "Instance", "name": format!("i-{i}"), "namespace": "bench", "uid": uuid::Uuid::new_v4().to_string()},
+            "node": node,
+            "priority": "normal",
+            "payload": {}
+        }
+    }))
+    .expect("json")
+}
+
+/// Producers and 16 claimers run at once; returns jobs/s over the whole drain.
+async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> Value {
+    let nodes = ["hv-1", "hv-2", "hv-3", "hv-4"];
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(300);
+    let mut tasks = Vec::new();
+    // 4 producers.
+    for p in 0..4 {
+        let c = c.clone();
+        let run = run.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut i = p;
+            while i < jobs {
+                let mut ops = Vec::new();
+                while ops.len() < batch && i < jobs {
+                    ops.push(pb::CreateOperationRequest {
+                        object: operation(&run, i, nodes[i % nodes.len()]),
+                        delay_ms: 0,
+                    });
+                    i += 4;
+                }
+                if batch == 1 {
+                    let op = ops.pop().expect("one");
+                    c.call("create_operation", |mut g| {
+                        let op = op.clone();
+                        async move { g.create_operation(op).await }
+                    })
+                    .await
+                    .expect("create");
+                } else {
+                    c.call("create_operations", |mut g| {
+                        let operations = ops.clone();
+                        async move {
+                            g.create_operations(pb::CreateOperationsRequest { operations })
+                                .await
+                        }
+                    })
+                    .await
+                    .expect("create batch");
+                }
+            }
+        }));
+    }
+    for w in 0..CLAIMERS {
+        let c = c.clone();
+        let done = done.clone();
+        let node = nodes[w % nodes.len()].to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while done.load(Ordering::Relaxed) < jobs as u64 && Instant::now() < deadline {
+                n += 1;
+                let claim_id = format!("{node}-{w}-{n}");
+                let node = node.clone();
+                let claimed = c
+                    .call("claim", |mut g| {
+                        let (node, claim_id) = (node.clone(), claim_id.clone());
+                        async move {
+                            g.claim(pb::ClaimRequest {
+                                node,
+                                max: batch as u32,
+                                claim_id,
+                                wait_seconds: 1,
+                                claimer: format!("bench-{w}"),
+                            })
+                            .await
+                        }
+                    })
+                    .await
+                    .expect("claim")
+                    .operations;
+                if claimed.is_empty() {
+                    continue;
+                }
+                let k = claimed.len() as u64;
+                if batch == 1 {
+                    for op in claimed {
+                        c.call("complete", |mut g| {
+                            let lease = op.lease;
+                            async move { g.complete(pb::CompleteRequest { lease, result: b"{}".to_vec() }).await }
+                        })
+                        .await
+                        .expect("complete");
+                    }
+                } else {
+                    let items: Vec<pb::CompleteRequest> = claimed
+                        .iter()
+                        .map(|op| pb::CompleteRequest {
+                            lease: op.lease,
+                            result: b"{}".to_vec(),
+                        })
+                        .collect();
+                    let reply = c
+                        .call("complete_batch", |mut g| {
+                            let items = items.clone();
+                            async move { g.complete_batch(pb::CompleteBatchRequest { items }).await }
+                        })
+                        .await
+                        .expect("complete batch");
+                    assert!(reply.results.iter().all(|r| r.error_code.is_empty()), "a completion failed");
+                }
+                done.fetch_add(k, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let completed = done.load(Ordering::Relaxed);
+    json!({
+        "jobs": jobs,
+        "completed": completed,
+        "batch": batch,
+        "claimers": CLAIMERS,
+        "seconds": (secs * 100.0).round() / 100.0,
+        "jobs_per_second": (completed as f64 / secs).round(),
+    })
+}
+
+/// One claimer long-polls; ops are enqueued one at a time; latency from the create
+/// call to the claim's return.
+async fn claim_latency(c: &GatewayClient, samples: usize) -> Value {
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut lat = Vec::new();
+    let claimer = {
+        let c = c.clone();
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut n = 0;
+            while lat.len() < samples && Instant::now() < deadline {
+                n += 1;
+                let claimed = c
+                    .call("claim", |mut g| async move {
+                        g.claim(pb::ClaimRequest {
+                            node: "lat".into(),
+                            max: 1,
+                            claim_id: format!("lat-{n}"),
+                            wait_seconds: 2,
+                            claimer: "lat".into(),
+                        })
+                        .await
+                    })
+                    .await
+                    .expect("claim")
+                    .operations;
+                let now = Instant::now();
+                for op in claimed {
+                    let v: Value = serde_json::from_slice(&op.object).expect("json");
+                    let name = v["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    if let Some(t) = sent.lock().await.get(&name) {
+                        lat.push(now.duration_since(*t).as_secs_f64() * 1000.0);
+                    }
+                    let lease = op.lease;
+                    c.call("complete", |mut g| async move {
+                        g.complete(pb::CompleteRequest {
+                            lease,
+                            result: Vec::new(),
+                        })
+                        .await
+                    })
+                    .await
+                    .expect("complete");
+                }
+            }
+            lat
+        })
+    };
+    for i in 0..samples {
+        let name = format!("lat-{i}");
+        let object = operation("lat", i, "lat");
+        sent.lock().await.insert(name, Instant::now());
+        c.call("create_operation", |mut g| {
+            let object = object.clone();
+            async move {
+                g.create_operation(pb::CreateOperationRequest {
+                    object,
+                    delay_ms: 0,
+                })
+                .await
+            }
+        })
+        .await
+        .expect("create");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lat.extend(claimer.await.expect("claimer"));
+    summary(lat)
+}
+
+/// Writes through `writer`; watchers on `same` and `other` time each event from the
+/// write's acknowledgement.
+async fn watch_latency(
+    writer: &GatewayClient,
+    same: &GatewayClient,
+    other: &GatewayClient,
+    samples: usize,
+) -> (Value, Value) {
+    let acked: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let start_rev = writer
+        .call("list_resources", |mut g| async move {
+            g.list_resources(pb::ListResourcesRequest {
+                kind: "WatchBench".into(),
+                ..Default::default()
+            })
+            .await
+        })
+        .await
+        .expect("list")
+        .revision;
+    let watch = |c: GatewayClient, acked: Arc<Mutex<HashMap<u64, Instant>>>| {
+        tokio::spawn(async move {
+            let mut stream = c
+                .call("watch", |mut g| async move {
+                    g.watch(pb::WatchRequest {
+                        kind: "WatchBench".into(),
+                        from_revision: start_rev,
+                        progress_interval_ms: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                })
+                .await
+                .expect("watch");
+            let mut received: Vec<(u64, Instant)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while received.len() < samples && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                    Ok(Ok(Some(ev))) if ev.r#type != pb::watch_event::Type::Progress as i32 => {
+                        received.push((ev.revision, Instant::now()));
+                    }
+                    Ok(Ok(Some(_))) => {}
+                    _ => break,
+                }
+            }
+            let acked = acked.lock().await;
+            received
+                .into_iter()
+                .filter_map(|(rev, at)| {
+                    acked
+                        .get(&rev)
+                        .map(|t| at.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+                })
+                .collect::<Vec<f64>>()
+        })
+    };
+    let w_same = watch(same.clone(), acked.clone());
+    let w_other = watch(other.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..samples {
+        let object = serde_json::to_vec(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "WatchBench",
+            "metadata": {"name": format!("w-{i}"), "namespace": "bench"}, "spec": {"i": i}
+        }))
+        .expect("json");
+        let reply = writer
+            .call("create_resource", |mut g| {
+                let object = object.clone();
+                async move {
+                    g.create_resource(pb::CreateResourceRequest {
+                        object,
+                        dry_run: false,
+                    })
+                    .await
+                }
+            })
+            .await
+            .expect("create");
+        acked
+            .lock()
+            .await
+            .insert(reply.resource_version, Instant::now());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let same = w_same.await.expect("watch same");
+    let other = w_other.await.expect("watch other");
+    (summary(same), summary(other))
+}
+
+async fn event_rate(c: &GatewayClient, total: usize) -> Value {
+    let per_call = 1000;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < total / 4 {
+                let events: Vec<pb::Event> = (0..per_call)
+                    .map(|_| pb::Event {
+                        event_uuid: uuid::Uuid::new_v4().to_string(),
+                        event_type: "audit".into(),
+                        timestamp: 1.7e9,
+                        fqdn: format!("bench-{w}"),
+                        duration: None,
+                        message: "benchmark event".into(),
+                        extra: b"{\"k\":1}".to_vec(),
+                        request_id: None,
+                        objects: vec![pb::EventObject {
+                            object_type: "instance".into(),
+                            object_uuid: uuid::Uuid::new_v4().to_string(),
+                        }],
+                    })
+                    .collect();
+                c.call("record_event_batch", |mut g| {
+                    let events = events.clone();
+                    async move {
+                        g.record_event_batch(pb::RecordEventBatchRequest { events })
+                            .await
+                    }
+                })
+                .await
+                .expect("events");
+                sent += per_call;
+            }
+            sent
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    json!({"events": n, "per_call": per_call, "writers": 4, "seconds": (secs * 100.0).round() / 100.0, "events_per_second": (n as f64 / secs).round()})
+}
+
+#[tokio::main]
+async fn main() {
+    let scale: f64 = std::env::var("SF_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let n = |x: usize| ((x as f64 * scale) as usize).max(100);
+    let server = MariaDb::start(&ServerOptions::durable()).expect("private MariaDB");
+    let tdb = server.create_database().expect("database");
+    let db = connect(&MariaDbArgs::local_root(tdb.port, &tdb.name))
+        .await
+        .expect("connect");
+    ensure_schema(&db).await.expect("schema");
+    let (a, _sa) = start_gateway(tdb.port, &tdb.name).await;
+    let (b, _sb) = start_gateway(tdb.port, &tdb.name).await;
+    let both = client(&[a, b]);
+    let only_a = client(&[a]);
+    let only_b = client(&[b]);
+    wait_ready(&both).await;
+
+    let unbatched = throughput(&both, "u", n(4_000), 1).await;
+    let batched = throughput(&both, "b", n(40_000), 100).await;
+    let claim = claim_latency(&both, n(500)).await;
+    let (watch_same, watch_across) = watch_latency(&only_a, &only_a, &only_b, n(1_000)).await;
+    let events = event_rate(&both, n(200_000)).await;
+    let report = json!({
+        "benchmark": "sf-database gateway",
+        "setup": "private MariaDB 10.11 (innodb_flush_log_at_trx_commit=1, buffer pool 1G), 2 in-process gateways, gRPC client over 127.0.0.1, same 2-core machine",
+        "create_claim_complete_unbatched": unbatched,
+        "create_claim_complete_batched": batched,
+        "enqueue_to_claim_latency": claim,
+        "watch_latency_same_instance": watch_same,
+        "watch_latency_across_instances": watch_across,
+        "event_batch_insert": events,
+        "targets": {
+            "batched_jobs_per_second": 10000, "unbatched_jobs_per_second": 2000,
+            "claim_p99_ms": 10, "watch_same_p99_ms": 5, "watch_across_p99_ms": 100,
+            "events_per_second": 50000
+        }
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}

@@ -1,0 +1,240 @@
+//! Namespaces and keys against a real private MariaDB (DESIGN invariant 8).
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use sea_orm::sqlx;
+use serde_json::json;
+use sf_database::StoreError;
+use sf_database::store::ObjectKey;
+use sf_database::store::ipam::{IP_DELETION_HALO_DURATION, ReserveRequest};
+use sf_schema::ipam::ReservationType;
+
+fn ns_key(name: &str) -> ObjectKey {
+    ObjectKey::new("Namespace", "", name)
+}
+
+#[tokio::test]
+async fn create_writes_the_row_and_a_cluster_scoped_object_once() {
+    let (_db, store) = common::store().await;
+    let before = store.current_revision().await.expect("revision");
+    let created = store.create_namespace("demo").await.expect("create");
+    assert_eq!(created.resource_version, before + 1);
+    let o = &created.object;
+    assert_eq!(o["apiVersion"], "shakenfist.io/v1alpha1");
+    assert_eq!(o["kind"], "Namespace");
+    assert_eq!(o["metadata"]["name"], "demo");
+    assert!(o["metadata"].get("namespace").is_none(), "{o}");
+    assert_eq!(o["spec"], json!({"trust": []}));
+    assert_eq!(o["status"], json!({"state": "created"}));
+    assert_eq!(
+        store.get(&ns_key("demo")).await.expect("get").object,
+        created.object
+    );
+    let row_uid: String = sqlx::query_scalar("SELECT uid FROM namespaces WHERE name = 'demo'")
+        .fetch_one(store.pool())
+        .await
+        .expect("row");
+    assert_eq!(json!(row_uid), o["metadata"]["uid"]);
+
+    let dup = store.create_namespace("demo").await.expect_err("duplicate");
+    assert!(matches!(dup, StoreError::AlreadyExists { .. }), "{dup}");
+    let bad = store
+        .create_namespace("Not_A_Label")
+        .await
+        .expect_err("bad name");
+    assert!(matches!(bad, StoreError::Invalid(_)), "{bad}");
+    assert_eq!(
+        store.current_revision().await.expect("revision"),
+        before + 1
+    );
+}
+
+#[tokio::test]
+async fn system_cannot_be_deleted() {
+    let (_db, store) = common::store().await;
+    store.create_namespace("system").await.expect("create");
+    let err = store.delete_namespace("system").await.expect_err("system");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert!(err.to_string().contains("system namespace"), "{err}");
+    assert!(store.get(&ns_key("system")).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_namespace_with_objects_is_kept_and_unknown_ones_are_not_found() {
+    let (_db, store) = common::store().await;
+    store.create_namespace("demo").await.expect("create");
+    for name in ["a", "b"] {
+        store
+            .create(
+                json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+                       "metadata": {"name": name, "namespace": "demo"}, "spec": {"cpus": 1}}),
+                false,
+            )
+            .await
+            .expect("instance");
+    }
+    let err = store.delete_namespace("demo").await.expect_err("busy");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("namespace demo still has 2 objects"),
+        "{err}"
+    );
+    assert!(store.get(&ns_key("demo")).await.is_ok());
+
+    let missing = store.delete_namespace("nope").await.expect_err("missing");
+    assert!(matches!(missing, StoreError::NotFound { .. }), "{missing}");
+}
+
+#[tokio::test]
+async fn delete_removes_keys_leftover_leases_and_the_object() {
+    let (_db, store) = common::store().await;
+    store.create_namespace("demo").await.expect("create");
+    store
+        .put_key("demo", "admin", "$argon2id$hash-1")
+        .await
+        .expect("key");
+    // An address resting in the halo after its network went: only its lease is left.
+    let net = "0a000000-0000-4000-8000-000000000001";
+    let r = store
+        .reserve_address(&ReserveRequest {
+            network_uid: net.into(),
+            network_name: "web".into(),
+            namespace: "demo".into(),
+            netblock: "10.0.0.0/24".into(),
+            address: Some(Ipv4Addr::new(10, 0, 0, 9)),
+            reservation_type: ReservationType::Instance,
+            owner: None,
+            comment: None,
+        })
+        .await
+        .expect("reserve");
+    store
+        .release_address(net, r.address, None, IP_DELETION_HALO_DURATION)
+        .await
+        .expect("release");
+    let lease = ObjectKey::new("IPAMLease", "demo", "web-10-0-0-9");
+    assert!(store.get(&lease).await.is_ok());
+
+    let before = store.current_revision().await.expect("revision");
+    let deleted = store.delete_namespace("demo").await.expect("delete");
+    assert!(deleted.removed);
+    assert_eq!(
+        deleted.revision,
+        before + 2,
+        "one revision for the lease, one for the namespace"
+    );
+    assert!(matches!(
+        store.get(&ns_key("demo")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get(&lease).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM namespace_keys")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(keys, 0, "keys go with their namespace");
+    assert!(matches!(
+        store.list_keys("demo").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The name is free again.
+    store.create_namespace("demo").await.expect("re-create");
+}
+
+#[tokio::test]
+async fn every_put_gets_a_new_nonce() {
+    let (_db, store) = common::store().await;
+    store.create_namespace("demo").await.expect("create");
+    let first = store
+        .put_key("demo", "deploy", "hash-1")
+        .await
+        .expect("put");
+    assert_eq!(first.namespace, "demo");
+    assert_eq!(first.key_name, "deploy");
+    assert_eq!(first.key_hash, "hash-1");
+    assert_eq!(store.get_key("demo", "deploy").await.expect("get"), first);
+
+    let same_hash = store
+        .put_key("demo", "deploy", "hash-1")
+        .await
+        .expect("put again");
+    assert_ne!(
+        same_hash.nonce, first.nonce,
+        "a re-put must revoke old tokens"
+    );
+    let rotated = store
+        .put_key("demo", "deploy", "hash-2")
+        .await
+        .expect("rotate");
+    assert_ne!(rotated.nonce, same_hash.nonce);
+    assert_eq!(rotated.key_hash, "hash-2");
+    assert!(rotated.created_at >= first.created_at);
+    assert_eq!(store.get_key("demo", "deploy").await.expect("get"), rotated);
+}
+
+#[tokio::test]
+async fn keys_need_a_namespace_and_are_listed_with_hashes() {
+    let (_db, store) = common::store().await;
+    let err = store
+        .put_key("ghost", "k", "hash")
+        .await
+        .expect_err("no namespace");
+    assert!(
+        matches!(&err, StoreError::NotFound { kind, .. } if kind == "Namespace"),
+        "{err}"
+    );
+    assert!(matches!(
+        store.list_keys("ghost").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    store.create_namespace("demo").await.expect("create");
+    store.create_namespace("other").await.expect("create");
+    assert!(store.list_keys("demo").await.expect("empty").is_empty());
+    store.put_key("demo", "b", "hash-b").await.expect("b");
+    store.put_key("demo", "a", "hash-a").await.expect("a");
+    store
+        .put_key("other", "a", "hash-other")
+        .await
+        .expect("other");
+    let keys = store.list_keys("demo").await.expect("list");
+    let listed: Vec<(&str, &str)> = keys
+        .iter()
+        .map(|k| (k.key_name.as_str(), k.key_hash.as_str()))
+        .collect();
+    assert_eq!(listed, vec![("a", "hash-a"), ("b", "hash-b")]);
+    assert!(matches!(
+        store.get_key("demo", "zzz").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let bad = store
+        .put_key("demo", "", "hash")
+        .await
+        .expect_err("empty name");
+    assert!(matches!(bad, StoreError::Invalid(_)), "{bad}");
+}
+
+#[tokio::test]
+async fn delete_key_removes_only_that_key() {
+    let (_db, store) = common::store().await;
+    store.create_namespace("demo").await.expect("create");
+    store.put_key("demo", "a", "hash-a").await.expect("a");
+    store.put_key("demo", "b", "hash-b").await.expect("b");
+    store.delete_key("demo", "a").await.expect("delete");
+    assert!(matches!(
+        store.get_key("demo", "a").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.get_key("demo", "b").await.expect("b").key_hash,
+        "hash-b"
+    );
+    let again = store.delete_key("demo", "a").await.expect_err("twice");
+    assert!(matches!(again, StoreError::NotFound { .. }), "{again}");
+}

@@ -1,0 +1,1154 @@
+//! The work queue against a real private MariaDB: create, claim, fencing, dependencies,
+//! per-target exclusion, failure and backoff, abort, the reaper, retention, and a
+//! 20,000-operation drain through 16 claimers on two gateway pools.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx;
+use serde_json::{Value, json};
+use sf_database::store::ObjectKey;
+use sf_database::store::queue::{CLUSTER_OP_MAX_ATTEMPTS, Claimed, ErrorReport, Lease};
+use sf_database::{Store, StoreError};
+
+const NS: &str = "demo";
+
+/// Every claim of each operation uid: (claimer, attempt).
+type ClaimLog = Arc<Mutex<HashMap<String, Vec<(String, u32)>>>>;
+
+/// A ClusterOperation on the cluster queue, normal priority, targeting `target`.
+fn op(name: &str, target: &str) -> Value {
+    json!({
+        "apiVersion": "shakenfist.io/v1alpha1",
+        "kind": "ClusterOperation",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "operationType": "instance_power_on",
+            "target": {"kind": "Instance", "name": format!("i-{target}"), "namespace": NS, "uid": target},
+            "payload": {}
+        }
+    })
+}
+
+/// Sets `spec.<field>`.
+fn with(mut v: Value, field: &str, value: Value) -> Value {
+    v["spec"][field] = value;
+    v
+}
+
+fn on_node(v: Value, node: &str) -> Value {
+    with(v, "node", json!(node))
+}
+
+fn depends(v: Value, deps: &[&str]) -> Value {
+    with(v, "dependsOn", json!(deps))
+}
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("ClusterOperation", NS, name)
+}
+
+fn name_of(c: &Claimed) -> String {
+    c.object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn names(claimed: &[Claimed]) -> Vec<String> {
+    claimed.iter().map(name_of).collect()
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(store.pool())
+        .await
+        .expect(sql)
+}
+
+async fn text(store: &Store, sql: &str) -> Option<String> {
+    sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_optional(store.pool())
+        .await
+        .expect(sql)
+        .flatten()
+}
+
+async fn exec(store: &Store, sql: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(store.pool())
+        .await
+        .expect(sql);
+}
+
+async fn state(store: &Store, name: &str) -> String {
+    let stored = store.get(&key(name)).await.expect("get operation");
+    stored.object["status"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn uid_of(store: &Store, name: &str) -> String {
+    let stored = store.get(&key(name)).await.expect("get operation");
+    stored.object["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn claim_now(store: &Store, node: &str, max: u32) -> Vec<Claimed> {
+    store
+        .claim(
+            node,
+            max,
+            &uuid::Uuid::new_v4().to_string(),
+            "test-claimer",
+            Duration::ZERO,
+        )
+        .await
+        .expect("claim")
+}
+
+fn is_stale(r: &Result<impl std::fmt::Debug, StoreError>) -> bool {
+    matches!(r, Err(StoreError::StaleLease { .. }))
+}
+
+fn report(code: &str, retryable: bool) -> ErrorReport {
+    ErrorReport {
+        code: code.into(),
+        message: format!("{code} happened"),
+        retryable,
+    }
+}
+
+#[tokio::test]
+async fn create_writes_operation_projection_and_queue_row_in_one_transaction() {
+    let (_tdb, store) = common::store().await;
+    let rev0 = store.current_revision().await.expect("revision");
+    let stored = store
+        .create_operation(
+            with(on_node(op("a", "t1"), "hv-1"), "priority", json!("high")),
+            Duration::ZERO,
+        )
+        .await
+        .expect("create");
+    assert_eq!(stored.resource_version, rev0 + 1);
+    assert_eq!(
+        stored.object["status"],
+        json!({"state": "queued", "attempts": 0})
+    );
+    let uid = stored.object["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    assert_eq!(
+        store.get(&key("a")).await.expect("get").object,
+        stored.object
+    );
+
+    let projection = text(
+        &store,
+        &format!("SELECT CONCAT_WS('|', CAST(state AS CHAR), target_uid, priority, node, operation_type) FROM cluster_operations WHERE uid = '{uid}'"),
+    )
+    .await;
+    assert_eq!(
+        projection.as_deref(),
+        Some("queued|t1|0|hv-1|instance_power_on")
+    );
+    let queue = text(
+        &store,
+        &format!("SELECT CONCAT_WS('|', queue_name, priority, waiting_on, target_uid, attempts, claimed_at IS NULL) FROM work_queue WHERE op_uid = '{uid}'"),
+    )
+    .await;
+    assert_eq!(queue.as_deref(), Some("node:hv-1|0|0|t1|0|1"));
+    let change = text(
+        &store,
+        &format!(
+            "SELECT CONCAT(event_type, '|', uid) FROM change_log WHERE revision = {}",
+            rev0 + 1
+        ),
+    )
+    .await;
+    assert_eq!(change, Some(format!("ADDED|{uid}")));
+    assert_eq!(store.queue_depth().await.expect("depth"), 1);
+
+    // A duplicate name: AlreadyExists, no revision spent, still exactly one of each row.
+    let err = store
+        .create_operation(op("a", "t2"), Duration::ZERO)
+        .await
+        .expect_err("duplicate");
+    assert!(
+        matches!(err, StoreError::AlreadyExists { ref name, .. } if name == "a"),
+        "{err:?}"
+    );
+    // A batch with a duplicate in it writes nothing at all.
+    let err = store
+        .create_operations(vec![
+            (op("b", "t3"), Duration::ZERO),
+            (op("a", "t4"), Duration::ZERO),
+        ])
+        .await
+        .expect_err("duplicate in batch");
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    // An unknown dependency is refused by name.
+    let err = store
+        .create_operation(depends(op("c", "t5"), &["nope"]), Duration::ZERO)
+        .await
+        .expect_err("unknown dependency");
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("demo/nope")),
+        "{err}"
+    );
+    // So is a bad priority.
+    let err = store
+        .create_operation(
+            with(op("d", "t6"), "priority", json!("urgent")),
+            Duration::ZERO,
+        )
+        .await
+        .expect_err("bad priority");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+
+    assert_eq!(store.current_revision().await.expect("revision"), rev0 + 1);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM cluster_operations").await,
+        1
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM work_queue").await, 1);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM resources WHERE kind = 'ClusterOperation'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM operation_dependencies").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn claims_come_by_priority_then_time_and_a_repeated_claim_id_gets_the_same_rows() {
+    let (_tdb, store) = common::store().await;
+    let plan = [
+        ("low", "t1", "low", None),
+        ("normal-1", "t2", "normal", None),
+        ("high-1", "t3", "high", None),
+        ("high-2", "t4", "high", Some("hv-1")),
+        ("other-node", "t6", "high", Some("hv-2")),
+        ("normal-2", "t7", "normal", Some("hv-1")),
+    ];
+    for (name, target, priority, node) in plan {
+        let mut v = with(op(name, target), "priority", json!(priority));
+        if let Some(node) = node {
+            v = on_node(v, node);
+        }
+        store
+            .create_operation(v, Duration::ZERO)
+            .await
+            .expect("create");
+    }
+    store
+        .create_operation(
+            with(op("later", "t5"), "priority", json!("high")),
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("create delayed");
+    let rev = store.current_revision().await.expect("revision");
+
+    let first = store
+        .claim("hv-1", 10, "claim-1", "hv-1", Duration::ZERO)
+        .await
+        .expect("claim");
+    assert_eq!(
+        names(&first),
+        ["high-1", "high-2", "normal-1", "normal-2", "low"]
+    );
+    for c in &first {
+        assert_eq!(c.lease.attempt, 1);
+        assert_eq!(c.object["status"]["state"], "executing");
+        assert_eq!(c.object["status"]["claimedBy"], "hv-1");
+        assert_eq!(c.object["status"]["attempts"], 1);
+    }
+    // A claim writes no revision and leaves the stored resource queued.
+    assert_eq!(store.current_revision().await.expect("revision"), rev);
+    assert_eq!(state(&store, "high-1").await, "queued");
+
+    // The lost-response retry gets the same rows.
+    let again = store
+        .claim("hv-1", 10, "claim-1", "hv-1", Duration::ZERO)
+        .await
+        .expect("claim again");
+    let leases: Vec<Lease> = first.iter().map(|c| c.lease).collect();
+    assert_eq!(again.iter().map(|c| c.lease).collect::<Vec<_>>(), leases);
+    assert_eq!(names(&again), names(&first));
+    // A new claim finds nothing more for hv-1 (the delayed one is not due).
+    assert!(claim_now(&store, "hv-1", 10).await.is_empty());
+    assert_eq!(names(&claim_now(&store, "hv-2", 10).await), ["other-node"]);
+    assert_eq!(store.queue_depth().await.expect("depth"), 1);
+    // The batch limit holds.
+    for i in 0..3 {
+        store
+            .create_operation(op(&format!("more-{i}"), &format!("m{i}")), Duration::ZERO)
+            .await
+            .expect("create");
+    }
+    assert_eq!(claim_now(&store, "", 2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn long_poll_returns_work_enqueued_during_the_wait_and_nothing_after_an_idle_wait() {
+    let (tdb, store) = common::store().await;
+    let started = Instant::now();
+    let none = store
+        .claim("hv-1", 5, "idle", "hv-1", Duration::from_millis(300))
+        .await
+        .expect("idle claim");
+    let idle = started.elapsed();
+    assert!(none.is_empty());
+    assert!(idle >= Duration::from_millis(300), "{idle:?}");
+    assert!(idle < Duration::from_secs(3), "{idle:?}");
+
+    // Work created through another gateway pool during the wait is returned at once.
+    let other = common::second_store(&tdb, 2).await;
+    let creator = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other
+            .create_operation(on_node(op("late", "t1"), "hv-1"), Duration::ZERO)
+            .await
+            .expect("create");
+    });
+    let started = Instant::now();
+    let got = store
+        .claim("hv-1", 5, "waiting", "hv-1", Duration::from_secs(10))
+        .await
+        .expect("waiting claim");
+    let waited = started.elapsed();
+    creator.await.expect("creator");
+    assert_eq!(names(&got), ["late"]);
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "returned late: {waited:?}");
+}
+
+#[tokio::test]
+async fn stale_leases_are_fenced_and_change_nothing() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(op("a", "t1"), Duration::ZERO)
+        .await
+        .expect("create");
+    store
+        .create_operation(op("b", "t2"), Duration::ZERO)
+        .await
+        .expect("create");
+    let claimed = claim_now(&store, "", 2).await;
+    assert_eq!(names(&claimed), ["a", "b"]);
+    let lease = claimed[0].lease;
+    let other = claimed[1].lease;
+    let row_sql = format!(
+        "SELECT CONCAT_WS('|', attempts, claim_id, claimed_by, claimed_at, heartbeat_at, scheduled_at) FROM work_queue WHERE id = {}",
+        lease.id
+    );
+    let row_before = text(&store, &row_sql).await;
+    let rev = store.current_revision().await.expect("revision");
+    let object_before = store.get(&key("a")).await.expect("get");
+
+    let wrong = Lease {
+        attempt: lease.attempt + 1,
+        ..lease
+    };
+    let gone = Lease {
+        id: lease.id + 1_000_000,
+        ..lease
+    };
+    assert!(is_stale(&store.heartbeat(wrong).await));
+    assert!(is_stale(&store.complete(wrong, json!({})).await));
+    assert!(is_stale(&store.fail(wrong, report("Boom", false)).await));
+    assert!(is_stale(&store.heartbeat(gone).await));
+    assert!(is_stale(&store.complete(gone, json!({})).await));
+    assert_eq!(store.current_revision().await.expect("revision"), rev);
+    assert_eq!(text(&store, &row_sql).await, row_before);
+    assert_eq!(store.get(&key("a")).await.expect("get"), object_before);
+
+    assert!(store.heartbeat(lease).await.expect("heartbeat"));
+    let done = store
+        .complete(lease, json!({"domain": "ok"}))
+        .await
+        .expect("complete");
+    assert_eq!(done.resource_version, rev + 1);
+    let status = &done.object["status"];
+    assert_eq!(status["state"], "complete");
+    assert_eq!(status["result"], json!({"domain": "ok"}));
+    assert_eq!(status["attempts"], 1);
+    assert_eq!(status["claimedBy"], "test-claimer");
+    assert!(
+        status["completedAt"].is_string() && status["startedAt"].is_string(),
+        "{status}"
+    );
+    assert_eq!(store.get(&key("a")).await.expect("get").object, done.object);
+    assert_eq!(
+        count(
+            &store,
+            &format!("SELECT COUNT(*) FROM work_queue WHERE id = {}", lease.id)
+        )
+        .await,
+        0
+    );
+    let uid = uid_of(&store, "a").await;
+    assert_eq!(
+        text(
+            &store,
+            &format!("SELECT CAST(state AS CHAR) FROM cluster_operations WHERE uid = '{uid}'")
+        )
+        .await
+        .as_deref(),
+        Some("complete")
+    );
+
+    // The finished lease is stale now; a batch reports each lease on its own.
+    assert!(is_stale(&store.complete(lease, json!({})).await));
+    assert!(is_stale(&store.heartbeat(lease).await));
+    let results = store
+        .complete_batch(vec![(other, json!({"n": 2})), (lease, json!({}))])
+        .await
+        .expect("batch");
+    assert_eq!(results.len(), 2);
+    assert_eq!(
+        results[0].as_ref().expect("b completes").object["status"]["state"],
+        "complete"
+    );
+    assert!(is_stale(&results[1]));
+    assert_eq!(store.current_revision().await.expect("revision"), rev + 2);
+}
+
+#[tokio::test]
+async fn a_dependent_is_not_claimable_until_its_dependency_completes() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(op("a", "ta"), Duration::ZERO)
+        .await
+        .expect("a");
+    store
+        .create_operation(depends(op("b", "tb"), &["a"]), Duration::ZERO)
+        .await
+        .expect("b");
+    store
+        .create_operation(depends(op("c", "tc"), &["a", "b", "a"]), Duration::ZERO)
+        .await
+        .expect("c");
+    let waiting = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            let uid = uid_of(&store, name).await;
+            count(
+                &store,
+                &format!(
+                    "SELECT CAST(waiting_on AS SIGNED) FROM work_queue WHERE op_uid = '{uid}'"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(waiting("b").await, 1);
+    assert_eq!(waiting("c").await, 2);
+
+    let first = claim_now(&store, "", 10).await;
+    assert_eq!(names(&first), ["a"]);
+    assert!(claim_now(&store, "", 10).await.is_empty());
+    store
+        .complete(first[0].lease, json!({}))
+        .await
+        .expect("complete a");
+    assert_eq!(waiting("c").await, 1);
+    let second = claim_now(&store, "", 10).await;
+    assert_eq!(names(&second), ["b"]);
+    store
+        .complete(second[0].lease, json!({}))
+        .await
+        .expect("complete b");
+    assert_eq!(names(&claim_now(&store, "", 10).await), ["c"]);
+
+    // A dependency already complete does not hold anything back; nor does one earlier
+    // in the same batch once it completes.
+    store
+        .create_operations(vec![
+            (depends(op("d", "td"), &["a"]), Duration::ZERO),
+            (depends(op("e", "te"), &["d"]), Duration::ZERO),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(waiting("d").await, 0);
+    assert_eq!(waiting("e").await, 1);
+    let d = claim_now(&store, "", 10).await;
+    assert_eq!(names(&d), ["d"]);
+    store
+        .complete(d[0].lease, json!({}))
+        .await
+        .expect("complete d");
+    assert_eq!(names(&claim_now(&store, "", 10).await), ["e"]);
+}
+
+#[tokio::test]
+async fn failure_aborts_dependents_transitively_and_refuses_new_ones() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(op("a", "ta"), Duration::ZERO)
+        .await
+        .expect("a");
+    store
+        .create_operation(depends(op("b", "tb"), &["a"]), Duration::ZERO)
+        .await
+        .expect("b");
+    store
+        .create_operation(depends(op("c", "tc"), &["b"]), Duration::ZERO)
+        .await
+        .expect("c");
+    let rev = store.current_revision().await.expect("revision");
+    let a = claim_now(&store, "", 10).await;
+    assert_eq!(names(&a), ["a"]);
+    let failed = store
+        .fail(a[0].lease, report("DomainStartFailed", false))
+        .await
+        .expect("fail");
+    assert_eq!(failed.object["status"]["state"], "error");
+    assert_eq!(
+        failed.object["status"]["errorReport"]["code"],
+        "DomainStartFailed"
+    );
+    for name in ["b", "c"] {
+        let o = store.get(&key(name)).await.expect("get").object;
+        assert_eq!(o["status"]["state"], "abort", "{name}");
+        assert_eq!(
+            o["status"]["errorReport"]["code"], "DependencyFailed",
+            "{name}"
+        );
+    }
+    let b = store.get(&key("b")).await.expect("get").object;
+    assert!(
+        b["status"]["errorReport"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("demo/a ended in error")
+    );
+    // One revision per operation.
+    assert_eq!(store.current_revision().await.expect("revision"), rev + 3);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM work_queue").await, 0);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM cluster_operations WHERE state = 'abort'"
+        )
+        .await,
+        2
+    );
+
+    let err = store
+        .create_operation(depends(op("d", "td"), &["a"]), Duration::ZERO)
+        .await
+        .expect_err("depends on a failed op");
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("demo/a failed")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn one_target_is_never_claimed_twice_at_once() {
+    let (tdb, store) = common::store().await;
+    for i in 0..3 {
+        store
+            .create_operation(op(&format!("t-{i}"), "shared"), Duration::ZERO)
+            .await
+            .expect("create");
+    }
+    store
+        .create_operation(op("u", "alone"), Duration::ZERO)
+        .await
+        .expect("create");
+    let first = claim_now(&store, "", 10).await;
+    assert_eq!(names(&first), ["t-0", "u"]);
+    assert!(claim_now(&store, "", 10).await.is_empty());
+    store
+        .complete(first[0].lease, json!({}))
+        .await
+        .expect("complete");
+    let next = claim_now(&store, "", 10).await;
+    assert_eq!(names(&next), ["t-1"]);
+    store
+        .complete(next[0].lease, json!({}))
+        .await
+        .expect("complete");
+    let last = claim_now(&store, "", 10).await;
+    store
+        .complete(last[0].lease, json!({}))
+        .await
+        .expect("complete");
+    store
+        .complete(first[1].lease, json!({}))
+        .await
+        .expect("complete");
+
+    // Eight claimers over two gateway pools race for 6 targets x 10 operations.
+    let second = common::second_store(&tdb, 8).await;
+    let mut batch = Vec::new();
+    for t in 0..6 {
+        for i in 0..10 {
+            batch.push((
+                op(&format!("r-{t}-{i}"), &format!("target-{t}")),
+                Duration::ZERO,
+            ));
+        }
+    }
+    store.create_operations(batch).await.expect("create");
+    let busy: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let violations = Arc::new(AtomicUsize::new(0));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let s = if k % 2 == 0 {
+            store.clone()
+        } else {
+            second.clone()
+        };
+        let (busy, violations, completed) = (busy.clone(), violations.clone(), completed.clone());
+        tasks.push(tokio::spawn(async move {
+            let claimer = format!("claimer-{k}");
+            while completed.load(Ordering::SeqCst) < 60 {
+                let got = s
+                    .claim(
+                        "",
+                        4,
+                        &uuid::Uuid::new_v4().to_string(),
+                        &claimer,
+                        Duration::from_millis(50),
+                    )
+                    .await
+                    .expect("claim");
+                for c in &got {
+                    let target = c.object["spec"]["target"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let mut map = busy.lock().expect("busy map");
+                    if let Some(holder) = map.insert(target.clone(), name_of(c)) {
+                        eprintln!("{target} claimed by {} while {holder} runs", name_of(c));
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                for c in &got {
+                    let target = c.object["spec"]["target"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    busy.lock().expect("busy map").remove(&target);
+                    s.complete(c.lease, json!({})).await.expect("complete");
+                    completed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let all = futures::future::join_all(tasks);
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the race finished in time")
+        .into_iter()
+        .for_each(|r| r.expect("claimer"));
+    assert_eq!(violations.load(Ordering::SeqCst), 0);
+    assert_eq!(completed.load(Ordering::SeqCst), 60);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM cluster_operations WHERE name LIKE 'r-%' AND state = 'complete'"
+        )
+        .await,
+        60
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_failure_backs_off_and_the_fifth_failure_is_an_error() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(op("flaky", "t1"), Duration::ZERO)
+        .await
+        .expect("create");
+    let uid = uid_of(&store, "flaky").await;
+    let delay_sql = format!(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, NOW(6), scheduled_at) FROM work_queue WHERE op_uid = '{uid}'"
+    );
+    for attempt in 1..=CLUSTER_OP_MAX_ATTEMPTS {
+        let claimed = claim_now(&store, "", 1).await;
+        assert_eq!(names(&claimed), ["flaky"], "attempt {attempt}");
+        assert_eq!(claimed[0].lease.attempt, attempt);
+        let stored = store
+            .fail(claimed[0].lease, report("NetworkFlap", true))
+            .await
+            .expect("fail");
+        let status = &stored.object["status"];
+        assert_eq!(status["attempts"], attempt);
+        assert_eq!(status["errorReport"]["code"], "NetworkFlap");
+        if attempt < CLUSTER_OP_MAX_ATTEMPTS {
+            assert_eq!(status["state"], "queued");
+            let expected = 1_000_000i64 << (attempt - 1);
+            let delay = count(&store, &delay_sql).await;
+            assert!(
+                delay > expected - 500_000 && delay <= expected,
+                "attempt {attempt}: {delay} µs"
+            );
+            assert!(claim_now(&store, "", 1).await.is_empty(), "backing off");
+            exec(
+                &store,
+                &format!("UPDATE work_queue SET scheduled_at = NOW(6) WHERE op_uid = '{uid}'"),
+            )
+            .await;
+        } else {
+            assert_eq!(status["state"], "error");
+            let message = status["errorReport"]["message"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(message.contains("gave up after 5 attempts"), "{message}");
+        }
+    }
+    assert_eq!(state(&store, "flaky").await, "error");
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM work_queue").await, 0);
+    assert!(claim_now(&store, "", 1).await.is_empty());
+
+    // A failure that is not retryable is an error at once.
+    store
+        .create_operation(op("broken", "t2"), Duration::ZERO)
+        .await
+        .expect("create");
+    let claimed = claim_now(&store, "", 1).await;
+    let stored = store
+        .fail(claimed[0].lease, report("BadDiskBus", false))
+        .await
+        .expect("fail");
+    assert_eq!(stored.object["status"]["state"], "error");
+    assert_eq!(stored.object["status"]["attempts"], 1);
+}
+
+#[tokio::test]
+async fn abort_keeps_snapshots_and_stops_executing_work() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(
+            with(
+                op("reboot", "inst"),
+                "operationType",
+                json!("instance_reboot"),
+            ),
+            Duration::ZERO,
+        )
+        .await
+        .expect("reboot");
+    let running = claim_now(&store, "", 1).await;
+    assert_eq!(names(&running), ["reboot"]);
+    let lease = running[0].lease;
+    store
+        .create_operation(op("power-on", "inst"), Duration::ZERO)
+        .await
+        .expect("power on");
+    store
+        .create_operation(
+            depends(
+                with(
+                    op("snap", "inst"),
+                    "operationType",
+                    json!("instance_snapshot"),
+                ),
+                &["reboot"],
+            ),
+            Duration::ZERO,
+        )
+        .await
+        .expect("snapshot");
+    store
+        .create_operation(depends(op("plug", "other"), &["power-on"]), Duration::ZERO)
+        .await
+        .expect("dependent on another target");
+    store
+        .create_operation(op("bystander", "else"), Duration::ZERO)
+        .await
+        .expect("bystander");
+
+    let (aborted, kept) = store
+        .abort("inst", "instance deleted")
+        .await
+        .expect("abort");
+    assert_eq!(aborted, ["demo/plug", "demo/power-on", "demo/reboot"]);
+    assert_eq!(kept, ["demo/snap"]);
+    let reboot = store.get(&key("reboot")).await.expect("get").object;
+    assert_eq!(reboot["status"]["state"], "abort");
+    assert_eq!(
+        reboot["status"]["errorReport"]["message"],
+        "instance deleted"
+    );
+    assert_eq!(state(&store, "power-on").await, "abort");
+    assert_eq!(state(&store, "plug").await, "abort");
+    assert_eq!(state(&store, "snap").await, "queued");
+    assert_eq!(state(&store, "bystander").await, "queued");
+    let snap_uid = uid_of(&store, "snap").await;
+    assert_eq!(
+        count(
+            &store,
+            &format!(
+                "SELECT CAST(waiting_on AS SIGNED) FROM work_queue WHERE op_uid = '{snap_uid}'"
+            )
+        )
+        .await,
+        0,
+        "the kept snapshot is released"
+    );
+
+    // The aborted operation's claimer is told to stop; the target stays busy until it does.
+    assert!(!store.heartbeat(lease).await.expect("heartbeat"));
+    assert_eq!(names(&claim_now(&store, "", 10).await), ["bystander"]);
+    let rev = store.current_revision().await.expect("revision");
+    assert!(is_stale(&store.complete(lease, json!({})).await));
+    assert_eq!(store.current_revision().await.expect("revision"), rev);
+    assert_eq!(state(&store, "reboot").await, "abort");
+    let snap = claim_now(&store, "", 10).await;
+    assert_eq!(names(&snap), ["snap"]);
+    store
+        .complete(snap[0].lease, json!({}))
+        .await
+        .expect("snapshot completes");
+    assert_eq!(
+        store.abort("inst", "again").await.expect("abort"),
+        (vec![], vec![])
+    );
+}
+
+#[tokio::test]
+async fn the_reaper_requeues_a_vanished_claimer_and_rejects_at_max_attempts() {
+    let (tdb, store) = common::store().await;
+    store
+        .create_operation(op("a", "t1"), Duration::ZERO)
+        .await
+        .expect("create");
+    let ghost = store
+        .claim("", 1, "ghost-claim", "ghost", Duration::ZERO)
+        .await
+        .expect("claim");
+    let ghost_lease = ghost[0].lease;
+    // Young claims are left alone.
+    assert_eq!(
+        store
+            .reap_stuck(Duration::from_secs(60), 5)
+            .await
+            .expect("reap"),
+        (0, 0)
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        store
+            .reap_stuck(Duration::from_millis(20), 5)
+            .await
+            .expect("reap"),
+        (1, 0)
+    );
+    assert!(is_stale(&store.heartbeat(ghost_lease).await));
+    assert_eq!(state(&store, "a").await, "queued");
+
+    // Another gateway's claimer takes it over and completes it, exactly once.
+    let other = common::second_store(&tdb, 2).await;
+    let alive = other
+        .claim("", 1, "alive-claim", "alive", Duration::ZERO)
+        .await
+        .expect("claim");
+    assert_eq!(names(&alive), ["a"]);
+    assert_eq!(alive[0].lease.attempt, 2);
+    assert!(is_stale(
+        &store.complete(ghost_lease, json!({"by": "ghost"})).await
+    ));
+    let done = other
+        .complete(alive[0].lease, json!({"by": "alive"}))
+        .await
+        .expect("complete");
+    assert_eq!(done.object["status"]["result"]["by"], "alive");
+    assert_eq!(done.object["status"]["attempts"], 2);
+    assert_eq!(done.object["status"]["claimedBy"], "alive");
+    assert!(is_stale(&store.complete(ghost_lease, json!({})).await));
+    let uid = uid_of(&store, "a").await;
+    assert_eq!(
+        count(&store, &format!("SELECT COUNT(*) FROM change_log WHERE uid = '{uid}' AND JSON_VALUE(object, '$.status.state') = 'complete'")).await,
+        1
+    );
+
+    // Claimed max_attempts times without completing: rejected, with the reason.
+    store
+        .create_operation(op("b", "t2"), Duration::ZERO)
+        .await
+        .expect("create");
+    store
+        .create_operation(depends(op("after-b", "t3"), &["b"]), Duration::ZERO)
+        .await
+        .expect("create");
+    for round in 1..=3u32 {
+        let got = claim_now(&store, "", 1).await;
+        assert_eq!(names(&got), ["b"]);
+        assert_eq!(got[0].lease.attempt, round);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let expected = if round < 3 { (1, 0) } else { (0, 1) };
+        assert_eq!(
+            store
+                .reap_stuck(Duration::from_millis(10), 3)
+                .await
+                .expect("reap"),
+            expected
+        );
+    }
+    let b = store.get(&key("b")).await.expect("get").object;
+    assert_eq!(b["status"]["state"], "error");
+    assert_eq!(
+        b["status"]["errorReport"]["message"],
+        "claimed 3 times without completing; rejected by the reaper"
+    );
+    assert_eq!(state(&store, "after-b").await, "abort");
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM work_queue").await, 0);
+}
+
+#[tokio::test]
+async fn purge_removes_old_terminal_operations_with_a_deleted_change() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(op("done", "t1"), Duration::ZERO)
+        .await
+        .expect("create");
+    store
+        .create_operation(op("pending", "t2"), Duration::from_secs(3600))
+        .await
+        .expect("create");
+    let claimed = claim_now(&store, "", 5).await;
+    assert_eq!(names(&claimed), ["done"]);
+    store
+        .complete(claimed[0].lease, json!({}))
+        .await
+        .expect("complete");
+    let uid = uid_of(&store, "done").await;
+    assert_eq!(
+        store
+            .purge_terminal_operations(Duration::from_secs(3600))
+            .await
+            .expect("purge"),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rev = store.current_revision().await.expect("revision");
+    assert_eq!(
+        store
+            .purge_terminal_operations(Duration::ZERO)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert!(matches!(
+        store.get(&key("done")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        text(
+            &store,
+            &format!(
+                "SELECT CONCAT(event_type, '|', uid) FROM change_log WHERE revision = {}",
+                rev + 1
+            )
+        )
+        .await,
+        Some(format!("DELETED|{uid}"))
+    );
+    assert_eq!(
+        count(
+            &store,
+            &format!("SELECT COUNT(*) FROM cluster_operations WHERE uid = '{uid}'")
+        )
+        .await,
+        0
+    );
+    assert_eq!(state(&store, "pending").await, "queued");
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM cluster_operations").await,
+        1
+    );
+}
+
+/// THE acceptance test: 16 claimers over two gateway pools drain 20,000 operations;
+/// none is claimed twice, none is lost, and it finishes in bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_thousand_operations_drain_through_sixteen_claimers_on_two_gateways() {
+    const TOTAL: usize = 20_000;
+    const TARGETS: usize = 5_000;
+    const BATCH: usize = 250;
+    const CLAIMERS: usize = 16;
+    let deadline = Duration::from_secs(240);
+    let run = async {
+        let (tdb, first) = common::store_with_pool(12).await;
+        let second = common::second_store(&tdb, 12).await;
+        let stores = [first.clone(), second.clone()];
+
+        // Enqueue: 4 creators, 250 operations per transaction, over 4 node queues and
+        // the cluster queue; 4 operations per target.
+        let started = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut creators = Vec::new();
+        for c in 0..4 {
+            let store = stores[c % 2].clone();
+            let next = next.clone();
+            creators.push(tokio::spawn(async move {
+                loop {
+                    let start = next.fetch_add(BATCH, Ordering::SeqCst);
+                    if start >= TOTAL {
+                        break;
+                    }
+                    let batch = (start..(start + BATCH).min(TOTAL))
+                        .map(|i| {
+                            let mut v = op(&format!("op-{i}"), &format!("target-{}", i % TARGETS));
+                            if i % 5 != 4 {
+                                v = on_node(v, &format!("hv-{}", i % 5));
+                            }
+                            (v, Duration::ZERO)
+                        })
+                        .collect();
+                    store.create_operations(batch).await.expect("create batch");
+                }
+            }));
+        }
+        for c in creators {
+            c.await.expect("creator");
+        }
+        let enqueue = started.elapsed();
+        assert_eq!(first.queue_depth().await.expect("depth"), TOTAL as u64);
+
+        // Drain: 16 claimers, 8 per gateway pool, 4 per node, claiming batches of 32.
+        let claims: ClaimLog = Arc::default();
+        let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let violations = Arc::new(AtomicUsize::new(0));
+        let completed = Arc::new(AtomicUsize::new(0));
+        let claim_calls = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut claimers = Vec::new();
+        for k in 0..CLAIMERS {
+            let store = stores[k % 2].clone();
+            let (claims, busy, violations, completed, claim_calls) = (
+                claims.clone(),
+                busy.clone(),
+                violations.clone(),
+                completed.clone(),
+                claim_calls.clone(),
+            );
+            claimers.push(tokio::spawn(async move {
+                let node = format!("hv-{}", k % 4);
+                let claimer = format!("claimer-{k}");
+                while completed.load(Ordering::SeqCst) < TOTAL {
+                    let got = store
+                        .claim(
+                            &node,
+                            32,
+                            &uuid::Uuid::new_v4().to_string(),
+                            &claimer,
+                            Duration::from_millis(100),
+                        )
+                        .await
+                        .expect("claim");
+                    claim_calls.fetch_add(1, Ordering::Relaxed);
+                    let mut batch = Vec::with_capacity(got.len());
+                    {
+                        let mut claims = claims.lock().expect("claims");
+                        let mut busy = busy.lock().expect("busy");
+                        for c in &got {
+                            let uid = c.object["metadata"]["uid"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string();
+                            let target = c.object["spec"]["target"]["uid"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string();
+                            let seen = claims.entry(uid).or_default();
+                            seen.push((claimer.clone(), c.lease.attempt));
+                            if seen.len() > 1 || !busy.insert(target) {
+                                violations.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        for c in &got {
+                            busy.remove(
+                                c.object["spec"]["target"]["uid"]
+                                    .as_str()
+                                    .unwrap_or_default(),
+                            );
+                            batch.push((c.lease, json!({"by": claimer})));
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let results = store.complete_batch(batch).await.expect("complete batch");
+                    for r in results {
+                        r.expect("completed");
+                        completed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+        for c in claimers {
+            c.await.expect("claimer");
+        }
+        let drain = started.elapsed();
+
+        assert_eq!(
+            violations.load(Ordering::SeqCst),
+            0,
+            "an operation or target was claimed twice"
+        );
+        assert_eq!(completed.load(Ordering::SeqCst), TOTAL);
+        {
+            let claims = claims.lock().expect("claims");
+            assert_eq!(claims.len(), TOTAL, "every operation was claimed");
+            assert!(claims.values().all(|v| v.len() == 1 && v[0].1 == 1));
+        }
+        assert_eq!(
+            count(&first, "SELECT COUNT(*) FROM resources WHERE kind = 'ClusterOperation' AND JSON_VALUE(object, '$.status.state') = 'complete'").await,
+            TOTAL as i64
+        );
+        assert_eq!(
+            count(
+                &first,
+                "SELECT COUNT(*) FROM cluster_operations WHERE state = 'complete'"
+            )
+            .await,
+            TOTAL as i64
+        );
+        assert_eq!(count(&first, "SELECT COUNT(*) FROM work_queue").await, 0);
+        // Every write took one revision: 20,000 creates and 20,000 completions.
+        assert_eq!(
+            first.current_revision().await.expect("revision"),
+            2 * TOTAL as u64
+        );
+        println!(
+            "{}",
+            json!({
+                "benchmark": "queue_drain_20k",
+                "operations": TOTAL,
+                "claimers": CLAIMERS,
+                "gateway_pools": 2,
+                "enqueue_seconds": enqueue.as_secs_f64(),
+                "enqueue_per_second": TOTAL as f64 / enqueue.as_secs_f64(),
+                "drain_seconds": drain.as_secs_f64(),
+                "drain_per_second": TOTAL as f64 / drain.as_secs_f64(),
+                "claim_calls": claim_calls.load(Ordering::Relaxed),
+            })
+        );
+    };
+    tokio::time::timeout(deadline, run)
+        .await
+        .expect("the 20,000-operation drain finished within 240 s");
+}
