@@ -4,6 +4,8 @@
 //! environment and arguments; the child calls `parse_or_exit` and prints the config. The
 //! environment is set only on the child's `Command`, never in this process.
 
+mod support;
+
 use std::process::{Command, Output};
 
 use clap::Parser;
@@ -224,21 +226,14 @@ fn main() {
         child();
         return;
     }
-    let mut failed = 0;
-    for case in CASES {
-        match check(case) {
-            Ok(()) => println!("test config_exit::{} ... ok", case.name),
-            Err(err) => {
-                failed += 1;
-                println!("test config_exit::{} ... FAILED\n{err}", case.name);
-            }
-        }
-    }
-    println!(
-        "config_exit: {} passed, {failed} failed",
-        CASES.len() - failed
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    let checks: Vec<support::Check> = CASES
+        .iter()
+        .map(|case| {
+            (
+                case.name,
+                Box::new(move || check(case)) as Box<dyn Fn() -> Result<(), String>>,
+            )
+        })
+        .collect();
+    support::run("config_exit", checks);
 }

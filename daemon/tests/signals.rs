@@ -5,6 +5,8 @@
 //! shutdown, prints `triggered`, then either exits 0 (`exit`) or keeps "draining"
 //! (`drain`) until a second signal forces it out with 128 + the signal number.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
@@ -124,9 +126,6 @@ fn second_signal_forces_exit() -> Result<(), String> {
     }
 }
 
-/// One named end-to-end check.
-type Check = fn() -> Result<(), String>;
-
 fn main() {
     if let Some(mode) = std::env::var_os(CHILD_MARKER) {
         match child(&mode.to_string_lossy()) {
@@ -137,23 +136,19 @@ fn main() {
             }
         }
     }
-    let checks: [(&str, Check); 3] = [
-        ("sigterm_triggers_shutdown", || one_signal_triggers("TERM")),
-        ("sigint_triggers_shutdown", || one_signal_triggers("INT")),
-        ("second_signal_forces_exit", second_signal_forces_exit),
+    let checks: Vec<support::Check> = vec![
+        (
+            "sigterm_triggers_shutdown",
+            Box::new(|| one_signal_triggers("TERM")),
+        ),
+        (
+            "sigint_triggers_shutdown",
+            Box::new(|| one_signal_triggers("INT")),
+        ),
+        (
+            "second_signal_forces_exit",
+            Box::new(second_signal_forces_exit),
+        ),
     ];
-    let mut failed = 0;
-    for (name, check) in checks {
-        match check() {
-            Ok(()) => println!("test signals::{name} ... ok"),
-            Err(err) => {
-                failed += 1;
-                println!("test signals::{name} ... FAILED\n{err}");
-            }
-        }
-    }
-    println!("signals: {} passed, {failed} failed", checks.len() - failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    support::run("signals", checks);
 }

@@ -6,6 +6,8 @@
 //! listens on 127.0.0.1 as a stand-in collector and checks that the child opens an
 //! HTTP/2 (gRPC) connection to it when the guard flushes.
 
+mod support;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -157,9 +159,6 @@ fn exports_to_endpoint() -> Result<(), String> {
     Ok(())
 }
 
-/// One named end-to-end check.
-type Check = fn() -> Result<(), String>;
-
 fn main() {
     if let Some(format) = std::env::var_os(CHILD_MARKER) {
         if let Err(err) = child(&format.to_string_lossy()) {
@@ -168,26 +167,10 @@ fn main() {
         }
         return;
     }
-    let checks: [(&str, Check); 3] = [
-        ("json_without_endpoint", json_without_endpoint),
-        ("text_when_forced", text_when_forced),
-        ("exports_to_endpoint", exports_to_endpoint),
+    let checks: Vec<support::Check> = vec![
+        ("json_without_endpoint", Box::new(json_without_endpoint)),
+        ("text_when_forced", Box::new(text_when_forced)),
+        ("exports_to_endpoint", Box::new(exports_to_endpoint)),
     ];
-    let mut failed = 0;
-    for (name, check) in checks {
-        match check() {
-            Ok(()) => println!("test telemetry_init::{name} ... ok"),
-            Err(err) => {
-                failed += 1;
-                println!("test telemetry_init::{name} ... FAILED\n{err}");
-            }
-        }
-    }
-    println!(
-        "telemetry_init: {} passed, {failed} failed",
-        checks.len() - failed
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    support::run("telemetry_init", checks);
 }

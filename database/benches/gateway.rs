@@ -408,6 +408,82 @@ async fn watch_latency(
     (summary(same), summary(other))
 }
 
+/// Same-run baseline: the naive SQL queue of research/queue-baselines.md (claim n with
+/// SKIP LOCKED, then DELETE to complete) straight on MariaDB with 16 connections, no
+/// gateway, no resources, no revisions. What our queue is compared against.
+async fn naive_sql_queue(port: u16, database: &str, jobs: usize, batch: usize) -> Value {
+    use sea_orm::sqlx::{self, Row, mysql::MySqlPoolOptions};
+    let url = format!("mysql://root@127.0.0.1:{port}/{database}");
+    let pool = MySqlPoolOptions::new().max_connections(CLAIMERS as u32 + 2).connect(&url).await.expect("pool");
+    sqlx::query("DROP TABLE IF EXISTS naive_queue").execute(&pool).await.expect("drop");
+    sqlx::query(
+        "CREATE TABLE naive_queue (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, queue_name VARCHAR(64) NOT NULL, \
+         priority TINYINT NOT NULL, scheduled_at DOUBLE NOT NULL, claimed_at DOUBLE NULL, claimed_by VARCHAR(64) NULL, \
+         attempts INT NOT NULL DEFAULT 0, payload JSON, KEY ix_ready (queue_name, claimed_at, scheduled_at)) ENGINE=InnoDB",
+    )
+    .execute(&pool)
+    .await
+    .expect("create");
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
+        let values = chunk
+            .iter()
+            .map(|i| format!("('q', {}, UNIX_TIMESTAMP(NOW(6)), '{{\"i\":{i}}}')", i % 10))
+            .collect::<Vec<_>>()
+            .join(",");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO naive_queue (queue_name, priority, scheduled_at, payload) VALUES {values}"
+        )))
+        .execute(&pool)
+        .await
+        .expect("fill");
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut tasks = Vec::new();
+    for w in 0..CLAIMERS {
+        let pool = pool.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::Relaxed) < jobs as u64 && Instant::now() < deadline {
+                let mut tx = pool.begin().await.expect("begin");
+                let rows = sqlx::query(
+                    "SELECT id FROM naive_queue WHERE queue_name = 'q' AND claimed_at IS NULL \
+                     AND scheduled_at <= UNIX_TIMESTAMP(NOW(6)) ORDER BY scheduled_at LIMIT ? FOR UPDATE SKIP LOCKED",
+                )
+                .bind(batch as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .expect("claim");
+                if rows.is_empty() {
+                    tx.commit().await.expect("commit");
+                    break;
+                }
+                let ids: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
+                let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE naive_queue SET claimed_at = UNIX_TIMESTAMP(NOW(6)), claimed_by = 'w{w}', attempts = attempts + 1 WHERE id IN ({list})"
+                )))
+                .execute(&mut *tx)
+                .await
+                .expect("mark");
+                tx.commit().await.expect("commit");
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM naive_queue WHERE id IN ({list})")))
+                    .execute(&pool)
+                    .await
+                    .expect("complete");
+                done.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    json!({"jobs": n, "batch": batch, "claimers": CLAIMERS, "seconds": (secs * 100.0).round() / 100.0, "jobs_per_second": (n as f64 / secs).round()})
+}
+
 async fn event_rate(c: &GatewayClient, total: usize) -> Value {
     let per_call = 1000;
     let started = Instant::now();
@@ -480,6 +556,8 @@ async fn main() {
     let claim = claim_latency(&both, n(500)).await;
     let (watch_same, watch_across) = watch_latency(&only_a, &only_a, &only_b, n(1_000)).await;
     let events = event_rate(&both, n(200_000)).await;
+    let naive_unbatched = naive_sql_queue(tdb.port, &tdb.name, n(20_000), 1).await;
+    let naive_batched = naive_sql_queue(tdb.port, &tdb.name, n(100_000), 50).await;
     let report = json!({
         "benchmark": "sf-database gateway",
         "setup": "private MariaDB 10.11 (innodb_flush_log_at_trx_commit=1, buffer pool 1G), 2 in-process gateways, gRPC client over 127.0.0.1, same 2-core machine",
@@ -489,6 +567,8 @@ async fn main() {
         "watch_latency_same_instance": watch_same,
         "watch_latency_across_instances": watch_across,
         "event_batch_insert": events,
+        "baseline_naive_sql_queue_claim1": naive_unbatched,
+        "baseline_naive_sql_queue_claim50": naive_batched,
         "targets": {
             "batched_jobs_per_second": 10000, "unbatched_jobs_per_second": 2000,
             "claim_p99_ms": 10, "watch_same_p99_ms": 5, "watch_across_p99_ms": 100,

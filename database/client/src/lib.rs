@@ -32,8 +32,7 @@ use tonic::{Code, Request, Status};
 /// The default gRPC port of sf-database.
 pub const DEFAULT_PORT: u16 = 13005;
 
-/// The metadata key of the shared secret (must match the server's).
-pub const SECRET_HEADER: &str = "x-sf-gateway-secret";
+pub use sf_proto::SECRET_HEADER;
 
 /// A generated client stub with the secret and trace interceptor.
 pub type GatewayStub = Stub<InterceptedService<Channel, CallContext>>;

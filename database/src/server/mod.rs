@@ -14,6 +14,9 @@
 mod convert;
 mod metrics;
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,13 +26,9 @@ use serde_json::Value;
 use sf_daemon::Shutdown;
 use sf_proto::v1 as pb;
 use sf_proto::v1::gateway_server::Gateway;
-use tonic::{Request, Response, Status};
-
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-
 use sf_schema::ObjectRef;
 use sf_schema::ipam::ReservationType;
+use tonic::{Request, Response, Status};
 
 use crate::store::events::EventRecord;
 use crate::store::ipam::ReserveRequest;
@@ -43,8 +42,7 @@ pub use convert::status_from_store;
 use convert::{json_bytes, parse_object, parse_selectors};
 pub use metrics::GatewayMetrics;
 
-/// The metadata key that carries the shared secret.
-pub const SECRET_HEADER: &str = "x-sf-gateway-secret";
+pub use sf_proto::SECRET_HEADER;
 
 /// The default interval of watch progress events.
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -126,8 +124,6 @@ impl GatewayService {
         result.map(Response::new).map_err(|e| status_from_store(&e))
     }
 }
-
-use std::future::Future;
 
 fn resource_reply(stored: crate::store::Stored) -> pb::ResourceReply {
     pb::ResourceReply {

@@ -6,6 +6,9 @@
 
 #![allow(missing_docs, clippy::all)]
 
+/// The gRPC metadata key that carries the gateway's shared secret on every call.
+pub const SECRET_HEADER: &str = "x-sf-gateway-secret";
+
 /// `shakenfist.gateway.v1`: resources, watch, operations and work queue, IPAM, events,
 /// locks and maintenance.
 pub mod v1 {
