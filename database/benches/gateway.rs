@@ -414,8 +414,15 @@ async fn watch_latency(
 async fn naive_sql_queue(port: u16, database: &str, jobs: usize, batch: usize) -> Value {
     use sea_orm::sqlx::{self, Row, mysql::MySqlPoolOptions};
     let url = format!("mysql://root@127.0.0.1:{port}/{database}");
-    let pool = MySqlPoolOptions::new().max_connections(CLAIMERS as u32 + 2).connect(&url).await.expect("pool");
-    sqlx::query("DROP TABLE IF EXISTS naive_queue").execute(&pool).await.expect("drop");
+    let pool = MySqlPoolOptions::new()
+        .max_connections(CLAIMERS as u32 + 2)
+        .connect(&url)
+        .await
+        .expect("pool");
+    sqlx::query("DROP TABLE IF EXISTS naive_queue")
+        .execute(&pool)
+        .await
+        .expect("drop");
     sqlx::query(
         "CREATE TABLE naive_queue (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, queue_name VARCHAR(64) NOT NULL, \
          priority TINYINT NOT NULL, scheduled_at DOUBLE NOT NULL, claimed_at DOUBLE NULL, claimed_by VARCHAR(64) NULL, \
