@@ -32,6 +32,52 @@ use tokio::sync::Mutex;
 const SECRET: &str = "bench-secret-0123456789";
 const CLAIMERS: usize = 16;
 
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Where the CPU went during a phase: this process (client and both gateways) and
+/// mariadbd.
+struct CpuProbe {
+    mariadbd: String,
+    start: (f64, f64),
+    at: Instant,
+}
+
+impl CpuProbe {
+    fn start(mariadbd: &str) -> Self {
+        Self {
+            mariadbd: mariadbd.to_string(),
+            start: (cpu_seconds("self"), cpu_seconds(mariadbd)),
+            at: Instant::now(),
+        }
+    }
+
+    fn finish(self) -> Value {
+        let wall = self.at.elapsed().as_secs_f64();
+        let own = cpu_seconds("self") - self.start.0;
+        let db = cpu_seconds(&self.mariadbd) - self.start.1;
+        json!({
+            "wall_seconds": (wall * 100.0).round() / 100.0,
+            "gateways_and_client_cpu_seconds": (own * 100.0).round() / 100.0,
+            "mariadbd_cpu_seconds": (db * 100.0).round() / 100.0,
+            "machine_busy_percent": ((own + db) / (wall * 2.0) * 100.0).round(),
+        })
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -558,13 +604,24 @@ async fn main() {
     let only_b = client(&[b]);
     wait_ready(&both).await;
 
-    let unbatched = throughput(&both, "u", n(4_000), 1).await;
-    let batched = throughput(&both, "b", n(40_000), 100).await;
+    let mariadbd = std::fs::read_to_string(server.dir().join("mariadbd.pid"))
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    let probe = CpuProbe::start(&mariadbd);
+    let mut unbatched = throughput(&both, "u", n(4_000), 1).await;
+    unbatched["cpu"] = probe.finish();
+    let probe = CpuProbe::start(&mariadbd);
+    let mut batched = throughput(&both, "b", n(40_000), 100).await;
+    batched["cpu"] = probe.finish();
     let claim = claim_latency(&both, n(500)).await;
     let (watch_same, watch_across) = watch_latency(&only_a, &only_a, &only_b, n(1_000)).await;
     let events = event_rate(&both, n(200_000)).await;
-    let naive_unbatched = naive_sql_queue(tdb.port, &tdb.name, n(20_000), 1).await;
-    let naive_batched = naive_sql_queue(tdb.port, &tdb.name, n(100_000), 50).await;
+    let probe = CpuProbe::start(&mariadbd);
+    let mut naive_unbatched = naive_sql_queue(tdb.port, &tdb.name, n(20_000), 1).await;
+    naive_unbatched["cpu"] = probe.finish();
+    let probe = CpuProbe::start(&mariadbd);
+    let mut naive_batched = naive_sql_queue(tdb.port, &tdb.name, n(100_000), 50).await;
+    naive_batched["cpu"] = probe.finish();
     let report = json!({
         "benchmark": "sf-database gateway",
         "setup": "private MariaDB 10.11 (innodb_flush_log_at_trx_commit=1, buffer pool 1G), 2 in-process gateways, gRPC client over 127.0.0.1, same 2-core machine",

@@ -80,7 +80,9 @@ use sf_schema::operation::{ClusterOperation, ClusterOperationSpec, Priority};
 use sf_schema::validation::validate_cluster_operation;
 use tokio::sync::Notify;
 
-use super::resources::{Row0, insert_object, prepare_new, remove_object, replace_object};
+use super::resources::{
+    NewObject, Replacement, Row0, insert_objects, prepare_new, remove_object, replace_objects,
+};
 use super::{ObjectKey, Store, StoreError, Stored, Tx, allocate_revisions, parse_json, rfc3339};
 
 pub use sf_schema::operation::ErrorReport;
@@ -730,11 +732,20 @@ async fn finish(
     if !writes.is_empty() {
         let count = u64::try_from(writes.len()).unwrap_or(u64::MAX);
         let first = allocate_revisions(tx, count).await?;
-        for (revision, (index, row, mut next)) in (first..).zip(writes) {
-            replace_object(tx, revision, row, &mut next, row.generation).await?;
+        let indexes: Vec<usize> = writes.iter().map(|(index, _, _)| *index).collect();
+        let mut replacements: Vec<Replacement<'_>> = writes
+            .into_iter()
+            .map(|(_, row, next)| Replacement {
+                row,
+                object: next,
+                generation: row.generation,
+            })
+            .collect();
+        replace_objects(tx, first, &mut replacements).await?;
+        for ((revision, index), r) in (first..).zip(indexes).zip(replacements) {
             if index < items.len() {
                 stored[index] = Some(Stored {
-                    object: next,
+                    object: r.object,
                     resource_version: revision,
                     changed: true,
                 });
@@ -1358,16 +1369,23 @@ impl Store {
                 insert_queue_rows(&mut tx, ops, &waiting).await?;
                 let count = u64::try_from(ops.len()).unwrap_or(u64::MAX);
                 let first = allocate_revisions(&mut tx, count).await?;
-                let mut stored = Vec::with_capacity(ops.len());
-                for (revision, op) in (first..).zip(ops.iter()) {
-                    let mut object = op.object.clone();
-                    insert_object(&mut tx, revision, &op.key, &op.uid, &mut object).await?;
-                    stored.push(Stored {
-                        object,
+                let mut objects: Vec<NewObject> = ops
+                    .iter()
+                    .map(|op| NewObject {
+                        key: op.key.clone(),
+                        uid: op.uid.clone(),
+                        object: op.object.clone(),
+                    })
+                    .collect();
+                insert_objects(&mut tx, first, &mut objects).await?;
+                let stored: Vec<Stored> = (first..)
+                    .zip(objects)
+                    .map(|(revision, o)| Stored {
+                        object: o.object,
                         resource_version: revision,
                         changed: true,
-                    });
-                }
+                    })
+                    .collect();
                 self.commit(tx, "create operation").await?;
                 Ok(stored)
             })

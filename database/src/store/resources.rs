@@ -240,31 +240,224 @@ fn decode_row(key: ObjectKey, r: &sqlx::mysql::MySqlRow) -> Result<Row0, StoreEr
     })
 }
 
+/// One change-log row to append.
+struct ChangeRow<'a> {
+    revision: u64,
+    event_type: &'static str,
+    key: &'a ObjectKey,
+    uid: &'a str,
+    object: String,
+    prev: Option<String>,
+}
+
+/// Rows per multi-row statement: well under MariaDB's placeholder and packet limits.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// Appends change-log rows with one multi-row INSERT per [`ROWS_PER_STATEMENT`]: the
+/// fewer round trips under the revision counter's lock, the more writes per second.
+async fn append_changes(tx: &mut Tx, rows: &[ChangeRow<'_>]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO change_log (revision, event_type, kind, namespace, name, uid, object, prev_object, created_at) VALUES ",
+        );
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, NOW(6))"; chunk.len()].join(", "));
+        // Built from constant fragments only; values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.revision)
+                .bind(r.event_type)
+                .bind(&r.key.kind)
+                .bind(&r.key.namespace)
+                .bind(&r.key.name)
+                .bind(r.uid)
+                .bind(&r.object)
+                .bind(&r.prev);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("append change"))?;
+    }
+    Ok(())
+}
+
 async fn append_change(
     tx: &mut Tx,
     revision: u64,
-    event_type: &str,
+    event_type: &'static str,
     key: &ObjectKey,
     uid: &str,
     object: &Value,
     prev: Option<&Value>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO change_log (revision, event_type, kind, namespace, name, uid, object, prev_object, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, NOW(6))",
+    append_changes(
+        tx,
+        &[ChangeRow {
+            revision,
+            event_type,
+            key,
+            uid,
+            object: object.to_string(),
+            prev: prev.map(Value::to_string),
+        }],
     )
-    .bind(revision)
-    .bind(event_type)
-    .bind(&key.kind)
-    .bind(&key.namespace)
-    .bind(&key.name)
-    .bind(uid)
-    .bind(object.to_string())
-    .bind(prev.map(Value::to_string))
-    .execute(&mut **tx)
     .await
-    .map_err(StoreError::query("append change"))?;
-    Ok(())
+}
+
+/// A new object for [`insert_objects`]: its key, uid (from [`prepare_new`]) and body.
+pub(crate) struct NewObject {
+    /// Where it goes.
+    pub key: ObjectKey,
+    /// Its uid.
+    pub uid: String,
+    /// The prepared object; versions are set by the insert.
+    pub object: Value,
+}
+
+/// Inserts prepared objects at consecutive revisions from `first_revision` (the caller
+/// allocated them, last), with multi-row statements.
+pub(crate) async fn insert_objects(
+    tx: &mut Tx,
+    first_revision: u64,
+    items: &mut [NewObject],
+) -> Result<(), StoreError> {
+    let mut texts = Vec::with_capacity(items.len());
+    for (revision, item) in (first_revision..).zip(items.iter_mut()) {
+        set_versions(&mut item.object, revision, 1)?;
+        texts.push(item.object.to_string());
+    }
+    let indexed: Vec<(u64, &NewObject, &String)> = (first_revision..)
+        .zip(items.iter())
+        .zip(texts.iter())
+        .map(|((r, i), t)| (r, i, t))
+        .collect();
+    for chunk in indexed.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO resources (uid, kind, namespace, name, resource_version, generation, created_at, object) VALUES ",
+        );
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, 1, NOW(6), ?)"; chunk.len()].join(", "));
+        // Built from constant fragments only; values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (revision, item, text) in chunk {
+            q = q
+                .bind(&item.uid)
+                .bind(&item.key.kind)
+                .bind(&item.key.namespace)
+                .bind(&item.key.name)
+                .bind(*revision)
+                .bind(*text);
+        }
+        let res = q
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("insert resource"));
+        match res {
+            Err(e) if e.is_duplicate_key() => {
+                let key = chunk
+                    .first()
+                    .map(|(_, i, _)| i.key.clone())
+                    .unwrap_or_else(|| ObjectKey::new("", "", ""));
+                return Err(if chunk.len() == 1 {
+                    StoreError::AlreadyExists {
+                        kind: key.kind,
+                        namespace: key.namespace,
+                        name: key.name,
+                    }
+                } else {
+                    StoreError::Conflict {
+                        kind: key.kind,
+                        namespace: key.namespace,
+                        name: key.name,
+                        reason: "an object of this batch already exists".into(),
+                    }
+                });
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+    }
+    let changes: Vec<ChangeRow<'_>> = indexed
+        .iter()
+        .map(|(revision, item, text)| ChangeRow {
+            revision: *revision,
+            event_type: "ADDED",
+            key: &item.key,
+            uid: &item.uid,
+            object: (*text).clone(),
+            prev: None,
+        })
+        .collect();
+    append_changes(tx, &changes).await
+}
+
+/// A replacement for [`replace_objects`]: the locked row, the new body, its generation.
+pub(crate) struct Replacement<'a> {
+    /// The locked row.
+    pub row: &'a Row0,
+    /// The new object; versions are set by the write.
+    pub object: Value,
+    /// Its generation.
+    pub generation: i64,
+}
+
+/// Writes replacements at consecutive revisions from `first_revision`, with one
+/// multi-row upsert per chunk (the rows exist and are locked by the caller).
+pub(crate) async fn replace_objects(
+    tx: &mut Tx,
+    first_revision: u64,
+    items: &mut [Replacement<'_>],
+) -> Result<(), StoreError> {
+    let mut texts = Vec::with_capacity(items.len());
+    for (revision, item) in (first_revision..).zip(items.iter_mut()) {
+        set_versions(&mut item.object, revision, item.generation)?;
+        texts.push(item.object.to_string());
+    }
+    let indexed: Vec<(u64, &Replacement<'_>, &String)> = (first_revision..)
+        .zip(items.iter())
+        .zip(texts.iter())
+        .map(|((r, i), t)| (r, i, t))
+        .collect();
+    for chunk in indexed.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO resources (uid, kind, namespace, name, resource_version, generation, created_at, object, deletion_timestamp) VALUES ",
+        );
+        sql.push_str(
+            &vec!["(?, ?, ?, ?, ?, ?, NOW(6), ?, IF(?, NOW(6), NULL))"; chunk.len()].join(", "),
+        );
+        sql.push_str(
+            " ON DUPLICATE KEY UPDATE resource_version = VALUES(resource_version), generation = VALUES(generation), \
+             object = VALUES(object), \
+             deletion_timestamp = IF(VALUES(deletion_timestamp) IS NULL, NULL, COALESCE(deletion_timestamp, VALUES(deletion_timestamp)))",
+        );
+        // Built from constant fragments only; values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (revision, item, text) in chunk {
+            q = q
+                .bind(&item.row.uid)
+                .bind(&item.row.key.kind)
+                .bind(&item.row.key.namespace)
+                .bind(&item.row.key.name)
+                .bind(*revision)
+                .bind(item.generation)
+                .bind(*text)
+                .bind(has_deletion_timestamp(&item.object));
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("update resource"))?;
+    }
+    let changes: Vec<ChangeRow<'_>> = indexed
+        .iter()
+        .map(|(revision, item, text)| ChangeRow {
+            revision: *revision,
+            event_type: "MODIFIED",
+            key: &item.row.key,
+            uid: &item.row.uid,
+            object: (*text).clone(),
+            prev: Some(item.row.object.to_string()),
+        })
+        .collect();
+    append_changes(tx, &changes).await
 }
 
 /// Prepares a new object for insertion: uid, timestamps, generation 1. Returns its key
@@ -295,30 +488,15 @@ pub(crate) async fn insert_object(
     uid: &str,
     object: &mut Value,
 ) -> Result<(), StoreError> {
-    set_versions(object, revision, 1)?;
-    let text = object.to_string();
-    let res = sqlx::query(
-        "INSERT INTO resources (uid, kind, namespace, name, resource_version, generation, created_at, object) \
-         VALUES (?, ?, ?, ?, ?, 1, NOW(6), ?)",
-    )
-    .bind(uid)
-    .bind(&key.kind)
-    .bind(&key.namespace)
-    .bind(&key.name)
-    .bind(revision)
-    .bind(&text)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("insert resource"));
-    match res {
-        Err(e) if e.is_duplicate_key() => Err(StoreError::AlreadyExists {
-            kind: key.kind.clone(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-        }),
-        Err(e) => Err(e),
-        Ok(_) => append_change(tx, revision, "ADDED", key, uid, object, None).await,
-    }
+    let mut items = [NewObject {
+        key: key.clone(),
+        uid: uid.to_string(),
+        object: std::mem::take(object),
+    }];
+    let result = insert_objects(tx, revision, &mut items).await;
+    let [item] = items;
+    *object = item.object;
+    result
 }
 
 /// Writes `object` over the locked `row` at `revision`.
@@ -329,30 +507,15 @@ pub(crate) async fn replace_object(
     object: &mut Value,
     generation: i64,
 ) -> Result<(), StoreError> {
-    set_versions(object, revision, generation)?;
-    let deletion = has_deletion_timestamp(object);
-    sqlx::query(
-        "UPDATE resources SET resource_version = ?, generation = ?, object = ?, \
-         deletion_timestamp = IF(?, COALESCE(deletion_timestamp, NOW(6)), NULL) WHERE uid = ?",
-    )
-    .bind(revision)
-    .bind(generation)
-    .bind(object.to_string())
-    .bind(deletion)
-    .bind(&row.uid)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("update resource"))?;
-    append_change(
-        tx,
-        revision,
-        "MODIFIED",
-        &row.key,
-        &row.uid,
-        object,
-        Some(&row.object),
-    )
-    .await
+    let mut items = [Replacement {
+        row,
+        object: std::mem::take(object),
+        generation,
+    }];
+    let result = replace_objects(tx, revision, &mut items).await;
+    let [item] = items;
+    *object = item.object;
+    result
 }
 
 /// Removes the locked `row` at `revision`; `object` is its final state.

@@ -1,0 +1,575 @@
+//! The NetworkInterface reconciler's plan (hot plug): [`plan_interface`].
+//!
+//! Contract:
+//! - Boot interfaces (those of `spec.networks`, named by
+//!   [`boot_interface_name`](crate::instance::boot_interface_name)) are reserved and
+//!   attached by the instance plan; here they only follow their instance to
+//!   `created`.
+//! - A hot-plugged interface waits for its instance to be `created` (never plugged
+//!   into an instance being created, deleted or in error), then, in one plan: reserve
+//!   the address; ensure the network on the instance's node (depend on the create
+//!   under way there, or emit one); `interface_hot_plug` on that node depending on the
+//!   network create and on the instance's last outstanding operation, so it runs
+//!   after whatever the instance is doing. Completed → `created`; failed → `error`
+//!   (not retried: delete and re-create the interface).
+//! - NetworkInterface status has no intent sequence: the sequence is the highest in
+//!   the names of its observed operations, so a repeat after a crash reproduces the
+//!   same names; no `BumpIntentSeq` is emitted.
+//! - Delete: release the address into the halo, `deleted`, remove the finalizer. (Hot
+//!   unplug from a running instance is not planned yet.)
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sf_schema::common::{ConditionStatus, ObjectRef, ResourceState};
+use sf_schema::instance::InstanceState;
+use sf_schema::interface::NetworkInterface;
+use sf_schema::operation::{OperationState, OperationType, Priority};
+
+use crate::PlanContext;
+use crate::action::{Action, Plan, StateValue, condition, has_finalizer};
+use crate::instance::ReservedAddress;
+use crate::network::{NetworkView, OnNode, network_on_node};
+use crate::ops::{Namer, ObservedOperation, latest};
+
+/// The kind name used in operation names and targets.
+pub const INTERFACE_KIND: &str = "NetworkInterface";
+
+/// What the interface plan needs to know about its instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    /// The Instance's name.
+    pub name: String,
+    /// `status.state`.
+    pub state: InstanceState,
+    /// `status.node`.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// `metadata.deletionTimestamp` is set.
+    #[serde(default)]
+    pub deleting: bool,
+    /// The name of the instance's most recently created operation that is still
+    /// queued or executing.
+    #[serde(default)]
+    pub last_outstanding_operation: Option<String>,
+}
+
+/// What observe() gathers for a NetworkInterface.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceObservation {
+    /// Its instance; `None` when it does not exist.
+    #[serde(default)]
+    pub instance: Option<InstanceView>,
+    /// It is one of the instance's `spec.networks`.
+    #[serde(default)]
+    pub boot_interface: bool,
+    /// The address it holds.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Its network; `None` when it does not exist.
+    #[serde(default)]
+    pub network: Option<NetworkView>,
+    /// Operations created for it, oldest first ([`crate::ops`]).
+    #[serde(default)]
+    pub operations: Vec<ObservedOperation>,
+}
+
+fn transition_ok(from: &ResourceState, to: &ResourceState) -> bool {
+    use ResourceState as S;
+    matches!(
+        (from, to),
+        (S::Initial, S::Created | S::Deleted | S::Error)
+            | (S::Created, S::Deleted | S::Error)
+            | (S::Error, S::Deleted)
+    )
+}
+
+struct Ctx<'a> {
+    desired: &'a NetworkInterface,
+    observed: &'a InterfaceObservation,
+    ctx: &'a PlanContext,
+    name: String,
+    state: ResourceState,
+    conditions: Vec<sf_schema::Condition>,
+    plan: Plan,
+    requeue: Option<u64>,
+}
+
+impl Ctx<'_> {
+    fn set_state(&mut self, to: ResourceState, message: Option<String>) {
+        if transition_ok(&self.state, &to) {
+            self.plan.push(Action::SetState {
+                state: StateValue::Resource(to),
+                message,
+            });
+        }
+    }
+
+    fn condition(&mut self, status: ConditionStatus, reason: &str, message: String) {
+        let action = condition(&self.conditions, "Ready", status, reason, message);
+        self.plan.push_opt(action);
+    }
+
+    fn wait(&mut self, reason: &str, message: String) {
+        self.condition(ConditionStatus::False, reason, message);
+        self.requeue = Some(self.ctx.wait_secs);
+    }
+
+    fn plan_delete(&mut self) {
+        if !has_finalizer(self.desired.metadata.finalizers.as_ref()) {
+            return;
+        }
+        if let Some(address) = &self.observed.address {
+            self.plan.push(Action::ReleaseAddresses {
+                addresses: vec![ReservedAddress {
+                    interface: self.name.clone(),
+                    network: self.desired.spec.network.clone(),
+                    address: address.clone(),
+                }],
+            });
+        }
+        self.set_state(ResourceState::Deleted, None);
+        self.plan.push(Action::RemoveFinalizer);
+    }
+
+    fn plan_live(&mut self) {
+        if !has_finalizer(self.desired.metadata.finalizers.as_ref()) {
+            self.plan.push(Action::EnsureFinalizer);
+        }
+        if self.state != ResourceState::Initial {
+            return;
+        }
+        let Some(instance) = self.observed.instance.clone() else {
+            let message = format!("instance {} not found", self.desired.spec.instance);
+            self.wait("WaitingForInstance", message);
+            return;
+        };
+        if self.observed.boot_interface {
+            if instance.state == InstanceState::Created {
+                self.set_state(ResourceState::Created, None);
+                self.condition(ConditionStatus::True, "Attached", String::new());
+            }
+            return;
+        }
+        let failed_instance = matches!(
+            instance.state,
+            InstanceState::Error
+                | InstanceState::PreflightError
+                | InstanceState::CreatingError
+                | InstanceState::CreatedError
+                | InstanceState::DeleteWaitError
+                | InstanceState::DeleteWait
+                | InstanceState::Deleted
+        );
+        if instance.deleting || failed_instance {
+            let message = format!("instance {} is {}", instance.name, instance.state);
+            self.condition(ConditionStatus::False, "InstanceUnavailable", message);
+            return;
+        }
+        let (InstanceState::Created, Some(node)) = (&instance.state, &instance.node) else {
+            let message = format!("instance {} is {}", instance.name, instance.state);
+            self.wait("WaitingForInstance", message);
+            return;
+        };
+        let node = node.clone();
+
+        let ops = &self.observed.operations;
+        let plug = latest(INTERFACE_KIND, &self.name, ops, |op| {
+            op.operation_type == OperationType::InterfaceHotPlug
+        });
+        if let Some(plug) = plug {
+            if plug.state == OperationState::Complete {
+                self.set_state(ResourceState::Created, None);
+                self.condition(ConditionStatus::True, "HotPlugged", String::new());
+            } else if plug.failed() {
+                let message = format!(
+                    "{} {}: {}",
+                    plug.name,
+                    plug.state,
+                    plug.error.as_deref().unwrap_or("no error report")
+                );
+                self.set_state(ResourceState::Error, Some(message.clone()));
+                self.condition(ConditionStatus::False, "HotPlugFailed", message);
+            }
+            return;
+        }
+
+        let Some(network) = self.observed.network.clone() else {
+            let message = format!("network {} not found", self.desired.spec.network);
+            self.wait("WaitingForNetwork", message);
+            return;
+        };
+        let namer = Namer::new(INTERFACE_KIND, &self.name, 0, ops);
+        let mut depends_on = Vec::new();
+        match network_on_node(&network, &node, namer.next("netcreate")) {
+            OnNode::NotPrepared => {
+                let message = format!("network {} is not prepared yet", network.name);
+                self.wait("WaitingForNetwork", message);
+                return;
+            }
+            OnNode::Ready => {}
+            OnNode::After(op) => depends_on.push(op),
+            OnNode::Create(action) => {
+                if let Some((name, _)) = action.operation() {
+                    depends_on.push(name.to_owned());
+                }
+                self.plan.push(*action);
+            }
+        }
+        if self.observed.address.is_none() {
+            self.plan.push(Action::ReserveAddress {
+                interface: self.name.clone(),
+                network: self.desired.spec.network.clone(),
+                address: self.desired.spec.address.clone(),
+            });
+        }
+        depends_on.extend(instance.last_outstanding_operation.clone());
+        let spec = &self.desired.spec;
+        self.plan.push(Action::EnqueueOperation {
+            name: namer.next("hotplug"),
+            operation_type: OperationType::InterfaceHotPlug,
+            target: ObjectRef {
+                kind: INTERFACE_KIND.to_owned(),
+                name: self.name.clone(),
+                namespace: self.desired.metadata.namespace.clone(),
+                uid: self.desired.metadata.uid.clone().unwrap_or_default(),
+            },
+            node: Some(node),
+            depends_on,
+            priority: Priority::Normal,
+            payload: json!({
+                "interface": self.name,
+                "instance": instance.name,
+                "network": spec.network,
+                "model": spec.model.as_str(),
+            }),
+        });
+        self.condition(ConditionStatus::False, "HotPlugging", String::new());
+    }
+}
+
+/// Plans one reconcile of the NetworkInterface `desired` (see the module contract).
+pub fn plan_interface(
+    desired: &NetworkInterface,
+    observed: &InterfaceObservation,
+    ctx: &PlanContext,
+) -> Vec<Action> {
+    let status = desired.status.clone().unwrap_or_default();
+    let mut c = Ctx {
+        desired,
+        observed,
+        ctx,
+        name: desired.metadata.name.clone().unwrap_or_default(),
+        state: status.state,
+        conditions: status.conditions,
+        plan: Plan::default(),
+        requeue: None,
+    };
+    if desired.metadata.deletion_timestamp.is_some() {
+        c.plan_delete();
+    } else {
+        c.plan_live();
+    }
+    if let Some(after_secs) = c.requeue {
+        c.plan.push(Action::Requeue { after_secs });
+    }
+    c.plan.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::PendingCreate;
+    use crate::testutil::{cond, ctx, op, with_deletion};
+    use OperationType as T;
+    use sf_schema::interface::{NetworkInterfaceSpec, NetworkInterfaceStatus, NicModel};
+    use sf_schema::operation::OperationState as S;
+
+    fn iface(state: ResourceState) -> NetworkInterface {
+        let mut n = NetworkInterface::new(
+            "web-1-nic2",
+            NetworkInterfaceSpec {
+                instance: "web-1".into(),
+                network: "db".into(),
+                address: None,
+                macaddr: None,
+                model: NicModel::Virtio,
+                float: false,
+                order: None,
+            },
+        );
+        n.metadata.namespace = Some("demo".into());
+        n.metadata.uid = Some("if-uid".into());
+        n.metadata.finalizers = Some(vec![crate::FINALIZER.into()]);
+        n.status = Some(NetworkInterfaceStatus {
+            state,
+            ..NetworkInterfaceStatus::default()
+        });
+        n
+    }
+
+    fn running(last: Option<&str>) -> InstanceView {
+        InstanceView {
+            name: "web-1".into(),
+            state: InstanceState::Created,
+            node: Some("hv-1".into()),
+            deleting: false,
+            last_outstanding_operation: last.map(str::to_owned),
+        }
+    }
+
+    fn db(nodes: &[&str], pending: &[(&str, &str)]) -> NetworkView {
+        NetworkView {
+            name: "db".into(),
+            namespace: Some("demo".into()),
+            uid: "db-uid".into(),
+            netblock: "10.1.0.0/24".into(),
+            vxid: Some(99),
+            provide_dhcp: true,
+            provide_nat: false,
+            provide_dns: false,
+            nodes: nodes.iter().map(|s| (*s).to_owned()).collect(),
+            pending_creates: pending
+                .iter()
+                .map(|(n, o)| PendingCreate {
+                    node: (*n).into(),
+                    operation: (*o).into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn enqueued(plan: &[Action]) -> Vec<(String, Option<String>, Vec<String>)> {
+        plan.iter()
+            .filter_map(|a| match a {
+                Action::EnqueueOperation {
+                    name,
+                    node,
+                    depends_on,
+                    ..
+                } => Some((name.clone(), node.clone(), depends_on.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hot_plug_reserves_plumbs_then_plugs_after_the_instance() {
+        let obs = InterfaceObservation {
+            instance: Some(running(Some("instance-web-1-4-snapshot"))),
+            network: Some(db(&["net-1"], &[])),
+            ..InterfaceObservation::default()
+        };
+        let plan = plan_interface(&iface(ResourceState::Initial), &obs, &ctx());
+        assert_eq!(
+            plan[0],
+            Action::ReserveAddress {
+                interface: "web-1-nic2".into(),
+                network: "db".into(),
+                address: None
+            }
+        );
+        assert_eq!(
+            enqueued(&plan),
+            [
+                (
+                    "networkinterface-web-1-nic2-1-netcreate".to_owned(),
+                    Some("hv-1".to_owned()),
+                    vec![]
+                ),
+                (
+                    "networkinterface-web-1-nic2-1-hotplug".to_owned(),
+                    Some("hv-1".to_owned()),
+                    vec![
+                        "networkinterface-web-1-nic2-1-netcreate".to_owned(),
+                        "instance-web-1-4-snapshot".to_owned()
+                    ]
+                ),
+            ]
+        );
+        let Some(Action::EnqueueOperation { target, .. }) = plan.get(1) else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(
+            (target.kind.as_str(), target.uid.as_str()),
+            ("Network", "db-uid")
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|a| matches!(a, Action::BumpIntentSeq { .. }))
+        );
+        assert_eq!(
+            plan.clone(),
+            plan_interface(&iface(ResourceState::Initial), &obs, &ctx())
+        );
+    }
+
+    #[test]
+    fn hot_plug_dependencies_table() {
+        let table = [
+            (
+                "network already on the node, instance idle",
+                db(&["hv-1"], &[]),
+                None,
+                vec![],
+            ),
+            (
+                "network being plumbed by someone else",
+                db(&[], &[("hv-1", "network-db-3-netcreate-hv-1")]),
+                Some("instance-web-1-2-poweron"),
+                vec!["network-db-3-netcreate-hv-1", "instance-web-1-2-poweron"],
+            ),
+        ];
+        for (what, network, last, want) in table {
+            let obs = InterfaceObservation {
+                instance: Some(running(last)),
+                network: Some(network),
+                address: Some("10.1.0.9".into()),
+                ..InterfaceObservation::default()
+            };
+            let plan = plan_interface(&iface(ResourceState::Initial), &obs, &ctx());
+            let ops = enqueued(&plan);
+            assert_eq!(ops.len(), 1, "{what}: {plan:?}");
+            assert_eq!(ops[0].0, "networkinterface-web-1-nic2-1-hotplug", "{what}");
+            assert_eq!(ops[0].2, want, "{what}");
+            assert!(
+                !plan
+                    .iter()
+                    .any(|a| matches!(a, Action::ReserveAddress { .. })),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn hot_plug_outcome_and_waits() {
+        let base = InterfaceObservation {
+            instance: Some(running(None)),
+            network: Some(db(&["hv-1"], &[])),
+            address: Some("10.1.0.9".into()),
+            ..InterfaceObservation::default()
+        };
+        let with = |state| {
+            let mut o = base.clone();
+            o.operations = vec![op(
+                "networkinterface-web-1-nic2-1-hotplug",
+                T::InterfaceHotPlug,
+                state,
+            )];
+            o
+        };
+        let mut creating = base.clone();
+        creating.instance = Some(InstanceView {
+            state: InstanceState::Creating,
+            ..running(None)
+        });
+        let mut deleting = base.clone();
+        deleting.instance = Some(InstanceView {
+            deleting: true,
+            ..running(None)
+        });
+        type Row<'a> = (
+            &'a str,
+            InterfaceObservation,
+            Option<ResourceState>,
+            usize,
+            Option<&'a str>,
+        );
+        let table: Vec<Row> = vec![
+            ("outstanding: nothing", with(S::Executing), None, 0, None),
+            (
+                "complete: created",
+                with(S::Complete),
+                Some(ResourceState::Created),
+                0,
+                Some("HotPlugged"),
+            ),
+            (
+                "failed: error",
+                with(S::Error),
+                Some(ResourceState::Error),
+                0,
+                Some("HotPlugFailed"),
+            ),
+            (
+                "instance creating: wait",
+                creating,
+                None,
+                0,
+                Some("WaitingForInstance"),
+            ),
+            (
+                "instance deleting: never",
+                deleting,
+                None,
+                0,
+                Some("InstanceUnavailable"),
+            ),
+        ];
+        for (what, obs, state, ops, reason) in table {
+            let plan = plan_interface(&iface(ResourceState::Initial), &obs, &ctx());
+            let got_state = plan.iter().find_map(|a| match a {
+                Action::SetState {
+                    state: StateValue::Resource(s),
+                    ..
+                } => Some(s.clone()),
+                _ => None,
+            });
+            assert_eq!(got_state, state, "{what}");
+            assert_eq!(enqueued(&plan).len(), ops, "{what}");
+            let got_reason = plan.iter().find_map(|a| match a {
+                Action::SetCondition { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            });
+            assert_eq!(got_reason, reason, "{what}: {plan:?}");
+        }
+    }
+
+    #[test]
+    fn boot_interfaces_follow_their_instance_and_settle() {
+        let obs = InterfaceObservation {
+            instance: Some(running(None)),
+            boot_interface: true,
+            ..InterfaceObservation::default()
+        };
+        let plan = plan_interface(&iface(ResourceState::Initial), &obs, &ctx());
+        assert!(enqueued(&plan).is_empty());
+        assert!(plan.contains(&Action::SetState {
+            state: StateValue::Resource(ResourceState::Created),
+            message: None
+        }));
+        let mut done = iface(ResourceState::Created);
+        if let Some(s) = done.status.as_mut() {
+            s.conditions = vec![cond("Ready", "True", "Attached", "")];
+        }
+        assert_eq!(plan_interface(&done, &obs, &ctx()), vec![]);
+    }
+
+    #[test]
+    fn delete_releases_the_address() {
+        let obs = InterfaceObservation {
+            address: Some("10.1.0.9".into()),
+            ..InterfaceObservation::default()
+        };
+        let plan = plan_interface(&with_deletion(iface(ResourceState::Created)), &obs, &ctx());
+        assert_eq!(
+            plan,
+            vec![
+                Action::ReleaseAddresses {
+                    addresses: vec![ReservedAddress {
+                        interface: "web-1-nic2".into(),
+                        network: "db".into(),
+                        address: "10.1.0.9".into()
+                    }]
+                },
+                Action::SetState {
+                    state: StateValue::Resource(ResourceState::Deleted),
+                    message: None
+                },
+                Action::RemoveFinalizer,
+            ]
+        );
+    }
+}

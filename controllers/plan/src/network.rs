@@ -1,0 +1,973 @@
+//! The network reconciler's plan: [`plan_network`].
+//!
+//! Contract:
+//! - A network is prepared first ([`Action::PrepareNetwork`]: VXLAN id and the
+//!   network/broadcast/gateway reservations); nothing is plumbed before it has a vxid.
+//! - `network_create_on_node` runs on every node hosting an interface on the network
+//!   and on the network node, once per node: not while one for that node is
+//!   outstanding (whoever emitted it: the instance and interface plans emit their own
+//!   through `network_on_node`), not once the node is in `status.nodes`. A completed
+//!   create adds its node to `status.nodes` ([`Action::SetNodes`]). The payload carries
+//!   the vxid, the netblock and the DHCP/NAT/DNS switches; when the switches change,
+//!   the network node is re-plumbed (the agent's create is an idempotent ensure).
+//! - `network_update_dhcp` is coalescible: at most one queued per network. It runs on
+//!   the network node when DHCP or DNS is provided, whenever the fingerprint of the
+//!   interfaces (name, MAC, address) and switches differs from the last one issued; the
+//!   agent reads the current interfaces when it runs, so a queued update covers every
+//!   later change. A new update depends on the executing one, if any.
+//! - A failed network operation is retried with a new name once `retry_backoff_secs`
+//!   have passed since it failed.
+//! - Delete: wait until no interface uses the network (condition `InUse`), abort
+//!   outstanding creates and updates, then `network_delete` on every node it is
+//!   plumbed on; when all completed: `deleted` and the finalizer goes (sf-database
+//!   drops its IPAM with the object).
+//! - States (shakenfist.md §2): initial → created (prepared and on the network node);
+//!   created → delete_wait → deleted; initial → deleted.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sf_schema::common::{ConditionStatus, ObjectRef, ResourceState};
+use sf_schema::network::Network;
+use sf_schema::operation::{OperationType, Priority};
+
+use crate::PlanContext;
+use crate::action::{Action, Plan, StateValue, condition, has_finalizer};
+use crate::ops::{Namer, ObservedOperation, latest};
+
+/// The kind name used in operation names and targets.
+pub const NETWORK_KIND: &str = "Network";
+
+/// A network's create operation that is queued or executing on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCreate {
+    /// The node.
+    pub node: String,
+    /// The operation's name.
+    pub operation: String,
+}
+
+/// What the instance and interface plans need to know about a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkView {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `metadata.uid`.
+    #[serde(default)]
+    pub uid: String,
+    /// `spec.netblock`.
+    pub netblock: String,
+    /// `status.vxid`; `None` until prepared.
+    #[serde(default)]
+    pub vxid: Option<u32>,
+    /// `spec.provideDhcp`.
+    #[serde(default)]
+    pub provide_dhcp: bool,
+    /// `spec.provideNat`.
+    #[serde(default)]
+    pub provide_nat: bool,
+    /// `spec.provideDns`.
+    #[serde(default)]
+    pub provide_dns: bool,
+    /// `status.nodes`: where it is plumbed.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Its outstanding `network_create_on_node` operations (any emitter).
+    #[serde(default)]
+    pub pending_creates: Vec<PendingCreate>,
+}
+
+impl NetworkView {
+    /// The view of `network` with its outstanding create operations.
+    pub fn from_network(network: &Network, pending_creates: Vec<PendingCreate>) -> Self {
+        let status = network.status.clone().unwrap_or_default();
+        Self {
+            name: network.metadata.name.clone().unwrap_or_default(),
+            namespace: network.metadata.namespace.clone(),
+            uid: network.metadata.uid.clone().unwrap_or_default(),
+            netblock: network.spec.netblock.clone(),
+            vxid: status.vxid,
+            provide_dhcp: network.spec.provide_dhcp,
+            provide_nat: network.spec.provide_nat,
+            provide_dns: network.spec.provide_dns,
+            nodes: status.nodes,
+            pending_creates,
+        }
+    }
+
+    /// The network as an operation target.
+    pub fn target(&self) -> ObjectRef {
+        ObjectRef {
+            kind: NETWORK_KIND.to_owned(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            uid: self.uid.clone(),
+        }
+    }
+
+    /// The payload of `network_create_on_node`.
+    pub fn create_payload(&self, network_node: bool) -> serde_json::Value {
+        json!({
+            "network": self.name,
+            "vxid": self.vxid,
+            "netblock": self.netblock,
+            "networkNode": network_node,
+            "provideDhcp": self.provide_dhcp,
+            "provideNat": self.provide_nat,
+            "provideDns": self.provide_dns,
+        })
+    }
+}
+
+/// Whether a network is usable on a node, for a plan that needs it there.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum OnNode {
+    /// No vxid yet: wait.
+    NotPrepared,
+    /// Plumbed.
+    Ready,
+    /// Being plumbed by this operation: depend on it.
+    After(String),
+    /// Not plumbed: enqueue this operation (named by the caller) and depend on it.
+    Create(Box<Action>),
+}
+
+/// What `view` needs before an operation on `node` can use it; a new create is
+/// named `name_if_new`.
+pub(crate) fn network_on_node(view: &NetworkView, node: &str, name_if_new: String) -> OnNode {
+    if view.vxid.is_none() {
+        return OnNode::NotPrepared;
+    }
+    if view.nodes.iter().any(|n| n == node) {
+        return OnNode::Ready;
+    }
+    if let Some(p) = view.pending_creates.iter().find(|p| p.node == node) {
+        return OnNode::After(p.operation.clone());
+    }
+    OnNode::Create(Box::new(Action::EnqueueOperation {
+        name: name_if_new,
+        operation_type: OperationType::NetworkCreateOnNode,
+        target: view.target(),
+        node: Some(node.to_owned()),
+        depends_on: Vec::new(),
+        priority: Priority::Normal,
+        payload: view.create_payload(false),
+    }))
+}
+
+/// One interface on the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkMember {
+    /// The NetworkInterface's name.
+    pub interface: String,
+    /// Its instance.
+    pub instance: String,
+    /// The instance's node, once placed.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The MAC address, once known.
+    #[serde(default)]
+    pub macaddr: Option<String>,
+    /// The reserved address, once known.
+    #[serde(default)]
+    pub ipv4: Option<String>,
+}
+
+/// What observe() gathers for a network.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkObservation {
+    /// Operations the network controller created for it, oldest first
+    /// ([`crate::ops`]), plus every `network_create_on_node` targeting it.
+    pub operations: Vec<ObservedOperation>,
+    /// Every NetworkInterface on the network (of instances not yet deleted).
+    pub members: Vec<NetworkMember>,
+    /// The network node (role `network`), if one exists.
+    #[serde(default)]
+    pub network_node: Option<String>,
+}
+
+/// A stable 64-bit FNV-1a hash, hex (std's hasher is not stable across releases).
+fn fnv1a(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The fingerprint of what dnsmasq serves: the members with an address and the
+/// DHCP/DNS switches.
+pub fn dhcp_fingerprint(network: &Network, members: &[NetworkMember]) -> String {
+    let mut lines: Vec<String> = members
+        .iter()
+        .filter_map(|m| {
+            let ip = m.ipv4.as_deref()?;
+            Some(format!(
+                "{} {} {ip}",
+                m.interface,
+                m.macaddr.as_deref().unwrap_or("-")
+            ))
+        })
+        .collect();
+    lines.sort();
+    lines.push(format!(
+        "dhcp={} dns={}",
+        network.spec.provide_dhcp, network.spec.provide_dns
+    ));
+    fnv1a(&lines.join("\n"))
+}
+
+/// A failed operation may be retried once the backoff has passed; otherwise how many
+/// seconds remain.
+fn backoff_remaining(op: &ObservedOperation, ctx: &PlanContext) -> Option<u64> {
+    let done = op.completed_at?;
+    let elapsed = (ctx.now - done).num_seconds();
+    let backoff = i64::try_from(ctx.retry_backoff_secs).unwrap_or(i64::MAX);
+    (elapsed < backoff).then(|| u64::try_from(backoff - elapsed).unwrap_or(1))
+}
+
+fn flags_differ(network: &Network, payload: &serde_json::Value) -> bool {
+    payload["provideDhcp"] != json!(network.spec.provide_dhcp)
+        || payload["provideNat"] != json!(network.spec.provide_nat)
+        || payload["provideDns"] != json!(network.spec.provide_dns)
+}
+
+/// Whether `from → to` is a legal network state move (shakenfist.md §2).
+pub fn network_transition_ok(from: &ResourceState, to: &ResourceState) -> bool {
+    use ResourceState as S;
+    if from == to {
+        return from.is_known();
+    }
+    matches!(
+        (from, to),
+        (S::Initial, S::Created | S::Deleted | S::Error)
+            | (S::Created, S::Deleted | S::DeleteWait | S::Error)
+            | (S::DeleteWait, S::Deleted | S::Error)
+            | (S::Error, S::Deleted)
+    )
+}
+
+struct Ctx<'a> {
+    network: &'a Network,
+    observed: &'a NetworkObservation,
+    ctx: &'a PlanContext,
+    view: NetworkView,
+    namer: Namer,
+    state: ResourceState,
+    conditions: Vec<sf_schema::Condition>,
+    plan: Plan,
+    requeue: Option<u64>,
+}
+
+impl Ctx<'_> {
+    fn set_state(&mut self, to: ResourceState) {
+        if self.state != to && network_transition_ok(&self.state, &to) {
+            self.plan.push(Action::SetState {
+                state: StateValue::Resource(to),
+                message: None,
+            });
+        }
+    }
+
+    fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: String) {
+        let action = condition(&self.conditions, type_, status, reason, message);
+        self.plan.push_opt(action);
+    }
+
+    fn requeue_in(&mut self, secs: u64) {
+        self.requeue = Some(self.requeue.map_or(secs, |r| r.min(secs)));
+    }
+
+    fn ops_on<'o>(
+        &'o self,
+        kind: OperationType,
+        node: &'o str,
+    ) -> impl Iterator<Item = &'o ObservedOperation> + 'o {
+        self.observed
+            .operations
+            .iter()
+            .filter(move |op| op.operation_type == kind && op.node.as_deref() == Some(node))
+    }
+
+    fn latest_on(&self, kind: OperationType, node: &str) -> Option<&ObservedOperation> {
+        latest(
+            NETWORK_KIND,
+            &self.view.name,
+            &self.observed.operations,
+            |op| op.operation_type == kind && op.node.as_deref() == Some(node),
+        )
+    }
+
+    fn enqueue(
+        &mut self,
+        kind: OperationType,
+        short: String,
+        node: &str,
+        depends_on: Vec<String>,
+        payload: serde_json::Value,
+    ) -> String {
+        let name = self.namer.next(&short);
+        let priority = if kind == OperationType::NetworkDelete {
+            Priority::High
+        } else {
+            Priority::Normal
+        };
+        self.plan.push(Action::EnqueueOperation {
+            name: name.clone(),
+            operation_type: kind,
+            target: self.view.target(),
+            node: Some(node.to_owned()),
+            depends_on,
+            priority,
+            payload,
+        });
+        name
+    }
+
+    /// Create on `node` unless done or under way; returns the outstanding (or new)
+    /// create's name, if any.
+    fn ensure_on_node(&mut self, node: &str, recorded: &mut BTreeSet<String>) -> Option<String> {
+        let is_network_node = self.observed.network_node.as_deref() == Some(node);
+        if let Some(op) = self
+            .ops_on(OperationType::NetworkCreateOnNode, node)
+            .find(|op| op.is_outstanding())
+        {
+            return Some(op.name.clone());
+        }
+        let latest = self
+            .latest_on(OperationType::NetworkCreateOnNode, node)
+            .cloned();
+        if recorded.contains(node) {
+            // Plumbed; re-plumb the network node when the switches changed.
+            if !is_network_node {
+                return None;
+            }
+            let drifted = match latest
+                .as_ref()
+                .filter(|op| op.payload["networkNode"] == json!(true))
+            {
+                Some(op) => flags_differ(self.network, &op.payload),
+                None => {
+                    self.network.metadata.generation
+                        > self
+                            .network
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.observed_generation)
+                }
+            };
+            if !drifted {
+                return None;
+            }
+        } else {
+            match &latest {
+                Some(op) if op.state == sf_schema::operation::OperationState::Complete => {
+                    recorded.insert(node.to_owned());
+                    return None;
+                }
+                Some(op) if op.failed() => {
+                    if let Some(wait) = backoff_remaining(op, self.ctx) {
+                        self.condition(
+                            "Ready",
+                            ConditionStatus::False,
+                            "CreateOnNodeFailed",
+                            format!(
+                                "{} failed: {}",
+                                op.name,
+                                op.error.as_deref().unwrap_or("no error report")
+                            ),
+                        );
+                        self.requeue_in(wait);
+                        return None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let payload = self.view.create_payload(is_network_node);
+        Some(self.enqueue(
+            OperationType::NetworkCreateOnNode,
+            format!("netcreate-{node}"),
+            node,
+            Vec::new(),
+            payload,
+        ))
+    }
+
+    fn plan_dhcp(
+        &mut self,
+        network_node: &str,
+        recorded: &BTreeSet<String>,
+        nn_create: Option<String>,
+    ) {
+        let spec = &self.network.spec;
+        if !(spec.provide_dhcp || spec.provide_dns) {
+            return;
+        }
+        if !recorded.contains(network_node) && nn_create.is_none() {
+            return;
+        }
+        let dhcp: Vec<&ObservedOperation> = self
+            .observed
+            .operations
+            .iter()
+            .filter(|op| op.operation_type == OperationType::NetworkUpdateDhcp)
+            .collect();
+        if dhcp
+            .iter()
+            .any(|op| op.state == sf_schema::operation::OperationState::Queued)
+        {
+            return; // Coalesced: the queued update reads the interfaces when it runs.
+        }
+        let fingerprint = dhcp_fingerprint(self.network, &self.observed.members);
+        let newest_failed = latest(
+            NETWORK_KIND,
+            &self.view.name,
+            &self.observed.operations,
+            |op| op.operation_type == OperationType::NetworkUpdateDhcp,
+        )
+        .filter(|op| op.failed())
+        .and_then(|op| backoff_remaining(op, self.ctx));
+        if let Some(wait) = newest_failed {
+            self.requeue_in(wait);
+            return;
+        }
+        let issued = latest(
+            NETWORK_KIND,
+            &self.view.name,
+            &self.observed.operations,
+            |op| op.operation_type == OperationType::NetworkUpdateDhcp && !op.failed(),
+        );
+        if issued.is_some_and(|op| op.payload["fingerprint"] == json!(fingerprint)) {
+            return;
+        }
+        let mut depends_on: Vec<String> = nn_create.into_iter().collect();
+        depends_on.extend(
+            dhcp.iter()
+                .filter(|op| op.state == sf_schema::operation::OperationState::Executing)
+                .map(|op| op.name.clone()),
+        );
+        let payload = json!({
+            "network": self.view.name,
+            "fingerprint": fingerprint,
+            "provideDhcp": spec.provide_dhcp,
+            "provideDns": spec.provide_dns,
+        });
+        self.enqueue(
+            OperationType::NetworkUpdateDhcp,
+            "dhcp".to_owned(),
+            network_node,
+            depends_on,
+            payload,
+        );
+    }
+
+    fn plan_live(&mut self) {
+        if !has_finalizer(self.network.metadata.finalizers.as_ref()) {
+            self.plan.push(Action::EnsureFinalizer);
+        }
+        if self.view.vxid.is_none() {
+            self.plan.push(Action::PrepareNetwork);
+            self.condition(
+                "Ready",
+                ConditionStatus::False,
+                "Preparing",
+                "allocating the VXLAN id and reserved addresses".into(),
+            );
+            return;
+        }
+        let network_node = self.observed.network_node.clone();
+        let mut targets: BTreeSet<String> = self
+            .observed
+            .members
+            .iter()
+            .filter_map(|m| m.node.clone())
+            .collect();
+        targets.extend(network_node.iter().cloned());
+        let before: BTreeSet<String> = self.view.nodes.iter().cloned().collect();
+        let mut recorded = before.clone();
+        let mut nn_create = None;
+        for node in &targets {
+            let create = self.ensure_on_node(node, &mut recorded);
+            if network_node.as_deref() == Some(node.as_str()) {
+                nn_create = create;
+            }
+        }
+        if recorded != before {
+            self.plan.push(Action::SetNodes {
+                nodes: recorded.iter().cloned().collect(),
+            });
+        }
+        if let Some(nn) = &network_node {
+            self.plan_dhcp(nn, &recorded, nn_create);
+        }
+        let on_network_node = network_node.as_ref().is_none_or(|nn| recorded.contains(nn));
+        if on_network_node {
+            self.set_state(ResourceState::Created);
+            if self.state == ResourceState::Created || self.state == ResourceState::Initial {
+                self.condition("Ready", ConditionStatus::True, "Created", String::new());
+            }
+        }
+    }
+
+    fn plan_delete(&mut self) {
+        if !has_finalizer(self.network.metadata.finalizers.as_ref()) {
+            return;
+        }
+        if !self.observed.members.is_empty() {
+            let mut names: Vec<&str> = self
+                .observed
+                .members
+                .iter()
+                .map(|m| m.interface.as_str())
+                .collect();
+            names.sort_unstable();
+            self.condition(
+                "Ready",
+                ConditionStatus::False,
+                "InUse",
+                format!("waiting for its interfaces to go: {}", names.join(", ")),
+            );
+            return;
+        }
+        let mut plumbed: BTreeSet<String> = self.view.nodes.iter().cloned().collect();
+        for op in &self.observed.operations {
+            if op.operation_type == OperationType::NetworkCreateOnNode
+                && op.state == sf_schema::operation::OperationState::Complete
+            {
+                plumbed.extend(op.node.clone());
+            }
+        }
+        let deleting = |op: &ObservedOperation| op.operation_type == OperationType::NetworkDelete;
+        let others_outstanding = self
+            .observed
+            .operations
+            .iter()
+            .any(|op| op.is_outstanding() && !deleting(op));
+        let deletes_outstanding = self
+            .observed
+            .operations
+            .iter()
+            .any(|op| op.is_outstanding() && deleting(op));
+        if others_outstanding && !deletes_outstanding {
+            self.plan.push(Action::AbortOperations {
+                except_snapshots: true,
+                reason: "network deleted".into(),
+            });
+        }
+        let mut all_done = true;
+        for node in &plumbed {
+            let latest = self.latest_on(OperationType::NetworkDelete, node).cloned();
+            match latest {
+                Some(op) if op.is_outstanding() => all_done = false,
+                Some(op) if op.state == sf_schema::operation::OperationState::Complete => {}
+                Some(op) if op.failed() && backoff_remaining(&op, self.ctx).is_some() => {
+                    all_done = false;
+                    if let Some(wait) = backoff_remaining(&op, self.ctx) {
+                        self.requeue_in(wait);
+                    }
+                }
+                _ => {
+                    all_done = false;
+                    let payload = json!({
+                        "network": self.view.name,
+                        "vxid": self.view.vxid,
+                        "networkNode": self.observed.network_node.as_deref() == Some(node.as_str()),
+                    });
+                    self.enqueue(
+                        OperationType::NetworkDelete,
+                        format!("netdelete-{node}"),
+                        node,
+                        Vec::new(),
+                        payload,
+                    );
+                }
+            }
+        }
+        if all_done {
+            self.set_state(ResourceState::Deleted);
+            self.plan.push(Action::RemoveFinalizer);
+        } else {
+            self.set_state(ResourceState::DeleteWait);
+            self.condition("Ready", ConditionStatus::False, "Deleting", String::new());
+        }
+    }
+}
+
+/// Plans one reconcile of `network` (see the module contract).
+pub fn plan_network(
+    network: &Network,
+    observed: &NetworkObservation,
+    ctx: &PlanContext,
+) -> Vec<Action> {
+    let status = network.status.clone().unwrap_or_default();
+    let view = NetworkView::from_network(network, Vec::new());
+    let namer = Namer::new(
+        NETWORK_KIND,
+        &view.name,
+        status.intent_seq,
+        &observed.operations,
+    );
+    let mut c = Ctx {
+        network,
+        observed,
+        ctx,
+        view,
+        namer,
+        state: status.state.clone(),
+        conditions: status.conditions.clone(),
+        plan: Plan::default(),
+        requeue: None,
+    };
+    if matches!(c.state, ResourceState::Deleted | ResourceState::Other(_)) {
+        return Vec::new();
+    }
+    if network.metadata.deletion_timestamp.is_some() {
+        c.plan_delete();
+    } else if c.state != ResourceState::Error {
+        c.plan_live();
+    }
+    let enqueues = c.plan.enqueues();
+    let bump = c.namer.bump(enqueues);
+    c.plan.push_opt(bump);
+    if let Some(after_secs) = c.requeue {
+        c.plan.push(Action::Requeue { after_secs });
+    }
+    c.plan.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{ctx, op, with_deletion};
+    use OperationType as T;
+    use sf_schema::network::{NetworkSpec, NetworkStatus};
+    use sf_schema::operation::OperationState as S;
+
+    fn network(vxid: Option<u32>, nodes: &[&str], state: ResourceState, seq: u64) -> Network {
+        let mut n = Network::new(
+            "web",
+            NetworkSpec {
+                netblock: "10.0.0.0/24".into(),
+                provide_dhcp: true,
+                provide_nat: true,
+                provide_dns: false,
+            },
+        );
+        n.metadata.namespace = Some("demo".into());
+        n.metadata.uid = Some("net-uid".into());
+        n.metadata.generation = Some(1);
+        n.metadata.finalizers = Some(vec![crate::FINALIZER.into()]);
+        n.status = Some(NetworkStatus {
+            observed_generation: Some(1),
+            state,
+            vxid,
+            nodes: nodes.iter().map(|s| (*s).to_owned()).collect(),
+            intent_seq: seq,
+            ..NetworkStatus::default()
+        });
+        n
+    }
+
+    fn member(iface: &str, node: &str, ip: &str) -> NetworkMember {
+        NetworkMember {
+            interface: iface.into(),
+            instance: iface.trim_end_matches("-0").into(),
+            node: Some(node.into()),
+            macaddr: Some("02:00:00:00:00:01".into()),
+            ipv4: Some(ip.into()),
+        }
+    }
+
+    fn dhcp_done(net: &Network, members: &[NetworkMember], name: &str) -> ObservedOperation {
+        let mut o = op(name, T::NetworkUpdateDhcp, S::Complete);
+        o.node = Some("net-1".into());
+        o.payload = json!({"fingerprint": dhcp_fingerprint(net, members)});
+        o
+    }
+
+    fn names(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| a.operation().map(|(n, _)| n.to_owned()))
+            .collect()
+    }
+
+    /// A created network plumbed on net-1 and hv-1 with a current DHCP config.
+    fn steady() -> (Network, NetworkObservation) {
+        let net = network(Some(77), &["hv-1", "net-1"], ResourceState::Created, 3);
+        let members = vec![member("a-0", "hv-1", "10.0.0.5")];
+        let mut nn_create = op(
+            "network-web-2-netcreate-net-1",
+            T::NetworkCreateOnNode,
+            S::Complete,
+        );
+        nn_create.node = Some("net-1".into());
+        nn_create.payload = NetworkView::from_network(&net, vec![]).create_payload(true);
+        let obs = NetworkObservation {
+            operations: vec![nn_create, dhcp_done(&net, &members, "network-web-3-dhcp")],
+            members,
+            network_node: Some("net-1".into()),
+        };
+        let mut net = net;
+        if let Some(s) = net.status.as_mut() {
+            s.conditions = vec![crate::testutil::cond("Ready", "True", "Created", "")];
+        }
+        (net, obs)
+    }
+
+    #[test]
+    fn nothing_changed_plans_nothing() {
+        let (net, obs) = steady();
+        assert_eq!(plan_network(&net, &obs, &ctx()), vec![]);
+    }
+
+    #[test]
+    fn a_new_network_is_prepared_first() {
+        let mut net = network(None, &[], ResourceState::Initial, 0);
+        net.metadata.finalizers = None;
+        let plan = plan_network(&net, &NetworkObservation::default(), &ctx());
+        assert_eq!(plan[0], Action::EnsureFinalizer);
+        assert_eq!(plan[1], Action::PrepareNetwork);
+        assert!(names(&plan).is_empty());
+    }
+
+    #[test]
+    fn prepared_network_goes_to_the_network_node_then_created() {
+        let net = network(Some(77), &[], ResourceState::Initial, 0);
+        let obs = NetworkObservation {
+            network_node: Some("net-1".into()),
+            ..NetworkObservation::default()
+        };
+        let plan = plan_network(&net, &obs, &ctx());
+        assert_eq!(
+            names(&plan),
+            ["network-web-1-netcreate-net-1", "network-web-1-dhcp"]
+        );
+        let Some(Action::EnqueueOperation {
+            payload,
+            depends_on,
+            ..
+        }) = plan.iter().find(|a| {
+            a.operation()
+                .is_some_and(|(_, t)| *t == T::NetworkUpdateDhcp)
+        })
+        else {
+            panic!("no dhcp op: {plan:?}");
+        };
+        assert_eq!(depends_on, &["network-web-1-netcreate-net-1"]);
+        assert_eq!(payload["provideDhcp"], true);
+        let Some(Action::EnqueueOperation { payload, .. }) = plan.first() else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(payload["provideNat"], true);
+        assert_eq!(payload["networkNode"], true);
+        assert_eq!(payload["vxid"], 77);
+        assert!(plan.contains(&Action::BumpIntentSeq { to: 1 }));
+        assert!(!plan.iter().any(|a| matches!(a, Action::SetState { .. })));
+
+        // The create completed: record the node and move to created.
+        let mut done = op(
+            "network-web-1-netcreate-net-1",
+            T::NetworkCreateOnNode,
+            S::Complete,
+        );
+        done.node = Some("net-1".into());
+        let mut net = net;
+        if let Some(s) = net.status.as_mut() {
+            s.intent_seq = 1;
+        }
+        let obs = NetworkObservation {
+            operations: vec![done, dhcp_done(&net, &[], "network-web-1-dhcp")],
+            ..obs
+        };
+        let plan = plan_network(&net, &obs, &ctx());
+        assert!(names(&plan).is_empty(), "{plan:?}");
+        assert!(plan.contains(&Action::SetNodes {
+            nodes: vec!["net-1".into()]
+        }));
+        assert!(plan.contains(&Action::SetState {
+            state: StateValue::Resource(ResourceState::Created),
+            message: None
+        }));
+    }
+
+    #[test]
+    fn network_needed_on_a_new_node() {
+        let (net, mut obs) = steady();
+        obs.members.push(member("b-0", "hv-2", "10.0.0.6"));
+        let plan = plan_network(&net, &obs, &ctx());
+        // A create for hv-2 and a DHCP update for the new member, at seq 4.
+        assert_eq!(
+            names(&plan),
+            ["network-web-4-netcreate-hv-2", "network-web-4-dhcp"]
+        );
+        let Some(Action::EnqueueOperation { node, payload, .. }) = plan.first() else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(node.as_deref(), Some("hv-2"));
+        assert_eq!(payload["networkNode"], false);
+        assert!(plan.contains(&Action::BumpIntentSeq { to: 4 }));
+
+        // An instance plan already emitted the create for hv-2: nothing twice.
+        let mut theirs = op(
+            "instance-b-1-netcreate-web",
+            T::NetworkCreateOnNode,
+            S::Executing,
+        );
+        theirs.node = Some("hv-2".into());
+        obs.operations.push(theirs);
+        assert_eq!(
+            names(&plan_network(&net, &obs, &ctx())),
+            ["network-web-4-dhcp"]
+        );
+    }
+
+    #[test]
+    fn dhcp_updates_coalesce() {
+        let (net, mut obs) = steady();
+        obs.members.push(member("b-0", "hv-1", "10.0.0.6"));
+        type Row<'a> = (&'a str, Option<S>, Vec<&'a str>, Vec<&'a str>);
+        let table: Vec<Row> = vec![
+            (
+                "none pending: one update",
+                None,
+                vec!["network-web-4-dhcp"],
+                vec![],
+            ),
+            ("one queued: nothing more", Some(S::Queued), vec![], vec![]),
+            (
+                "one executing: one more after it",
+                Some(S::Executing),
+                vec!["network-web-5-dhcp"],
+                vec!["network-web-4-dhcp"],
+            ),
+        ];
+        for (what, pending, want, deps) in table {
+            let mut o = obs.clone();
+            if let Some(state) = pending {
+                let mut p = op("network-web-4-dhcp", T::NetworkUpdateDhcp, state);
+                p.payload = json!({"fingerprint": "old"});
+                o.operations.push(p);
+            }
+            let plan = plan_network(&net, &o, &ctx());
+            assert_eq!(names(&plan), want, "{what}");
+            if let Some(Action::EnqueueOperation { depends_on, .. }) =
+                plan.iter().find(|a| a.operation().is_some())
+            {
+                assert_eq!(depends_on, &deps, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn switch_change_replumbs_the_network_node() {
+        let (mut net, obs) = steady();
+        net.spec.provide_nat = false;
+        net.metadata.generation = Some(2);
+        let plan = plan_network(&net, &obs, &ctx());
+        assert_eq!(names(&plan), ["network-web-4-netcreate-net-1"]);
+        let Some(Action::EnqueueOperation { payload, .. }) = plan.first() else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(payload["provideNat"], false);
+    }
+
+    #[test]
+    fn failed_create_is_retried_after_the_backoff() {
+        let (net, mut obs) = steady();
+        obs.members.push(member("b-0", "hv-2", "10.0.0.6"));
+        let mut failed = op(
+            "network-web-4-netcreate-hv-2",
+            T::NetworkCreateOnNode,
+            S::Error,
+        );
+        failed.node = Some("hv-2".into());
+        failed.completed_at = Some(ctx().now - chrono::Duration::seconds(10));
+        obs.operations.push(failed.clone());
+        let plan = plan_network(&net, &obs, &ctx());
+        assert!(
+            !names(&plan).iter().any(|n| n.contains("netcreate")),
+            "{plan:?}"
+        );
+        assert!(plan.contains(&Action::Requeue { after_secs: 50 }));
+        let last = obs.operations.len() - 1;
+        obs.operations[last].completed_at = Some(ctx().now - chrono::Duration::seconds(61));
+        let plan = plan_network(&net, &obs, &ctx());
+        assert!(
+            names(&plan).contains(&"network-web-5-netcreate-hv-2".to_owned()),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn delete_waits_for_members_then_deletes_everywhere() {
+        let (net, obs) = steady();
+        let net = with_deletion(net);
+        let plan = plan_network(&net, &obs, &ctx());
+        assert_eq!(
+            plan,
+            vec![Action::SetCondition {
+                type_: "Ready".into(),
+                status: ConditionStatus::False,
+                reason: "InUse".into(),
+                message: "waiting for its interfaces to go: a-0".into(),
+            }]
+        );
+        let mut gone = obs.clone();
+        gone.members.clear();
+        let plan = plan_network(&net, &gone, &ctx());
+        assert_eq!(
+            names(&plan),
+            [
+                "network-web-4-netdelete-hv-1",
+                "network-web-4-netdelete-net-1"
+            ]
+        );
+        assert!(plan.contains(&Action::SetState {
+            state: StateValue::Resource(ResourceState::DeleteWait),
+            message: None
+        }));
+        for node in ["hv-1", "net-1"] {
+            let mut d = op(
+                &format!("network-web-4-netdelete-{node}"),
+                T::NetworkDelete,
+                S::Complete,
+            );
+            d.node = Some(node.into());
+            gone.operations.push(d);
+        }
+        let plan = plan_network(&net, &gone, &ctx());
+        assert_eq!(
+            plan,
+            vec![
+                Action::BumpIntentSeq { to: 4 },
+                Action::SetState {
+                    state: StateValue::Resource(ResourceState::Deleted),
+                    message: None
+                },
+                Action::RemoveFinalizer,
+            ]
+        );
+    }
+
+    #[test]
+    fn transitions_follow_shaken_fist() {
+        use ResourceState as R;
+        assert!(network_transition_ok(&R::Initial, &R::Created));
+        assert!(!network_transition_ok(&R::Initial, &R::DeleteWait));
+        assert!(network_transition_ok(&R::Created, &R::DeleteWait));
+        assert!(network_transition_ok(&R::DeleteWait, &R::Deleted));
+        assert!(!network_transition_ok(&R::Deleted, &R::Created));
+        assert!(network_transition_ok(&R::Error, &R::Deleted));
+    }
+}
