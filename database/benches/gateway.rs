@@ -11,7 +11,8 @@
 //!   instance and across instances;
 //! - event batch insert rate.
 //!
-//! `SF_BENCH_SCALE` (default 1.0) scales the job counts.
+//! `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
+//! unbatched, batched, claim, watch, events, baseline; default all) picks phases.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -366,14 +367,15 @@ async fn claim_latency(c: &GatewayClient, samples: usize) -> Value {
 }
 
 /// Writes through `writer`; watchers on `same` and `other` time each event from the
-/// write's acknowledgement.
+/// write's send and from its acknowledgement (negative when the event arrived before
+/// the acknowledgement, as etcd's often do).
 async fn watch_latency(
     writer: &GatewayClient,
     same: &GatewayClient,
     other: &GatewayClient,
     samples: usize,
 ) -> (Value, Value) {
-    let acked: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let sent: Arc<Mutex<HashMap<u64, (Instant, Instant)>>> = Arc::new(Mutex::new(HashMap::new()));
     let start_rev = writer
         .call("list_resources", |mut g| async move {
             g.list_resources(pb::ListResourcesRequest {
@@ -385,7 +387,7 @@ async fn watch_latency(
         .await
         .expect("list")
         .revision;
-    let watch = |c: GatewayClient, acked: Arc<Mutex<HashMap<u64, Instant>>>| {
+    let watch = |c: GatewayClient| {
         tokio::spawn(async move {
             let mut stream = c
                 .call("watch", |mut g| async move {
@@ -410,19 +412,11 @@ async fn watch_latency(
                     _ => break,
                 }
             }
-            let acked = acked.lock().await;
             received
-                .into_iter()
-                .filter_map(|(rev, at)| {
-                    acked
-                        .get(&rev)
-                        .map(|t| at.saturating_duration_since(*t).as_secs_f64() * 1000.0)
-                })
-                .collect::<Vec<f64>>()
         })
     };
-    let w_same = watch(same.clone(), acked.clone());
-    let w_other = watch(other.clone(), acked.clone());
+    let w_same = watch(same.clone());
+    let w_other = watch(other.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..samples {
         let object = serde_json::to_vec(&json!({
@@ -430,6 +424,7 @@ async fn watch_latency(
             "metadata": {"name": format!("w-{i}"), "namespace": "bench"}, "spec": {"i": i}
         }))
         .expect("json");
+        let send = Instant::now();
         let reply = writer
             .call("create_resource", |mut g| {
                 let object = object.clone();
@@ -443,15 +438,31 @@ async fn watch_latency(
             })
             .await
             .expect("create");
-        acked
-            .lock()
+        sent.lock()
             .await
-            .insert(reply.resource_version, Instant::now());
+            .insert(reply.resource_version, (send, Instant::now()));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let same = w_same.await.expect("watch same");
-    let other = w_other.await.expect("watch other");
-    (summary(same), summary(other))
+    let times = sent.lock().await.clone();
+    let figures = |received: Vec<(u64, Instant)>| {
+        let mut from_send = Vec::new();
+        let mut after_ack = Vec::new();
+        for (rev, at) in received {
+            if let Some((send, ack)) = times.get(&rev) {
+                from_send.push(at.saturating_duration_since(*send).as_secs_f64() * 1000.0);
+                let signed = if at >= *ack {
+                    at.duration_since(*ack).as_secs_f64()
+                } else {
+                    -ack.duration_since(at).as_secs_f64()
+                };
+                after_ack.push(signed * 1000.0);
+            }
+        }
+        json!({"from_send": summary(from_send), "after_ack": summary(after_ack)})
+    };
+    let same = figures(w_same.await.expect("watch same"));
+    let other = figures(w_other.await.expect("watch other"));
+    (same, other)
 }
 
 /// Same-run baseline: the naive SQL queue of research/queue-baselines.md (claim n with
@@ -604,40 +615,66 @@ async fn main() {
     let only_b = client(&[b]);
     wait_ready(&both).await;
 
+    let phases = std::env::var("SF_BENCH_PHASES").unwrap_or_else(|_| "all".into());
+    let run = |p: &str| phases == "all" || phases.split(',').any(|x| x == p);
     let mariadbd = std::fs::read_to_string(server.dir().join("mariadbd.pid"))
         .map(|p| p.trim().to_string())
         .unwrap_or_default();
-    let probe = CpuProbe::start(&mariadbd);
-    let mut unbatched = throughput(&both, "u", n(4_000), 1).await;
-    unbatched["cpu"] = probe.finish();
-    let probe = CpuProbe::start(&mariadbd);
-    let mut batched = throughput(&both, "b", n(40_000), 100).await;
-    batched["cpu"] = probe.finish();
-    let claim = claim_latency(&both, n(500)).await;
-    let (watch_same, watch_across) = watch_latency(&only_a, &only_a, &only_b, n(1_000)).await;
-    let events = event_rate(&both, n(200_000)).await;
-    let probe = CpuProbe::start(&mariadbd);
-    let mut naive_unbatched = naive_sql_queue(tdb.port, &tdb.name, n(20_000), 1).await;
-    naive_unbatched["cpu"] = probe.finish();
-    let probe = CpuProbe::start(&mariadbd);
-    let mut naive_batched = naive_sql_queue(tdb.port, &tdb.name, n(100_000), 50).await;
-    naive_batched["cpu"] = probe.finish();
-    let report = json!({
-        "benchmark": "sf-database gateway",
-        "setup": "private MariaDB 10.11 (innodb_flush_log_at_trx_commit=1, buffer pool 1G), 2 in-process gateways, gRPC client over 127.0.0.1, same 2-core machine",
-        "create_claim_complete_unbatched": unbatched,
-        "create_claim_complete_batched": batched,
-        "enqueue_to_claim_latency": claim,
-        "watch_latency_same_instance": watch_same,
-        "watch_latency_across_instances": watch_across,
-        "event_batch_insert": events,
-        "baseline_naive_sql_queue_claim1": naive_unbatched,
-        "baseline_naive_sql_queue_claim50": naive_batched,
-        "targets": {
+    let mut report = serde_json::Map::new();
+    if run("unbatched") {
+        let probe = CpuProbe::start(&mariadbd);
+        let mut v = throughput(&both, "u", n(4_000), 1).await;
+        v["cpu"] = probe.finish();
+        report.insert("create_claim_complete_unbatched".into(), v);
+    }
+    if run("batched") {
+        let probe = CpuProbe::start(&mariadbd);
+        let mut v = throughput(&both, "b", n(40_000), 100).await;
+        v["cpu"] = probe.finish();
+        report.insert("create_claim_complete_batched".into(), v);
+    }
+    if run("claim") {
+        report.insert(
+            "enqueue_to_claim_latency".into(),
+            claim_latency(&both, n(500)).await,
+        );
+    }
+    if run("watch") {
+        let (same, across) = watch_latency(&only_a, &only_a, &only_b, n(1_000)).await;
+        report.insert("watch_latency_same_instance".into(), same);
+        report.insert("watch_latency_across_instances".into(), across);
+    }
+    if run("events") {
+        report.insert(
+            "event_batch_insert".into(),
+            event_rate(&both, n(200_000)).await,
+        );
+    }
+    if run("baseline") {
+        let probe = CpuProbe::start(&mariadbd);
+        let mut v = naive_sql_queue(tdb.port, &tdb.name, n(20_000), 1).await;
+        v["cpu"] = probe.finish();
+        report.insert("baseline_naive_sql_queue_claim1".into(), v);
+        let probe = CpuProbe::start(&mariadbd);
+        let mut v = naive_sql_queue(tdb.port, &tdb.name, n(100_000), 50).await;
+        v["cpu"] = probe.finish();
+        report.insert("baseline_naive_sql_queue_claim50".into(), v);
+    }
+    report.insert("benchmark".into(), json!("sf-database gateway"));
+    report.insert(
+        "setup".into(),
+        json!("private MariaDB 10.11 (innodb_flush_log_at_trx_commit=1, buffer pool 1G), 2 in-process gateways, gRPC client over 127.0.0.1, same 2-core machine"),
+    );
+    report.insert(
+        "targets".into(),
+        json!({
             "batched_jobs_per_second": 10000, "unbatched_jobs_per_second": 2000,
             "claim_p99_ms": 10, "watch_same_p99_ms": 5, "watch_across_p99_ms": 100,
             "events_per_second": 50000
-        }
-    });
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+        }),
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(report)).expect("json")
+    );
 }

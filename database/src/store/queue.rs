@@ -24,9 +24,10 @@
 //!   the same rows again: a claimer whose response was lost (or whose call was
 //!   cancelled after the commit, Shaken Fist #3605) retries with the same id and loses
 //!   nothing. When nothing is ready the claim long-polls up to `wait`: it retries every
-//!   20 ms and at once when this process creates, completes, fails, aborts or re-queues
-//!   work (a process-global [`Notify`], so every store of the process wakes; writes
-//!   made through other gateway instances are seen by the 20 ms poll).
+//!   250 ms and at once when this process creates, completes, fails, aborts or re-queues
+//!   work (a process-global [`Notify`], so every store of the process wakes); writes
+//!   made through other gateway instances wake it when this process's change feed
+//!   reads them (≤ its poll interval), so idle claimers cost MariaDB nothing.
 //! - **Per-target exclusion**: no two operations on one target are claimed at once. The
 //!   generated column `work_queue.claimed_target` (the target uid while claimed, else
 //!   NULL) has a UNIQUE key, so InnoDB itself refuses a second claimed row per target,
@@ -98,8 +99,11 @@ pub const MAX_CLAIM_BATCH: u32 = 500;
 const KIND: &str = "ClusterOperation";
 /// The operation type abort() keeps.
 const SNAPSHOT: &str = "instance_snapshot";
-/// How often a waiting claim looks again (for work enqueued through other gateways).
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How often a waiting claim looks again without being woken: a safety net for rows
+/// whose `scheduled_at` arrives (backoff, delay). Work enqueued through this process
+/// wakes claimers at once; work enqueued through other gateways wakes them through
+/// the change feed (see [`wake_claimers`]), so claimers do not poll MariaDB in a loop.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// The first retry backoff, doubled per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// The longest retry backoff.
@@ -107,10 +111,12 @@ const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// Rows per statement or transaction in bulk paths.
 const CHUNK: usize = 500;
 
-/// Woken after every local commit that may have made work claimable.
+/// Woken after every local commit that may have made work claimable, and by the change
+/// feed when it reads a ClusterOperation change written through another gateway.
 static QUEUE_CHANGED: Notify = Notify::const_new();
 
-fn wake_claimers() {
+/// Wakes every waiting claim of this process.
+pub(crate) fn wake_claimers() {
     QUEUE_CHANGED.notify_waiters();
 }
 

@@ -310,6 +310,11 @@ impl ChangeFeed {
             }
         }
         let n = changes.len();
+        if changes.iter().any(|c| c.key.kind == "ClusterOperation") {
+            // Work created or finished, possibly through another gateway: waiting claims
+            // of this process look again now instead of polling MariaDB.
+            super::queue::wake_claimers();
+        }
         for change in changes {
             let revision = change.revision;
             // No receivers is fine.
