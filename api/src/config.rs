@@ -1,0 +1,155 @@
+//! sf-api's configuration: `SHAKENFIST_*` environment variables, flags override.
+//!
+//! Contract: parsed and validated (exit 64 naming the key, see `sf_daemon::config`)
+//! before any port is bound. Keys: `SHAKENFIST_API_PORT` (13000),
+//! `SHAKENFIST_API_LISTEN` (0.0.0.0), `SHAKENFIST_MARIADB_GATEWAY_HOSTS`
+//! (`host[:port]` list, default port 13005), `SHAKENFIST_MARIADB_GATEWAY_SECRET` (at
+//! least 16 characters, shared with sf-database), `SHAKENFIST_API_WATCH_BOOKMARK_SECONDS`
+//! (how often an idle watch that asked for bookmarks gets one, 10) and
+//! `SHAKENFIST_API_WATCH_TIMEOUT_SECONDS` (the longest a watch request lasts, 1800),
+//! plus the shared logging keys.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use sf_daemon::config::{ConfigError, TelemetryArgs, Validate};
+
+/// The configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "sf-api",
+    version,
+    about = "Shaken Fist's Kubernetes-style API server"
+)]
+pub struct Config {
+    /// HTTP port.
+    #[arg(long, env = "SHAKENFIST_API_PORT", default_value_t = 13000)]
+    pub api_port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "SHAKENFIST_API_LISTEN", default_value = "0.0.0.0")]
+    pub api_listen: IpAddr,
+    /// sf-database instances, comma-separated `host[:port]` (default port 13005).
+    #[arg(
+        long,
+        env = "SHAKENFIST_MARIADB_GATEWAY_HOSTS",
+        default_value = "127.0.0.1"
+    )]
+    pub mariadb_gateway_hosts: String,
+    /// Shared secret sf-database expects.
+    #[arg(
+        long,
+        env = "SHAKENFIST_MARIADB_GATEWAY_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub mariadb_gateway_secret: String,
+    /// Seconds between bookmarks on an idle watch that asked for them.
+    #[arg(
+        long,
+        env = "SHAKENFIST_API_WATCH_BOOKMARK_SECONDS",
+        default_value_t = 10
+    )]
+    pub watch_bookmark_seconds: u64,
+    /// The longest a watch request lasts, in seconds (clients then re-watch).
+    #[arg(
+        long,
+        env = "SHAKENFIST_API_WATCH_TIMEOUT_SECONDS",
+        default_value_t = 1800
+    )]
+    pub watch_timeout_seconds: u64,
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Config {
+    /// Where to listen.
+    pub fn listen_address(&self) -> SocketAddr {
+        SocketAddr::new(self.api_listen, self.api_port)
+    }
+
+    /// The bookmark interval.
+    pub fn bookmark_interval(&self) -> Duration {
+        Duration::from_secs(self.watch_bookmark_seconds)
+    }
+
+    /// The longest watch.
+    pub fn max_watch(&self) -> Duration {
+        Duration::from_secs(self.watch_timeout_seconds)
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.mariadb_gateway_secret.len() < 16 {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_MARIADB_GATEWAY_SECRET",
+                "must be set to the secret of at least 16 characters that sf-database expects",
+            ));
+        }
+        sf_daemon::config::parse_host_list(
+            "SHAKENFIST_MARIADB_GATEWAY_HOSTS",
+            &self.mariadb_gateway_hosts,
+            sf_database_client::DEFAULT_PORT,
+        )?;
+        if !(1..=3600).contains(&self.watch_bookmark_seconds) {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_WATCH_BOOKMARK_SECONDS",
+                format!("must be 1-3600, got {}", self.watch_bookmark_seconds),
+            ));
+        }
+        if !(1..=86_400).contains(&self.watch_timeout_seconds) {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_WATCH_TIMEOUT_SECONDS",
+                format!("must be 1-86400, got {}", self.watch_timeout_seconds),
+            ));
+        }
+        self.telemetry.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "--mariadb-gateway-secret=0123456789abcdef";
+
+    #[test]
+    fn defaults() {
+        let c: Config = sf_daemon::config::try_parse_from(["sf-api", SECRET]).unwrap();
+        assert_eq!(c.api_port, 13000);
+        assert_eq!(c.listen_address().to_string(), "0.0.0.0:13000");
+        assert_eq!(c.bookmark_interval(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = sf_daemon::config::try_parse_from::<Config, _, _>(["sf-api"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SHAKENFIST_MARIADB_GATEWAY_SECRET"),
+            "{err}"
+        );
+        let err = sf_daemon::config::try_parse_from::<Config, _, _>([
+            "sf-api",
+            SECRET,
+            "--mariadb-gateway-hosts=a,,b",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("SHAKENFIST_MARIADB_GATEWAY_HOSTS"),
+            "{err}"
+        );
+        let err = sf_daemon::config::try_parse_from::<Config, _, _>([
+            "sf-api",
+            SECRET,
+            "--watch-bookmark-seconds=0",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SHAKENFIST_API_WATCH_BOOKMARK_SECONDS"),
+            "{err}"
+        );
+    }
+}

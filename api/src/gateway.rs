@@ -1,0 +1,291 @@
+//! The resource calls sf-api makes to sf-database, over `sf-database-client`.
+//!
+//! Contract: objects travel as JSON; every call goes through
+//! [`GatewayClient::call`] (round-robin, retried while sf-database is unavailable), so
+//! a failure here is either the gateway's answer (NotFound, Aborted, ...: see
+//! `gateway.proto`) or [`ClientError::DatabaseUnavailable`] after the retry budget.
+//! [`Gateway::ready`] probes with a single short attempt per host and never retries,
+//! for `/readyz`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sf_database_client::{ClientError, GatewayClient, RetryPolicy};
+use sf_proto::v1 as pb;
+use tonic::Streaming;
+
+/// A failed gateway call.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The call failed (the gateway's status, or unavailable after retries).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The gateway returned bytes that are not a JSON object.
+    #[error("sf-database returned a malformed object: {0}")]
+    Malformed(String),
+}
+
+impl GatewayError {
+    /// The gateway's gRPC code, when it answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Client(e) => e.code(),
+            Self::Malformed(_) => None,
+        }
+    }
+}
+
+/// Which part of an object an update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Metadata and spec (`UpdateResource`): status is kept, generation bumps on a
+    /// spec change.
+    Main,
+    /// Status only (`UpdateStatus`): generation never bumps.
+    Status,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// The object (with deletionTimestamp while finalizers hold it).
+    pub object: Value,
+    /// True when the row is gone.
+    pub removed: bool,
+}
+
+/// Selects a list or watch.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Kind, e.g. `Instance`.
+    pub kind: String,
+    /// Namespace; `None` for all namespaces (and for cluster-scoped kinds).
+    pub namespace: Option<String>,
+    /// Label selector text.
+    pub labels: String,
+    /// Field selector text.
+    pub fields: String,
+}
+
+/// sf-database, as sf-api uses it. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    client: GatewayClient,
+    probe: GatewayClient,
+}
+
+fn parse(bytes: &[u8]) -> Result<Value, GatewayError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(GatewayError::Malformed("not a JSON object".into())),
+        Err(e) => Err(GatewayError::Malformed(e.to_string())),
+    }
+}
+
+fn to_bytes(object: &Value) -> Vec<u8> {
+    // Serialising a Value cannot fail.
+    serde_json::to_vec(object).unwrap_or_default()
+}
+
+fn key(kind: &str, namespace: &str, name: &str) -> pb::ObjectKey {
+    pb::ObjectKey {
+        kind: kind.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+impl Gateway {
+    /// A gateway over `hosts` (a `MARIADB_GATEWAY_HOSTS` list).
+    pub fn new(hosts: &str, secret: &str) -> Result<Self, GatewayError> {
+        let client = GatewayClient::from_host_list(hosts, secret, RetryPolicy::default())?;
+        let host_count = hosts.split(',').count();
+        let probe_policy = RetryPolicy {
+            attempts: u32::try_from(host_count).unwrap_or(u32::MAX).max(1),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            cool_down: Duration::from_millis(1),
+            timeout: Duration::from_secs(2),
+        };
+        let probe = GatewayClient::from_host_list(hosts, secret, probe_policy)?;
+        Ok(Self { client, probe })
+    }
+
+    /// Whether some sf-database answers now (one quick attempt per host).
+    pub async fn ready(&self) -> Result<(), GatewayError> {
+        self.probe
+            .call("list_resources", |mut g| async move {
+                g.list_resources(revision_probe()).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, GatewayError> {
+        let reply = self
+            .client
+            .call("get_resource", |mut g| {
+                let request = pb::GetResourceRequest {
+                    key: Some(key(kind, namespace, name)),
+                    uid: String::new(),
+                };
+                async move { g.get_resource(request).await }
+            })
+            .await?;
+        parse(&reply.object)
+    }
+
+    /// Lists objects, with the revision of the same snapshot.
+    pub async fn list(&self, selection: &Selection) -> Result<(Vec<Value>, u64), GatewayError> {
+        let reply = self
+            .client
+            .call("list_resources", |mut g| {
+                let request = pb::ListResourcesRequest {
+                    kind: selection.kind.clone(),
+                    namespace: selection.namespace.clone().unwrap_or_default(),
+                    label_selector: selection.labels.clone(),
+                    field_selector: selection.fields.clone(),
+                };
+                async move { g.list_resources(request).await }
+            })
+            .await?;
+        let items = reply
+            .objects
+            .iter()
+            .map(|o| parse(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((items, reply.revision))
+    }
+
+    /// The newest revision.
+    pub async fn current_revision(&self) -> Result<u64, GatewayError> {
+        let reply = self
+            .client
+            .call("list_resources", |mut g| async move {
+                g.list_resources(revision_probe()).await
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// Creates an object.
+    pub async fn create(&self, object: &Value, dry_run: bool) -> Result<Value, GatewayError> {
+        let bytes = to_bytes(object);
+        let reply = self
+            .client
+            .call("create_resource", |mut g| {
+                let request = pb::CreateResourceRequest {
+                    object: bytes.clone(),
+                    dry_run,
+                };
+                async move { g.create_resource(request).await }
+            })
+            .await?;
+        parse(&reply.object)
+    }
+
+    /// Updates `part` of the object `object` names, with `resource_version` as the
+    /// compare-and-swap precondition (`None`: none).
+    pub async fn update(
+        &self,
+        object: &Value,
+        resource_version: Option<u64>,
+        part: Part,
+        dry_run: bool,
+    ) -> Result<Value, GatewayError> {
+        let bytes = to_bytes(object);
+        let request = move || pb::UpdateResourceRequest {
+            object: bytes.clone(),
+            resource_version: resource_version.unwrap_or(0),
+            dry_run,
+        };
+        let reply = match part {
+            Part::Main => {
+                self.client
+                    .call("update_resource", |mut g| {
+                        let request = request();
+                        async move { g.update_resource(request).await }
+                    })
+                    .await?
+            }
+            Part::Status => {
+                self.client
+                    .call("update_status", |mut g| {
+                        let request = request();
+                        async move { g.update_status(request).await }
+                    })
+                    .await?
+            }
+        };
+        parse(&reply.object)
+    }
+
+    /// Deletes (or starts deleting) an object.
+    pub async fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<u64>,
+        uid: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Deleted, GatewayError> {
+        let reply = self
+            .client
+            .call("delete_resource", |mut g| {
+                let request = pb::DeleteResourceRequest {
+                    key: Some(key(kind, namespace, name)),
+                    resource_version: resource_version.unwrap_or(0),
+                    uid: uid.unwrap_or_default().to_string(),
+                    dry_run,
+                };
+                async move { g.delete_resource(request).await }
+            })
+            .await?;
+        Ok(Deleted {
+            object: parse(&reply.object)?,
+            removed: reply.removed,
+        })
+    }
+
+    /// Opens a watch of every change after `from_revision`, with progress events at
+    /// least every `progress`.
+    pub async fn watch(
+        &self,
+        selection: &Selection,
+        from_revision: u64,
+        progress: Duration,
+    ) -> Result<Streaming<pb::WatchEvent>, GatewayError> {
+        let progress_interval_ms = u32::try_from(progress.as_millis()).unwrap_or(u32::MAX);
+        Ok(self
+            .client
+            .call("watch", |mut g| {
+                let request = pb::WatchRequest {
+                    kind: selection.kind.clone(),
+                    namespace: selection.namespace.clone().unwrap_or_default(),
+                    label_selector: selection.labels.clone(),
+                    field_selector: selection.fields.clone(),
+                    from_revision,
+                    progress_interval_ms,
+                };
+                async move { g.watch(request).await }
+            })
+            .await?)
+    }
+}
+
+/// A list that selects no row (the empty name), answered with the current revision.
+fn revision_probe() -> pb::ListResourcesRequest {
+    pb::ListResourcesRequest {
+        kind: "Namespace".into(),
+        namespace: String::new(),
+        label_selector: String::new(),
+        field_selector: "metadata.name=".into(),
+    }
+}

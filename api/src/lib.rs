@@ -1,0 +1,28 @@
+//! `sf-api`: Shaken Fist's public face, a Kubernetes-compatible resource API over
+//! sf-database.
+//!
+//! Contract: stateless over sf-database (reached only through `sf-database-client`
+//! over gRPC; no SQL, no sea-orm), sf-api speaks the Kubernetes API conventions closely
+//! enough that the `kube` crate (`Api`, `watcher`, `Controller`) and kubectl work
+//! against it unchanged (see `shared/research/k8s-api.md`).
+//!
+//! Modules: [`config`] (keys), [`server`] (routes, request ids, health, shutdown),
+//! [`resources`] (CRUD, patch, `/status`), [`watch`], [`discovery`], [`admission`]
+//! (unknown fields, typed decoding, validation), [`kinds`] (the kind table from the
+//! CRDs), [`params`] (query parameters), [`gateway`] (the sf-database calls) and
+//! [`error`] (`Status` responses).
+
+pub mod admission;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod gateway;
+pub mod kinds;
+pub mod params;
+pub mod resources;
+pub mod server;
+pub mod watch;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use server::{App, ServerError, Settings, bind, router, serve, serve_app};

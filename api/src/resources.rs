@@ -1,0 +1,759 @@
+//! The Kubernetes-style resource endpoints of every kind.
+//!
+//! Contract (paths under `/apis/shakenfist.io/v1alpha1/`, see research/k8s-api.md):
+//! - `namespaces/{ns}/{plural}[/{name}[/status]]` for namespaced kinds,
+//!   `{plural}[/{name}[/status]]` for cluster-scoped kinds, and `{plural}` (GET only)
+//!   to list or watch a namespaced kind across namespaces. Anything else is 404.
+//! - Collection: GET lists (`{Kind}List`, `metadata.resourceVersion` always set, label
+//!   and field selectors; paging is ignored, lists are complete) or watches
+//!   (`watch=true`, see [`crate::watch`]); POST creates (201; the path's namespace wins,
+//!   a different one in the body is 400; `generateName` honoured; status ignored).
+//! - Object: GET; PUT replaces metadata and spec and needs `metadata.resourceVersion`
+//!   (stale: 409 Conflict; status ignored); PATCH with `application/merge-patch+json`
+//!   or `application/json-patch+json` (RFC 6902, `test` included) is a read-modify-write
+//!   whose read resourceVersion is the compare-and-swap precondition, retried on
+//!   conflict unless the patch itself names a resourceVersion; apply and strategic
+//!   patches are 415; DELETE answers the object while finalizers hold it, else a
+//!   `Status` Success.
+//! - `/status`: GET, PUT and PATCH change `status` only and never bump generation.
+//! - `dryRun=All` validates and answers without storing. Every written object passes
+//!   [`crate::admission::admit`] first: invalid input stores nothing.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use serde_json::{Value, json};
+use sf_schema::{API_VERSION, GROUP};
+
+use crate::admission::admit;
+use crate::error::{ApiError, Cause, Subject, json_response, success_status};
+use crate::gateway::{Part, Selection};
+use crate::kinds::KindInfo;
+use crate::params::Params;
+use crate::server::App;
+
+/// The path prefix of the group version.
+pub const PREFIX: &str = "/apis/shakenfist.io/v1alpha1/";
+
+/// The largest request body read (apiserver's limit).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Attempts of a patch's read-modify-write when the client named no resourceVersion.
+pub const PATCH_ATTEMPTS: usize = 5;
+
+const JSON: &str = "application/json";
+const MERGE_PATCH: &str = "application/merge-patch+json";
+const JSON_PATCH: &str = "application/json-patch+json";
+
+/// What a request path names.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The kind.
+    pub kind: Arc<KindInfo>,
+    /// The namespace in the path (`None`: cluster-scoped kind, or all namespaces).
+    pub namespace: Option<String>,
+    /// The object name, for object paths.
+    pub name: Option<String>,
+    /// The `/status` subresource.
+    pub status: bool,
+}
+
+impl Target {
+    /// The namespace as stored ('' for cluster-scoped kinds and all-namespace paths).
+    pub fn namespace_str(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+
+    /// The error subject.
+    pub fn subject(&self) -> Subject {
+        Subject {
+            group: GROUP.to_string(),
+            plural: self.kind.plural.clone(),
+            kind: self.kind.kind.clone(),
+            name: self.name.clone().unwrap_or_default(),
+        }
+    }
+
+    fn subject_named(&self, name: &str) -> Subject {
+        Subject {
+            name: name.to_string(),
+            ..self.subject()
+        }
+    }
+}
+
+/// Parses the path after [`PREFIX`].
+pub fn parse_path(kinds: &crate::kinds::Kinds, rest: &str) -> Result<Target, ApiError> {
+    let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(ApiError::UnknownPath);
+    }
+    let kind = |plural: &str, namespaced: bool| {
+        kinds
+            .by_plural(plural)
+            .filter(|k| k.namespaced == namespaced)
+            .cloned()
+            .ok_or(ApiError::UnknownPath)
+    };
+    let owned = |s: &str| Some(s.to_string());
+    match segments.as_slice() {
+        [plural] => {
+            let kind = kinds
+                .by_plural(plural)
+                .cloned()
+                .ok_or(ApiError::UnknownPath)?;
+            Ok(Target {
+                kind,
+                namespace: None,
+                name: None,
+                status: false,
+            })
+        }
+        [plural, name] => Ok(Target {
+            kind: kind(plural, false)?,
+            namespace: None,
+            name: owned(name),
+            status: false,
+        }),
+        [plural, name, "status"] => Ok(Target {
+            kind: kind(plural, false)?,
+            namespace: None,
+            name: owned(name),
+            status: true,
+        }),
+        ["namespaces", ns, plural] => Ok(Target {
+            kind: kind(plural, true)?,
+            namespace: owned(ns),
+            name: None,
+            status: false,
+        }),
+        ["namespaces", ns, plural, name] => Ok(Target {
+            kind: kind(plural, true)?,
+            namespace: owned(ns),
+            name: owned(name),
+            status: false,
+        }),
+        ["namespaces", ns, plural, name, "status"] => Ok(Target {
+            kind: kind(plural, true)?,
+            namespace: owned(ns),
+            name: owned(name),
+            status: true,
+        }),
+        _ => Err(ApiError::UnknownPath),
+    }
+}
+
+/// The axum handler for everything under [`PREFIX`].
+pub async fn handle(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match dispatch(&app, &method, &uri, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let rest = uri
+        .path()
+        .strip_prefix(PREFIX)
+        .ok_or(ApiError::UnknownPath)?;
+    let target = parse_path(&app.kinds, rest)?;
+    let params = Params::parse(uri.query()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let part = if target.status {
+        Part::Status
+    } else {
+        Part::Main
+    };
+    match (&target.name, *method == Method::GET) {
+        (None, true) if params.watch => crate::watch::serve(app, &target, &params).await,
+        (None, true) => list(app, &target, &params).await,
+        (None, false) if *method == Method::POST => {
+            if target.kind.namespaced && target.namespace.is_none() {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            create(app, &target, &params, headers, body).await
+        }
+        (Some(name), true) => get(app, &target, name).await,
+        (Some(name), false) if *method == Method::PUT => {
+            replace(app, &target, name, &params, headers, body, part).await
+        }
+        (Some(name), false) if *method == Method::PATCH => {
+            patch(app, &target, name, &params, headers, body, part).await
+        }
+        (Some(name), false) if *method == Method::DELETE && !target.status => {
+            delete(app, &target, name, &params, body).await
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// The media type of a request body (`application/json` when absent).
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| JSON.to_string())
+}
+
+async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| {
+            // http-body-util's LengthLimitError, possibly wrapped.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut too_large = false;
+            while let Some(err) = source {
+                too_large |= err.to_string().contains("length limit exceeded");
+                source = err.source();
+            }
+            if too_large {
+                ApiError::TooLarge(MAX_BODY)
+            } else {
+                ApiError::BadRequest(format!("reading the request body: {e}"))
+            }
+        })
+}
+
+/// Reads a JSON object body (create and replace).
+async fn read_object(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let media = content_type(headers);
+    if media != JSON && media != "*/*" {
+        return Err(ApiError::UnsupportedMediaType(JSON.to_string()));
+    }
+    let bytes = read_body(body).await?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    Ok(value)
+}
+
+fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    object
+        .get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+}
+
+fn metadata_mut(object: &mut Value) -> Result<&mut serde_json::Map<String, Value>, ApiError> {
+    let map = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+    let meta = map.entry("metadata").or_insert_with(|| json!({}));
+    if meta.is_null() {
+        *meta = json!({});
+    }
+    meta.as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))
+}
+
+/// Makes `object`'s apiVersion, kind, namespace (and name, when the URL has one) agree
+/// with the request, filling in what is missing; a contradiction is 400.
+fn fix_identity(object: &mut Value, target: &Target, name: Option<&str>) -> Result<(), ApiError> {
+    let kind = &target.kind.kind;
+    {
+        let map = object
+            .as_object_mut()
+            .ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+        match map.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("apiVersion".into(), json!(API_VERSION));
+            }
+            Some(v) if v == API_VERSION => {}
+            Some(v) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({API_VERSION})"
+                )));
+            }
+        }
+        match map.get("kind").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("kind".into(), json!(kind));
+            }
+            Some(k) if k == kind => {}
+            Some(k) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({kind})"
+                )));
+            }
+        }
+    }
+    let meta = metadata_mut(object)?;
+    if target.kind.namespaced {
+        let path_ns = target.namespace_str();
+        match meta.get("namespace").and_then(Value::as_str) {
+            None | Some("") => {
+                meta.insert("namespace".into(), json!(path_ns));
+            }
+            Some(ns) if ns == path_ns => {}
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ));
+            }
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    if let Some(url_name) = name {
+        match meta.get("name").and_then(Value::as_str) {
+            None | Some("") => {
+                meta.insert("name".into(), json!(url_name));
+            }
+            Some(n) if n == url_name => {}
+            Some(n) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({url_name})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A 200/201 object response, with `Warning` headers.
+fn object_response(code: StatusCode, object: &Value, warnings: &[String]) -> Response {
+    let mut response = json_response(code, object);
+    for warning in warnings {
+        let text = format!(
+            "299 - \"{}\"",
+            warning.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+/// The resourceVersion a write names, as a number.
+fn parse_rv(rv: &str) -> Result<u64, ApiError> {
+    rv.parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion \"{rv}\"")))
+}
+
+fn require_rv(object: &Value, subject: &Subject) -> Result<u64, ApiError> {
+    match meta_str(object, "resourceVersion") {
+        Some(rv) if !rv.is_empty() => parse_rv(rv),
+        _ => Err(ApiError::Invalid {
+            subject: subject.clone(),
+            causes: vec![Cause {
+                reason: "FieldValueInvalid".into(),
+                message:
+                    "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+                        .into(),
+                field: "metadata.resourceVersion".into(),
+            }],
+        }),
+    }
+}
+
+/// A name from `generateName`: the prefix and five random characters.
+fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let random = uuid::Uuid::new_v4();
+    let suffix: String = random
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+async fn list(app: &App, target: &Target, params: &Params) -> Result<Response, ApiError> {
+    let selection = selection(target, params)?;
+    let (items, revision) = app
+        .gateway
+        .list(&selection)
+        .await
+        .map_err(|e| ApiError::from_gateway(&e, &target.subject()))?;
+    let list = json!({
+        "apiVersion": API_VERSION,
+        "kind": target.kind.list_kind(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+/// The gateway selection of a list or watch; selectors are checked here (400).
+pub fn selection(target: &Target, params: &Params) -> Result<Selection, ApiError> {
+    sf_schema::selector::LabelSelector::parse(&params.label_selector)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    sf_schema::selector::FieldSelector::parse(&params.field_selector)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Selection {
+        kind: target.kind.kind.clone(),
+        namespace: target.namespace.clone(),
+        labels: params.label_selector.clone(),
+        fields: params.field_selector.clone(),
+    })
+}
+
+async fn get(app: &App, target: &Target, name: &str) -> Result<Response, ApiError> {
+    let object = app
+        .gateway
+        .get(&target.kind.kind, target.namespace_str(), name)
+        .await
+        .map_err(|e| ApiError::from_gateway(&e, &target.subject()))?;
+    Ok(json_response(StatusCode::OK, &object))
+}
+
+async fn create(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut object = read_object(headers, body).await?;
+    fix_identity(&mut object, target, None)?;
+    let meta = metadata_mut(&mut object)?;
+    if meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+        && let Some(prefix) = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+    {
+        let name = generate_name(prefix);
+        meta.insert("name".into(), json!(name));
+    }
+    meta.remove("resourceVersion");
+    let name = meta_str(&object, "name").unwrap_or_default().to_string();
+    let subject = target.subject_named(&name);
+    let admitted = admit(&target.kind, object, Part::Main, params.field_validation)
+        .map_err(|e| e.into_api(&subject))?;
+    let mut created = app
+        .gateway
+        .create(&admitted.object, params.dry_run)
+        .await
+        .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+    if params.dry_run
+        && let Some(meta) = created.get_mut("metadata").and_then(Value::as_object_mut)
+        && meta.get("resourceVersion").and_then(Value::as_str) == Some("0")
+    {
+        meta.remove("resourceVersion");
+    }
+    Ok(object_response(
+        StatusCode::CREATED,
+        &created,
+        &admitted.warnings,
+    ))
+}
+
+async fn replace(
+    app: &App,
+    target: &Target,
+    name: &str,
+    params: &Params,
+    headers: &HeaderMap,
+    body: Body,
+    part: Part,
+) -> Result<Response, ApiError> {
+    let subject = target.subject();
+    let mut object = read_object(headers, body).await?;
+    fix_identity(&mut object, target, Some(name))?;
+    let rv = require_rv(&object, &subject)?;
+    let candidate = match part {
+        Part::Main => object,
+        Part::Status => {
+            // Validate the status against the stored object; the gateway takes only
+            // status from it, under the caller's resourceVersion.
+            let mut stored = app
+                .gateway
+                .get(&target.kind.kind, target.namespace_str(), name)
+                .await
+                .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+            if let Some(uid) = meta_str(&object, "uid").filter(|u| !u.is_empty())
+                && meta_str(&stored, "uid") != Some(uid)
+            {
+                return Err(ApiError::Conflict {
+                    subject,
+                    message: format!("Precondition failed: UID in precondition: {uid}"),
+                });
+            }
+            if let Some(map) = stored.as_object_mut() {
+                match object.get("status") {
+                    Some(status) if !status.is_null() => {
+                        map.insert("status".into(), status.clone());
+                    }
+                    _ => {
+                        map.remove("status");
+                    }
+                }
+            }
+            stored
+        }
+    };
+    let admitted = admit(&target.kind, candidate, part, params.field_validation)
+        .map_err(|e| e.into_api(&subject))?;
+    let updated = app
+        .gateway
+        .update(&admitted.object, Some(rv), part, params.dry_run)
+        .await
+        .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+    Ok(object_response(
+        StatusCode::OK,
+        &updated,
+        &admitted.warnings,
+    ))
+}
+
+/// A parsed patch body.
+enum PatchBody {
+    Merge(Value),
+    Json(json_patch::Patch),
+}
+
+impl PatchBody {
+    fn apply(&self, object: &mut Value) -> Result<(), ApiError> {
+        match self {
+            Self::Merge(patch) => {
+                json_patch::merge(object, patch);
+                Ok(())
+            }
+            Self::Json(patch) => json_patch::patch_unsafe(object, patch)
+                .map_err(|e| ApiError::PatchFailed(e.to_string())),
+        }
+    }
+}
+
+async fn patch(
+    app: &App,
+    target: &Target,
+    name: &str,
+    params: &Params,
+    headers: &HeaderMap,
+    body: Body,
+    part: Part,
+) -> Result<Response, ApiError> {
+    let subject = target.subject();
+    let media = content_type(headers);
+    let accepted = format!("{JSON_PATCH}, {MERGE_PATCH}");
+    if media != MERGE_PATCH && media != JSON_PATCH {
+        return Err(ApiError::UnsupportedMediaType(accepted));
+    }
+    let bytes = read_body(body).await?;
+    let patch = if media == MERGE_PATCH {
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the merge patch is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::BadRequest(
+                "a merge patch of an object must be a JSON object".into(),
+            ));
+        }
+        PatchBody::Merge(value)
+    } else {
+        PatchBody::Json(serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::BadRequest(format!("the JSON patch is not a valid RFC 6902 patch: {e}"))
+        })?)
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = app
+            .gateway
+            .get(&target.kind.kind, target.namespace_str(), name)
+            .await
+            .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+        let current_rv = meta_str(&current, "resourceVersion")
+            .unwrap_or_default()
+            .to_string();
+        let mut patched = current.clone();
+        patch.apply(&mut patched)?;
+        if !patched.is_object() {
+            return Err(ApiError::BadRequest(
+                "the patch replaced the whole object".into(),
+            ));
+        }
+        for (field, pointer) in [
+            ("apiVersion", "/apiVersion"),
+            ("kind", "/kind"),
+            ("metadata.name", "/metadata/name"),
+            ("metadata.namespace", "/metadata/namespace"),
+        ] {
+            if patched.pointer(pointer) != current.pointer(pointer) {
+                return Err(ApiError::BadRequest(format!(
+                    "a patch cannot change {field}"
+                )));
+            }
+        }
+        let (rv, explicit) = match meta_str(&patched, "resourceVersion") {
+            Some(requested) if !requested.is_empty() && requested != current_rv => {
+                (parse_rv(requested)?, true)
+            }
+            _ => (parse_rv(&current_rv)?, false),
+        };
+        let admitted = admit(&target.kind, patched, part, params.field_validation)
+            .map_err(|e| e.into_api(&subject))?;
+        match app
+            .gateway
+            .update(&admitted.object, Some(rv), part, params.dry_run)
+            .await
+        {
+            Ok(updated) => {
+                return Ok(object_response(
+                    StatusCode::OK,
+                    &updated,
+                    &admitted.warnings,
+                ));
+            }
+            Err(e)
+                if e.code() == Some(tonic::Code::Aborted)
+                    && !explicit
+                    && attempt < PATCH_ATTEMPTS =>
+            {
+                tracing::debug!(attempt, "patch lost its compare-and-swap; retrying");
+            }
+            Err(e) => return Err(ApiError::from_gateway(&e, &subject)),
+        }
+    }
+}
+
+async fn delete(
+    app: &App,
+    target: &Target,
+    name: &str,
+    params: &Params,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let subject = target.subject();
+    let bytes = read_body(body).await?;
+    let options: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::BadRequest(format!("the DeleteOptions are not valid JSON: {e}"))
+        })?
+    };
+    let rv = options
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(parse_rv)
+        .transpose()?;
+    let uid = options
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let dry_run = params.dry_run
+        || options
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+    let deleted = app
+        .gateway
+        .delete(
+            &target.kind.kind,
+            target.namespace_str(),
+            name,
+            rv,
+            uid,
+            dry_run,
+        )
+        .await
+        .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+    if deleted.removed {
+        let uid = meta_str(&deleted.object, "uid").map(str::to_string);
+        Ok(json_response(
+            StatusCode::OK,
+            &success_status(&subject, uid),
+        ))
+    } else {
+        Ok(json_response(StatusCode::OK, &deleted.object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::Kinds;
+
+    #[test]
+    fn paths_resolve_by_scope() {
+        let kinds = Kinds::new().unwrap();
+        let t = parse_path(&kinds, "namespaces/demo/instances/web-1/status").unwrap();
+        assert_eq!(t.kind.kind, "Instance");
+        assert_eq!(t.namespace.as_deref(), Some("demo"));
+        assert_eq!(t.name.as_deref(), Some("web-1"));
+        assert!(t.status);
+        let t = parse_path(&kinds, "instances").unwrap();
+        assert!(t.namespace.is_none() && t.name.is_none());
+        let t = parse_path(&kinds, "namespaces/demo").unwrap();
+        assert_eq!(t.kind.kind, "Namespace");
+        assert_eq!(t.name.as_deref(), Some("demo"));
+        let t = parse_path(&kinds, "namespaces/demo/status").unwrap();
+        assert_eq!(t.kind.kind, "Namespace");
+        assert!(t.status);
+        let t = parse_path(&kinds, "nodes/hv-1").unwrap();
+        assert_eq!(t.kind.kind, "Node");
+        // A namespaced kind has no cluster object path, and vice versa.
+        assert!(parse_path(&kinds, "instances/web-1").is_err());
+        assert!(parse_path(&kinds, "namespaces/demo/nodes").is_err());
+        assert!(parse_path(&kinds, "pods").is_err());
+        assert!(parse_path(&kinds, "namespaces//instances").is_err());
+        assert!(parse_path(&kinds, "namespaces/demo/instances/a/b").is_err());
+    }
+
+    #[test]
+    fn identity_is_filled_and_contradictions_refused() {
+        let kinds = Kinds::new().unwrap();
+        let target = parse_path(&kinds, "namespaces/demo/instances").unwrap();
+        let mut object = json!({"metadata": {"name": "a"}, "spec": {}});
+        fix_identity(&mut object, &target, None).unwrap();
+        assert_eq!(object["apiVersion"], API_VERSION);
+        assert_eq!(object["kind"], "Instance");
+        assert_eq!(object["metadata"]["namespace"], "demo");
+        let mut other_ns = json!({"metadata": {"name": "a", "namespace": "other"}});
+        assert!(matches!(
+            fix_identity(&mut other_ns, &target, None),
+            Err(ApiError::BadRequest(_))
+        ));
+        let mut other_kind = json!({"kind": "Network", "metadata": {"name": "a"}});
+        assert!(fix_identity(&mut other_kind, &target, None).is_err());
+        let mut other_name = json!({"metadata": {"name": "b"}});
+        assert!(fix_identity(&mut other_name, &target, Some("a")).is_err());
+        let cluster = parse_path(&kinds, "nodes").unwrap();
+        let mut node = json!({"metadata": {"name": "hv-1", "namespace": "x"}});
+        fix_identity(&mut node, &cluster, None).unwrap();
+        assert!(node["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn generated_names_keep_the_prefix() {
+        let name = generate_name("web-");
+        assert!(name.starts_with("web-"));
+        assert_eq!(name.len(), 9);
+        assert!(sf_schema::validation::is_dns_label(&name));
+    }
+}

@@ -1,0 +1,223 @@
+//! The HTTP server: routes, request context, health, graceful shutdown.
+//!
+//! Contract:
+//! - [`router`] serves discovery ([`crate::discovery`]), the resource endpoints
+//!   ([`crate::resources`], watches included), `/healthz` (200 while the process runs)
+//!   and `/readyz` (503 while sf-database does not answer a quick probe, or once
+//!   shutdown has begun). Unknown paths are a 404 `Status`, a verb a route does not
+//!   serve a 405 `Status`.
+//! - Every request gets an id: `X-Request-ID` when the client sent a sane one (1-128
+//!   visible ASCII characters), else a new UUID; it is echoed in the response and
+//!   recorded on the request's `tracing` span (with method, path and status), whose
+//!   parent is the caller's W3C trace context when it sent one.
+//! - [`serve`] runs until the [`Shutdown`] fires, then stops accepting, ends open
+//!   watches and lets in-flight requests finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http::{HeaderName, HeaderValue, StatusCode};
+use sf_daemon::Shutdown;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::discovery;
+use crate::error::ApiError;
+use crate::gateway::{Gateway, GatewayError};
+use crate::kinds::{Kinds, KindsError};
+use crate::resources;
+
+/// The request id header.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The sf-database client could not be built.
+    #[error("cannot set up the sf-database client: {0}")]
+    Gateway(#[from] GatewayError),
+    /// The kind table could not be built.
+    #[error(transparent)]
+    Kinds(#[from] KindsError),
+    /// The port could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Tunables of the resource endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How often an idle watch gets a bookmark (when it asked for them).
+    pub bookmark_interval: Duration,
+    /// The longest a watch request lasts.
+    pub max_watch: Duration,
+}
+
+/// Everything a handler needs.
+pub struct App {
+    /// sf-database.
+    pub gateway: Gateway,
+    /// The served kinds.
+    pub kinds: Kinds,
+    /// Tunables.
+    pub settings: Settings,
+    /// Fires when the server is to stop.
+    pub shutdown: Shutdown,
+}
+
+impl App {
+    /// The application state for `config`.
+    pub fn new(config: &Config, shutdown: Shutdown) -> Result<Arc<Self>, ServerError> {
+        Ok(Arc::new(Self {
+            gateway: Gateway::new(
+                &config.mariadb_gateway_hosts,
+                &config.mariadb_gateway_secret,
+            )?,
+            kinds: Kinds::new()?,
+            settings: Settings {
+                bookmark_interval: config.bookmark_interval(),
+                max_watch: config.max_watch(),
+            },
+            shutdown,
+        }))
+    }
+}
+
+/// Every route.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(discovery::get_version))
+        .route("/api", get(discovery::get_api))
+        .route("/api/v1", get(discovery::get_core_v1))
+        .route("/apis", get(discovery::get_apis))
+        .route("/apis/shakenfist.io", get(discovery::get_group))
+        .route(
+            "/apis/shakenfist.io/v1alpha1",
+            get(discovery::get_resources),
+        )
+        .route(
+            "/apis/shakenfist.io/v1alpha1/{*rest}",
+            any(resources::handle),
+        )
+        .fallback(|| async { ApiError::UnknownPath.into_response() })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .layer(middleware::from_fn(request_context))
+        .with_state(app)
+}
+
+/// A request id the client sent, if sane.
+fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
+    let text = value?.to_str().ok()?;
+    let sane = (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+    sane.then(|| text.to_string())
+}
+
+/// Request id, span and completion log of every request.
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let id = client_request_id(request.headers().get(&REQUEST_ID))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        status = tracing::field::Empty,
+    );
+    sf_daemon::telemetry::set_parent_from_headers(&span, request.headers());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    tracing::debug!(
+        parent: &span,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request answered"
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.shutdown.is_triggered() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match app.gateway.ready().await {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("sf-database is not reachable: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Binds the listening socket.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves `config` on `listener` until `shutdown`.
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let app = App::new(config, shutdown.clone())?;
+    serve_app(app, listener).await
+}
+
+/// Serves an already built [`App`] on `listener` until its shutdown fires.
+pub async fn serve_app(app: Arc<App>, listener: TcpListener) -> Result<(), ServerError> {
+    let shutdown = app.shutdown.clone();
+    tracing::info!(addr = ?listener.local_addr().ok(), "sf-api serving");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown.wait_owned())
+        .await
+        .map_err(ServerError::Serve)?;
+    tracing::info!("sf-api stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_taken_only_when_sane() {
+        let ok = HeaderValue::from_static("abc-123");
+        assert_eq!(client_request_id(Some(&ok)).as_deref(), Some("abc-123"));
+        let spaced = HeaderValue::from_static("a b");
+        assert_eq!(client_request_id(Some(&spaced)), None);
+        let long = HeaderValue::from_str(&"x".repeat(129)).unwrap();
+        assert_eq!(client_request_id(Some(&long)), None);
+        assert_eq!(client_request_id(None), None);
+    }
+}

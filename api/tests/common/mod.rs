@@ -1,0 +1,264 @@
+//! Shared set-up of the sf-api daemon tests: a fresh database on the run's private
+//! MariaDB, an in-process sf-database gateway and an in-process sf-api, both on
+//! 127.0.0.1 with ephemeral ports, and a kube client pointed at sf-api.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sf_daemon::Shutdown;
+use sf_database::daemon::{self as gateway_daemon, Config as GatewayConfig};
+use sf_database::{MariaDbArgs, connect, ensure_schema};
+use sf_database_client::{GatewayClient, RetryPolicy};
+use sf_harness::TestDatabase;
+
+pub const SECRET: &str = "api-test-secret-0123456789";
+
+/// One test's system.
+pub struct Env {
+    /// The database.
+    pub db: TestDatabase,
+    /// sf-api's base URL.
+    pub url: String,
+    /// A kube client on sf-api (default namespace `demo`).
+    pub client: kube::Client,
+    /// A gateway client (for compaction and direct reads).
+    pub gateway: GatewayClient,
+    /// Stop the gateways (one per instance).
+    pub gateway_shutdowns: Vec<Shutdown>,
+    /// Stops sf-api.
+    pub api_shutdown: Shutdown,
+    api_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.api_shutdown.trigger();
+        for shutdown in &self.gateway_shutdowns {
+            shutdown.trigger();
+        }
+    }
+}
+
+async fn start_gateway(db: &TestDatabase) -> (SocketAddr, Shutdown) {
+    let config = GatewayConfig::parse_from([
+        "sf-database",
+        "--mariadb-host=127.0.0.1",
+        &format!("--mariadb-port={}", db.port),
+        "--mariadb-user=root",
+        &format!("--mariadb-database={}", db.name),
+        "--mariadb-pool-size=6",
+        "--listen=127.0.0.1",
+        &format!("--mariadb-gateway-secret={SECRET}"),
+        "--log=warn",
+    ]);
+    let grpc = gateway_daemon::bind("gRPC", "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind gRPC");
+    let metrics = gateway_daemon::bind("metrics", "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind metrics");
+    let addr = grpc.local_addr().expect("addr");
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = gateway_daemon::serve(config, grpc, metrics, s).await {
+            eprintln!("gateway: {e}");
+        }
+    });
+    (addr, shutdown)
+}
+
+/// Starts everything with default sf-api settings.
+pub async fn start() -> Env {
+    start_with(&[]).await
+}
+
+/// Starts everything; `api_args` are extra sf-api flags.
+pub async fn start_with(api_args: &[&str]) -> Env {
+    start_full(api_args, 1).await
+}
+
+/// Starts everything with `gateways` sf-database instances on the same database.
+pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
+    let db = TestDatabase::new().expect("test database");
+    let args = MariaDbArgs::local_root(db.port, &db.name);
+    let conn = connect(&args).await.expect("connect");
+    ensure_schema(&conn).await.expect("schema");
+    conn.close().await.expect("close");
+
+    let mut addrs = Vec::new();
+    let mut gateway_shutdowns = Vec::new();
+    for _ in 0..gateways {
+        let (addr, shutdown) = start_gateway(&db).await;
+        addrs.push(addr.to_string());
+        gateway_shutdowns.push(shutdown);
+    }
+    let gateway_hosts = addrs.join(",");
+    let mut argv = vec![
+        "sf-api".to_string(),
+        "--api-listen=127.0.0.1".to_string(),
+        "--api-port=0".to_string(),
+        format!("--mariadb-gateway-hosts={gateway_hosts}"),
+        format!("--mariadb-gateway-secret={SECRET}"),
+    ];
+    argv.extend(api_args.iter().map(ToString::to_string));
+    let config: sf_api::Config = sf_daemon::config::try_parse_from(argv).expect("sf-api config");
+    let listener = sf_api::bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind sf-api");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let api_shutdown = Shutdown::new();
+    let app = sf_api::App::new(&config, api_shutdown.clone()).expect("app");
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = sf_api::serve_app(app, listener).await {
+            eprintln!("sf-api: {e}");
+        }
+    });
+
+    let mut kube_config = kube::Config::new(url.parse().expect("url"));
+    kube_config.default_namespace = "demo".into();
+    // Tests look at 503s themselves; kube would otherwise retry them with backoff.
+    kube_config.default_retry = false;
+    let client = kube::Client::try_from(kube_config).expect("kube client");
+    let gateway = GatewayClient::from_host_list(&gateway_hosts, SECRET, RetryPolicy::default())
+        .expect("gateway client");
+    let env = Env {
+        db,
+        url,
+        client,
+        gateway,
+        gateway_shutdowns,
+        api_shutdown,
+        api_task,
+    };
+    env.wait_ready().await;
+    env
+}
+
+/// A raw HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Env {
+    /// Sends a raw request through the kube client's transport.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Answer {
+        let mut builder = http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).expect("JSON"))
+            .unwrap_or_default();
+        if !bytes.is_empty()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(kube::client::Body::from(bytes))
+            .expect("request");
+        let response = self.client.send(request).await.expect("send");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = http::Request::get("/readyz")
+                .body(kube::client::Body::empty())
+                .expect("request");
+            if let Ok(response) = self.client.send(request).await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sf-api did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Rows of `kind` in the resources table.
+    pub fn count_rows(&self, kind: &str) -> u64 {
+        let out = self
+            .db
+            .query(&format!(
+                "SELECT COUNT(*) FROM resources WHERE kind = '{kind}'"
+            ))
+            .expect("query");
+        out.lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("no count in {out:?}"))
+    }
+
+    /// Stops sf-api and waits for it to finish.
+    pub async fn stop_api(self) -> Result<(), tokio::task::JoinError> {
+        self.api_shutdown.trigger();
+        let mut this = self;
+        let task = std::mem::replace(&mut this.api_task, tokio::spawn(async {}));
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("sf-api stops within 10 s")
+    }
+}
+
+/// An Instance in `demo` (JSON), valid.
+pub fn instance_json(name: &str) -> Value {
+    json!({
+        "apiVersion": "shakenfist.io/v1alpha1",
+        "kind": "Instance",
+        "metadata": {"name": name, "namespace": "demo", "labels": {"tier": "web"}},
+        "spec": {
+            "cpus": 1,
+            "memory": 512,
+            "disks": [{"size": 8}],
+        }
+    })
+}
+
+/// The same as a typed Instance.
+pub fn instance(name: &str) -> sf_schema::Instance {
+    serde_json::from_value(instance_json(name)).expect("instance")
+}
