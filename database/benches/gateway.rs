@@ -175,6 +175,8 @@ fn operation(run: &str, i: usize, node: &str) -> Vec<u8> {
 async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> Value {
     let nodes = ["hv-1", "hv-2", "hv-3", "hv-4"];
     let done = Arc::new(AtomicU64::new(0));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let slowest = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(300);
     let mut tasks = Vec::new();
@@ -218,6 +220,8 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
     for w in 0..CLAIMERS {
         let c = c.clone();
         let done = done.clone();
+        let errors = errors.clone();
+        let slowest = slowest.clone();
         let node = nodes[w % nodes.len()].to_string();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
@@ -239,21 +243,30 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                             .await
                         }
                     })
-                    .await
-                    .expect("claim")
-                    .operations;
+                    .await;
+                let claimed = match claimed {
+                    Ok(reply) => reply.operations,
+                    Err(e) => {
+                        errors.lock().await.push(format!("claim: {e}"));
+                        continue;
+                    }
+                };
                 if claimed.is_empty() {
                     continue;
                 }
                 let k = claimed.len() as u64;
+                let call = Instant::now();
                 if batch == 1 {
                     for op in claimed {
-                        c.call("complete", |mut g| {
-                            let lease = op.lease;
-                            async move { g.complete(pb::CompleteRequest { lease, result: b"{}".to_vec() }).await }
-                        })
-                        .await
-                        .expect("complete");
+                        let reply = c
+                            .call("complete", |mut g| {
+                                let lease = op.lease;
+                                async move { g.complete(pb::CompleteRequest { lease, result: b"{}".to_vec() }).await }
+                            })
+                            .await;
+                        if let Err(e) = reply {
+                            errors.lock().await.push(format!("complete: {e}"));
+                        }
                     }
                 } else {
                     let items: Vec<pb::CompleteRequest> = claimed
@@ -268,10 +281,20 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                             let items = items.clone();
                             async move { g.complete_batch(pb::CompleteBatchRequest { items }).await }
                         })
-                        .await
-                        .expect("complete batch");
-                    assert!(reply.results.iter().all(|r| r.error_code.is_empty()), "a completion failed");
+                        .await;
+                    match reply {
+                        Ok(reply) => {
+                            for r in reply.results.iter().filter(|r| !r.error_code.is_empty()) {
+                                errors.lock().await.push(format!("complete_batch item: {} {}", r.error_code, r.error_message));
+                            }
+                        }
+                        // A call that timed out may still commit: the stall is what is
+                        // reported, the jobs are counted as done.
+                        Err(e) => errors.lock().await.push(format!("complete_batch: {e}")),
+                    }
                 }
+                let took = call.elapsed().as_millis() as u64;
+                slowest.fetch_max(took, Ordering::Relaxed);
                 done.fetch_add(k, Ordering::Relaxed);
             }
         }));
@@ -281,9 +304,13 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
     }
     let secs = started.elapsed().as_secs_f64();
     let completed = done.load(Ordering::Relaxed);
+    let errors = errors.lock().await.clone();
     json!({
         "jobs": jobs,
         "completed": completed,
+        "errors": errors.len(),
+        "first_errors": errors.iter().take(3).collect::<Vec<_>>(),
+        "slowest_completion_call_ms": slowest.load(Ordering::Relaxed),
         "batch": batch,
         "claimers": CLAIMERS,
         "seconds": (secs * 100.0).round() / 100.0,

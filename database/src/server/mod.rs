@@ -210,38 +210,14 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::UpdateResourceRequest>,
     ) -> Reply<pb::ResourceReply> {
-        let r = request.into_inner();
-        self.observe("update_resource", async {
-            let object = parse_object(&r.object)?;
-            let pre = Preconditions {
-                resource_version: precondition(r.resource_version),
-                uid: None,
-            };
-            self.store
-                .update(object, UpdateScope::Main, pre, r.dry_run)
-                .await
-                .map(resource_reply)
-        })
-        .await
+        self.update(request.into_inner(), UpdateScope::Main).await
     }
 
     async fn update_status(
         &self,
         request: Request<pb::UpdateResourceRequest>,
     ) -> Reply<pb::ResourceReply> {
-        let r = request.into_inner();
-        self.observe("update_status", async {
-            let object = parse_object(&r.object)?;
-            let pre = Preconditions {
-                resource_version: precondition(r.resource_version),
-                uid: None,
-            };
-            self.store
-                .update(object, UpdateScope::Status, pre, r.dry_run)
-                .await
-                .map(resource_reply)
-        })
-        .await
+        self.update(request.into_inner(), UpdateScope::Status).await
     }
 
     async fn merge_status(
@@ -965,6 +941,30 @@ struct NetworkFacts {
 }
 
 impl GatewayService {
+    /// UpdateResource and UpdateStatus: the same CAS write of another part.
+    async fn update(
+        &self,
+        r: pb::UpdateResourceRequest,
+        scope: UpdateScope,
+    ) -> Reply<pb::ResourceReply> {
+        let operation = match scope {
+            UpdateScope::Main => "update_resource",
+            UpdateScope::Status => "update_status",
+        };
+        self.observe(operation, async {
+            let object = parse_object(&r.object)?;
+            let pre = Preconditions {
+                resource_version: precondition(r.resource_version),
+                uid: None,
+            };
+            self.store
+                .update(object, scope, pre, r.dry_run)
+                .await
+                .map(resource_reply)
+        })
+        .await
+    }
+
     /// Looks a Network up by uid for IPAM calls.
     async fn network(&self, uid: &str) -> Result<NetworkFacts, StoreError> {
         if uid.is_empty() {
