@@ -198,6 +198,13 @@ pub async fn serve(
 pub async fn serve_app(app: Arc<App>, listener: TcpListener) -> Result<(), ServerError> {
     let shutdown = app.shutdown.clone();
     tracing::info!(addr = ?listener.local_addr().ok(), "sf-api serving");
+    use axum::serve::ListenerExt;
+    // Nagle's algorithm off: small responses would otherwise wait for delayed ACKs.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown.wait_owned())
         .await

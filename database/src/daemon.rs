@@ -236,12 +236,27 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(gateway)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), drain)
+        .serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(grpc)), drain)
         .await?;
     if let Ok(result) = metrics_task.await {
         result?;
     }
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC replies otherwise wait
+/// for the peer's delayed ACK (~40 ms per unary call on Linux).
+fn no_delay(
+    incoming: TcpListenerStream,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    })
 }
 
 async fn refresh_gauges(
