@@ -241,28 +241,42 @@ impl QueueRow {
     }
 }
 
-/// Locks work_queue rows by id, in id order.
-async fn lock_queue_rows(tx: &mut Tx, ids: &[u64]) -> Result<HashMap<u64, QueueRow>, StoreError> {
-    let mut out = HashMap::new();
-    for chunk in ids.chunks(CHUNK) {
-        let text = format!(
-            "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.id IN ({}) ORDER BY w.id FOR UPDATE",
-            marks(chunk.len())
-        );
-        let mut q = sqlx::query(sql(text));
-        for id in chunk {
-            q = q.bind(id);
+/// Runs a locking SELECT over `keys` in chunks of [`CHUNK`]: `template` holds one `{}`,
+/// replaced by the chunk's placeholders. Returns every row, decoded.
+async fn fetch_by_keys<K, T>(
+    tx: &mut Tx,
+    keys: &[K],
+    template: &str,
+    operation: &'static str,
+    decode: fn(&MySqlRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError>
+where
+    K: for<'q> sqlx::Encode<'q, sqlx::MySql> + sqlx::Type<sqlx::MySql> + Sync,
+{
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let mut q = sqlx::query(sql(template.replacen("{}", &marks(chunk.len()), 1)));
+        for key in chunk {
+            q = q.bind(key);
         }
         for row in q
             .fetch_all(&mut **tx)
             .await
-            .map_err(StoreError::query("lock work queue rows"))?
+            .map_err(StoreError::query(operation))?
         {
-            let r = QueueRow::decode(&row)?;
-            out.insert(r.id, r);
+            out.push(decode(&row)?);
         }
     }
     Ok(out)
+}
+
+/// Locks work_queue rows by id, in id order.
+async fn lock_queue_rows(tx: &mut Tx, ids: &[u64]) -> Result<HashMap<u64, QueueRow>, StoreError> {
+    let template = format!(
+        "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.id IN ({{}}) ORDER BY w.id FOR UPDATE"
+    );
+    let rows = fetch_by_keys(tx, ids, &template, "lock work queue rows", QueueRow::decode).await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }
 
 /// Locks work_queue rows by operation uid.
@@ -270,26 +284,18 @@ async fn lock_queue_rows_of(
     tx: &mut Tx,
     op_uids: &[String],
 ) -> Result<HashMap<String, QueueRow>, StoreError> {
-    let mut out = HashMap::new();
-    for chunk in op_uids.chunks(CHUNK) {
-        let text = format!(
-            "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.op_uid IN ({}) ORDER BY w.id FOR UPDATE",
-            marks(chunk.len())
-        );
-        let mut q = sqlx::query(sql(text));
-        for uid in chunk {
-            q = q.bind(uid);
-        }
-        for row in q
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(StoreError::query("lock work queue rows"))?
-        {
-            let r = QueueRow::decode(&row)?;
-            out.insert(r.op_uid.clone(), r);
-        }
-    }
-    Ok(out)
+    let template = format!(
+        "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.op_uid IN ({{}}) ORDER BY w.id FOR UPDATE"
+    );
+    let rows = fetch_by_keys(
+        tx,
+        op_uids,
+        &template,
+        "lock work queue rows",
+        QueueRow::decode,
+    )
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.op_uid.clone(), r)).collect())
 }
 
 /// A `cluster_operations` projection row.
@@ -322,26 +328,17 @@ const OP_COLUMNS: &str = "uid, namespace, name, operation_type, CAST(state AS CH
 
 /// Locks projection rows by uid.
 async fn lock_ops(tx: &mut Tx, uids: &[String]) -> Result<HashMap<String, OpRow>, StoreError> {
-    let mut out = HashMap::new();
-    for chunk in uids.chunks(CHUNK) {
-        let text = format!(
-            "SELECT {OP_COLUMNS} FROM cluster_operations WHERE uid IN ({}) FOR UPDATE",
-            marks(chunk.len())
-        );
-        let mut q = sqlx::query(sql(text));
-        for uid in chunk {
-            q = q.bind(uid);
-        }
-        for row in q
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(StoreError::query("lock cluster operations"))?
-        {
-            let r = OpRow::decode(&row)?;
-            out.insert(r.uid.clone(), r);
-        }
-    }
-    Ok(out)
+    let template =
+        format!("SELECT {OP_COLUMNS} FROM cluster_operations WHERE uid IN ({{}}) FOR UPDATE");
+    let rows = fetch_by_keys(
+        tx,
+        uids,
+        &template,
+        "lock cluster operations",
+        OpRow::decode,
+    )
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.uid.clone(), r)).collect())
 }
 
 /// Locks ClusterOperation resource rows by uid (the resources building blocks' row).
