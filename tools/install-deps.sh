@@ -16,6 +16,8 @@ needs=(
   "setpriv:util-linux"
   "qemu-img:qemu-utils"
   "pkg-config:pkg-config"
+  "genisoimage:genisoimage"
+  "nft:nftables"
 )
 
 missing=()
