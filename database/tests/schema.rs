@@ -40,7 +40,10 @@ async fn schema_is_created_from_empty_with_innodb_utf8mb4_tables() {
         Err(SchemaError::Mismatch(m)) if m.missing.len() == expected_versions().len()
     ));
     let report = ensure_schema(&db).await.expect("ensure");
-    assert_eq!(report.applied, vec!["m0001_initial".to_string()]);
+    assert_eq!(
+        report.applied,
+        vec!["m0001_initial".to_string(), "m0002_blob_data".to_string()]
+    );
     let tables = tdb
         .query(&format!(
             "SELECT TABLE_NAME, ENGINE, TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA='{}'",
@@ -137,6 +140,7 @@ async fn entities_match_the_tables_column_for_column() {
         entity_columns::<entity::events::Entity>(),
         entity_columns::<entity::event_objects::Entity>(),
         entity_columns::<entity::cluster_locks::Entity>(),
+        entity_columns::<entity::blob_data::Entity>(),
     ];
     assert_eq!(all.len(), entity::TABLES.len());
     for (table, cols) in all {

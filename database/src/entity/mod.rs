@@ -1,9 +1,10 @@
 //! sea-orm entities, one module per table created by the migrations.
 //!
-//! Contract: column names and types mirror `migration::m0001_initial` exactly (a test
+//! Contract: column names and types mirror the migrations (`migration::m0001_initial`, `m0002_blob_data`) exactly (a test
 //! compares them with information_schema); entities carry no behaviour. Enum columns are
 //! plain strings here: their meaning lives in `sf-schema`.
 
+pub mod blob_data;
 pub mod change_log;
 pub mod cluster_locks;
 pub mod cluster_operations;
@@ -35,4 +36,5 @@ pub const TABLES: &[&str] = &[
     "events",
     "event_objects",
     "cluster_locks",
+    "blob_data",
 ];

@@ -8,6 +8,7 @@
 //! is never edited, a change is a new `mNNNN_*` module that bumps the tables it touches.
 
 mod m0001_initial;
+mod m0002_blob_data;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,7 +37,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_initial::Migration)]
+        vec![
+            Box::new(m0001_initial::Migration),
+            Box::new(m0002_blob_data::Migration),
+        ]
     }
 }
 
@@ -44,7 +48,7 @@ impl MigratorTrait for Migrator {
 /// records for it.
 pub fn expected_versions() -> BTreeMap<&'static str, u32> {
     let mut out = BTreeMap::new();
-    for tv in m0001_initial::TABLES {
+    for tv in m0001_initial::TABLES.iter().chain(m0002_blob_data::TABLES) {
         out.insert(tv.table, tv.version);
     }
     out
@@ -286,7 +290,10 @@ mod tests {
     #[test]
     fn expected_versions_cover_every_table_once() {
         let v = expected_versions();
-        assert_eq!(v.len(), m0001_initial::TABLES.len());
+        assert_eq!(
+            v.len(),
+            m0001_initial::TABLES.len() + m0002_blob_data::TABLES.len()
+        );
         assert!(v.contains_key("schema_versions"));
         assert!(v.contains_key("work_queue"));
     }

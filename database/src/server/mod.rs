@@ -826,6 +826,45 @@ impl Gateway for GatewayService {
         .await
     }
 
+    // --- Blob bytes --------------------------------------------------------------------------
+
+    async fn put_blob_data(
+        &self,
+        request: Request<pb::PutBlobDataRequest>,
+    ) -> Reply<pb::PutBlobDataReply> {
+        let r = request.into_inner();
+        self.observe("put_blob_data", async {
+            let (size, sha256) = self
+                .store
+                .put_blob_data(&r.uid, &r.mime_type, &r.data)
+                .await?;
+            Ok(pb::PutBlobDataReply { size, sha256 })
+        })
+        .await
+    }
+
+    async fn get_blob_data(
+        &self,
+        request: Request<pb::GetBlobDataRequest>,
+    ) -> Reply<pb::GetBlobDataReply> {
+        let r = request.into_inner();
+        self.observe("get_blob_data", async {
+            match self.store.get_blob_data(&r.uid).await? {
+                Some(b) => Ok(pb::GetBlobDataReply {
+                    data: b.data,
+                    mime_type: b.mime_type,
+                    sha256: b.sha256,
+                }),
+                None => Err(StoreError::NotFound {
+                    kind: "BlobData".into(),
+                    namespace: String::new(),
+                    name: r.uid.clone(),
+                }),
+            }
+        })
+        .await
+    }
+
     // --- Maintenance -------------------------------------------------------------------------
 
     async fn reap_stuck(

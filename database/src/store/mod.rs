@@ -16,6 +16,7 @@
 //!   of times; it is never reported as success without the row (invariant 3).
 //! - A committed local write wakes the change feed at once ([`Store::committed`]).
 
+pub mod blobs;
 pub mod events;
 pub mod ipam;
 pub mod locks;

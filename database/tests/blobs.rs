@@ -1,0 +1,69 @@
+//! Blob bytes against a real private MariaDB.
+
+mod common;
+
+use serde_json::json;
+use sf_database::StoreError;
+use sf_database::store::blobs::MAX_BLOB_DATA;
+
+#[tokio::test]
+async fn bytes_round_trip_replace_and_need_their_blob() {
+    let (_db, store) = common::store().await;
+    let png = b"\x89PNG\r\n\x1a\nfake".to_vec();
+    let err = store
+        .put_blob_data("00000000-0000-4000-8000-000000000001", "image/png", &png)
+        .await
+        .expect_err("no Blob resource");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+
+    let blob = store
+        .create(
+            json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
+                "metadata": {"name": "shot-1"},
+                "spec": {"ownerNamespace": "demo", "mimeType": "image/png"}
+            }),
+            false,
+        )
+        .await
+        .expect("create blob");
+    let uid = blob.object["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let before = store.current_revision().await.expect("revision");
+    let (size, sha) = store
+        .put_blob_data(&uid, "image/png", &png)
+        .await
+        .expect("put");
+    assert_eq!(size, png.len() as u64);
+    assert_eq!(sha.len(), 64);
+    assert_eq!(
+        store.current_revision().await.expect("revision"),
+        before,
+        "blob bytes are not a resource write"
+    );
+    let got = store.get_blob_data(&uid).await.expect("get").expect("stored");
+    assert_eq!(got.data, png);
+    assert_eq!(got.mime_type, "image/png");
+    assert_eq!(got.sha256, sha);
+
+    // A retried upload replaces the bytes.
+    store
+        .put_blob_data(&uid, "image/png", b"second")
+        .await
+        .expect("replace");
+    let got = store.get_blob_data(&uid).await.expect("get").expect("stored");
+    assert_eq!(got.data, b"second");
+
+    assert!(
+        store
+            .get_blob_data("00000000-0000-4000-8000-000000000002")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let too_big = vec![0u8; MAX_BLOB_DATA + 1];
+    let err = store
+        .put_blob_data(&uid, "image/png", &too_big)
+        .await
+        .expect_err("too big");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+}
