@@ -27,7 +27,10 @@ async fn bytes_round_trip_replace_and_need_their_blob() {
         )
         .await
         .expect("create blob");
-    let uid = blob.object["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let uid = blob.object["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
     let before = store.current_revision().await.expect("revision");
     let (size, sha) = store
         .put_blob_data(&uid, "image/png", &png)
@@ -40,7 +43,11 @@ async fn bytes_round_trip_replace_and_need_their_blob() {
         before,
         "blob bytes are not a resource write"
     );
-    let got = store.get_blob_data(&uid).await.expect("get").expect("stored");
+    let got = store
+        .get_blob_data(&uid)
+        .await
+        .expect("get")
+        .expect("stored");
     assert_eq!(got.data, png);
     assert_eq!(got.mime_type, "image/png");
     assert_eq!(got.sha256, sha);
@@ -50,7 +57,11 @@ async fn bytes_round_trip_replace_and_need_their_blob() {
         .put_blob_data(&uid, "image/png", b"second")
         .await
         .expect("replace");
-    let got = store.get_blob_data(&uid).await.expect("get").expect("stored");
+    let got = store
+        .get_blob_data(&uid)
+        .await
+        .expect("get")
+        .expect("stored");
     assert_eq!(got.data, b"second");
 
     assert!(
