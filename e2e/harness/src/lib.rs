@@ -156,6 +156,8 @@ pub struct MariaDb {
     /// `Some` when this handle owns the process (not for a detached server).
     child: Option<mpsc::Sender<()>>,
     keep_dir: bool,
+    /// How the server was started (program and arguments), for [`MariaDb::restart`].
+    launch: Option<(PathBuf, Vec<String>)>,
 }
 
 fn find_program(name: &'static str) -> Result<PathBuf, HarnessError> {
@@ -310,6 +312,7 @@ impl MariaDb {
             args.push("--user=root".into());
         }
 
+        let launch = Some((mariadbd.clone(), args.clone()));
         let child = match lifetime {
             Lifetime::Process => Some(spawn_tied(mariadbd, args)?),
             Lifetime::Detached => {
@@ -327,6 +330,7 @@ impl MariaDb {
             port,
             child,
             keep_dir,
+            launch,
         };
         server.wait_ready(&log)?;
         Ok(server)
@@ -365,6 +369,7 @@ impl MariaDb {
             port,
             child: None,
             keep_dir: true,
+            launch: None,
         }
     }
 
@@ -418,6 +423,33 @@ impl MariaDb {
             name,
             port: self.port,
         })
+    }
+
+    /// Stops the server (a clean shutdown) and starts it again on the same data
+    /// directory and port, as an operator's restart would; returns once it answers.
+    /// Only for a server this handle started tied to the process.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        let (Some(stop), Some((program, args))) = (self.child.take(), self.launch.clone()) else {
+            return Err(HarnessError::Spawn(io::Error::other(
+                "restart needs a server this handle started with Lifetime::Process",
+            )));
+        };
+        self.shutdown()?;
+        let _ = stop.send(());
+        // Wait until the old process has released the port and its files.
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if Instant::now() > deadline {
+                return Err(HarnessError::NotReady {
+                    secs: START_TIMEOUT.as_secs(),
+                    log: "the old server did not stop".into(),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(200));
+        self.child = Some(spawn_tied(program, args)?);
+        self.wait_ready(&self.dir.join("error.log"))
     }
 
     /// Shuts the server down and waits for it to exit.

@@ -39,3 +39,21 @@ fn wrong_settings_servers_really_have_them() {
         "MyISAM"
     );
 }
+
+#[test]
+fn restart_keeps_the_data_and_the_port() {
+    let mut server = MariaDb::start(&ServerOptions::default()).expect("server");
+    let port = server.port();
+    server
+        .execute(
+            "CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY); INSERT INTO r.t VALUES (7)",
+        )
+        .expect("write");
+    server.restart().expect("restart");
+    assert_eq!(server.port(), port);
+    assert_eq!(
+        server.execute("SELECT id FROM r.t").expect("read").trim(),
+        "7",
+        "a committed row survives the restart"
+    );
+}
