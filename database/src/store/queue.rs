@@ -24,10 +24,15 @@
 //!   the same rows again: a claimer whose response was lost (or whose call was
 //!   cancelled after the commit, Shaken Fist #3605) retries with the same id and loses
 //!   nothing. When nothing is ready the claim long-polls up to `wait`: it retries every
-//!   250 ms and at once when this process creates, completes, fails, aborts or re-queues
-//!   work (a process-global [`Notify`], so every store of the process wakes); writes
-//!   made through other gateway instances wake it when this process's change feed
-//!   reads them (≤ its poll interval), so idle claimers cost MariaDB nothing.
+//!   250 ms, and at once when woken. Wakes are targeted so that new work does not
+//!   stampede every claimer into a locking scan: a new operation on `node:<n>` wakes
+//!   one claimer of node `n` (a per-node [`Notify`] permit, never lost); cluster-queue
+//!   work, completions that release dependents, failures, aborts and re-queues wake
+//!   every claimer of the process; a completion that releases nothing (it frees its
+//!   target) wakes every claimer at most once per 20 ms window (deferred, not
+//!   dropped). Writes made through other gateway instances wake claimers the same way
+//!   when this process's change feed reads them (≤ its poll interval), so idle
+//!   claimers cost MariaDB nothing.
 //! - **Per-target exclusion**: no two operations on one target are claimed at once. The
 //!   generated column `work_queue.claimed_target` (the target uid while claimed, else
 //!   NULL) has a UNIQUE key, so InnoDB itself refuses a second claimed row per target,
@@ -73,6 +78,8 @@
 //!   revision counter, then only `resources`/`change_log` writes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use sea_orm::sqlx::{self, Row, mysql::MySqlRow};
@@ -111,13 +118,82 @@ const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// Rows per statement or transaction in bulk paths.
 const CHUNK: usize = 500;
 
-/// Woken after every local commit that may have made work claimable, and by the change
-/// feed when it reads a ClusterOperation change written through another gateway.
+/// Wakes every waiting claim of this process: after completions that released
+/// dependents, failures, aborts, re-queues, and cluster-queue work.
 static QUEUE_CHANGED: Notify = Notify::const_new();
+
+/// One [`Notify`] per node queue, for waking only the claimers of the node that got
+/// new work (one claimer per new operation), not every claimer of the process.
+static NODE_QUEUES: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// When the change feed last woke every claimer (ms since [`FEED_EPOCH`]), and whether
+/// a deferred wake is already scheduled.
+static FEED_LAST_WAKE_MS: AtomicU64 = AtomicU64::new(0);
+static FEED_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
+static FEED_EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+/// The change feed wakes every claimer at most this often; a wake inside the window is
+/// deferred to its end, never dropped.
+const FEED_WAKE_WINDOW: Duration = Duration::from_millis(20);
 
 /// Wakes every waiting claim of this process.
 pub(crate) fn wake_claimers() {
     QUEUE_CHANGED.notify_waiters();
+}
+
+fn node_queue(node: &str) -> Arc<Notify> {
+    let mut map = NODE_QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(node.to_owned()).or_default().clone()
+}
+
+/// Wakes claimers for new work: one claimer of `node` per operation on a node queue,
+/// every claimer for cluster-queue work (`None`), which any node may claim.
+pub(crate) fn wake_for_new_work<'a>(nodes: impl IntoIterator<Item = Option<&'a str>>) {
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for node in nodes {
+        match node {
+            Some(n) => *per_node.entry(n).or_default() += 1,
+            None => {
+                wake_claimers();
+                return;
+            }
+        }
+    }
+    for (node, count) in per_node {
+        let notify = node_queue(node);
+        // A claim takes a batch, so a few wakes cover many operations.
+        for _ in 0..count.min(8) {
+            notify.notify_one();
+        }
+    }
+}
+
+/// Wakes every claimer after a change that may have freed work somewhere (a completion
+/// frees its target; one elsewhere may have released dependents), at most once per [`FEED_WAKE_WINDOW`]: a wake inside the
+/// window runs at its end instead, so none is lost and a burst costs one scan each.
+pub(crate) fn wake_claimers_coalesced() {
+    let now = u64::try_from(FEED_EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let last = FEED_LAST_WAKE_MS.load(Ordering::Acquire);
+    let window = u64::try_from(FEED_WAKE_WINDOW.as_millis()).unwrap_or(20);
+    if now.saturating_sub(last) >= window
+        && FEED_LAST_WAKE_MS
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
+        wake_claimers();
+        return;
+    }
+    if FEED_WAKE_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let delay = Duration::from_millis(window.saturating_sub(now.saturating_sub(last)).max(1));
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        FEED_WAKE_PENDING.store(false, Ordering::Release);
+        let now = u64::try_from(FEED_EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX);
+        FEED_LAST_WAKE_MS.store(now, Ordering::Release);
+        wake_claimers();
+    });
 }
 
 /// A claim on one work_queue row: valid while the row exists, is claimed, and its
@@ -628,6 +704,8 @@ struct Finished {
     stored: Vec<Option<Stored>>,
     /// Names (`namespace/name`) of dependents aborted because a dependency failed.
     cascaded: Vec<String>,
+    /// How many dependents had a dependency released (they may be ready now).
+    released: usize,
 }
 
 /// Finishes `items` (whose queue and projection rows the caller locked, in that order):
@@ -642,6 +720,7 @@ async fn finish(
     write_queue_side(tx, &items).await?;
 
     // Completion releases dependents.
+    let mut released = 0;
     let completed: Vec<String> = items
         .iter()
         .filter(|i| matches!(i.outcome, Outcome::Complete(_)))
@@ -653,6 +732,7 @@ async fn finish(
             *counts.entry(dependent).or_default() += 1;
         }
         release_dependents(tx, &counts).await?;
+        released = counts.len();
     }
 
     // Error and abort propagate to dependents, transitively.
@@ -760,6 +840,7 @@ async fn finish(
     Ok(Finished {
         stored,
         cascaded: names,
+        released,
     })
 }
 
@@ -1393,7 +1474,7 @@ impl Store {
                 Ok(stored)
             })
             .await?;
-        wake_claimers();
+        wake_for_new_work(ops.iter().map(|op| op.node.as_deref()));
         Ok(stored)
     }
 
@@ -1431,6 +1512,7 @@ impl Store {
         }
         let max = max.min(MAX_CLAIM_BATCH);
         let deadline = tokio::time::Instant::now() + wait;
+        let mine = (!node.is_empty()).then(|| node_queue(node));
         loop {
             let notified = QUEUE_CHANGED.notified();
             tokio::pin!(notified);
@@ -1441,8 +1523,17 @@ impl Store {
                 return Ok(claimed);
             }
             let nap = POLL_INTERVAL.min(deadline - now);
+            // `notify_one` stores a permit when nobody waits, so a node wake sent
+            // between the scan and this point is not lost.
+            let node_wake = async {
+                match &mine {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut notified => {}
+                () = node_wake => {}
                 () = tokio::time::sleep(nap) => {}
             }
         }
@@ -1600,13 +1691,21 @@ impl Store {
                     slots[i] = Some(stored.ok_or_else(|| key.not_found()));
                 }
                 self.commit(tx, "complete work").await?;
-                Ok(slots
+                let slots = slots
                     .into_iter()
                     .map(|s| s.unwrap_or_else(|| Err(StoreError::Corrupt("lost a slot".into()))))
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>();
+                Ok((slots, finished.released))
             })
             .await?;
-        wake_claimers();
+        let (out, released) = out;
+        if released > 0 {
+            // Dependents may be ready now, on any node.
+            wake_claimers();
+        } else {
+            // A completion frees its target for the next operation on it.
+            wake_claimers_coalesced();
+        }
         Ok(out)
     }
 

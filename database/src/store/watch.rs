@@ -310,10 +310,28 @@ impl ChangeFeed {
             }
         }
         let n = changes.len();
-        if changes.iter().any(|c| c.key.kind == "ClusterOperation") {
-            // Work created or finished, possibly through another gateway: waiting claims
-            // of this process look again now instead of polling MariaDB.
-            super::queue::wake_claimers();
+        // Work created or finished, possibly through another gateway: waiting claims of
+        // this process look again now instead of polling MariaDB. New work wakes one
+        // claimer of its node per operation; anything else (a completion may free a
+        // target or release dependents) wakes every claimer, coalesced.
+        let mut other_change = false;
+        super::queue::wake_for_new_work(
+            changes
+                .iter()
+                .filter(|c| c.key.kind == "ClusterOperation")
+                .filter_map(|c| {
+                    let object = &c.object;
+                    if object["status"]["state"] == "queued" {
+                        Some(object["spec"]["node"].as_str())
+                    } else {
+                        other_change = true;
+                        None
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
+        if other_change {
+            super::queue::wake_claimers_coalesced();
         }
         for change in changes {
             let revision = change.revision;
