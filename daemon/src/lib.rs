@@ -8,12 +8,15 @@
 //!   gRPC headers.
 //! - [`metrics`]: a `prometheus-client` registry served on the daemon's metrics port.
 //! - [`shutdown`]: graceful shutdown on SIGTERM/SIGINT.
+//! - [`panic`](mod@panic): a panic hook writing a JSON report to
+//!   `<STORAGE_PATH>/exceptions/<timestamp>-<pid>.json`.
 //!
 //! A daemon's `main` typically reads:
 //!
 //! ```ignore
 //! let config: Config = sf_daemon::config::parse_or_exit();
 //! let _telemetry = sf_daemon::telemetry::init("sf-database", &config.telemetry)?;
+//! sf_daemon::panic::install(&config.storage_path)?; // daemons with a STORAGE_PATH
 //! let shutdown = sf_daemon::shutdown::install_signal_handlers()?;
 //! let mut metrics = sf_daemon::metrics::Metrics::new("sf-database", env!("CARGO_PKG_VERSION"));
 //! // ... register the daemon's metrics ...
@@ -23,6 +26,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod panic;
 pub mod shutdown;
 pub mod telemetry;
 

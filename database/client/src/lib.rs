@@ -15,6 +15,10 @@
 //!   Conflict, a repeated Complete answers FAILED_PRECONDITION, a repeated Claim with
 //!   the same claim id returns the same rows. Callers treat those as "already done".
 //! - Each call carries the shared secret and the current span's W3C trace context.
+//! - [`spool`]: the local durable event spool every daemon records events into,
+//!   drained to sf-database in the background.
+
+pub mod spool;
 
 use std::sync::Arc;
 use std::sync::Mutex;
