@@ -17,6 +17,7 @@ needs=(
   "qemu-img:qemu-utils"
   "pkg-config:pkg-config"
   "genisoimage:genisoimage"
+  "xmllint:libxml2-utils"
   "nft:nftables"
 )
 

@@ -239,6 +239,7 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                                 claim_id,
                                 wait_seconds: 1,
                                 claimer: format!("bench-{w}"),
+                                node_only: false,
                             })
                             .await
                         }
@@ -340,6 +341,7 @@ async fn claim_latency(c: &GatewayClient, samples: usize) -> Value {
                             claim_id: format!("lat-{n}"),
                             wait_seconds: 2,
                             claimer: "lat".into(),
+                            node_only: false,
                         })
                         .await
                     })

@@ -389,7 +389,7 @@ impl Gateway for GatewayService {
             // Long-polls end early when the gateway drains.
             let wait = Duration::from_secs(u64::from(r.wait_seconds.min(60)));
             let claimed = tokio::select! {
-                c = self.store.claim(&r.node, r.max.clamp(1, 1000), &r.claim_id, &r.claimer, wait) => c?,
+                c = self.store.claim_queues(&r.node, !r.node_only, r.max.clamp(1, 1000), &r.claim_id, &r.claimer, wait) => c?,
                 () = self.shutdown.wait() => Vec::new(),
             };
             Ok(pb::ClaimReply {

@@ -1489,6 +1489,21 @@ impl Store {
         claimer: &str,
         wait: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
+        self.claim_queues(node, true, max, claim_id, claimer, wait)
+            .await
+    }
+
+    /// Like [`Store::claim`]; with `include_cluster` false only `node:<node>` is
+    /// claimed from (what a hypervisor agent wants: cluster work is not its to run).
+    pub async fn claim_queues(
+        &self,
+        node: &str,
+        include_cluster: bool,
+        max: u32,
+        claim_id: &str,
+        claimer: &str,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
         if claim_id.is_empty() || claim_id.len() > 64 || !claim_id.is_ascii() {
             return Err(invalid("claim_id must be 1 to 64 ASCII characters"));
         }
@@ -1517,7 +1532,9 @@ impl Store {
             let notified = QUEUE_CHANGED.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = self.claim_once(node, max, claim_id, claimer).await?;
+            let claimed = self
+                .claim_once(node, include_cluster, max, claim_id, claimer)
+                .await?;
             let now = tokio::time::Instant::now();
             if !claimed.is_empty() || now >= deadline {
                 return Ok(claimed);
@@ -1543,13 +1560,17 @@ impl Store {
     async fn claim_once(
         &self,
         node: &str,
+        include_cluster: bool,
         max: u32,
         claim_id: &str,
         claimer: &str,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let mut queues = vec!["cluster".to_string()];
+        let mut queues = Vec::new();
         if !node.is_empty() {
-            queues.insert(0, format!("node:{node}"));
+            queues.push(format!("node:{node}"));
+        }
+        if include_cluster || node.is_empty() {
+            queues.push("cluster".to_string());
         }
         let (claimed, orphans) = self
             .with_retry("claim work", || async {

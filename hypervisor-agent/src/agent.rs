@@ -1,0 +1,1680 @@
+//! The agent: node registration and heartbeat, the claim loop, operation handlers,
+//! start-up reconciliation and domain state polling.
+//!
+//! Contract:
+//! - [`Agent`] is generic over the [`Hypervisor`] and the `HostNet`, so tests run the
+//!   real agent on the libvirt test driver and netlink in a namespace they create.
+//! - Identity ([`Agent::register`]): the Node named `node_name` is created when missing
+//!   (annotation `shakenfist.io/node-uuid` = this agent's node UUID, roles
+//!   `hypervisor` and, when configured, `network`). A Node of that name with another
+//!   UUID whose `status.lastSeen` is fresher than `checkin_maximum` (and that is not
+//!   stopped or deleted) belongs to a live agent: [`AgentError::NodeNameInUse`], the
+//!   agent refuses to start. A stale one is taken over. The heartbeat
+//!   ([`Agent::heartbeat`]) merges fqdn, mesh address, capacity, usage, versions and
+//!   `lastSeen` into the Node status (and `state: created` while it is `initial`).
+//! - Claims ([`Agent::run`]): one long-poll `Claim` at a time for up to the free
+//!   concurrency; a claim whose reply was lost is repeated with the same `claim_id`.
+//!   Each operation runs in its own task holding a concurrency permit and, for
+//!   instance operations, the instance's lock; a per-operation `Heartbeat` runs while
+//!   it executes; it ends with `Complete` (the handler's result) or `Fail` with an
+//!   error report `{code, message, retryable}`. An operation whose heartbeat says it
+//!   was aborted is stopped (handlers are idempotent, so stopping midway is safe) and
+//!   its row released; a lease gone stale (aborted, reaped) is logged and dropped. Operations not meant for this node are released
+//!   (retryable `WrongNode`).
+//! - Shutdown: no new claims; in-flight operations get `drain_timeout` to finish;
+//!   what is still running then is released with a retryable `AgentShuttingDown`
+//!   failure, so nothing claimed is dropped.
+//! - Handlers are idempotent (see [`crate::instance`]); they write only the observed
+//!   Instance status fields `powerState`, `interfaces` and `console`, and the
+//!   NetworkInterface `status.node` of the instance's interfaces.
+//! - Start-up ([`Agent::reconcile_startup`]): orphan `sf:*` domains (no Instance
+//!   placed here) are removed — never any other domain; the domains of `created`
+//!   Instances placed here are re-defined when missing and brought to the desired
+//!   power state; the networks recorded on this node are re-ensured and stray
+//!   plumbing of other networks removed.
+//! - Polling ([`Agent::poll_states`]) reports every domain state change (a guest's
+//!   own shutdown or crash) into the Instance's `status.powerState`; the networks of
+//!   this node are re-ensured every `network_resync_interval` (mesh peers come and go).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use sf_daemon::Shutdown;
+use sf_hostnet::{DhcpHost, FloatingIp, HostNet, HostNetError, NetworkPlumbing};
+use sf_proto::v1 as pb;
+use sf_schema::artifact::Artifact;
+use sf_schema::instance::{DesiredPowerState, Instance, InstanceState};
+use sf_schema::interface::NetworkInterface;
+use sf_schema::network::Network;
+use sf_schema::node::{Node, NodeRole, NodeState};
+use sf_schema::operation::{ClusterOperation, OperationType};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Code;
+use tracing::Instrument;
+
+use crate::gateway::{Gateway, GatewayError};
+use crate::hypervisor::{DomainState, Hypervisor, HypervisorVersions, uid_of};
+use crate::instance::{InstanceContext, Lifecycle, LifecycleError, NicContext};
+use crate::metrics::AgentMetrics;
+use crate::sysinfo::Sampler;
+
+/// The annotation holding a Node's agent UUID.
+pub const NODE_UUID_ANNOTATION: &str = "shakenfist.io/node-uuid";
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The Node name.
+    pub node_name: String,
+    /// The node UUID.
+    pub node_uuid: String,
+    /// The mesh address (Node `status.address`).
+    pub mesh_address: Ipv4Addr,
+    /// Create the Node with the `network` role.
+    pub network_node_role: bool,
+    /// `STORAGE_PATH` (base images under `blobs/`).
+    pub storage_path: PathBuf,
+    /// Node heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Domain state polling interval.
+    pub poll_interval: Duration,
+    /// Operations executed at once.
+    pub max_concurrency: u32,
+    /// Shutdown waits this long for in-flight operations.
+    pub drain_timeout: Duration,
+    /// A Node silent for longer is not live.
+    pub checkin_maximum: Duration,
+    /// The DNS zone.
+    pub zone: String,
+    /// The MTU of instance NICs.
+    pub mtu: u32,
+    /// Long-poll of one claim, seconds.
+    pub claim_wait_seconds: u32,
+    /// Per-operation heartbeat interval.
+    pub operation_heartbeat_interval: Duration,
+    /// How often the node's networks are re-ensured.
+    pub network_resync_interval: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            node_name: "localhost".into(),
+            node_uuid: String::new(),
+            mesh_address: Ipv4Addr::LOCALHOST,
+            network_node_role: false,
+            storage_path: "/srv/shakenfist".into(),
+            heartbeat_interval: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(5),
+            max_concurrency: 4,
+            drain_timeout: Duration::from_secs(60),
+            checkin_maximum: Duration::from_secs(120),
+            zone: "sf".into(),
+            mtu: 7950,
+            claim_wait_seconds: 20,
+            operation_heartbeat_interval: Duration::from_secs(10),
+            network_resync_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the agent stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Another live agent holds the node name.
+    #[error(
+        "node name {name} belongs to a live node (uuid {other_uuid}, last seen {last_seen}); refusing to start (this agent's uuid is {uuid})"
+    )]
+    NodeNameInUse {
+        /// The name.
+        name: String,
+        /// The other agent's UUID.
+        other_uuid: String,
+        /// Its last heartbeat.
+        last_seen: String,
+        /// Ours.
+        uuid: String,
+    },
+    /// A sf-database call failed.
+    #[error("{action}: {source}")]
+    Gateway {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: GatewayError,
+    },
+    /// A hypervisor call failed.
+    #[error("{action}: {source}")]
+    Lifecycle {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: LifecycleError,
+    },
+    /// A host networking call failed.
+    #[error("{action}: {source}")]
+    HostNet {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: HostNetError,
+    },
+}
+
+fn gw(action: &'static str) -> impl FnOnce(GatewayError) -> AgentError {
+    move |source| AgentError::Gateway { action, source }
+}
+
+/// Why one operation failed; becomes its error report.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The instance lifecycle failed.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// Host networking failed.
+    #[error("host networking: {0}")]
+    HostNet(#[from] HostNetError),
+    /// sf-database failed.
+    #[error("sf-database: {0}")]
+    Gateway(#[from] GatewayError),
+    /// The object the operation needs does not exist.
+    #[error("{kind} {name} not found")]
+    NotFound {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// Something the operation needs is not ready yet.
+    #[error("{0}")]
+    NotReady(String),
+    /// The payload or target is malformed.
+    #[error("bad operation: {0}")]
+    BadOperation(String),
+    /// The agent does not run this operation type.
+    #[error("sf-agent does not run {0} operations")]
+    Unsupported(String),
+}
+
+impl HandlerError {
+    /// The error report code.
+    pub fn code(&self) -> String {
+        match self {
+            Self::Lifecycle(e) => e.code().to_owned(),
+            Self::HostNet(_) => "HostNetworkingFailed".into(),
+            Self::Gateway(e) if e.unavailable() => "DatabaseUnavailable".into(),
+            Self::Gateway(_) => "DatabaseCallFailed".into(),
+            Self::NotFound { .. } => "TargetNotFound".into(),
+            Self::NotReady(_) => "NotReady".into(),
+            Self::BadOperation(_) => "BadOperation".into(),
+            Self::Unsupported(_) => "UnsupportedOperation".into(),
+        }
+    }
+
+    /// Whether trying again may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Lifecycle(e) => e.retryable(),
+            Self::HostNet(e) => !matches!(
+                e,
+                HostNetError::InvalidConfig(_) | HostNetError::InvalidPlumbing { .. }
+            ),
+            Self::Gateway(e) => e.unavailable(),
+            Self::NotReady(_) => true,
+            Self::NotFound { .. } | Self::BadOperation(_) | Self::Unsupported(_) => false,
+        }
+    }
+}
+
+/// What the start-up reconciliation did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReconcileReport {
+    /// Orphan domains removed (uids).
+    pub orphans_removed: Vec<String>,
+    /// Domains re-defined because they were missing (uids).
+    pub redefined: Vec<String>,
+    /// Domains started (uids).
+    pub started: Vec<String>,
+    /// Networks re-ensured (vxids).
+    pub networks_ensured: Vec<u32>,
+    /// Stray network plumbing removed (vxids).
+    pub networks_removed: Vec<u32>,
+}
+
+struct Inner<H, N> {
+    settings: AgentSettings,
+    gateway: Gateway,
+    life: Lifecycle<H>,
+    net: N,
+    metrics: AgentMetrics,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    reported: Mutex<HashMap<String, DomainState>>,
+    sampler: Mutex<Sampler>,
+    versions: Mutex<Option<HypervisorVersions>>,
+    last_network_sync: Mutex<Option<Instant>>,
+}
+
+/// The agent (see the module contract). Cheap to clone.
+pub struct Agent<H, N> {
+    inner: Arc<Inner<H, N>>,
+}
+
+impl<H, N> Clone for Agent<H, N> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn pb_lease(lease: &Option<pb::Lease>) -> pb::Lease {
+    (*lease).unwrap_or_default()
+}
+
+/// How an operation's execution ended.
+enum Ended {
+    /// The handler returned.
+    Done(Result<Value, HandlerError>),
+    /// Its heartbeat said it was aborted.
+    Aborted,
+    /// Shutdown's drain time ran out.
+    Released,
+}
+
+/// The lock serialising work on one instance.
+fn instance_lock_key(namespace: &str, name: &str) -> String {
+    format!("instance:{namespace}/{name}")
+}
+
+/// A MAC from a uid: `02:00:00:` and three bytes of an FNV-1a hash (stable).
+pub fn derived_mac(seed: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in seed.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let [_, a, b, c] = h.to_be_bytes();
+    format!("02:00:00:{a:02x}:{b:02x}:{c:02x}")
+}
+
+/// The position of a NetworkInterface on its instance: `spec.order`, else the index in
+/// a boot interface name `<instance>-<i>`, else after those.
+fn interface_order(iface: &NetworkInterface, instance: &str) -> (u32, String) {
+    let name = iface.metadata.name.clone().unwrap_or_default();
+    if let Some(order) = iface.spec.order {
+        return (order, name);
+    }
+    let boot = name
+        .strip_prefix(instance)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|i| i.parse::<u32>().ok());
+    (boot.unwrap_or(10_000), name)
+}
+
+impl<H: Hypervisor, N: HostNet> Agent<H, N> {
+    /// An agent; nothing happens until [`Agent::run`] (or the steps it runs).
+    pub fn new(
+        settings: AgentSettings,
+        gateway: Gateway,
+        life: Lifecycle<H>,
+        net: N,
+        metrics: AgentMetrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                gateway,
+                life,
+                net,
+                metrics,
+                locks: Mutex::new(HashMap::new()),
+                reported: Mutex::new(HashMap::new()),
+                sampler: Mutex::new(Sampler::default()),
+                versions: Mutex::new(None),
+                last_network_sync: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &AgentSettings {
+        &self.inner.settings
+    }
+
+    /// The instance lifecycle.
+    pub fn lifecycle(&self) -> &Lifecycle<H> {
+        &self.inner.life
+    }
+
+    fn node_name(&self) -> &str {
+        &self.inner.settings.node_name
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.inner.locks.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    fn set_reported(&self, uid: &str, state: Option<DomainState>) {
+        if let Ok(mut r) = self.inner.reported.lock() {
+            match state {
+                Some(s) => {
+                    r.insert(uid.to_owned(), s);
+                }
+                None => {
+                    r.remove(uid);
+                }
+            }
+        }
+    }
+
+    fn reported(&self, uid: &str) -> Option<DomainState> {
+        self.inner
+            .reported
+            .lock()
+            .ok()
+            .and_then(|r| r.get(uid).copied())
+    }
+
+    // --- Identity and heartbeat ---------------------------------------------------
+
+    /// Registers the Node (see the module contract) and sends the first heartbeat.
+    pub async fn register(&self) -> Result<(), AgentError> {
+        let s = &self.inner.settings;
+        let g = &self.inner.gateway;
+        let mut node: Option<Value> = g
+            .get("Node", None, &s.node_name)
+            .await
+            .map_err(gw("read the Node"))?;
+        if node.is_none() {
+            let mut roles = vec![NodeRole::Hypervisor.as_str()];
+            if s.network_node_role {
+                roles.push(NodeRole::Network.as_str());
+            }
+            let object = json!({
+                "apiVersion": sf_schema::API_VERSION,
+                "kind": "Node",
+                "metadata": {
+                    "name": s.node_name,
+                    "annotations": {NODE_UUID_ANNOTATION: s.node_uuid},
+                },
+                "spec": {"schedulable": true, "roles": roles},
+            });
+            match g.create(&object).await {
+                Ok(created) => node = Some(created),
+                Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                    node = g
+                        .get("Node", None, &s.node_name)
+                        .await
+                        .map_err(gw("read the Node"))?;
+                }
+                Err(e) => return Err(gw("create the Node")(e)),
+            }
+        }
+        if let Some(mut node) = node {
+            let other = node["metadata"]["annotations"][NODE_UUID_ANNOTATION]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if other != s.node_uuid {
+                let typed: Option<Node> = serde_json::from_value(node.clone()).ok();
+                let status = typed.and_then(|n| n.status).unwrap_or_default();
+                let fresh = status.last_seen.is_some_and(|t| {
+                    (Utc::now() - t).to_std().unwrap_or_default() < s.checkin_maximum
+                });
+                let quiet = matches!(status.state, NodeState::Stopped | NodeState::Deleted);
+                if !other.is_empty() && fresh && !quiet {
+                    return Err(AgentError::NodeNameInUse {
+                        name: s.node_name.clone(),
+                        other_uuid: other,
+                        last_seen: status.last_seen.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        uuid: s.node_uuid.clone(),
+                    });
+                }
+                tracing::warn!(node = %s.node_name, previous = %other, "taking over a node name whose agent is gone");
+                let rv = node["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                node["metadata"]["annotations"][NODE_UUID_ANNOTATION] = json!(s.node_uuid);
+                g.update(&node, rv)
+                    .await
+                    .map_err(gw("take over the Node"))?;
+            }
+        }
+        self.heartbeat().await
+    }
+
+    async fn versions(&self) -> Option<HypervisorVersions> {
+        if let Ok(v) = self.inner.versions.lock()
+            && v.is_some()
+        {
+            return v.clone();
+        }
+        let v = self.inner.life.hypervisor().versions().await.ok()?;
+        if let Ok(mut cached) = self.inner.versions.lock() {
+            *cached = Some(v.clone());
+        }
+        Some(v)
+    }
+
+    /// Merges the node's facts into its Node status.
+    pub async fn heartbeat(&self) -> Result<(), AgentError> {
+        let s = &self.inner.settings;
+        let storage = s.storage_path.clone();
+        let mut facts = {
+            let mut sampler = match self.inner.sampler.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            sampler.measure(&storage)
+        };
+        let domains = self
+            .inner
+            .life
+            .hypervisor()
+            .list()
+            .await
+            .unwrap_or_default();
+        facts.usage.instances = u32::try_from(
+            domains
+                .iter()
+                .filter(|d| uid_of(&d.name).is_some() && d.state.is_active())
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        let versions = self.versions().await.unwrap_or_default();
+        let qemu = if versions.driver.eq_ignore_ascii_case("qemu") {
+            Some(versions.hypervisor.clone())
+        } else {
+            crate::installed_qemu_version().await
+        };
+        let mut patch = json!({
+            "fqdn": crate::config::hostname(),
+            "address": s.mesh_address.to_string(),
+            "capacity": facts.capacity,
+            "usage": facts.usage,
+            "versions": {
+                "qemu": qemu,
+                "libvirt": versions.libvirt,
+                "agent": env!("CARGO_PKG_VERSION"),
+            },
+            "lastSeen": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        let current: Option<Node> = self
+            .inner
+            .gateway
+            .get("Node", None, &s.node_name)
+            .await
+            .map_err(gw("read the Node"))?;
+        let state = current
+            .and_then(|n| n.status)
+            .map(|st| st.state)
+            .unwrap_or_default();
+        if state == NodeState::Initial {
+            patch["state"] = json!("created");
+        }
+        self.inner
+            .gateway
+            .merge_status("Node", None, &s.node_name, &patch)
+            .await
+            .map_err(gw("heartbeat the Node"))
+    }
+
+    // --- Instances ---------------------------------------------------------------
+
+    async fn resolve_image(&self, namespace: &str, base: &str) -> Option<PathBuf> {
+        if base.starts_with('/') {
+            return Some(PathBuf::from(base));
+        }
+        if let Some(path) = base.strip_prefix("file://") {
+            return Some(PathBuf::from(path));
+        }
+        if base.contains("://") {
+            return None;
+        }
+        let g = &self.inner.gateway;
+        let mut artifact: Option<Artifact> = g.get("Artifact", Some(namespace), base).await.ok()?;
+        if artifact.is_none() && namespace != "system" {
+            artifact = g
+                .get::<Artifact>("Artifact", Some("system"), base)
+                .await
+                .ok()?
+                .filter(|a| a.spec.shared);
+        }
+        if artifact.is_none() && uuid::Uuid::parse_str(base).is_ok() {
+            artifact = g.get_by_uid("Artifact", base).await.ok()?;
+        }
+        let blob = artifact?.status?.versions.last()?.blob.clone();
+        let path = self.inner.settings.storage_path.join("blobs").join(blob);
+        path.exists().then_some(path)
+    }
+
+    async fn network_of(&self, namespace: &str, name: &str) -> Result<Network, HandlerError> {
+        let g = &self.inner.gateway;
+        if let Some(n) = g.get::<Network>("Network", Some(namespace), name).await? {
+            return Ok(n);
+        }
+        if uuid::Uuid::parse_str(name).is_ok()
+            && let Some(n) = g.get_by_uid::<Network>("Network", name).await?
+        {
+            return Ok(n);
+        }
+        Err(HandlerError::NotFound {
+            kind: "Network",
+            name: name.to_owned(),
+        })
+    }
+
+    async fn nic_context(
+        &self,
+        namespace: &str,
+        iface: &NetworkInterface,
+    ) -> Result<NicContext, HandlerError> {
+        let name = iface.metadata.name.clone().unwrap_or_default();
+        let network = self.network_of(namespace, &iface.spec.network).await?;
+        let vxid = network
+            .status
+            .as_ref()
+            .and_then(|s| s.vxid)
+            .ok_or_else(|| {
+                HandlerError::NotReady(format!(
+                    "network {} has no VXLAN id yet",
+                    iface.spec.network
+                ))
+            })?;
+        let status = iface.status.clone().unwrap_or_default();
+        let mac = status
+            .macaddr
+            .clone()
+            .or_else(|| iface.spec.macaddr.clone())
+            .unwrap_or_else(|| derived_mac(iface.metadata.uid.as_deref().unwrap_or(&name)))
+            .to_ascii_lowercase();
+        let ipv4 = status
+            .ipv4
+            .as_deref()
+            .or(iface.spec.address.as_deref())
+            .and_then(|a| a.parse().ok());
+        Ok(NicContext {
+            interface: name,
+            network: network.metadata.name.clone().unwrap_or_default(),
+            network_uid: network.metadata.uid.clone().unwrap_or_default(),
+            netblock: network.spec.netblock.clone(),
+            vxid,
+            mac,
+            ipv4,
+            model: iface.spec.model.clone(),
+            mtu: self.inner.settings.mtu,
+            floating_address: status.floating_address.clone(),
+        })
+    }
+
+    async fn instance_interfaces(
+        &self,
+        namespace: &str,
+        instance: &str,
+    ) -> Result<Vec<NetworkInterface>, HandlerError> {
+        let all: Vec<NetworkInterface> = self
+            .inner
+            .gateway
+            .list("NetworkInterface", Some(namespace))
+            .await?;
+        let mut mine: Vec<NetworkInterface> = all
+            .into_iter()
+            .filter(|i| i.spec.instance == instance && i.metadata.deletion_timestamp.is_none())
+            .collect();
+        mine.sort_by_key(|i| interface_order(i, instance));
+        Ok(mine)
+    }
+
+    /// The lifecycle context of `inst`; `required` interfaces must exist with an
+    /// address (else [`HandlerError::NotReady`]).
+    pub async fn instance_context(
+        &self,
+        inst: &Instance,
+        required: &[String],
+    ) -> Result<InstanceContext, HandlerError> {
+        let namespace = inst.metadata.namespace.clone().unwrap_or_default();
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        let uid = inst.metadata.uid.clone().unwrap_or_default();
+        let ifaces = self.instance_interfaces(&namespace, &name).await?;
+        for want in required {
+            let found = ifaces
+                .iter()
+                .find(|i| i.metadata.name.as_deref() == Some(want.as_str()));
+            match found {
+                None => {
+                    return Err(HandlerError::NotReady(format!(
+                        "network interface {want} does not exist yet"
+                    )));
+                }
+                Some(i) if i.status.as_ref().and_then(|s| s.ipv4.as_ref()).is_none() => {
+                    return Err(HandlerError::NotReady(format!(
+                        "network interface {want} has no address yet"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut nics = Vec::with_capacity(ifaces.len());
+        for iface in &ifaces {
+            nics.push(self.nic_context(&namespace, iface).await?);
+        }
+        let mut base_images = Vec::with_capacity(inst.spec.disks.len());
+        for disk in &inst.spec.disks {
+            base_images.push(match &disk.base {
+                Some(b) => self.resolve_image(&namespace, b).await,
+                None => None,
+            });
+        }
+        let nvram_template = match &inst.spec.nvram_template {
+            Some(t) => self.resolve_image(&namespace, t).await,
+            None => None,
+        };
+        Ok(InstanceContext {
+            uid,
+            dns_domain: format!("{namespace}.{}", self.inner.settings.zone),
+            namespace,
+            name,
+            spec: inst.spec.clone(),
+            nics,
+            base_images,
+            nvram_template,
+        })
+    }
+
+    async fn target_instance(&self, op: &ClusterOperation) -> Result<Instance, HandlerError> {
+        let t = &op.spec.target;
+        let found: Option<Instance> = self
+            .inner
+            .gateway
+            .get("Instance", t.namespace.as_deref(), &t.name)
+            .await?;
+        match found {
+            Some(i) if t.uid.is_empty() || i.metadata.uid.as_deref() == Some(t.uid.as_str()) => {
+                Ok(i)
+            }
+            _ => Err(HandlerError::NotFound {
+                kind: "Instance",
+                name: t.name.clone(),
+            }),
+        }
+    }
+
+    /// Writes the observed power state (and, when given, interfaces and console).
+    async fn report_instance(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        uid: &str,
+        state: Option<DomainState>,
+        ctx: Option<&InstanceContext>,
+    ) -> Result<(), GatewayError> {
+        let mut patch = serde_json::Map::new();
+        if let Some(s) = state {
+            patch.insert("powerState".into(), json!(s.power_state().as_str()));
+        }
+        if let Some(ctx) = ctx {
+            patch.insert("interfaces".into(), json!(ctx.interface_status()));
+            let console = self.inner.life.console(uid).await;
+            patch.insert("console".into(), json!(console));
+            // The interfaces' own observed fact: the node they are plumbed on.
+            let node = json!({"node": self.node_name()});
+            for nic in &ctx.nics {
+                match self
+                    .inner
+                    .gateway
+                    .merge_status("NetworkInterface", namespace, &nic.interface, &node)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some(Code::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if patch.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .inner
+            .gateway
+            .merge_status("Instance", namespace, name, &Value::Object(patch))
+            .await;
+        match result {
+            Ok(()) => {
+                self.set_reported(uid, state);
+                Ok(())
+            }
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    // --- Networks ----------------------------------------------------------------
+
+    async fn plumbing(
+        &self,
+        network: &Network,
+        network_node: bool,
+        vxid_hint: Option<u32>,
+    ) -> Result<NetworkPlumbing, HandlerError> {
+        let g = &self.inner.gateway;
+        let s = &self.inner.settings;
+        let name = network.metadata.name.clone().unwrap_or_default();
+        let namespace = network.metadata.namespace.clone().unwrap_or_default();
+        let uid = network.metadata.uid.clone().unwrap_or_default();
+        let status = network.status.clone().unwrap_or_default();
+        let vxid = status
+            .vxid
+            .or(vxid_hint)
+            .ok_or_else(|| HandlerError::NotReady(format!("network {name} has no VXLAN id yet")))?;
+        let nodes: Vec<Node> = g.list("Node", None).await?;
+        let members: BTreeSet<&str> = status.nodes.iter().map(String::as_str).collect();
+        let mut peers: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        for node in &nodes {
+            let node_name = node.metadata.name.as_deref().unwrap_or_default();
+            if node_name == s.node_name {
+                continue;
+            }
+            let hosts = members.contains(node_name) || node.spec.roles.contains(&NodeRole::Network);
+            let address = node
+                .status
+                .as_ref()
+                .and_then(|st| st.address.as_deref())
+                .and_then(|a| a.parse::<Ipv4Addr>().ok());
+            if let (true, Some(a)) = (hosts, address)
+                && a != s.mesh_address
+            {
+                peers.insert(a);
+            }
+        }
+        let ifaces: Vec<NetworkInterface> = g.list("NetworkInterface", Some(&namespace)).await?;
+        let mut dhcp_hosts = Vec::new();
+        let mut floating_ips = Vec::new();
+        for iface in ifaces.iter().filter(|i| {
+            (i.spec.network == name || i.spec.network == uid)
+                && i.metadata.deletion_timestamp.is_none()
+        }) {
+            let st = iface.status.clone().unwrap_or_default();
+            let Some(ipv4) = st.ipv4.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            let mac = st
+                .macaddr
+                .clone()
+                .or_else(|| iface.spec.macaddr.clone())
+                .unwrap_or_else(|| {
+                    derived_mac(
+                        iface
+                            .metadata
+                            .uid
+                            .as_deref()
+                            .or(iface.metadata.name.as_deref())
+                            .unwrap_or_default(),
+                    )
+                })
+                .to_ascii_lowercase();
+            dhcp_hosts.push(DhcpHost {
+                mac,
+                ipv4,
+                hostname: iface.spec.instance.clone(),
+            });
+            if let Some(floating) = st
+                .floating_address
+                .as_deref()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            {
+                floating_ips.push(FloatingIp {
+                    floating,
+                    inner: ipv4,
+                });
+            }
+        }
+        dhcp_hosts.sort_by_key(|h| h.ipv4);
+        Ok(NetworkPlumbing {
+            uid,
+            name,
+            namespace: namespace.clone(),
+            vxid,
+            netblock: network.spec.netblock.clone(),
+            mtu: s.mtu,
+            mesh_peers: peers.into_iter().collect(),
+            network_node,
+            provide_dhcp: network.spec.provide_dhcp,
+            provide_nat: network.spec.provide_nat,
+            provide_dns: network.spec.provide_dns,
+            dns_domain: format!("{namespace}.{}", s.zone),
+            dhcp_hosts,
+            floating_gateway: status
+                .floating_gateway
+                .as_deref()
+                .and_then(|a| a.parse().ok()),
+            floating_ips,
+            routed_ips: Vec::new(),
+        })
+    }
+
+    async fn target_network(&self, op: &ClusterOperation) -> Result<Option<Network>, HandlerError> {
+        let t = &op.spec.target;
+        let found: Option<Network> = self
+            .inner
+            .gateway
+            .get("Network", t.namespace.as_deref(), &t.name)
+            .await?;
+        Ok(found.filter(|n| t.uid.is_empty() || n.metadata.uid.as_deref() == Some(t.uid.as_str())))
+    }
+
+    async fn this_node_is_network_node(&self) -> bool {
+        if self.inner.settings.network_node_role {
+            return true;
+        }
+        self.inner
+            .gateway
+            .get::<Node>("Node", None, self.node_name())
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|n| n.spec.roles.contains(&NodeRole::Network))
+    }
+
+    /// Re-ensures every network recorded on this node; removes stray plumbing when
+    /// `remove_stray`. Returns `(ensured, removed)` vxids.
+    pub async fn sync_networks(
+        &self,
+        remove_stray: bool,
+    ) -> Result<(Vec<u32>, Vec<u32>), AgentError> {
+        let networks: Vec<Network> = self
+            .inner
+            .gateway
+            .list("Network", None)
+            .await
+            .map_err(gw("list networks"))?;
+        let network_node = self.this_node_is_network_node().await;
+        let me = self.node_name().to_owned();
+        let mut wanted = HashSet::new();
+        let mut ensured = Vec::new();
+        for network in networks.iter().filter(|n| {
+            n.metadata.deletion_timestamp.is_none()
+                && n.status
+                    .as_ref()
+                    .is_some_and(|s| s.vxid.is_some() && s.nodes.contains(&me))
+        }) {
+            let vxid = network
+                .status
+                .as_ref()
+                .and_then(|s| s.vxid)
+                .unwrap_or_default();
+            wanted.insert(vxid);
+            match self.plumbing(network, network_node, None).await {
+                Ok(p) => match self.inner.net.ensure_network(&p).await {
+                    Ok(()) => ensured.push(vxid),
+                    Err(e) => tracing::warn!(vxid, error = %e, "re-ensuring a network failed"),
+                },
+                Err(e) => tracing::warn!(vxid, error = %e, "cannot build a network's plumbing"),
+            }
+        }
+        let mut removed = Vec::new();
+        if remove_stray {
+            // Deleting networks keep their plumbing until their network_delete runs.
+            for n in &networks {
+                if let Some(v) = n.status.as_ref().and_then(|s| s.vxid)
+                    && n.status.as_ref().is_some_and(|s| s.nodes.contains(&me))
+                {
+                    wanted.insert(v);
+                }
+            }
+            let plumbed =
+                self.inner
+                    .net
+                    .list_networks()
+                    .await
+                    .map_err(|source| AgentError::HostNet {
+                        action: "list plumbed networks",
+                        source,
+                    })?;
+            for vxid in plumbed.into_iter().filter(|v| !wanted.contains(v)) {
+                match self.inner.net.delete_network(vxid).await {
+                    Ok(()) => removed.push(vxid),
+                    Err(e) => tracing::warn!(vxid, error = %e, "removing stray plumbing failed"),
+                }
+            }
+        }
+        if let Ok(mut t) = self.inner.last_network_sync.lock() {
+            *t = Some(Instant::now());
+        }
+        Ok((ensured, removed))
+    }
+
+    // --- Operations --------------------------------------------------------------
+
+    /// Runs one operation's handler; returns the result for `Complete`.
+    pub async fn execute(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
+        let t = &op.spec.target;
+        let payload = &op.spec.payload;
+        let life = &self.inner.life;
+        match &op.spec.operation_type {
+            OperationType::InstanceCreate => {
+                let inst = self.target_instance(op).await?;
+                let required: Vec<String> = payload["interfaces"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let desired = payload["powerState"]
+                    .as_str()
+                    .map(DesiredPowerState::parse)
+                    .unwrap_or_else(|| inst.spec.power_state.clone());
+                let ctx = self.instance_context(&inst, &required).await?;
+                let state = life.create(&ctx, &desired).await?;
+                self.report_instance(
+                    t.namespace.as_deref(),
+                    &ctx.name,
+                    &ctx.uid,
+                    Some(state),
+                    Some(&ctx),
+                )
+                .await?;
+                Ok(
+                    json!({"powerState": state.power_state().as_str(), "domain": crate::hypervisor::domain_name(&ctx.uid)}),
+                )
+            }
+            OperationType::InstancePowerOn => {
+                let inst = self.target_instance(op).await?;
+                let ctx = self.instance_context(&inst, &[]).await?;
+                let state = life.power_on(&ctx).await?;
+                self.report_instance(
+                    t.namespace.as_deref(),
+                    &ctx.name,
+                    &ctx.uid,
+                    Some(state),
+                    Some(&ctx),
+                )
+                .await?;
+                Ok(json!({"powerState": state.power_state().as_str()}))
+            }
+            OperationType::InstancePowerOff
+            | OperationType::InstancePause
+            | OperationType::InstanceUnpause
+            | OperationType::InstanceReboot => {
+                let uid = self.target_uid(op).await?;
+                let state = match &op.spec.operation_type {
+                    OperationType::InstancePowerOff => life.power_off(&uid).await?,
+                    OperationType::InstancePause => life.pause(&uid).await?,
+                    OperationType::InstanceUnpause => life.unpause(&uid).await?,
+                    _ => {
+                        let hard = payload["hard"].as_bool().unwrap_or(false);
+                        life.reboot(&uid, hard).await?
+                    }
+                };
+                self.report_instance(t.namespace.as_deref(), &t.name, &uid, Some(state), None)
+                    .await?;
+                Ok(json!({"powerState": state.power_state().as_str()}))
+            }
+            OperationType::InstanceScreenshot => self.screenshot(op).await,
+            OperationType::InterfaceHotPlug => self.hot_plug(op).await,
+            OperationType::InstanceDelete => {
+                let uid = self.target_uid(op).await?;
+                life.delete(&uid).await?;
+                self.report_instance(
+                    t.namespace.as_deref(),
+                    &t.name,
+                    &uid,
+                    Some(DomainState::Off),
+                    None,
+                )
+                .await?;
+                self.set_reported(&uid, None);
+                Ok(json!({"deleted": crate::hypervisor::domain_name(&uid)}))
+            }
+            OperationType::NetworkCreateOnNode | OperationType::NetworkUpdateDhcp => {
+                let network =
+                    self.target_network(op)
+                        .await?
+                        .ok_or_else(|| HandlerError::NotFound {
+                            kind: "Network",
+                            name: t.name.clone(),
+                        })?;
+                let update = op.spec.operation_type == OperationType::NetworkUpdateDhcp;
+                let network_node = update || payload["networkNode"].as_bool().unwrap_or(false);
+                let hint = payload["vxid"].as_u64().and_then(|v| u32::try_from(v).ok());
+                let p = self.plumbing(&network, network_node, hint).await?;
+                if update {
+                    self.inner.net.update_dhcp(&p).await?;
+                } else {
+                    self.inner.net.ensure_network(&p).await?;
+                }
+                Ok(
+                    json!({"vxid": p.vxid, "node": self.node_name(), "dhcpHosts": p.dhcp_hosts.len()}),
+                )
+            }
+            OperationType::NetworkDelete => {
+                let vxid = match payload["vxid"].as_u64().and_then(|v| u32::try_from(v).ok()) {
+                    Some(v) => v,
+                    None => self
+                        .target_network(op)
+                        .await?
+                        .and_then(|n| n.status.and_then(|s| s.vxid))
+                        .ok_or_else(|| {
+                            HandlerError::BadOperation("network_delete without a vxid".into())
+                        })?,
+                };
+                self.inner.net.delete_network(vxid).await?;
+                Ok(json!({"vxid": vxid, "node": self.node_name()}))
+            }
+            other => Err(HandlerError::Unsupported(other.as_str().to_owned())),
+        }
+    }
+
+    async fn target_uid(&self, op: &ClusterOperation) -> Result<String, HandlerError> {
+        if !op.spec.target.uid.is_empty() {
+            return Ok(op.spec.target.uid.clone());
+        }
+        let inst = self.target_instance(op).await?;
+        Ok(inst.metadata.uid.unwrap_or_default())
+    }
+
+    async fn screenshot(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
+        let t = &op.spec.target;
+        let uid = self.target_uid(op).await?;
+        let (mime, data) = self.inner.life.screenshot(&uid).await?;
+        let size = data.len();
+        // Named after the operation so a repeated screenshot reuses its Blob.
+        let blob_name = op
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let namespace = t.namespace.clone().unwrap_or_default();
+        let object = json!({
+            "apiVersion": sf_schema::API_VERSION,
+            "kind": "Blob",
+            "metadata": {"name": blob_name},
+            "spec": {
+                "ownerNamespace": namespace,
+                "size": size,
+                "mimeType": mime,
+                "source": format!("screenshot of instance {namespace}/{}", t.name),
+            },
+        });
+        let g = &self.inner.gateway;
+        let blob = match g.create(&object).await {
+            Ok(b) => b,
+            Err(e) if e.code() == Some(Code::AlreadyExists) => g
+                .get::<Value>("Blob", None, &blob_name)
+                .await?
+                .ok_or_else(|| HandlerError::NotFound {
+                    kind: "Blob",
+                    name: blob_name.clone(),
+                })?,
+            Err(e) => return Err(e.into()),
+        };
+        let blob_uid = blob["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (stored, sha256) = g.put_blob_data(&blob_uid, data, &mime).await?;
+        Ok(json!({"blob": blob_name, "size": stored, "sha256": sha256, "mimeType": mime}))
+    }
+
+    async fn hot_plug(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
+        let t = &op.spec.target;
+        let namespace = t.namespace.clone().unwrap_or_default();
+        let g = &self.inner.gateway;
+        let iface: NetworkInterface = g
+            .get("NetworkInterface", Some(&namespace), &t.name)
+            .await?
+            .ok_or_else(|| HandlerError::NotFound {
+                kind: "NetworkInterface",
+                name: t.name.clone(),
+            })?;
+        let inst: Instance = g
+            .get("Instance", Some(&namespace), &iface.spec.instance)
+            .await?
+            .ok_or_else(|| HandlerError::NotFound {
+                kind: "Instance",
+                name: iface.spec.instance.clone(),
+            })?;
+        let network = self.network_of(&namespace, &iface.spec.network).await?;
+        // Shaken Fist ensures the network and its mesh exist here before plugging.
+        let network_node = self.this_node_is_network_node().await;
+        let p = self.plumbing(&network, network_node, None).await?;
+        self.inner.net.ensure_network(&p).await?;
+        let nic = self.nic_context(&namespace, &iface).await?;
+        let uid = inst.metadata.uid.clone().unwrap_or_default();
+        let plugged = self.inner.life.hot_plug(&uid, &nic.nic_input()).await?;
+        let ctx = self.instance_context(&inst, &[]).await?;
+        let state = self.inner.life.observe(&uid).await?;
+        self.report_instance(Some(&namespace), &ctx.name, &uid, state, Some(&ctx))
+            .await?;
+        Ok(json!({"interface": t.name, "macaddr": nic.mac, "plugged": plugged}))
+    }
+
+    /// The lock key of an operation: its target's uid (or name).
+    fn lock_key(op: &ClusterOperation) -> String {
+        let t = &op.spec.target;
+        let ns = t.namespace.as_deref().unwrap_or_default();
+        match &op.spec.operation_type {
+            OperationType::InterfaceHotPlug => {
+                instance_lock_key(ns, op.spec.payload["instance"].as_str().unwrap_or(&t.name))
+            }
+            OperationType::NetworkCreateOnNode
+            | OperationType::NetworkUpdateDhcp
+            | OperationType::NetworkDelete => format!("network:{ns}/{}", t.name),
+            _ => instance_lock_key(ns, &t.name),
+        }
+    }
+
+    /// Executes one claimed operation end to end: lock, heartbeats, handler, Complete
+    /// or Fail. `release` makes it a retryable failure without running (shutdown).
+    async fn run_claimed(&self, claimed: pb::ClaimedOperation, shutdown: Shutdown) {
+        let lease = pb_lease(&claimed.lease);
+        let op: ClusterOperation = match serde_json::from_slice(&claimed.object) {
+            Ok(op) => op,
+            Err(e) => {
+                let _ = self
+                    .inner
+                    .gateway
+                    .fail(
+                        lease,
+                        "BadOperation",
+                        &format!("undecodable operation: {e}"),
+                        false,
+                    )
+                    .await;
+                return;
+            }
+        };
+        let op_name = op.metadata.name.clone().unwrap_or_default();
+        let op_type = op.spec.operation_type.as_str().to_owned();
+        let g = self.inner.gateway.clone();
+        if op.spec.node.as_deref() != Some(self.node_name()) {
+            tracing::warn!(operation = %op_name, node = ?op.spec.node, "claimed an operation for another queue; releasing it");
+            let _ = g
+                .fail(
+                    lease,
+                    "WrongNode",
+                    &format!(
+                        "{} cannot run operations of the cluster queue or another node",
+                        self.node_name()
+                    ),
+                    true,
+                )
+                .await;
+            self.inner
+                .metrics
+                .finished(&op_type, "released", 0.0, Some("WrongNode"));
+            return;
+        }
+        let span = tracing::info_span!("operation", name = %op_name, r#type = %op_type, target = %op.spec.target.name);
+        let started = Instant::now();
+        self.inner.metrics.in_flight.inc();
+        let lock = self.lock_for(&Self::lock_key(&op));
+        let hb_interval = self.inner.settings.operation_heartbeat_interval;
+        let hb_gateway = g.clone();
+        let hb_lease = lease;
+        let (aborted_tx, aborted_rx) = tokio::sync::oneshot::channel::<()>();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(hb_interval).await;
+                match hb_gateway.heartbeat(hb_lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = aborted_tx.send(());
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "operation heartbeat failed"),
+                }
+            }
+        });
+        let work = async {
+            let _guard = lock.lock().await;
+            self.execute(&op).await
+        }
+        .instrument(span);
+        let drain = self.inner.settings.drain_timeout;
+        let aborted = async {
+            if aborted_rx.await.is_err() {
+                // The heartbeat task ended without an abort: never fire.
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            r = work => Ended::Done(r),
+            () = aborted => Ended::Aborted,
+            () = async { shutdown.wait().await; tokio::time::sleep(drain).await } => Ended::Released,
+        };
+        heartbeat.abort();
+        self.inner.metrics.in_flight.dec();
+        let seconds = started.elapsed().as_secs_f64();
+        let outcome = match result {
+            Ended::Aborted => {
+                // Stop working; the Fail only removes the row (the lease is stale).
+                tracing::warn!(operation = %op_name, "operation aborted meanwhile; stopped");
+                self.inner
+                    .metrics
+                    .finished(&op_type, "aborted", seconds, None);
+                g.fail(lease, "Aborted", "the operation was aborted", false)
+                    .await
+            }
+            Ended::Done(Ok(value)) => {
+                tracing::info!(operation = %op_name, seconds, "operation complete");
+                self.inner
+                    .metrics
+                    .finished(&op_type, "complete", seconds, None);
+                g.complete(lease, &value).await
+            }
+            Ended::Done(Err(e)) => {
+                let code = e.code();
+                tracing::warn!(operation = %op_name, code = %code, error = %e, "operation failed");
+                self.inner
+                    .metrics
+                    .finished(&op_type, "error", seconds, Some(&code));
+                g.fail(lease, &code, &e.to_string(), e.retryable()).await
+            }
+            Ended::Released => {
+                tracing::warn!(operation = %op_name, "shutting down: releasing an unfinished operation");
+                self.inner.metrics.finished(
+                    &op_type,
+                    "released",
+                    seconds,
+                    Some("AgentShuttingDown"),
+                );
+                g.fail(
+                    lease,
+                    "AgentShuttingDown",
+                    "the agent stopped before the operation finished",
+                    true,
+                )
+                .await
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(Code::FailedPrecondition) => {
+                tracing::warn!(operation = %op_name, "lease no longer held (aborted or re-queued); result dropped");
+            }
+            Err(e) => {
+                tracing::error!(operation = %op_name, error = %e, "cannot report an operation's outcome")
+            }
+        }
+    }
+
+    async fn claim_loop(&self, shutdown: Shutdown) {
+        let s = &self.inner.settings;
+        let semaphore = Arc::new(Semaphore::new(s.max_concurrency as usize));
+        let claimer = format!("{}:{}", s.node_name, std::process::id());
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut pending_claim: Option<String> = None;
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_triggered() {
+            // At least one free slot before claiming.
+            let first: OwnedSemaphorePermit = tokio::select! {
+                p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = shutdown.wait() => break,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = semaphore.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let claim_id = pending_claim
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            pending_claim = Some(claim_id.clone());
+            let max = u32::try_from(permits.len()).unwrap_or(1);
+            let claim = self.inner.gateway.claim(
+                &s.node_name,
+                max,
+                &claim_id,
+                &claimer,
+                s.claim_wait_seconds,
+            );
+            let reply = tokio::select! {
+                r = claim => Some(r),
+                () = shutdown.wait() => None,
+            };
+            let reply = match reply {
+                Some(r) => r,
+                None => {
+                    // The claim may have committed: fetch its rows (same claim_id, no
+                    // wait) and release them.
+                    let rows = self
+                        .inner
+                        .gateway
+                        .claim(&s.node_name, max, &claim_id, &claimer, 0)
+                        .await
+                        .unwrap_or_default();
+                    for row in rows {
+                        let _ = self
+                            .inner
+                            .gateway
+                            .fail(
+                                pb_lease(&row.lease),
+                                "AgentShuttingDown",
+                                "claimed while the agent stopped",
+                                true,
+                            )
+                            .await;
+                    }
+                    break;
+                }
+            };
+            match reply {
+                Ok(rows) => {
+                    pending_claim = None;
+                    backoff = Duration::from_millis(200);
+                    self.inner.metrics.claims.inc_by(rows.len() as u64);
+                    for row in rows {
+                        let Some(permit) = permits.pop() else {
+                            // More rows than asked for: run them anyway, bounded by the
+                            // drain like the others.
+                            let agent = self.clone();
+                            let sd = shutdown.clone();
+                            tasks.spawn(async move { agent.run_claimed(row, sd).await });
+                            continue;
+                        };
+                        let agent = self.clone();
+                        let sd = shutdown.clone();
+                        tasks.spawn(async move {
+                            agent.run_claimed(row, sd).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    if e.unavailable() {
+                        // Keep the claim id: the reply may have been lost after commit.
+                        tracing::warn!(error = %e, "claim failed; retrying with the same claim id");
+                    } else {
+                        pending_claim = None;
+                        tracing::error!(error = %e, "claim refused");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.wait() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        // Drain: each task releases itself once drain_timeout has passed.
+        let limit = self.inner.settings.drain_timeout + Duration::from_secs(30);
+        let _ =
+            tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+
+    /// One polling pass: reports domain state changes; returns how many.
+    pub async fn poll_states(&self) -> Result<usize, AgentError> {
+        let domains =
+            self.inner
+                .life
+                .hypervisor()
+                .list()
+                .await
+                .map_err(|e| AgentError::Lifecycle {
+                    action: "list domains",
+                    source: e.into(),
+                })?;
+        let mut changes = 0;
+        for d in domains {
+            let Some(uid) = uid_of(&d.name) else { continue };
+            if self.reported(uid) == Some(d.state) {
+                continue;
+            }
+            let inst: Option<Instance> = self
+                .inner
+                .gateway
+                .get_by_uid("Instance", uid)
+                .await
+                .map_err(gw("read an instance"))?;
+            let Some(inst) = inst else { continue };
+            let name = inst.metadata.name.clone().unwrap_or_default();
+            // An operation on this instance reports its own outcome.
+            let ns = inst.metadata.namespace.as_deref().unwrap_or_default();
+            let lock = self.lock_for(&instance_lock_key(ns, &name));
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            let state = self.inner.life.observe(uid).await.ok().flatten();
+            let Some(state) = state else { continue };
+            let current = inst.status.as_ref().and_then(|s| s.power_state.clone());
+            if current.as_ref() != Some(&state.power_state()) {
+                tracing::info!(instance = %name, state = ?state, "domain state changed");
+                self.inner.metrics.state_changes.inc();
+                changes += 1;
+            }
+            self.report_instance(
+                inst.metadata.namespace.as_deref(),
+                &name,
+                uid,
+                Some(state),
+                None,
+            )
+            .await
+            .map_err(gw("report a domain state"))?;
+        }
+        Ok(changes)
+    }
+
+    /// Start-up reconciliation (see the module contract).
+    pub async fn reconcile_startup(&self) -> Result<ReconcileReport, AgentError> {
+        let mut report = ReconcileReport::default();
+        let me = self.node_name().to_owned();
+        let instances: Vec<Instance> = self
+            .inner
+            .gateway
+            .list("Instance", None)
+            .await
+            .map_err(gw("list instances"))?;
+        let placed: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| i.status.as_ref().and_then(|s| s.node.as_deref()) == Some(me.as_str()))
+            .collect();
+        let keep: HashSet<String> = placed
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| s.state != InstanceState::Deleted)
+            })
+            .filter_map(|i| i.metadata.uid.clone())
+            .collect();
+        let life = &self.inner.life;
+        let domains = life
+            .hypervisor()
+            .list()
+            .await
+            .map_err(|e| AgentError::Lifecycle {
+                action: "list domains",
+                source: e.into(),
+            })?;
+        for d in &domains {
+            let Some(uid) = uid_of(&d.name) else { continue };
+            if !keep.contains(uid) {
+                tracing::warn!(domain = %d.name, "removing an orphan domain");
+                life.delete(uid)
+                    .await
+                    .map_err(|source| AgentError::Lifecycle {
+                        action: "remove an orphan domain",
+                        source,
+                    })?;
+                report.orphans_removed.push(uid.to_owned());
+            }
+        }
+        for inst in placed.iter().filter(|i| {
+            i.metadata.deletion_timestamp.is_none()
+                && i.status
+                    .as_ref()
+                    .is_some_and(|s| s.state == InstanceState::Created)
+        }) {
+            let uid = inst.metadata.uid.clone().unwrap_or_default();
+            let name = inst.metadata.name.clone().unwrap_or_default();
+            let ns = inst.metadata.namespace.as_deref().unwrap_or_default();
+            let lock = self.lock_for(&instance_lock_key(ns, &name));
+            let _guard = lock.lock().await;
+            let result = self.restore_instance(inst, &mut report).await;
+            if let Err(e) = result {
+                tracing::error!(instance = %name, uid = %uid, error = %e, "cannot restore an instance at start-up");
+            }
+        }
+        let (ensured, removed) = self.sync_networks(true).await?;
+        report.networks_ensured = ensured;
+        report.networks_removed = removed;
+        Ok(report)
+    }
+
+    async fn restore_instance(
+        &self,
+        inst: &Instance,
+        report: &mut ReconcileReport,
+    ) -> Result<(), HandlerError> {
+        let life = &self.inner.life;
+        let ctx = self.instance_context(inst, &[]).await?;
+        let mut state = life.observe(&ctx.uid).await?;
+        if state.is_none() {
+            life.define(&ctx).await?;
+            report.redefined.push(ctx.uid.clone());
+            state = life.observe(&ctx.uid).await?;
+        }
+        let desired = &inst.spec.power_state;
+        let off = matches!(state, None | Some(DomainState::Off | DomainState::Crashed));
+        let state = match desired {
+            DesiredPowerState::On | DesiredPowerState::Paused if off => {
+                let s = life.power_on(&ctx).await?;
+                report.started.push(ctx.uid.clone());
+                if *desired == DesiredPowerState::Paused {
+                    life.pause(&ctx.uid).await?
+                } else {
+                    s
+                }
+            }
+            _ => state.unwrap_or(DomainState::Off),
+        };
+        self.report_instance(
+            inst.metadata.namespace.as_deref(),
+            &ctx.name,
+            &ctx.uid,
+            Some(state),
+            Some(&ctx),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn background(&self, shutdown: Shutdown) {
+        let s = &self.inner.settings;
+        let mut heartbeat = tokio::time::interval(s.heartbeat_interval);
+        let mut poll = tokio::time::interval(s.poll_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => return,
+                _ = heartbeat.tick() => {
+                    if let Err(e) = self.heartbeat().await {
+                        self.inner.metrics.heartbeat_failures.inc();
+                        tracing::warn!(error = %e, "node heartbeat failed");
+                    }
+                }
+                _ = poll.tick() => {
+                    if let Err(e) = self.poll_states().await {
+                        tracing::warn!(error = %e, "domain state polling failed");
+                    }
+                    let due = self
+                        .inner
+                        .last_network_sync
+                        .lock()
+                        .ok()
+                        .and_then(|t| *t)
+                        .is_none_or(|t| t.elapsed() >= s.network_resync_interval);
+                    if due
+                        && let Err(e) = self.sync_networks(false).await {
+                            tracing::warn!(error = %e, "network resync failed");
+                        }
+                }
+            }
+        }
+    }
+
+    /// Registers and reconciles (retried until sf-database answers; a node name held
+    /// by a live node is an error), then claims and polls until `shutdown`; drains
+    /// in-flight work before returning.
+    pub async fn run(&self, shutdown: Shutdown) -> Result<(), AgentError> {
+        // sf-database may come up after the agent: retry until it answers (a name
+        // held by a live node is final).
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let step = async {
+                self.register().await?;
+                self.reconcile_startup().await
+            };
+            match step.await {
+                Ok(report) => {
+                    tracing::info!(?report, node = %self.node_name(), "start-up reconciliation done");
+                    break;
+                }
+                Err(e @ AgentError::NodeNameInUse { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "start-up failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.wait() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        let bg = {
+            let agent = self.clone();
+            let sd = shutdown.clone();
+            tokio::spawn(async move { agent.background(sd).await })
+        };
+        self.claim_loop(shutdown).await;
+        let _ = bg.await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_macs_are_stable_and_local() {
+        let a = derived_mac("uid-1");
+        assert_eq!(a, derived_mac("uid-1"));
+        assert_ne!(a, derived_mac("uid-2"));
+        assert!(a.starts_with("02:00:00:"));
+        assert_eq!(a.len(), 17);
+    }
+
+    #[test]
+    fn error_reports_classify_failures() {
+        let e = HandlerError::NotReady("x".into());
+        assert_eq!(e.code(), "NotReady");
+        assert!(e.retryable());
+        let e = HandlerError::Unsupported("artifact_fetch".into());
+        assert_eq!(e.code(), "UnsupportedOperation");
+        assert!(!e.retryable());
+        let e = HandlerError::Lifecycle(LifecycleError::NotDefined { uid: "u".into() });
+        assert_eq!(e.code(), "DomainNotFound");
+    }
+}

@@ -1,0 +1,65 @@
+//! sf-agent: the hypervisor agent.
+//!
+//! Contract: one agent runs per hypervisor node. It registers its Node, claims the
+//! operations queued for that node from sf-database, makes them true on the host and
+//! reports what it observes. Host effects go through two traits: [`hypervisor::Hypervisor`]
+//! (real backend: libvirt through the `virt` crate, [`libvirt::LibvirtHypervisor`]) and
+//! `sf_hostnet::HostNet` (real backend: netlink). The agent writes only observed
+//! host facts: Instance `status.powerState`, `interfaces` and `console`, and its Node's
+//! status.
+//!
+//! Modules: [`domain_xml`] (pure domain XML rendering), [`hypervisor`] (the trait),
+//! [`libvirt`] (its libvirt backend), [`disks`] (qcow2 files and the config drive),
+//! [`instance`] (instance lifecycle on a hypervisor), [`config`] (daemon settings),
+//! [`identity`] (the node UUID), [`sysinfo`] (capacity and usage), [`gateway`] (typed
+//! sf-database calls), [`agent`] (registration, claim loop, handlers, start-up
+//! reconciliation, state polling), [`metrics`]. Panics are recorded by
+//! `sf_daemon::panic`.
+
+pub mod agent;
+pub mod config;
+pub mod disks;
+pub mod domain_xml;
+pub mod gateway;
+pub mod hypervisor;
+pub mod identity;
+pub mod instance;
+pub mod libvirt;
+pub mod metrics;
+pub mod sysinfo;
+
+/// The XML namespace of the `<sf:instance>` element in domain metadata.
+pub const SF_XML_NAMESPACE: &str = "https://shakenfist.io/xmlns/instance/1";
+
+/// The QEMU version installed on this host, from `qemu-img --version`
+/// (`qemu-img version 10.0.2 (...)`), when it runs.
+pub async fn installed_qemu_version() -> Option<String> {
+    let out = tokio::process::Command::new("qemu-img")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    parse_qemu_img_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The version in `qemu-img --version` output.
+pub fn parse_qemu_img_version(text: &str) -> Option<String> {
+    let rest = text.lines().next()?.split("version ").nth(1)?;
+    let v = rest.split_whitespace().next()?;
+    Some(v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn qemu_img_versions_parse() {
+        assert_eq!(
+            super::parse_qemu_img_version(
+                "qemu-img version 10.0.2 (Debian 1:10.0.2+ds-2)\nCopyright"
+            ),
+            Some("10.0.2".into())
+        );
+        assert_eq!(super::parse_qemu_img_version("nope"), None);
+    }
+}

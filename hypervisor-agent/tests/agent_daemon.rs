@@ -1,0 +1,811 @@
+//! The agent against an in-process sf-database (private MariaDB from the harness),
+//! libvirt's test driver (a private driver file per test) and netlink inside a
+//! network namespace the test creates (root only; otherwise the test says it is
+//! skipped, or fails when `SF_REQUIRE_PRIVILEGED=1`).
+//!
+//! Walks: register → network_create_on_node + instance_create queued with
+//! CreateOperation → complete, Instance `status.powerState` running, bridge in the
+//! namespace → pause → screenshot into a Blob → a guest's own power-off seen by
+//! polling → a second agent with the same name refused → restart (a new connection:
+//! the test driver forgets its domains) brings the domain and the network back and
+//! removes an orphan `sf:*` domain but not a foreign one → delete.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use sf_agent::agent::{Agent, AgentError};
+use sf_agent::domain_xml::{DomainType, RenderSettings};
+use sf_agent::hypervisor::{DomainState, Hypervisor, domain_name};
+use sf_agent::instance::{Lifecycle, LifecycleSettings};
+use sf_agent::libvirt::LibvirtHypervisor;
+use sf_agent::metrics::AgentMetrics;
+use sf_daemon::Shutdown;
+use sf_hostnet::{HostNetConfig, NetlinkHostNet};
+use sf_proto::v1 as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_runs_operations_and_comes_back_after_a_restart() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let g = &env.gateway;
+
+    // The objects the controllers would have made.
+    let network = g
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Network",
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"netblock": "10.0.0.0/24", "provideDhcp": false},
+        }))
+        .await
+        .expect("network");
+    env.merge(
+        "Network",
+        Some("demo"),
+        "web",
+        json!({"vxid": VXID, "state": "created", "nodes": ["hv-2"]}),
+    )
+    .await;
+    // Another node already carries the network: it is a mesh peer.
+    g.create(&json!({
+        "apiVersion": "shakenfist.io/v1alpha1", "kind": "Node",
+        "metadata": {"name": "hv-2"}, "spec": {"roles": ["hypervisor"]},
+    }))
+    .await
+    .expect("node hv-2");
+    env.merge("Node", None, "hv-2", json!({"address": "10.250.0.2"}))
+        .await;
+    let instance = g
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "web-1", "namespace": "demo"},
+            "spec": {"cpus": 1, "memory": 256, "disks": [{"size": 1}], "networks": [{"network": "web"}],
+                     "sshKey": "ssh-ed25519 AAAAC3 test"},
+        }))
+        .await
+        .expect("instance");
+    let inst_uid = instance["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    env.merge(
+        "Instance",
+        Some("demo"),
+        "web-1",
+        json!({"state": "creating", "node": NODE}),
+    )
+    .await;
+    g.create(&json!({
+        "apiVersion": "shakenfist.io/v1alpha1", "kind": "NetworkInterface",
+        "metadata": {"name": "web-1-0", "namespace": "demo"},
+        "spec": {"instance": "web-1", "network": "web"},
+    }))
+    .await
+    .expect("interface");
+    env.merge(
+        "NetworkInterface",
+        Some("demo"),
+        "web-1-0",
+        json!({"ipv4": "10.0.0.5", "macaddr": "02:00:00:aa:bb:cc", "state": "created"}),
+    )
+    .await;
+    let net_target = json!({"kind": "Network", "name": "web", "namespace": "demo",
+                            "uid": network["metadata"]["uid"]});
+    let inst_target =
+        json!({"kind": "Instance", "name": "web-1", "namespace": "demo", "uid": inst_uid});
+
+    // --- First agent.
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let uuid1 = "11111111-1111-4111-8111-111111111111";
+    let agent = env.agent(hv.clone(), uuid1);
+    let shutdown = Shutdown::new();
+    let run = {
+        let (a, s) = (agent.clone(), shutdown.clone());
+        tokio::spawn(async move { a.run(s).await })
+    };
+
+    // Cluster-queue work: never claimed by an agent.
+    env.enqueue_on(
+        None,
+        "artifact-debian-1-fetch",
+        "artifact_fetch",
+        json!({"kind": "Artifact", "name": "debian", "namespace": "demo", "uid": "a-1"}),
+        json!({}),
+        &[],
+    )
+    .await;
+    env.enqueue(
+        "network-web-1-netcreate-hv-1",
+        "network_create_on_node",
+        net_target.clone(),
+        json!({"network": "web", "vxid": VXID, "netblock": "10.0.0.0/24", "networkNode": false,
+               "provideDhcp": false, "provideNat": false, "provideDns": false}),
+        &[],
+    )
+    .await;
+    env.enqueue(
+        "instance-web-1-1-create",
+        "instance_create",
+        inst_target.clone(),
+        json!({"interfaces": ["web-1-0"], "powerState": "on"}),
+        &["network-web-1-netcreate-hv-1"],
+    )
+    .await;
+    env.wait_op("network-web-1-netcreate-hv-1").await;
+    assert!(
+        env.link_exists(&sf_hostnet::bridge_name(VXID)),
+        "bridge plumbed in the node netns"
+    );
+    assert!(
+        env.link_exists(&sf_hostnet::vxlan_name(VXID)),
+        "vxlan plumbed"
+    );
+    let fdb = env.fdb();
+    assert!(
+        fdb.contains("dst 10.250.0.2"),
+        "mesh peer hv-2 in the fdb: {fdb}"
+    );
+    let op = env.wait_op("instance-web-1-1-create").await;
+    assert_eq!(op["status"]["result"]["powerState"], "running");
+    let inst = env.wait_power("running").await;
+    assert_eq!(
+        inst["status"]["interfaces"][0]["macaddr"],
+        "02:00:00:aa:bb:cc"
+    );
+    assert_eq!(inst["status"]["interfaces"][0]["ipv4"], "10.0.0.5");
+    let nic0 = env.get("NetworkInterface", Some("demo"), "web-1-0").await;
+    assert_eq!(nic0["status"]["node"], NODE, "{nic0}");
+    assert_eq!(
+        nic0["status"]["ipv4"], "10.0.0.5",
+        "merge kept the IPAM fields"
+    );
+    assert_eq!(
+        hv.state(&domain_name(&inst_uid)).await.expect("state"),
+        Some(DomainState::Running)
+    );
+    let xml = hv.xml(&domain_name(&inst_uid), true).await.expect("xml");
+    assert!(xml.contains(&sf_hostnet::bridge_name(VXID)), "{xml}");
+
+    // The Node is registered with its facts.
+    let node = env.get("Node", None, NODE).await;
+    assert_eq!(
+        node["metadata"]["annotations"]["shakenfist.io/node-uuid"],
+        uuid1
+    );
+    assert_eq!(node["status"]["address"], "10.250.0.1");
+    assert!(
+        node["status"]["capacity"]["cpuThreads"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{node}"
+    );
+    assert_eq!(node["status"]["versions"]["libvirt"], "9.0.0");
+    assert!(node["status"]["lastSeen"].is_string());
+
+    // A second agent claiming the same name with another uuid is refused.
+    let other = env.agent(
+        LibvirtHypervisor::new(env.uri.clone()),
+        "22222222-2222-4222-8222-222222222222",
+    );
+    let err = other.register().await.expect_err("name in use");
+    assert!(matches!(err, AgentError::NodeNameInUse { .. }), "{err}");
+    drop(other);
+
+    // Hot plug a second interface.
+    let nic = g
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "NetworkInterface",
+            "metadata": {"name": "web-1-extra", "namespace": "demo"},
+            "spec": {"instance": "web-1", "network": "web", "model": "e1000", "order": 1},
+        }))
+        .await
+        .expect("hot-plugged interface");
+    env.merge(
+        "NetworkInterface",
+        Some("demo"),
+        "web-1-extra",
+        json!({"ipv4": "10.0.0.6", "macaddr": "02:00:00:aa:bb:dd"}),
+    )
+    .await;
+    env.enqueue(
+        "networkinterface-web-1-extra-1-hotplug",
+        "interface_hot_plug",
+        json!({"kind": "NetworkInterface", "name": "web-1-extra", "namespace": "demo",
+               "uid": nic["metadata"]["uid"]}),
+        json!({"interface": "web-1-extra", "instance": "web-1", "network": "web", "model": "e1000"}),
+        &[],
+    )
+    .await;
+    let op = env.wait_op("networkinterface-web-1-extra-1-hotplug").await;
+    assert_eq!(op["status"]["result"]["plugged"], true);
+    let xml = hv.xml(&domain_name(&inst_uid), true).await.expect("xml");
+    assert_eq!(
+        sf_agent::domain_xml::interface_macs(&xml),
+        vec!["02:00:00:aa:bb:cc", "02:00:00:aa:bb:dd"]
+    );
+    let inst = env.get("Instance", Some("demo"), "web-1").await;
+    assert_eq!(inst["status"]["interfaces"][1]["name"], "web-1-extra");
+    assert_eq!(inst["status"]["interfaces"][1]["model"], "e1000");
+
+    // pause, then a screenshot stored as a Blob.
+    env.enqueue(
+        "instance-web-1-2-pause",
+        "instance_pause",
+        inst_target.clone(),
+        json!({}),
+        &[],
+    )
+    .await;
+    env.wait_op("instance-web-1-2-pause").await;
+    env.wait_power("paused").await;
+    env.enqueue(
+        "instance-web-1-3-screenshot",
+        "instance_screenshot",
+        inst_target.clone(),
+        json!({}),
+        &[],
+    )
+    .await;
+    let op = env.wait_op("instance-web-1-3-screenshot").await;
+    let blob_name = op["status"]["result"]["blob"]
+        .as_str()
+        .expect("blob name")
+        .to_owned();
+    let blob = env.get("Blob", None, &blob_name).await;
+    assert_eq!(blob["spec"]["ownerNamespace"], "demo");
+    assert_eq!(blob["spec"]["mimeType"], "image/png");
+    let blob_uid = blob["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let data = g
+        .client()
+        .call("get_blob_data", |mut c| {
+            let uid = blob_uid.clone();
+            async move { c.get_blob_data(pb::GetBlobDataRequest { uid }).await }
+        })
+        .await
+        .expect("blob data");
+    assert_eq!(&data.data[..8], b"\x89PNG\r\n\x1a\n");
+
+    // The guest powers itself off: polling reports it.
+    hv.destroy(&domain_name(&inst_uid))
+        .await
+        .expect("destroy behind the agent's back");
+    env.wait_power("off").await;
+
+    // --- Restart: stop the agent, drop every reference to the connection.
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("agent stops")
+        .expect("join")
+        .expect("agent run");
+    drop(agent);
+    drop(hv);
+    // The controllers marked it created and the network as on this node; the user wants it on.
+    env.merge(
+        "Instance",
+        Some("demo"),
+        "web-1",
+        json!({"state": "created"}),
+    )
+    .await;
+    env.merge("Network", Some("demo"), "web", json!({"nodes": [NODE]}))
+        .await;
+    ip(&[
+        "-n",
+        &env.netns.0,
+        "link",
+        "del",
+        &sf_hostnet::bridge_name(VXID),
+    ]);
+    ip(&[
+        "-n",
+        &env.netns.0,
+        "link",
+        "del",
+        &sf_hostnet::vxlan_name(VXID),
+    ]);
+    assert!(!env.link_exists(&sf_hostnet::bridge_name(VXID)));
+
+    let hv2 = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt again");
+    assert!(
+        hv2.list().await.expect("list").is_empty(),
+        "the test driver forgot everything"
+    );
+    // An orphan sf domain and a foreign domain appear before the agent starts.
+    let orphan = "99999999-9999-4999-8999-999999999999";
+    let foreign = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/test_driver.xml"
+    ))
+    .expect("golden");
+    hv2.define(
+        &foreign
+            .replace(
+                "sf:8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11",
+                &domain_name(orphan),
+            )
+            .replace("8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11", orphan),
+    )
+    .await
+    .expect("orphan");
+    hv2.define(
+        &foreign
+            .replace(
+                "sf:8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11",
+                "someone-elses-vm",
+            )
+            .replace("<uuid>8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11</uuid>\n", ""),
+    )
+    .await
+    .expect("foreign");
+
+    let agent2 = env.agent(hv2.clone(), uuid1);
+    let shutdown2 = Shutdown::new();
+    agent2.register().await.expect("same uuid registers again");
+    let report = agent2.reconcile_startup().await.expect("reconcile");
+    assert_eq!(report.orphans_removed, vec![orphan.to_string()]);
+    assert_eq!(report.redefined, vec![inst_uid.clone()]);
+    assert_eq!(report.started, vec![inst_uid.clone()]);
+    assert_eq!(report.networks_ensured, vec![VXID]);
+    let names: Vec<String> = hv2
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![domain_name(&inst_uid), "someone-elses-vm".to_string()]
+    );
+    assert!(
+        env.link_exists(&sf_hostnet::bridge_name(VXID)),
+        "network re-ensured"
+    );
+    // hv-2 no longer carries it: no longer a peer.
+    let fdb = env.fdb();
+    assert!(!fdb.contains("dst 10.250.0.2"), "stale peer removed: {fdb}");
+    env.wait_power("running").await;
+
+    // Now run it and delete the instance through an operation.
+    let run2 = {
+        let (a, s) = (agent2.clone(), shutdown2.clone());
+        tokio::spawn(async move { a.run(s).await })
+    };
+    env.enqueue(
+        "instance-web-1-4-delete",
+        "instance_delete",
+        inst_target.clone(),
+        json!({}),
+        &[],
+    )
+    .await;
+    env.wait_op("instance-web-1-4-delete").await;
+    assert_eq!(
+        hv2.state(&domain_name(&inst_uid)).await.expect("state"),
+        None
+    );
+    assert!(
+        !env.dir
+            .path()
+            .join("storage/instances")
+            .join(&inst_uid)
+            .exists()
+    );
+    shutdown2.trigger();
+    tokio::time::timeout(Duration::from_secs(30), run2)
+        .await
+        .expect("agent stops")
+        .expect("join")
+        .expect("agent run");
+    let fetch = env
+        .get("ClusterOperation", Some("demo"), "artifact-debian-1-fetch")
+        .await;
+    assert_eq!(fetch["status"]["state"], "queued", "{fetch}");
+    assert_eq!(fetch["status"]["attempts"], 0, "{fetch}");
+
+    // Clean the host plumbing (the namespace goes with the guard).
+    env.merge(
+        "Instance",
+        Some("demo"),
+        "web-1",
+        json!({"state": "deleted"}),
+    )
+    .await;
+    env.enqueue(
+        "network-web-2-netdelete-hv-1",
+        "network_delete",
+        net_target,
+        json!({"vxid": VXID}),
+        &[],
+    )
+    .await;
+    let cleanup = env.agent(hv2.clone(), uuid1);
+    let sd = Shutdown::new();
+    let run3 = {
+        let (a, s) = (cleanup.clone(), sd.clone());
+        tokio::spawn(async move { a.run(s).await })
+    };
+    env.wait_op("network-web-2-netdelete-hv-1").await;
+    assert!(
+        !env.link_exists(&sf_hostnet::bridge_name(VXID)),
+        "network removed"
+    );
+    sd.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(30), run3).await;
+}
+
+struct SlowPause {
+    agent: TestAgent,
+    metrics: AgentMetrics,
+    shutdown: Shutdown,
+    run: tokio::task::JoinHandle<Result<(), AgentError>>,
+    uid: String,
+}
+
+/// An agent executing a slow `instance_pause` (a stopped domain: 3 attempts 2 s apart).
+async fn slow_pause(env: &Env) -> SlowPause {
+    let g = &env.gateway;
+    let instance = g
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "web-1", "namespace": "demo"},
+            "spec": {"cpus": 1, "memory": 256, "disks": [{"size": 1}], "powerState": "off"},
+        }))
+        .await
+        .expect("instance");
+    let uid = instance["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    env.merge(
+        "Instance",
+        Some("demo"),
+        "web-1",
+        json!({"state": "creating", "node": NODE}),
+    )
+    .await;
+    let target = json!({"kind": "Instance", "name": "web-1", "namespace": "demo", "uid": uid});
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    // Pausing a stopped domain is retried 3 times 2 s apart: slow enough to be caught
+    // by the shutdown below, whose drain gives it only 1 s.
+    let mut settings = LifecycleSettings::new(
+        env.dir.path().join("storage"),
+        RenderSettings::new(DomainType::Test),
+    );
+    settings.state_change_delay = Duration::from_secs(2);
+    let mut net = HostNetConfig::new(
+        NODE,
+        "mesh0",
+        "10.250.0.1".parse().expect("ip"),
+        env.dir.path().join("hostnet"),
+    );
+    net.netns = Some(env.netns.0.clone());
+    let mut agent_settings = env.settings("33333333-3333-4333-8333-333333333333");
+    agent_settings.drain_timeout = Duration::from_secs(1);
+    let metrics = AgentMetrics::default();
+    let agent = Agent::new(
+        agent_settings,
+        g.clone(),
+        Lifecycle::new(hv.clone(), settings),
+        NetlinkHostNet::new(net).expect("hostnet"),
+        metrics.clone(),
+    );
+    let shutdown = Shutdown::new();
+    let run = {
+        let (a, s) = (agent.clone(), shutdown.clone());
+        tokio::spawn(async move { a.run(s).await })
+    };
+    env.enqueue(
+        "instance-web-1-1-create",
+        "instance_create",
+        target.clone(),
+        json!({"interfaces": [], "powerState": "off"}),
+        &[],
+    )
+    .await;
+    env.wait_op("instance-web-1-1-create").await;
+    env.enqueue(
+        "instance-web-1-2-pause",
+        "instance_pause",
+        target,
+        json!({}),
+        &[],
+    )
+    .await;
+    // The stored operation stays `queued` while claimed: watch the in-flight gauge.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metrics.in_flight.get() < 1 {
+        assert!(Instant::now() < deadline, "pause never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    SlowPause {
+        agent,
+        metrics,
+        shutdown,
+        run,
+        uid,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_unfinished_work_instead_of_dropping_it() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let SlowPause { shutdown, run, .. } = slow_pause(&env).await;
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("agent stops")
+        .expect("join")
+        .expect("agent run");
+    let op = env
+        .get("ClusterOperation", Some("demo"), "instance-web-1-2-pause")
+        .await;
+    assert_eq!(
+        op["status"]["state"], "queued",
+        "released, not dropped: {op}"
+    );
+    assert_eq!(
+        op["status"]["errorReport"]["code"], "AgentShuttingDown",
+        "{op}"
+    );
+    assert_eq!(op["status"]["errorReport"]["retryable"], true, "{op}");
+    assert_eq!(op["status"]["attempts"], 1, "{op}");
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sf-agent"))
+        .env_clear()
+        .env("SHAKENFIST_MARIADB_GATEWAY_SECRET", SECRET)
+        .output()
+        .expect("run sf-agent");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SHAKENFIST_NODE_MESH_IP"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_sf-agent"))
+        .env_clear()
+        .env("SHAKENFIST_MARIADB_GATEWAY_SECRET", SECRET)
+        .env("SHAKENFIST_NODE_MESH_IP", "10.0.0.1")
+        .env("SHAKENFIST_LIBVIRT_DOMAIN_TYPE", "xen")
+        .output()
+        .expect("run sf-agent");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SHAKENFIST_LIBVIRT_DOMAIN_TYPE (--libvirt-domain-type)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_registers_serves_metrics_and_stops_on_sigterm() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr")
+    };
+    let storage = env.dir.path().join("bin-storage");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sf-agent"))
+        .env("SHAKENFIST_NODE_NAME", "hv-bin")
+        .env("SHAKENFIST_NODE_NETNS", &env.netns.0)
+        .env("SHAKENFIST_NODE_MESH_NIC", "mesh0")
+        .env("SHAKENFIST_NODE_MESH_IP", "10.250.0.1")
+        .env("SHAKENFIST_STORAGE_PATH", &storage)
+        .env("SHAKENFIST_LIBVIRT_URI", &env.uri)
+        .env("SHAKENFIST_LIBVIRT_DOMAIN_TYPE", "test")
+        .env("SHAKENFIST_AGENT_METRICS_PORT", addr.port().to_string())
+        .env("SHAKENFIST_MARIADB_GATEWAY_HOSTS", &env.gateway_hosts)
+        .env("SHAKENFIST_MARIADB_GATEWAY_SECRET", SECRET)
+        .env("SHAKENFIST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sf-agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        if let Some(n) = env
+            .gateway
+            .get::<Value>("Node", None, "hv-bin")
+            .await
+            .expect("get node")
+            .filter(|n| n["status"]["lastSeen"].is_string())
+        {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the binary never registered its Node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let uuid = std::fs::read_to_string(storage.join("node_uuid")).expect("node_uuid stored");
+    assert_eq!(
+        node["metadata"]["annotations"]["shakenfist.io/node-uuid"],
+        uuid.trim()
+    );
+    assert!(
+        storage.join("exceptions").is_dir(),
+        "panic reports directory"
+    );
+    let metrics = loop {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut body = String::new();
+            s.read_to_string(&mut body).await.expect("read");
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no metrics endpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains("agent_claims_total"), "{metrics}");
+    assert!(
+        metrics.contains(r#"sf_build_info{service="sf-agent""#),
+        "{metrics}"
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("sf-agent stops after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_operation_is_stopped() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let slow = slow_pause(&env).await;
+    let started = Instant::now();
+    let uid = slow.uid.clone();
+    let reply = env
+        .gateway
+        .client()
+        .call("abort", |mut c| {
+            let target_uid = uid.clone();
+            async move {
+                c.abort(pb::AbortRequest {
+                    target_uid,
+                    reason: "test".into(),
+                })
+                .await
+            }
+        })
+        .await
+        .expect("abort");
+    assert_eq!(reply.aborted.len(), 1, "{reply:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.metrics.in_flight.get() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the aborted operation kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopped at its next heartbeat (500 ms), well before the 4 s of retries ended.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let op = env
+        .get("ClusterOperation", Some("demo"), "instance-web-1-2-pause")
+        .await;
+    assert_eq!(op["status"]["state"], "abort", "{op}");
+    drop(slow.agent);
+    slow.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(30), slow.run)
+        .await
+        .expect("agent stops")
+        .expect("join")
+        .expect("agent run");
+}
+
+#[tokio::test]
+async fn run_waits_for_sf_database_and_stops_on_shutdown() {
+    // Nothing listens on port 1: start-up keeps retrying until shutdown.
+    let policy = sf_database_client::RetryPolicy {
+        attempts: 1,
+        ..sf_database_client::RetryPolicy::default()
+    };
+    let client = sf_database_client::GatewayClient::from_host_list("127.0.0.1:1", SECRET, policy)
+        .expect("client");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = HostNetConfig::new(
+        NODE,
+        "mesh0",
+        "10.250.0.1".parse().expect("ip"),
+        dir.path().join("hostnet"),
+    );
+    let agent = Agent::new(
+        sf_agent::agent::AgentSettings {
+            node_name: NODE.into(),
+            node_uuid: "55555555-5555-4555-8555-555555555555".into(),
+            storage_path: dir.path().to_owned(),
+            ..Default::default()
+        },
+        sf_agent::gateway::Gateway::new(client),
+        Lifecycle::new(
+            LibvirtHypervisor::new("test:///default"),
+            LifecycleSettings::new(dir.path().to_owned(), RenderSettings::new(DomainType::Test)),
+        ),
+        NetlinkHostNet::new(net).expect("hostnet"),
+        AgentMetrics::default(),
+    );
+    let shutdown = Shutdown::new();
+    let run = {
+        let (a, s) = (agent.clone(), shutdown.clone());
+        tokio::spawn(async move { a.run(s).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !run.is_finished(),
+        "start-up gave up while sf-database was away"
+    );
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops on shutdown")
+        .expect("join")
+        .expect("a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_node_name_is_taken_over() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    env.gateway
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Node",
+            "metadata": {"name": NODE, "annotations": {"shakenfist.io/node-uuid": "66666666-6666-4666-8666-666666666666"}},
+            "spec": {"roles": ["hypervisor"]},
+        }))
+        .await
+        .expect("old node");
+    let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    env.merge(
+        "Node",
+        None,
+        NODE,
+        json!({"lastSeen": an_hour_ago, "state": "missing"}),
+    )
+    .await;
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let agent = env.agent(hv, "77777777-7777-4777-8777-777777777777");
+    agent.register().await.expect("a stale name is taken over");
+    let node = env.get("Node", None, NODE).await;
+    assert_eq!(
+        node["metadata"]["annotations"]["shakenfist.io/node-uuid"],
+        "77777777-7777-4777-8777-777777777777"
+    );
+    let seen = node["status"]["lastSeen"].as_str().expect("lastSeen");
+    assert_ne!(seen, an_hour_ago, "heartbeat written");
+}
