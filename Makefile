@@ -19,11 +19,10 @@ fmt:
 crds:
 	SF_UPDATE_GOLDEN=1 cargo test -p sf-schema
 
+# Starts the whole system on this machine (root; see tools/up.sh).
 up:
-	@echo "make up is not built yet: it will start a private MariaDB under ./.sf-dev/,"
-	@echo "two sf-database instances, sf-api on :13000, sf-cluster and one sf-agent,"
-	@echo "then apply examples/quickstart.yaml. See docs/roadmap.md."
-	@exit 1
+	tools/up.sh
 
+# Stops what `make up` started; CLEAN=1 also removes ./.sf-dev/.
 down:
-	@echo "make down: nothing to stop (make up is not built yet)."
+	CLEAN=$(CLEAN) tools/down.sh

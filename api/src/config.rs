@@ -5,9 +5,12 @@
 //! `SHAKENFIST_API_LISTEN` (0.0.0.0), `SHAKENFIST_MARIADB_GATEWAY_HOSTS`
 //! (`host[:port]` list, default port 13005), `SHAKENFIST_MARIADB_GATEWAY_SECRET` (at
 //! least 16 characters, shared with sf-database), `SHAKENFIST_API_WATCH_BOOKMARK_SECONDS`
-//! (how often an idle watch that asked for bookmarks gets one, 10) and
+//! (how often an idle watch that asked for bookmarks gets one, 10),
 //! `SHAKENFIST_API_WATCH_TIMEOUT_SECONDS` (the longest a watch request lasts, 1800),
-//! plus the shared logging keys.
+//! `SHAKENFIST_AUTH_SECRET_SEED` (required, at least 16 characters: the HS256 token
+//! key), `SHAKENFIST_ZONE` (the token issuer, `sf`) and
+//! `SHAKENFIST_API_TOKEN_DURATION` (token lifetime in seconds, 900), plus the shared
+//! logging keys.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -57,6 +60,20 @@ pub struct Config {
         default_value_t = 1800
     )]
     pub watch_timeout_seconds: u64,
+    /// The secret tokens are signed with (HS256); required, at least 16 characters.
+    #[arg(
+        long,
+        env = "SHAKENFIST_AUTH_SECRET_SEED",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub auth_secret_seed: String,
+    /// The zone: the issuer of tokens.
+    #[arg(long, env = "SHAKENFIST_ZONE", default_value = "sf")]
+    pub zone: String,
+    /// How long a token is valid, in seconds.
+    #[arg(long, env = "SHAKENFIST_API_TOKEN_DURATION", default_value_t = 900)]
+    pub api_token_duration: u64,
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -73,6 +90,11 @@ impl Config {
         Duration::from_secs(self.watch_bookmark_seconds)
     }
 
+    /// How long a token is valid.
+    pub fn token_duration(&self) -> Duration {
+        Duration::from_secs(self.api_token_duration)
+    }
+
     /// The longest watch.
     pub fn max_watch(&self) -> Duration {
         Duration::from_secs(self.watch_timeout_seconds)
@@ -85,6 +107,21 @@ impl Validate for Config {
             return Err(ConfigError::invalid(
                 "SHAKENFIST_MARIADB_GATEWAY_SECRET",
                 "must be set to the secret of at least 16 characters that sf-database expects",
+            ));
+        }
+        if self.auth_secret_seed.len() < 16 {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_AUTH_SECRET_SEED",
+                "must be set to a secret of at least 16 characters (tokens are signed with it)",
+            ));
+        }
+        if self.zone.is_empty() {
+            return Err(ConfigError::invalid("SHAKENFIST_ZONE", "must not be empty"));
+        }
+        if !(1..=86_400).contains(&self.api_token_duration) {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_TOKEN_DURATION",
+                format!("must be 1-86400 seconds, got {}", self.api_token_duration),
             ));
         }
         sf_daemon::config::parse_host_list(
@@ -113,10 +150,13 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "--mariadb-gateway-secret=0123456789abcdef";
+    const SEED: &str = "--auth-secret-seed=fedcba9876543210";
 
     #[test]
     fn defaults() {
-        let c: Config = sf_daemon::config::try_parse_from(["sf-api", SECRET]).unwrap();
+        let c: Config = sf_daemon::config::try_parse_from(["sf-api", SECRET, SEED]).unwrap();
+        assert_eq!(c.zone, "sf");
+        assert_eq!(c.token_duration(), Duration::from_secs(900));
         assert_eq!(c.api_port, 13000);
         assert_eq!(c.listen_address().to_string(), "0.0.0.0:13000");
         assert_eq!(c.bookmark_interval(), Duration::from_secs(10));
@@ -130,9 +170,27 @@ mod tests {
                 .contains("SHAKENFIST_MARIADB_GATEWAY_SECRET"),
             "{err}"
         );
+        let err =
+            sf_daemon::config::try_parse_from::<Config, _, _>(["sf-api", SECRET]).unwrap_err();
+        assert!(
+            err.to_string().contains("SHAKENFIST_AUTH_SECRET_SEED"),
+            "{err}"
+        );
         let err = sf_daemon::config::try_parse_from::<Config, _, _>([
             "sf-api",
             SECRET,
+            SEED,
+            "--api-token-duration=0",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("SHAKENFIST_API_TOKEN_DURATION"),
+            "{err}"
+        );
+        let err = sf_daemon::config::try_parse_from::<Config, _, _>([
+            "sf-api",
+            SECRET,
+            SEED,
             "--mariadb-gateway-hosts=a,,b",
         ])
         .unwrap_err();
@@ -143,6 +201,7 @@ mod tests {
         let err = sf_daemon::config::try_parse_from::<Config, _, _>([
             "sf-api",
             SECRET,
+            SEED,
             "--watch-bookmark-seconds=0",
         ])
         .unwrap_err();

@@ -11,7 +11,8 @@
 //!   every field problem in `details.causes[]` (`reason`, `message`, `field`);
 //! - BadRequest 400, MethodNotAllowed 405, RequestEntityTooLarge 413,
 //!   UnsupportedMediaType 415, ServiceUnavailable 503 (sf-database unreachable),
-//!   InternalError 500, and Expired 410 (used only inside watch streams as an ERROR
+//!   InternalError 500, Unauthorized 401 (no valid token), Forbidden 403 (a tenant
+//!   writing what only the system writes), and Expired 410 (used only inside watch streams as an ERROR
 //!   event, never as an HTTP status of a watch).
 //!
 //! Gateway (gRPC) failures are mapped by [`ApiError::from_gateway`] following the code
@@ -112,6 +113,12 @@ pub enum ApiError {
     /// A bug or a misconfiguration.
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// No valid token (missing, malformed, expired, or its key was replaced).
+    #[error("Unauthorized: {0}")]
+    Unauthorized(String),
+    /// The caller may not do this (tenants writing status, operations, nodes, ...).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 fn causes_summary(causes: &[Cause]) -> String {
@@ -141,6 +148,8 @@ impl ApiError {
             Self::Expired(_) => 410,
             Self::ServiceUnavailable(_) => 503,
             Self::Internal(_) => 500,
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
         }
     }
 
@@ -158,6 +167,8 @@ impl ApiError {
             Self::Expired(_) => "Expired",
             Self::ServiceUnavailable(_) => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
+            Self::Unauthorized(_) => "Unauthorized",
+            Self::Forbidden(_) => "Forbidden",
         }
     }
 

@@ -65,6 +65,21 @@ pub struct Selection {
     pub labels: String,
     /// Field selector text.
     pub fields: String,
+    /// Only objects whose `spec.ownerNamespace` is this (applied by sf-api, not the
+    /// gateway).
+    pub owner_namespace: Option<String>,
+}
+
+impl Selection {
+    /// Whether `object` passes the filters sf-api applies itself.
+    pub fn owned(&self, object: &Value) -> bool {
+        self.owner_namespace.as_deref().is_none_or(|owner| {
+            object
+                .pointer("/spec/ownerNamespace")
+                .and_then(Value::as_str)
+                == Some(owner)
+        })
+    }
 }
 
 /// sf-database, as sf-api uses it. Cheap to clone.
@@ -155,12 +170,38 @@ impl Gateway {
                 async move { g.list_resources(request).await }
             })
             .await?;
-        let items = reply
+        let mut items = reply
             .objects
             .iter()
             .map(|o| parse(o))
             .collect::<Result<Vec<_>, _>>()?;
+        items.retain(|o| selection.owned(o));
         Ok((items, reply.revision))
+    }
+
+    /// Lists objects as the gateway's JSON bytes (each a JSON object, not re-parsed),
+    /// with the revision of the same snapshot; `None` when the selection needs sf-api's
+    /// own filter (then use [`Gateway::list`]).
+    pub async fn list_raw(
+        &self,
+        selection: &Selection,
+    ) -> Result<Option<(Vec<Vec<u8>>, u64)>, GatewayError> {
+        if selection.owner_namespace.is_some() {
+            return Ok(None);
+        }
+        let reply = self
+            .client
+            .call("list_resources", |mut g| {
+                let request = pb::ListResourcesRequest {
+                    kind: selection.kind.clone(),
+                    namespace: selection.namespace.clone().unwrap_or_default(),
+                    label_selector: selection.labels.clone(),
+                    field_selector: selection.fields.clone(),
+                };
+                async move { g.list_resources(request).await }
+            })
+            .await?;
+        Ok(Some((reply.objects, reply.revision)))
     }
 
     /// The newest revision.
@@ -275,6 +316,150 @@ impl Gateway {
                     progress_interval_ms,
                 };
                 async move { g.watch(request).await }
+            })
+            .await?)
+    }
+}
+
+impl Gateway {
+    /// The keys of `namespace` (NotFound: no such namespace).
+    pub async fn list_keys(&self, namespace: &str) -> Result<Vec<pb::KeyReply>, GatewayError> {
+        let reply = self
+            .client
+            .call("list_keys", |mut g| {
+                let request = pb::NamespaceRequest {
+                    namespace: namespace.to_string(),
+                };
+                async move { g.list_keys(request).await }
+            })
+            .await?;
+        Ok(reply.keys)
+    }
+
+    /// Stores (or replaces) a key hash; the key gets a new nonce.
+    pub async fn put_key(
+        &self,
+        namespace: &str,
+        key_name: &str,
+        key_hash: &str,
+    ) -> Result<pb::KeyReply, GatewayError> {
+        Ok(self
+            .client
+            .call("put_key", |mut g| {
+                let request = pb::PutKeyRequest {
+                    namespace: namespace.to_string(),
+                    key_name: key_name.to_string(),
+                    key_hash: key_hash.to_string(),
+                };
+                async move { g.put_key(request).await }
+            })
+            .await?)
+    }
+
+    /// Deletes a key.
+    pub async fn delete_key(&self, namespace: &str, key_name: &str) -> Result<(), GatewayError> {
+        self.client
+            .call("delete_key", |mut g| {
+                let request = pb::KeyRequest {
+                    namespace: namespace.to_string(),
+                    key_name: key_name.to_string(),
+                };
+                async move { g.delete_key(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a namespace (its row and its Namespace object).
+    pub async fn create_namespace(&self, namespace: &str) -> Result<Value, GatewayError> {
+        let reply = self
+            .client
+            .call("create_namespace", |mut g| {
+                let request = pb::NamespaceRequest {
+                    namespace: namespace.to_string(),
+                };
+                async move { g.create_namespace(request).await }
+            })
+            .await?;
+        parse(&reply.object)
+    }
+
+    /// Deletes a namespace (FailedPrecondition/Aborted while it holds objects).
+    pub async fn delete_namespace(&self, namespace: &str) -> Result<(), GatewayError> {
+        self.client
+            .call("delete_namespace", |mut g| {
+                let request = pb::NamespaceRequest {
+                    namespace: namespace.to_string(),
+                };
+                async move { g.delete_namespace(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Gateway {
+    /// Creates a ClusterOperation (and its work queue row) in one transaction.
+    pub async fn create_operation(&self, object: &Value) -> Result<Value, GatewayError> {
+        let bytes = to_bytes(object);
+        let reply = self
+            .client
+            .call("create_operation", |mut g| {
+                let request = pb::CreateOperationRequest {
+                    object: bytes.clone(),
+                    delay_ms: 0,
+                };
+                async move { g.create_operation(request).await }
+            })
+            .await?;
+        parse(&reply.object)
+    }
+
+    /// The events of an object, newest first.
+    pub async fn query_events(
+        &self,
+        object_type: &str,
+        object_uuid: &str,
+        event_type: &str,
+        limit: i32,
+    ) -> Result<Vec<pb::Event>, GatewayError> {
+        let reply = self
+            .client
+            .call("query_events", |mut g| {
+                let request = pb::QueryEventsRequest {
+                    object_type: object_type.to_string(),
+                    object_uuid: object_uuid.to_string(),
+                    event_type: event_type.to_string(),
+                    limit,
+                };
+                async move { g.query_events(request).await }
+            })
+            .await?;
+        Ok(reply.events)
+    }
+
+    /// Records events.
+    pub async fn record_events(&self, events: Vec<pb::Event>) -> Result<(), GatewayError> {
+        self.client
+            .call("record_event_batch", |mut g| {
+                let request = pb::RecordEventBatchRequest {
+                    events: events.clone(),
+                };
+                async move { g.record_event_batch(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The bytes of a blob (by the Blob's uid).
+    pub async fn get_blob_data(&self, uid: &str) -> Result<pb::GetBlobDataReply, GatewayError> {
+        Ok(self
+            .client
+            .call("get_blob_data", |mut g| {
+                let request = pb::GetBlobDataRequest {
+                    uid: uid.to_string(),
+                };
+                async move { g.get_blob_data(request).await }
             })
             .await?)
     }

@@ -165,6 +165,11 @@ impl Kinds {
         self.by_plural.get(plural)
     }
 
+    /// The kind named `kind` (e.g. `Instance`).
+    pub fn by_kind(&self, kind: &str) -> Option<&Arc<KindInfo>> {
+        self.ordered.iter().find(|k| k.kind == kind)
+    }
+
     /// Every kind, in CRD order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<KindInfo>> {
         self.ordered.iter()

@@ -16,11 +16,15 @@
 //!   patches are 415; DELETE answers the object while finalizers hold it, else a
 //!   `Status` Success.
 //! - `/status`: GET, PUT and PATCH change `status` only and never bump generation.
+//! - Namespaces: POST creates the namespace as `POST /auth/namespaces` does (its row,
+//!   so keys can be added, and its object); DELETE removes it with its keys (a
+//!   namespace with objects is 409), and `system` cannot be deleted (403).
 //! - `dryRun=All` validates and answers without storing. Every written object passes
 //!   [`crate::admission::admit`] first: invalid input stores nothing.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -29,6 +33,7 @@ use serde_json::{Value, json};
 use sf_schema::{API_VERSION, GROUP};
 
 use crate::admission::admit;
+use crate::auth::Caller;
 use crate::error::{ApiError, Cause, Subject, json_response, success_status};
 use crate::gateway::{Part, Selection};
 use crate::kinds::KindInfo;
@@ -59,6 +64,10 @@ pub struct Target {
     pub name: Option<String>,
     /// The `/status` subresource.
     pub status: bool,
+    /// The caller's namespace when it is a tenant (`None`: system, sees all).
+    pub tenant: Option<String>,
+    /// Only objects whose `spec.ownerNamespace` is this (a tenant's Blobs).
+    pub owner_namespace: Option<String>,
 }
 
 impl Target {
@@ -110,6 +119,8 @@ pub fn parse_path(kinds: &crate::kinds::Kinds, rest: &str) -> Result<Target, Api
                 namespace: None,
                 name: None,
                 status: false,
+                tenant: None,
+                owner_namespace: None,
             })
         }
         [plural, name] => Ok(Target {
@@ -117,44 +128,192 @@ pub fn parse_path(kinds: &crate::kinds::Kinds, rest: &str) -> Result<Target, Api
             namespace: None,
             name: owned(name),
             status: false,
+            tenant: None,
+            owner_namespace: None,
         }),
         [plural, name, "status"] => Ok(Target {
             kind: kind(plural, false)?,
             namespace: None,
             name: owned(name),
             status: true,
+            tenant: None,
+            owner_namespace: None,
         }),
         ["namespaces", ns, plural] => Ok(Target {
             kind: kind(plural, true)?,
             namespace: owned(ns),
             name: None,
             status: false,
+            tenant: None,
+            owner_namespace: None,
         }),
         ["namespaces", ns, plural, name] => Ok(Target {
             kind: kind(plural, true)?,
             namespace: owned(ns),
             name: owned(name),
             status: false,
+            tenant: None,
+            owner_namespace: None,
         }),
         ["namespaces", ns, plural, name, "status"] => Ok(Target {
             kind: kind(plural, true)?,
             namespace: owned(ns),
             name: owned(name),
             status: true,
+            tenant: None,
+            owner_namespace: None,
         }),
         _ => Err(ApiError::UnknownPath),
     }
 }
 
+/// Kinds only the system (controllers, agents, sf-database) writes.
+pub const SYSTEM_WRITTEN_KINDS: &[&str] =
+    &["ClusterOperation", "Node", "IPAMLease", "Blob", "Namespace"];
+
+/// Scopes `target` to what `caller` may see and refuses what it may not do
+/// (DESIGN invariant 8, issue 4 items 6 and 9). System callers are unrestricted (a
+/// namespace they name scopes them strictly to it). A tenant naming another namespace
+/// in the path, in a `namespace` query parameter or in a `metadata.namespace` field
+/// selector gets 404; its all-namespace lists and watches cover its own namespace;
+/// of the cluster-scoped kinds it sees its own Namespace, every Node, and the Blobs
+/// whose `spec.ownerNamespace` is its namespace; it may not write `/status` nor the
+/// [`SYSTEM_WRITTEN_KINDS`] (403).
+pub fn authorize(
+    caller: &Caller,
+    target: &mut Target,
+    method: &Method,
+    query: Option<&str>,
+    params: &mut Params,
+) -> Result<(), ApiError> {
+    if caller.is_system() {
+        return Ok(());
+    }
+    let own = caller.namespace.clone();
+    let not_found = |target: &Target| ApiError::NotFound(target.subject());
+    if let Some(query) = query {
+        let foreign = form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == "namespace" && !v.is_empty() && v != own.as_str());
+        if foreign {
+            return Err(not_found(target));
+        }
+    }
+    for term in params.field_selector.split(',') {
+        let term = term.trim();
+        let named = term
+            .strip_prefix("metadata.namespace==")
+            .or_else(|| term.strip_prefix("metadata.namespace="));
+        if named.is_some_and(|ns| ns.trim() != own) {
+            return Err(not_found(target));
+        }
+    }
+    if target.kind.namespaced {
+        match &target.namespace {
+            Some(ns) if *ns != own => return Err(not_found(target)),
+            Some(_) => {}
+            None => target.namespace = Some(own.clone()),
+        }
+    } else {
+        match target.kind.kind.as_str() {
+            "Namespace" => match &target.name {
+                Some(name) if *name != own => return Err(not_found(target)),
+                Some(_) => {}
+                None => {
+                    let only = format!("metadata.name={own}");
+                    params.field_selector = if params.field_selector.trim().is_empty() {
+                        only
+                    } else {
+                        format!("{},{only}", params.field_selector)
+                    };
+                }
+            },
+            "Blob" => target.owner_namespace = Some(own.clone()),
+            _ => {}
+        }
+    }
+    if *method != Method::GET {
+        if target.status {
+            return Err(ApiError::Forbidden(format!(
+                "{} \"{}\" is forbidden: only the system namespace writes status",
+                target.kind.plural,
+                target.name.as_deref().unwrap_or_default()
+            )));
+        }
+        if SYSTEM_WRITTEN_KINDS.contains(&target.kind.kind.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "{} is forbidden: only the system namespace writes {}",
+                target.kind.plural, target.kind.plural
+            )));
+        }
+    }
+    target.tenant = Some(own);
+    Ok(())
+}
+
+/// A tenant's body naming another namespace is 404 (as the path would be).
+fn check_body_namespace(target: &Target, object: &Value) -> Result<(), ApiError> {
+    if let Some(own) = &target.tenant
+        && let Some(ns) = meta_str(object, "namespace")
+        && !ns.is_empty()
+        && ns != own
+    {
+        return Err(ApiError::NotFound(target.subject()));
+    }
+    Ok(())
+}
+
+/// Whether a tenant-scoped target may see `object` (a Blob it does not own: no).
+fn visible(target: &Target, object: &Value) -> bool {
+    match &target.owner_namespace {
+        Some(owner) => {
+            object
+                .pointer("/spec/ownerNamespace")
+                .and_then(Value::as_str)
+                == Some(owner)
+        }
+        None => true,
+    }
+}
+
+fn has_immutable_fields(kind: &str) -> bool {
+    matches!(kind, "Instance" | "Network")
+}
+
+/// Changes to immutable fields (`spec` of Instance and Network) are 422.
+fn check_immutable(target: &Target, stored: &Value, new: &Value) -> Result<(), ApiError> {
+    let empty = json!({});
+    let old_spec = stored.get("spec").unwrap_or(&empty);
+    let new_spec = new.get("spec").unwrap_or(&empty);
+    let changes = sf_schema::validation::immutable_changes(&target.kind.kind, old_spec, new_spec);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        subject: target.subject(),
+        causes: changes
+            .into_iter()
+            .map(|c| Cause {
+                reason: c.reason.cause_type().to_string(),
+                message: c.message,
+                field: c.field,
+            })
+            .collect(),
+    })
+}
+
 /// The axum handler for everything under [`PREFIX`].
 pub async fn handle(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match dispatch(&app, &method, &uri, &headers, body).await {
+    let Some(Extension(caller)) = caller else {
+        return ApiError::Unauthorized("no caller".into()).into_response();
+    };
+    match dispatch(&app, &caller, &method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -162,6 +321,7 @@ pub async fn handle(
 
 async fn dispatch(
     app: &Arc<App>,
+    caller: &Caller,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -171,8 +331,16 @@ async fn dispatch(
         .path()
         .strip_prefix(PREFIX)
         .ok_or(ApiError::UnknownPath)?;
-    let target = parse_path(&app.kinds, rest)?;
-    let params = Params::parse(uri.query()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some((mut target, action)) = crate::actions::recognise(app, method, rest) {
+        return crate::actions::run(app, caller, &mut target, action, uri.query(), body).await;
+    }
+    let mut target = parse_path(&app.kinds, rest)?;
+    let mut params = Params::parse(uri.query()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // A namespaced kind's all-namespace path (a tenant's gets scoped to its namespace).
+    let all_namespaces = target.kind.namespaced && target.namespace.is_none();
+    authorize(caller, &mut target, method, uri.query(), &mut params)?;
+    let target = target;
+    let params = params;
     let part = if target.status {
         Part::Status
     } else {
@@ -180,14 +348,14 @@ async fn dispatch(
     };
     match (&target.name, *method == Method::GET) {
         (None, true) if params.watch => crate::watch::serve(app, &target, &params).await,
-        (None, true) => list(app, &target, &params).await,
+        (None, true) => list(app, &target, &params, crate::table::wants_table(headers)).await,
         (None, false) if *method == Method::POST => {
-            if target.kind.namespaced && target.namespace.is_none() {
+            if all_namespaces {
                 return Err(ApiError::MethodNotAllowed);
             }
             create(app, &target, &params, headers, body).await
         }
-        (Some(name), true) => get(app, &target, name).await,
+        (Some(name), true) => get(app, &target, name, crate::table::wants_table(headers)).await,
         (Some(name), false) if *method == Method::PUT => {
             replace(app, &target, name, &params, headers, body, part).await
         }
@@ -387,13 +555,37 @@ fn generate_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
-async fn list(app: &App, target: &Target, params: &Params) -> Result<Response, ApiError> {
+async fn list(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let selection = selection(target, params)?;
+    if !as_table
+        && let Some((raw, revision)) = app
+            .gateway
+            .list_raw(&selection)
+            .await
+            .map_err(|e| ApiError::from_gateway(&e, &target.subject()))?
+    {
+        let body = raw_list(&target.kind.list_kind(), &raw, revision);
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+            body,
+        )
+            .into_response());
+    }
     let (items, revision) = app
         .gateway
         .list(&selection)
         .await
         .map_err(|e| ApiError::from_gateway(&e, &target.subject()))?;
+    if as_table {
+        let table = crate::table::table(&target.kind.kind, &items, Some(revision.to_string()));
+        return Ok(json_response(StatusCode::OK, &table));
+    }
     let list = json!({
         "apiVersion": API_VERSION,
         "kind": target.kind.list_kind(),
@@ -401,6 +593,27 @@ async fn list(app: &App, target: &Target, params: &Params) -> Result<Response, A
         "items": items,
     });
     Ok(json_response(StatusCode::OK, &list))
+}
+
+/// A `{Kind}List` made of the gateway's object bytes without re-parsing them (they are
+/// JSON objects: sf-database serialises them).
+fn raw_list(list_kind: &str, items: &[Vec<u8>], revision: u64) -> Vec<u8> {
+    let size: usize = items.iter().map(|i| i.len() + 1).sum();
+    let mut body = Vec::with_capacity(size + 160);
+    body.extend_from_slice(
+        format!(
+            "{{\"apiVersion\":\"{API_VERSION}\",\"kind\":\"{list_kind}\",\"metadata\":{{\"resourceVersion\":\"{revision}\"}},\"items\":["
+        )
+        .as_bytes(),
+    );
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// The gateway selection of a list or watch; selectors are checked here (400).
@@ -414,15 +627,23 @@ pub fn selection(target: &Target, params: &Params) -> Result<Selection, ApiError
         namespace: target.namespace.clone(),
         labels: params.label_selector.clone(),
         fields: params.field_selector.clone(),
+        owner_namespace: target.owner_namespace.clone(),
     })
 }
 
-async fn get(app: &App, target: &Target, name: &str) -> Result<Response, ApiError> {
+async fn get(app: &App, target: &Target, name: &str, as_table: bool) -> Result<Response, ApiError> {
     let object = app
         .gateway
         .get(&target.kind.kind, target.namespace_str(), name)
         .await
         .map_err(|e| ApiError::from_gateway(&e, &target.subject()))?;
+    if !visible(target, &object) {
+        return Err(ApiError::NotFound(target.subject()));
+    }
+    if as_table {
+        let table = crate::table::table(&target.kind.kind, std::slice::from_ref(&object), None);
+        return Ok(json_response(StatusCode::OK, &table));
+    }
     Ok(json_response(StatusCode::OK, &object))
 }
 
@@ -434,6 +655,7 @@ async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut object = read_object(headers, body).await?;
+    check_body_namespace(target, &object)?;
     fix_identity(&mut object, target, None)?;
     let meta = metadata_mut(&mut object)?;
     if meta
@@ -453,11 +675,14 @@ async fn create(
     let subject = target.subject_named(&name);
     let admitted = admit(&target.kind, object, Part::Main, params.field_validation)
         .map_err(|e| e.into_api(&subject))?;
-    let mut created = app
-        .gateway
-        .create(&admitted.object, params.dry_run)
-        .await
-        .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+    let mut created = if target.kind.kind == "Namespace" && !params.dry_run {
+        create_namespace(app, &admitted.object, &subject).await?
+    } else {
+        app.gateway
+            .create(&admitted.object, params.dry_run)
+            .await
+            .map_err(|e| ApiError::from_gateway(&e, &subject))?
+    };
     if params.dry_run
         && let Some(meta) = created.get_mut("metadata").and_then(Value::as_object_mut)
         && meta.get("resourceVersion").and_then(Value::as_str) == Some("0")
@@ -471,6 +696,36 @@ async fn create(
     ))
 }
 
+/// Creates a Namespace the way `POST /auth/namespaces` does (its row, so that keys can
+/// be added, and its object), then writes the labels, annotations and spec asked for.
+async fn create_namespace(app: &App, wanted: &Value, subject: &Subject) -> Result<Value, ApiError> {
+    let name = meta_str(wanted, "name").unwrap_or_default();
+    let created = app
+        .gateway
+        .create_namespace(name)
+        .await
+        .map_err(|e| ApiError::from_gateway(&e, subject))?;
+    let mut desired = created.clone();
+    for field in ["labels", "annotations", "finalizers"] {
+        if let Some(value) = wanted.pointer(&format!("/metadata/{field}")) {
+            desired["metadata"][field] = value.clone();
+        }
+    }
+    if let Some(spec) = wanted.get("spec") {
+        desired["spec"] = spec.clone();
+    }
+    if desired == created {
+        return Ok(created);
+    }
+    let rv = meta_str(&created, "resourceVersion")
+        .map(parse_rv)
+        .transpose()?;
+    app.gateway
+        .update(&desired, rv, Part::Main, false)
+        .await
+        .map_err(|e| ApiError::from_gateway(&e, subject))
+}
+
 async fn replace(
     app: &App,
     target: &Target,
@@ -482,10 +737,21 @@ async fn replace(
 ) -> Result<Response, ApiError> {
     let subject = target.subject();
     let mut object = read_object(headers, body).await?;
+    check_body_namespace(target, &object)?;
     fix_identity(&mut object, target, Some(name))?;
     let rv = require_rv(&object, &subject)?;
     let candidate = match part {
-        Part::Main => object,
+        Part::Main => {
+            if has_immutable_fields(&target.kind.kind) {
+                let stored = app
+                    .gateway
+                    .get(&target.kind.kind, target.namespace_str(), name)
+                    .await
+                    .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+                check_immutable(target, &stored, &object)?;
+            }
+            object
+        }
         Part::Status => {
             // Validate the status against the stored object; the gateway takes only
             // status from it, under the caller's resourceVersion.
@@ -596,6 +862,10 @@ async fn patch(
                 "the patch replaced the whole object".into(),
             ));
         }
+        check_body_namespace(target, &patched)?;
+        if part == Part::Main {
+            check_immutable(target, &current, &patched)?;
+        }
         for (field, pointer) in [
             ("apiVersion", "/apiVersion"),
             ("kind", "/kind"),
@@ -671,6 +941,29 @@ async fn delete(
             .get("dryRun")
             .and_then(Value::as_array)
             .is_some_and(|a| a.iter().any(|v| v == "All"));
+    if target.kind.kind == "Namespace" {
+        if name == crate::auth::SYSTEM {
+            return Err(ApiError::Forbidden(
+                "the system namespace cannot be deleted".into(),
+            ));
+        }
+        if !dry_run && rv.is_none() && uid.is_none() {
+            // The namespace row, its keys and its Namespace object go together.
+            let uid = app
+                .gateway
+                .get(&target.kind.kind, "", name)
+                .await
+                .ok()
+                .and_then(|o| meta_str(&o, "uid").map(str::to_string));
+            let result = app.gateway.delete_namespace(name).await;
+            app.auth.nonces.invalidate(name);
+            result.map_err(|e| ApiError::from_gateway(&e, &subject))?;
+            return Ok(json_response(
+                StatusCode::OK,
+                &success_status(&subject, uid),
+            ));
+        }
+    }
     let deleted = app
         .gateway
         .delete(
@@ -747,6 +1040,22 @@ mod tests {
         let mut node = json!({"metadata": {"name": "hv-1", "namespace": "x"}});
         fix_identity(&mut node, &cluster, None).unwrap();
         assert!(node["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn raw_lists_are_json() {
+        let body = raw_list(
+            "InstanceList",
+            &[br#"{"a":1}"#.to_vec(), br#"{"b":2}"#.to_vec()],
+            7,
+        );
+        let list: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(list["kind"], "InstanceList");
+        assert_eq!(list["apiVersion"], API_VERSION);
+        assert_eq!(list["metadata"]["resourceVersion"], "7");
+        assert_eq!(list["items"], json!([{"a": 1}, {"b": 2}]));
+        let empty: Value = serde_json::from_slice(&raw_list("InstanceList", &[], 3)).expect("JSON");
+        assert_eq!(empty["items"], json!([]));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   and `/readyz` (503 while sf-database does not answer a quick probe, or once
 //!   shutdown has begun). Unknown paths are a 404 `Status`, a verb a route does not
 //!   serve a 405 `Status`.
+//! - Every route but `auth::PUBLIC_PATHS` needs a token ([`crate::auth`]); the
+//!   key and namespace routes are in [`crate::namespaces`].
 //! - Every request gets an id: `X-Request-ID` when the client sent a sane one (1-128
 //!   visible ASCII characters), else a new UUID; it is echoed in the response and
 //!   recorded on the request's `tracing` span (with method, path and status), whose
@@ -21,17 +23,19 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use http::{HeaderName, HeaderValue, StatusCode};
 use sf_daemon::Shutdown;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::auth::{self, Auth, TokenSigner};
 use crate::config::Config;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::gateway::{Gateway, GatewayError};
 use crate::kinds::{Kinds, KindsError};
+use crate::requests::{Answered, Requests};
 use crate::resources;
 
 /// The request id header.
@@ -78,6 +82,10 @@ pub struct App {
     pub settings: Settings,
     /// Fires when the server is to stop.
     pub shutdown: Shutdown,
+    /// Tokens, failed-attempt counts, key nonces.
+    pub auth: Auth,
+    /// Metrics and api-requests events.
+    pub requests: Requests,
 }
 
 impl App {
@@ -94,6 +102,12 @@ impl App {
                 max_watch: config.max_watch(),
             },
             shutdown,
+            auth: Auth::new(TokenSigner::new(
+                &config.auth_secret_seed,
+                &config.zone,
+                config.token_duration(),
+            )),
+            requests: Requests::new(),
         }))
     }
 }
@@ -101,6 +115,17 @@ impl App {
 /// Every route.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/", get(root))
+        .route("/auth", post(auth::post_auth))
+        .merge(crate::namespaces::routes())
+        .merge(crate::v08::routes())
+        .route("/admin/resources", get(crate::actions::admin_resources))
+        .route("/metrics", get(metrics))
+        .route("/openapi/v3", get(crate::openapi::get_root))
+        .route(
+            "/openapi/v3/apis/shakenfist.io/v1alpha1",
+            get(crate::openapi::get_group),
+        )
         .route("/healthz", get(healthz))
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
@@ -119,7 +144,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .fallback(|| async { ApiError::UnknownPath.into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(app.clone(), request_context))
         .with_state(app)
 }
 
@@ -130,8 +159,12 @@ fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
     sane.then(|| text.to_string())
 }
 
-/// Request id, span and completion log of every request.
-async fn request_context(mut request: Request, next: Next) -> Response {
+/// Request id, span, completion log and accounting of every request.
+async fn request_context(
+    State(app): State<Arc<App>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let id = client_request_id(request.headers().get(&REQUEST_ID))
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let span = tracing::info_span!(
@@ -140,13 +173,29 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path(),
         status = tracing::field::Empty,
+        caller = tracing::field::Empty,
     );
     sf_daemon::telemetry::set_parent_from_headers(&span, request.headers());
     if let Ok(value) = HeaderValue::from_str(&id) {
         request.headers_mut().insert(REQUEST_ID, value);
     }
     let started = Instant::now();
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let client = crate::auth::client_ip(&request).to_string();
     let mut response = next.run(request).instrument(span.clone()).await;
+    app.requests.record(&Answered {
+        request_id: &id,
+        method: &method,
+        path: &path,
+        status: response.status().as_u16(),
+        duration: started.elapsed(),
+        caller: response
+            .extensions()
+            .get::<crate::auth::Caller>()
+            .map(|c| format!("{}/{}", c.namespace, c.key_name)),
+        client,
+    });
     span.record("status", response.status().as_u16());
     tracing::debug!(
         parent: &span,
@@ -157,6 +206,32 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// `GET /`: Shaken Fist's capability list.
+async fn root() -> Response {
+    crate::error::json_response(
+        StatusCode::OK,
+        &serde_json::json!({"capabilities": CAPABILITIES}),
+    )
+}
+
+/// What this API can do (Shaken Fist's `GET /` capability strings).
+pub const CAPABILITIES: &[&str] = &["kubernetes-api", "namespace-keys", "events-by-type"];
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match app.requests.encode() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(sf_daemon::metrics::OPENMETRICS_CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -197,6 +272,15 @@ pub async fn serve(
 /// Serves an already built [`App`] on `listener` until its shutdown fires.
 pub async fn serve_app(app: Arc<App>, listener: TcpListener) -> Result<(), ServerError> {
     let shutdown = app.shutdown.clone();
+    let flusher = {
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            app.requests
+                .run_flusher(app.gateway.clone(), shutdown)
+                .await;
+        })
+    };
     tracing::info!(addr = ?listener.local_addr().ok(), "sf-api serving");
     use axum::serve::ListenerExt;
     // Nagle's algorithm off: small responses would otherwise wait for delayed ACKs.
@@ -205,10 +289,19 @@ pub async fn serve_app(app: Arc<App>, listener: TcpListener) -> Result<(), Serve
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown.wait_owned())
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.wait_owned())
+    .await
+    .map_err(ServerError::Serve)?;
+    if tokio::time::timeout(Duration::from_secs(10), flusher)
         .await
-        .map_err(ServerError::Serve)?;
+        .is_err()
+    {
+        tracing::warn!("api-requests events not flushed within 10 s");
+    }
     tracing::info!("sf-api stopped");
     Ok(())
 }

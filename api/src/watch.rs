@@ -185,7 +185,7 @@ fn with_resource_version(mut object: Value, revision: u64) -> Value {
 
 impl Spec {
     fn selects(&self, object: &Value) -> bool {
-        self.labels.matches(object) && self.fields.matches(object)
+        self.labels.matches(object) && self.fields.matches(object) && self.selection.owned(object)
     }
 
     fn bookmark(&self, revision: u64, annotations: Option<Value>) -> Vec<u8> {

@@ -436,6 +436,7 @@ async fn watcher_relists_once_after_compaction() {
     let counter = CountLists::default();
     let mut config = kube::Config::new(env.url.parse().unwrap());
     config.default_namespace = "demo".into();
+    config.auth_info.token = Some(secrecy::SecretString::from(env.system_token.clone()));
     let client = kube::client::ClientBuilder::try_from(config)
         .expect("builder")
         .with_layer(&counter)

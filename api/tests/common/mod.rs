@@ -17,6 +17,10 @@ use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_harness::TestDatabase;
 
 pub const SECRET: &str = "api-test-secret-0123456789";
+/// The token signing seed of the test sf-api.
+pub const SEED: &str = "api-test-auth-seed-0123456789";
+/// The clear key of the `system` namespace's key `test`.
+pub const SYSTEM_KEY: &str = "system-test-key-0123456789";
 
 /// One test's system.
 pub struct Env {
@@ -24,10 +28,16 @@ pub struct Env {
     pub db: TestDatabase,
     /// sf-api's base URL.
     pub url: String,
-    /// A kube client on sf-api (default namespace `demo`).
+    /// A kube client on sf-api (default namespace `demo`) with a `system` token.
     pub client: kube::Client,
+    /// A kube client without a token.
+    pub anonymous: kube::Client,
+    /// The `system` token `client` uses.
+    pub system_token: String,
     /// A gateway client (for compaction and direct reads).
     pub gateway: GatewayClient,
+    /// The gateways' `host:port` list.
+    pub gateway_hosts: String,
     /// Stop the gateways (one per instance).
     pub gateway_shutdowns: Vec<Shutdown>,
     /// Stops sf-api.
@@ -105,6 +115,7 @@ pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
         "--api-port=0".to_string(),
         format!("--mariadb-gateway-hosts={gateway_hosts}"),
         format!("--mariadb-gateway-secret={SECRET}"),
+        format!("--auth-secret-seed={SEED}"),
     ];
     argv.extend(api_args.iter().map(ToString::to_string));
     let config: sf_api::Config = sf_daemon::config::try_parse_from(argv).expect("sf-api config");
@@ -120,24 +131,37 @@ pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
         }
     });
 
-    let mut kube_config = kube::Config::new(url.parse().expect("url"));
-    kube_config.default_namespace = "demo".into();
-    // Tests look at 503s themselves; kube would otherwise retry them with backoff.
-    kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config).expect("kube client");
+    let anonymous = kube_client(&url, None);
     let gateway = GatewayClient::from_host_list(&gateway_hosts, SECRET, RetryPolicy::default())
         .expect("gateway client");
-    let env = Env {
+    let mut env = Env {
         db,
+        client: anonymous.clone(),
+        anonymous,
+        system_token: String::new(),
         url,
-        client,
         gateway,
+        gateway_hosts: gateway_hosts.clone(),
         gateway_shutdowns,
         api_shutdown,
         api_task,
     };
     env.wait_ready().await;
+    env.add_namespace("system").await;
+    env.put_key("system", "test", SYSTEM_KEY).await;
+    env.system_token = env.token("system", SYSTEM_KEY).await;
+    env.client = env.client_with(&env.system_token);
     env
+}
+
+/// A kube client on `url` (default namespace `demo`), with `token` when given.
+pub fn kube_client(url: &str, token: Option<&str>) -> kube::Client {
+    let mut kube_config = kube::Config::new(url.parse().expect("url"));
+    kube_config.default_namespace = "demo".into();
+    // Tests look at 503s themselves; kube would otherwise retry them with backoff.
+    kube_config.default_retry = false;
+    kube_config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_string()));
+    kube::Client::try_from(kube_config).expect("kube client")
 }
 
 /// A raw HTTP answer.
@@ -160,7 +184,7 @@ impl Answer {
 }
 
 impl Env {
-    /// Sends a raw request through the kube client's transport.
+    /// Sends a raw request through the kube client's transport (as `system`).
     pub async fn raw(
         &self,
         method: &str,
@@ -168,6 +192,93 @@ impl Env {
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> Answer {
+        raw_on(&self.client, method, path, headers, body).await
+    }
+
+    /// A kube client with `token`.
+    pub fn client_with(&self, token: &str) -> kube::Client {
+        kube_client(&self.url, Some(token))
+    }
+
+    /// Creates namespace `ns` through the gateway (fine if it exists).
+    pub async fn add_namespace(&self, ns: &str) {
+        let result = self
+            .gateway
+            .call("create_namespace", |mut g| {
+                let request = sf_proto::v1::NamespaceRequest {
+                    namespace: ns.to_string(),
+                };
+                async move { g.create_namespace(request).await }
+            })
+            .await;
+        if let Err(e) = result {
+            assert_eq!(
+                e.code(),
+                Some(tonic::Code::AlreadyExists),
+                "create namespace {ns}: {e}"
+            );
+        }
+    }
+
+    /// Stores key `key_name` of `ns` (hashed with `sf_api::auth::hash_key`) through
+    /// the gateway.
+    pub async fn put_key(&self, ns: &str, key_name: &str, key: &str) {
+        let key_hash = sf_api::auth::hash_key(key).expect("hash key");
+        self.gateway
+            .call("put_key", |mut g| {
+                let request = sf_proto::v1::PutKeyRequest {
+                    namespace: ns.to_string(),
+                    key_name: key_name.to_string(),
+                    key_hash: key_hash.clone(),
+                };
+                async move { g.put_key(request).await }
+            })
+            .await
+            .expect("put key");
+    }
+
+    /// `POST /auth`: the raw answer.
+    pub async fn auth(&self, ns: &str, key: &str) -> Answer {
+        raw_on(
+            &self.anonymous,
+            "POST",
+            "/auth",
+            &[],
+            Some(json!({"namespace": ns, "key": key})),
+        )
+        .await
+    }
+
+    /// A token for `ns` with `key`.
+    pub async fn token(&self, ns: &str, key: &str) -> String {
+        let answer = self.auth(ns, key).await;
+        assert_eq!(answer.status, 200, "auth {ns}: {}", answer.text());
+        let body = answer.json();
+        assert_eq!(body["token_type"], "Bearer");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    /// A namespace `ns` with key `k` = `key`, and a client with its token.
+    pub async fn tenant(&self, ns: &str, key: &str) -> kube::Client {
+        self.add_namespace(ns).await;
+        self.put_key(ns, "k", key).await;
+        let token = self.token(ns, key).await;
+        self.client_with(&token)
+    }
+}
+
+/// Sends a raw request through `client`'s transport.
+pub async fn raw_on(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Answer {
+    {
         let mut builder = http::Request::builder().method(method).uri(path);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
@@ -185,7 +296,7 @@ impl Env {
         let request = builder
             .body(kube::client::Body::from(bytes))
             .expect("request");
-        let response = self.client.send(request).await.expect("send");
+        let response = client.send(request).await.expect("send");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
@@ -201,7 +312,9 @@ impl Env {
             body,
         }
     }
+}
 
+impl Env {
     /// Waits until `/readyz` says ready.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);

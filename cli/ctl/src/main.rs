@@ -3,6 +3,8 @@
 //! Contract: `ensure-mariadb-schema` is the only path that creates or migrates tables
 //! (it refuses an incompatible server first); `check-mariadb` runs the same
 //! compatibility check every daemon runs at start and reports the schema state;
+//! `bootstrap-system-key` creates namespace `system` when missing and a key for it,
+//! printing the clear key once on stdout (one line; only its argon2 hash is stored);
 //! `backup` and `restore` are retired in favour of `mariadb-dump` / `mariadb`. Exit
 //! codes: 0 success, 1 a check or operation failed, 64 bad usage or configuration.
 
@@ -10,7 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sf_database::migration::{compare_versions, expected_versions, read_versions};
-use sf_database::{MariaDbArgs, compat, connect, ensure_schema};
+use sf_database::{MariaDbArgs, Store, StoreError, compat, connect, connect_pool, ensure_schema};
+use sf_schema::namespace::SYSTEM_NAMESPACE;
 
 /// Operator tool for Shaken Fist's MariaDB.
 #[derive(Debug, Parser)]
@@ -28,6 +31,18 @@ enum Command {
     EnsureMariadbSchema,
     /// Check that the server is MariaDB >= 10.6 with InnoDB and utf8mb4 defaults.
     CheckMariadb,
+    /// Create namespace `system` if missing and a key for it; print the clear key once.
+    ///
+    /// Only the key's argon2 hash is stored. An existing key of the same name is left
+    /// alone (exit 1) unless --replace is given (replacing revokes its tokens).
+    BootstrapSystemKey {
+        /// The key's name.
+        #[arg(long, default_value = "bootstrap")]
+        key_name: String,
+        /// Replace an existing key of that name.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Retired: use mariadb-dump.
     Backup {
         /// Ignored.
@@ -62,7 +77,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Backup { .. } => return Ok(retired(&cli.mariadb, "backup")),
         Command::Restore { .. } => return Ok(retired(&cli.mariadb, "restore")),
-        Command::EnsureMariadbSchema | Command::CheckMariadb => {}
+        Command::EnsureMariadbSchema
+        | Command::CheckMariadb
+        | Command::BootstrapSystemKey { .. } => {}
     }
     let db = connect(&cli.mariadb).await?;
     let facts = match compat::check(&db, &cli.mariadb.target()).await {
@@ -99,8 +116,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = ensure_schema(&db).await?;
             print!("{report}");
         }
+        Command::BootstrapSystemKey { key_name, replace } => {
+            db.close().await?;
+            return bootstrap_system_key(&cli.mariadb, &key_name, replace).await;
+        }
         Command::Backup { .. } | Command::Restore { .. } => {}
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bootstrap-system-key`: the clear key goes to stdout (one line) and nowhere else.
+async fn bootstrap_system_key(
+    args: &MariaDbArgs,
+    key_name: &str,
+    replace: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::new(connect_pool(args).await?);
+    match store.create_namespace(SYSTEM_NAMESPACE).await {
+        Ok(_) => eprintln!("created namespace {SYSTEM_NAMESPACE}"),
+        Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match store.get_key(SYSTEM_NAMESPACE, key_name).await {
+        Ok(_) if !replace => {
+            eprintln!(
+                "namespace {SYSTEM_NAMESPACE} already has a key named {key_name}: pass --replace to replace it (its tokens stop working) or choose another --key-name"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let key = sf_api::auth::generate_key();
+    let hash = sf_api::auth::hash_key(&key)?;
+    store.put_key(SYSTEM_NAMESPACE, key_name, &hash).await?;
+    store.pool().close().await;
+    eprintln!(
+        "stored key {key_name} of namespace {SYSTEM_NAMESPACE} (only its hash is kept; this is the only time it is shown)"
+    );
+    println!("{key}");
     Ok(ExitCode::SUCCESS)
 }
 

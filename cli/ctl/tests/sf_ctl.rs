@@ -150,3 +150,46 @@ fn the_example_tuning_file_gives_a_compatible_server() {
     let out = sf_ctl(tdb.port, &tdb.name, &["check-mariadb"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn bootstrap_system_key_prints_the_key_once_and_stores_its_hash() {
+    let tdb = TestDatabase::new().expect("db");
+    let schema = sf_ctl(tdb.port, &tdb.name, &["ensure-mariadb-schema"]);
+    assert!(schema.status.success(), "{}", text(&schema));
+
+    let first = sf_ctl(tdb.port, &tdb.name, &["bootstrap-system-key"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "only the key on stdout: {stdout:?}");
+    let key = lines[0];
+    assert_eq!(key.len(), 64, "{key}");
+    let stored = tdb
+        .query("SELECT key_hash FROM namespace_keys WHERE namespace = 'system' AND key_name = 'bootstrap'")
+        .expect("query");
+    let hash = stored
+        .lines()
+        .find(|l| l.starts_with("$argon2id$"))
+        .unwrap_or_else(|| panic!("no hash in {stored:?}"));
+    assert!(!stored.contains(key), "the clear key is not stored");
+    assert!(sf_api::auth::verify_key(key, hash));
+    let ns = tdb
+        .query("SELECT COUNT(*) FROM namespaces WHERE name = 'system'")
+        .expect("query");
+    assert!(ns.lines().any(|l| l.trim() == "1"), "{ns}");
+
+    // An existing key is kept unless --replace.
+    let again = sf_ctl(tdb.port, &tdb.name, &["bootstrap-system-key"]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(again.stdout.is_empty());
+    let replaced = sf_ctl(tdb.port, &tdb.name, &["bootstrap-system-key", "--replace"]);
+    assert!(replaced.status.success(), "{}", text(&replaced));
+    let new_key = String::from_utf8_lossy(&replaced.stdout).trim().to_string();
+    assert_ne!(new_key, key);
+    let other = sf_ctl(
+        tdb.port,
+        &tdb.name,
+        &["bootstrap-system-key", "--key-name", "second"],
+    );
+    assert!(other.status.success(), "{}", text(&other));
+}

@@ -1,0 +1,316 @@
+//! Shared set-up of the `sf` tests: a fresh database on the run's private MariaDB, an
+//! in-process sf-database gateway and sf-api on 127.0.0.1 (ephemeral ports), a
+//! `system` key stored through the gateway (`PutKey` with `sf_api::auth::hash_key`),
+//! namespace `demo`, and a private `sf` configuration file; [`Env::sf`] runs the real
+//! `sf` binary against it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sf_daemon::Shutdown;
+use sf_database::daemon::{self as gateway_daemon, Config as GatewayConfig};
+use sf_database::{MariaDbArgs, connect, ensure_schema};
+use sf_database_client::{GatewayClient, RetryPolicy};
+use sf_harness::TestDatabase;
+
+pub const SECRET: &str = "sf-cli-test-secret-0123456789";
+pub const SEED: &str = "sf-cli-test-auth-seed-0123456789";
+/// The clear key of the `system` namespace's key `test`.
+pub const SYSTEM_KEY: &str = "system-test-key-0123456789";
+
+/// One test's system.
+pub struct Env {
+    /// The database.
+    pub db: TestDatabase,
+    /// sf-api's base URL.
+    pub url: String,
+    /// A gateway client.
+    pub gateway: GatewayClient,
+    /// Holds the `sf` config file (and HOME) of this test.
+    pub dir: tempfile::TempDir,
+    shutdowns: Vec<Shutdown>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for s in &self.shutdowns {
+            s.trigger();
+        }
+    }
+}
+
+/// The result of one `sf` run.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics unless the exit code is 0.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "sf failed: {self:?}");
+        self
+    }
+}
+
+async fn start_gateway(db: &TestDatabase) -> (SocketAddr, Shutdown) {
+    let config = GatewayConfig::parse_from([
+        "sf-database",
+        "--mariadb-host=127.0.0.1",
+        &format!("--mariadb-port={}", db.port),
+        "--mariadb-user=root",
+        &format!("--mariadb-database={}", db.name),
+        "--mariadb-pool-size=4",
+        "--listen=127.0.0.1",
+        &format!("--mariadb-gateway-secret={SECRET}"),
+        "--log=warn",
+    ]);
+    let grpc = gateway_daemon::bind("gRPC", "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind gRPC");
+    let metrics = gateway_daemon::bind("metrics", "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind metrics");
+    let addr = grpc.local_addr().expect("addr");
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = gateway_daemon::serve(config, grpc, metrics, s).await {
+            eprintln!("gateway: {e}");
+        }
+    });
+    (addr, shutdown)
+}
+
+/// Starts everything; `api_args` are extra sf-api flags.
+pub async fn start_with(api_args: &[&str]) -> Env {
+    let db = TestDatabase::new().expect("test database");
+    let args = MariaDbArgs::local_root(db.port, &db.name);
+    let conn = connect(&args).await.expect("connect");
+    ensure_schema(&conn).await.expect("schema");
+    conn.close().await.expect("close");
+
+    let (gateway_addr, gateway_shutdown) = start_gateway(&db).await;
+    let gateway_hosts = gateway_addr.to_string();
+    let mut argv = vec![
+        "sf-api".to_string(),
+        "--api-listen=127.0.0.1".to_string(),
+        "--api-port=0".to_string(),
+        format!("--mariadb-gateway-hosts={gateway_hosts}"),
+        format!("--mariadb-gateway-secret={SECRET}"),
+        format!("--auth-secret-seed={SEED}"),
+    ];
+    argv.extend(api_args.iter().map(ToString::to_string));
+    let config: sf_api::Config = sf_daemon::config::try_parse_from(argv).expect("sf-api config");
+    let listener = sf_api::bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind sf-api");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let api_shutdown = Shutdown::new();
+    let app = sf_api::App::new(&config, api_shutdown.clone()).expect("app");
+    tokio::spawn(async move {
+        if let Err(e) = sf_api::serve_app(app, listener).await {
+            eprintln!("sf-api: {e}");
+        }
+    });
+    let gateway = GatewayClient::from_host_list(&gateway_hosts, SECRET, RetryPolicy::default())
+        .expect("gateway client");
+    let env = Env {
+        db,
+        url,
+        gateway,
+        dir: tempfile::tempdir().expect("tempdir"),
+        shutdowns: vec![api_shutdown, gateway_shutdown],
+    };
+    env.wait_ready().await;
+    env.add_namespace("system").await;
+    env.add_namespace("demo").await;
+    env.put_key("system", "test", SYSTEM_KEY).await;
+    let config = format!(
+        "apiUrl: {}\nnamespace: system\nkey: {SYSTEM_KEY}\n",
+        env.url
+    );
+    std::fs::write(env.config_path(), config).expect("write sf config");
+    env
+}
+
+/// Starts everything with default settings.
+pub async fn start() -> Env {
+    start_with(&[]).await
+}
+
+impl Env {
+    /// The `sf` configuration file of this test.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// A file in the test's directory with `text`.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// A `std::process::Command` for `sf` with this test's configuration and a clean
+    /// environment (no SHAKENFIST_* from the caller).
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sf"));
+        command
+            .args(args)
+            .env("SF_CONFIG", self.config_path())
+            .env("HOME", self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("SHAKENFIST_API_URL")
+            .env_remove("SHAKENFIST_NAMESPACE")
+            .env_remove("SHAKENFIST_KEY")
+            .env_remove("SHAKENFIST_TOKEN")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `sf args...` to completion (60 s at most).
+    pub async fn sf(&self, args: &[&str]) -> Run {
+        self.sf_with(args, |_| {}).await
+    }
+
+    /// Runs `sf args...` after `adjust` changes its command.
+    pub async fn sf_with(
+        &self,
+        args: &[&str],
+        adjust: impl FnOnce(&mut tokio::process::Command),
+    ) -> Run {
+        let mut command = self.command(args);
+        adjust(&mut command);
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("sf {args:?} did not finish within 60 s"))
+            .expect("run sf");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let client = kube::Client::try_from(kube::Config::new(self.url.parse().expect("url")))
+            .expect("client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = http::Request::get("/readyz")
+                .body(kube::client::Body::empty())
+                .expect("request");
+            if let Ok(response) = client.send(request).await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sf-api did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates namespace `ns` through the gateway (fine if it exists).
+    pub async fn add_namespace(&self, ns: &str) {
+        let result = self
+            .gateway
+            .call("create_namespace", |mut g| {
+                let request = sf_proto::v1::NamespaceRequest {
+                    namespace: ns.to_string(),
+                };
+                async move { g.create_namespace(request).await }
+            })
+            .await;
+        if let Err(e) = result {
+            assert_eq!(
+                e.code(),
+                Some(tonic::Code::AlreadyExists),
+                "create namespace {ns}: {e}"
+            );
+        }
+    }
+
+    /// Stores key `key_name` of `ns` through the gateway.
+    pub async fn put_key(&self, ns: &str, key_name: &str, key: &str) {
+        let key_hash = sf_api::auth::hash_key(key).expect("hash key");
+        self.gateway
+            .call("put_key", |mut g| {
+                let request = sf_proto::v1::PutKeyRequest {
+                    namespace: ns.to_string(),
+                    key_name: key_name.to_string(),
+                    key_hash: key_hash.clone(),
+                };
+                async move { g.put_key(request).await }
+            })
+            .await
+            .expect("put key");
+    }
+
+    /// Rows of `kind` in the resources table.
+    pub fn count_rows(&self, kind: &str) -> u64 {
+        let out = self
+            .db
+            .query(&format!(
+                "SELECT COUNT(*) FROM resources WHERE kind = '{kind}'"
+            ))
+            .expect("query");
+        out.lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("no count in {out:?}"))
+    }
+
+    /// `sf get KIND NAME -o json` parsed.
+    pub async fn get_json(&self, kind: &str, name: &str) -> serde_json::Value {
+        let run = self
+            .sf(&["-n", "demo", "get", kind, name, "-o", "json"])
+            .await
+            .ok();
+        serde_json::from_str(&run.stdout).expect("get -o json is JSON")
+    }
+}
+
+/// A Network and an Instance in `demo`.
+pub const WEB: &str = "\
+apiVersion: shakenfist.io/v1alpha1
+kind: Network
+metadata:
+  name: web
+  namespace: demo
+spec:
+  netblock: 10.0.0.0/24
+  provideDhcp: true
+---
+apiVersion: shakenfist.io/v1alpha1
+kind: Instance
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {tier: web}
+spec:
+  cpus: 1
+  memory: 512
+  disks:
+    - size: 8
+  networks:
+    - network: web
+  powerState: \"on\"
+";
+
+/// Whether a path exists.
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,761 @@
+//! The apply and status stages: execute a plan's actions against sf-api and
+//! sf-database, then write `status` once.
+//!
+//! Contract (controllers/README.md, `sf_plan::action`):
+//! - Actions run in order; the first failure stops the apply (the error is returned,
+//!   nothing after it runs, and the status stage is skipped): the next reconcile
+//!   re-plans from what was really written.
+//! - Every run of consecutive `EnqueueOperation`s goes to sf-database in ONE
+//!   `CreateOperations` call (one transaction). AlreadyExists is success: it is the
+//!   same intent, created before a crash or by an earlier reconcile; the batch is then
+//!   retried one operation at a time so the others are still created. Each operation
+//!   carries the labels of [`crate::context`] (owner uid, kind and name; target uid).
+//! - `ReserveAddress` creates the NetworkInterface (owned by the instance) when it is
+//!   missing, reserves with the interface's uid as the lease owner and writes the
+//!   address and a MAC (spec's, else one derived from the interface uid) to the
+//!   interface's status. `ReleaseAddresses` releases into the halo as that owner.
+//! - Status actions are folded into one merge patch of `/status`, holding only the
+//!   top-level fields that changed (so fields other writers own, such as the agent's
+//!   `powerState` or a Node's `lastSeen`, are never overwritten); `Schedule` is
+//!   written at once, before the addresses and operations that follow it. The status
+//!   stage adds `observedGeneration` (and each written condition's) and skips the
+//!   write when nothing differs, so a re-run with nothing changed writes nothing.
+//! - `RemoveFinalizer` of an Instance first deletes its NetworkInterfaces (each then
+//!   releases its address and goes); after it the object may be gone and no status
+//!   is written.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use sf_plan::instance::ReservedAddress;
+use sf_plan::{Action, FINALIZER};
+use sf_proto::v1 as pb;
+use sf_schema::common::{Condition, ObjectRef};
+use sf_schema::instance::InstanceState;
+use sf_schema::{Instance, Network, NetworkInterface};
+use tonic::Code;
+
+use crate::context::{Context, OWNER_KIND_LABEL, OWNER_LABEL, OWNER_NAME_LABEL, TARGET_LABEL};
+use crate::error::ReconcileError;
+use crate::kubeapi;
+use crate::observe::find_network;
+
+/// What an apply did that the controller needs to know.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The plan's requeue hint.
+    pub requeue: Option<Duration>,
+    /// The finalizer was removed (the object may be gone).
+    pub finalizer_removed: bool,
+    /// Operations created (AlreadyExists not counted).
+    pub enqueued: u64,
+    /// Whether a status write happened.
+    pub status_written: bool,
+    /// The node a `Schedule` placed the object on.
+    pub scheduled: Option<String>,
+}
+
+/// One apply of a plan to the object `obj` of kind `K`.
+pub struct Apply<'a, K> {
+    ctx: &'a Context,
+    obj: &'a K,
+    controller: &'static str,
+    original: Map<String, Value>,
+    status: Map<String, Value>,
+    conditions: Vec<Condition>,
+    conditions_touched: bool,
+    batch: Vec<Action>,
+    out: Applied,
+}
+
+fn status_of<K: Serialize>(obj: &K) -> Map<String, Value> {
+    match serde_json::to_value(obj) {
+        Ok(Value::Object(mut o)) => match o.remove("status") {
+            Some(Value::Object(s)) => s,
+            _ => Map::new(),
+        },
+        _ => Map::new(),
+    }
+}
+
+/// A locally administered unicast MAC derived from `seed` (stable per interface).
+pub fn derived_mac(seed: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in seed.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+/// The `-error` state an instance moves to when its node is lost.
+fn error_state(state: &InstanceState) -> Option<InstanceState> {
+    Some(match state {
+        InstanceState::Initial | InstanceState::Preflight => InstanceState::PreflightError,
+        InstanceState::Creating => InstanceState::CreatingError,
+        InstanceState::Created => InstanceState::CreatedError,
+        InstanceState::DeleteWait => InstanceState::DeleteWaitError,
+        _ => return None,
+    })
+}
+
+impl<'a, K> Apply<'a, K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Send + Sync,
+{
+    /// An apply to `obj` for `controller`.
+    pub fn new(ctx: &'a Context, obj: &'a K, controller: &'static str) -> Self {
+        let original = status_of(obj);
+        let conditions: Vec<Condition> = original
+            .get("conditions")
+            .cloned()
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        Self {
+            ctx,
+            obj,
+            controller,
+            status: original.clone(),
+            original,
+            conditions,
+            conditions_touched: false,
+            batch: Vec::new(),
+            out: Applied::default(),
+        }
+    }
+
+    fn ns(&self) -> Option<String> {
+        self.obj.namespace()
+    }
+
+    fn name(&self) -> String {
+        self.obj.name_any()
+    }
+
+    fn uid(&self) -> String {
+        self.obj.uid().unwrap_or_default()
+    }
+
+    fn kind(&self) -> String {
+        K::kind(&()).into_owned()
+    }
+
+    /// Runs `actions` then the status stage.
+    pub async fn run(self, actions: &[Action]) -> Result<Applied, ReconcileError> {
+        self.run_with(actions, true).await
+    }
+
+    /// Runs `actions`; the status stage only with `stage` (a plan applied in two
+    /// parts runs it after the second).
+    pub async fn run_with(
+        mut self,
+        actions: &[Action],
+        stage: bool,
+    ) -> Result<Applied, ReconcileError> {
+        for action in actions {
+            if !matches!(action, Action::EnqueueOperation { .. }) {
+                self.flush_operations().await?;
+            }
+            self.one(action).await?;
+        }
+        self.flush_operations().await?;
+        if !self.out.finalizer_removed {
+            self.write_status(stage).await?;
+        }
+        Ok(self.out)
+    }
+
+    async fn one(&mut self, action: &Action) -> Result<(), ReconcileError> {
+        match action {
+            Action::EnsureFinalizer => {
+                let mut finalizers = self.obj.finalizers().to_vec();
+                if !finalizers.iter().any(|f| f == FINALIZER) {
+                    finalizers.push(FINALIZER.to_owned());
+                    let patch = json!({"metadata": {"finalizers": finalizers}});
+                    let written: K = kubeapi::patch::<K>(
+                        &self.ctx.client,
+                        self.ns().as_deref(),
+                        &self.name(),
+                        &patch,
+                    )
+                    .await?;
+                    self.ctx.note_written(
+                        written.meta().uid.clone(),
+                        written.meta().resource_version.clone(),
+                    );
+                }
+            }
+            Action::RemoveFinalizer => {
+                self.write_status(false).await?;
+                if K::kind(&()) == "Instance" {
+                    self.delete_interfaces().await?;
+                }
+                let finalizers: Vec<String> = self
+                    .obj
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != FINALIZER)
+                    .cloned()
+                    .collect();
+                let patch = json!({"metadata": {"finalizers": finalizers}});
+                match kubeapi::patch::<K>(
+                    &self.ctx.client,
+                    self.ns().as_deref(),
+                    &self.name(),
+                    &patch,
+                )
+                .await
+                {
+                    Ok(_) => {}
+                    Err(ReconcileError::Api { source, .. })
+                        if crate::error::is_not_found(&source) => {}
+                    Err(e) => return Err(e),
+                }
+                self.out.finalizer_removed = true;
+            }
+            Action::PrepareNetwork => {
+                let request = pb::PrepareNetworkRequest {
+                    network_uid: self.uid(),
+                };
+                let reply = self
+                    .ctx
+                    .gateway
+                    .call("prepare_network", |mut g| {
+                        let request = request.clone();
+                        async move { g.prepare_network(request).await }
+                    })
+                    .await
+                    .map_err(ReconcileError::gateway("PrepareNetwork"))?;
+                self.status.insert("vxid".into(), json!(reply.vxid));
+            }
+            Action::Schedule { node } => {
+                self.status.insert("node".into(), json!(node));
+                self.write_status(false).await?;
+                self.ctx.metrics.scheduled("placed");
+                self.out.scheduled = Some(node.clone());
+                tracing::info!(kind = %self.kind(), name = %self.name(), %node, "scheduled");
+            }
+            Action::Unschedulable { reason } => {
+                self.ctx.metrics.scheduled("unschedulable");
+                tracing::warn!(kind = %self.kind(), name = %self.name(), %reason, "unschedulable");
+                self.record_event(&format!("unschedulable: {reason}")).await;
+            }
+            Action::ReserveAddress {
+                interface,
+                network,
+                address,
+            } => self.reserve(interface, network, address.as_deref()).await?,
+            Action::ReleaseAddresses { addresses } => {
+                for a in addresses {
+                    self.release(a).await?;
+                }
+            }
+            Action::AbortOperations { reason, .. } => {
+                let request = pb::AbortRequest {
+                    target_uid: self.uid(),
+                    reason: reason.clone(),
+                };
+                self.ctx
+                    .gateway
+                    .call("abort", |mut g| {
+                        let request = request.clone();
+                        async move { g.abort(request).await }
+                    })
+                    .await
+                    .map_err(ReconcileError::gateway("Abort"))?;
+            }
+            Action::EnqueueOperation { .. } => self.batch.push(action.clone()),
+            Action::MarkInstancesError { node, reason } => {
+                self.mark_instances_error(node, reason).await?;
+            }
+            Action::SetState { state, message } => {
+                self.status.insert("state".into(), json!(state.as_str()));
+                if let (Some(message), "Instance") = (message, K::kind(&()).as_ref()) {
+                    self.status.insert("errorMessage".into(), json!(message));
+                }
+            }
+            Action::SetNodes { nodes } => {
+                self.status.insert("nodes".into(), json!(nodes));
+            }
+            Action::SetCondition {
+                type_,
+                status,
+                reason,
+                message,
+            } => {
+                let condition = Condition {
+                    type_: type_.clone(),
+                    status: status.clone(),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                    last_transition_time: Utc::now(),
+                    observed_generation: self.obj.meta().generation,
+                };
+                sf_schema::set_condition(&mut self.conditions, condition, Utc::now());
+                self.conditions_touched = true;
+            }
+            Action::BumpIntentSeq { to } => {
+                self.status.insert("intentSeq".into(), json!(to));
+            }
+            Action::Requeue { after_secs } => {
+                let d = Duration::from_secs(*after_secs);
+                self.out.requeue = Some(self.out.requeue.map_or(d, |r| r.min(d)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the fields of status that changed; with `stage` also
+    /// `observedGeneration`. Skipped when nothing differs.
+    async fn write_status(&mut self, stage: bool) -> Result<(), ReconcileError> {
+        if self.conditions_touched {
+            let conditions = serde_json::to_value(&self.conditions).map_err(|source| {
+                ReconcileError::Encode {
+                    what: "conditions".into(),
+                    source,
+                }
+            })?;
+            self.status.insert("conditions".into(), conditions);
+        }
+        if stage && let Some(generation) = self.obj.meta().generation {
+            self.status
+                .insert("observedGeneration".into(), json!(generation));
+        }
+        let mut patch = Map::new();
+        for (k, v) in &self.status {
+            if self.original.get(k) != Some(v) {
+                patch.insert(k.clone(), v.clone());
+            }
+        }
+        if patch.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(kind = %self.kind(), name = %self.name(), ?patch, "status patch");
+        let written: K = kubeapi::patch_status::<K>(
+            &self.ctx.client,
+            self.ns().as_deref(),
+            &self.name(),
+            &Value::Object(patch),
+        )
+        .await?;
+        self.ctx.note_written(
+            written.meta().uid.clone(),
+            written.meta().resource_version.clone(),
+        );
+        self.original = self.status.clone();
+        self.out.status_written = true;
+        Ok(())
+    }
+
+    fn operation_object(&self, action: &Action) -> Option<Value> {
+        let Action::EnqueueOperation {
+            name,
+            operation_type,
+            target,
+            node,
+            depends_on,
+            priority,
+            payload,
+        } = action
+        else {
+            return None;
+        };
+        let mut metadata = json!({
+            "name": name,
+            "labels": {
+                OWNER_LABEL: self.uid(),
+                OWNER_KIND_LABEL: self.kind(),
+                OWNER_NAME_LABEL: self.name(),
+                TARGET_LABEL: target.uid,
+            },
+        });
+        if let Some(ns) = self.ns() {
+            metadata["namespace"] = json!(ns);
+        }
+        let mut spec = json!({
+            "operationType": operation_type.as_str(),
+            "target": target,
+            "priority": priority.as_str(),
+            "payload": payload,
+        });
+        if let Some(node) = node {
+            spec["node"] = json!(node);
+        }
+        if !depends_on.is_empty() {
+            spec["dependsOn"] = json!(depends_on);
+        }
+        Some(json!({
+            "apiVersion": sf_schema::API_VERSION,
+            "kind": "ClusterOperation",
+            "metadata": metadata,
+            "spec": spec,
+        }))
+    }
+
+    async fn flush_operations(&mut self) -> Result<(), ReconcileError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let mut requests = Vec::with_capacity(batch.len());
+        for action in &batch {
+            if let Some(object) = self.operation_object(action) {
+                let bytes =
+                    serde_json::to_vec(&object).map_err(|source| ReconcileError::Encode {
+                        what: "operation".into(),
+                        source,
+                    })?;
+                requests.push(pb::CreateOperationRequest {
+                    object: bytes,
+                    delay_ms: 0,
+                });
+            }
+        }
+        let request = pb::CreateOperationsRequest {
+            operations: requests.clone(),
+        };
+        let result = self
+            .ctx
+            .gateway
+            .call("create_operations", |mut g| {
+                let request = request.clone();
+                async move { g.create_operations(request).await }
+            })
+            .await;
+        match result {
+            Ok(reply) => {
+                let n = u64::try_from(reply.operations.len()).unwrap_or(u64::MAX);
+                for op in &reply.operations {
+                    self.remember(&op.object);
+                }
+                self.count_enqueued(n);
+                Ok(())
+            }
+            Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                // Some exist already (the same intents): create the rest one by one, in
+                // order, so dependencies within the batch still resolve.
+                let mut created = 0;
+                for op in requests {
+                    let result = self
+                        .ctx
+                        .gateway
+                        .call("create_operation", |mut g| {
+                            let op = op.clone();
+                            async move { g.create_operation(op).await }
+                        })
+                        .await;
+                    match result {
+                        Ok(reply) => {
+                            self.remember(&reply.object);
+                            created += 1;
+                        }
+                        Err(e) if e.code() == Some(Code::AlreadyExists) => {}
+                        Err(e) => return Err(ReconcileError::gateway("CreateOperation")(e)),
+                    }
+                }
+                self.count_enqueued(created);
+                Ok(())
+            }
+            Err(e) => Err(ReconcileError::gateway("CreateOperations")(e)),
+        }
+    }
+
+    /// Records a created operation in the ledger ([`Context::created`]).
+    fn remember(&self, object: &[u8]) {
+        match serde_json::from_slice::<sf_schema::ClusterOperation>(object) {
+            Ok(op) => self.ctx.created.record(op),
+            Err(e) => tracing::warn!(error = %e, "created operation does not decode"),
+        }
+    }
+
+    fn count_enqueued(&mut self, n: u64) {
+        self.out.enqueued += n;
+        self.ctx.metrics.enqueued(self.controller, n);
+    }
+
+    async fn network_uid(&self, network: &str) -> Result<Option<String>, ReconcileError> {
+        let ns = self.ns();
+        if let Some(n) = find_network(self.ctx, ns.as_deref(), network) {
+            return Ok(n.uid());
+        }
+        let fresh: Option<Network> = kubeapi::get(&self.ctx.client, ns.as_deref(), network).await?;
+        Ok(fresh.and_then(|n| n.uid()))
+    }
+
+    /// The NetworkInterface `name`, created (owned by this instance) when missing.
+    async fn ensure_interface(
+        &self,
+        name: &str,
+        network: &str,
+        address: Option<&str>,
+    ) -> Result<NetworkInterface, ReconcileError> {
+        if K::kind(&()) == "NetworkInterface" && self.name() == name {
+            let me = serde_json::to_value(self.obj)
+                .and_then(serde_json::from_value::<NetworkInterface>)
+                .map_err(|source| ReconcileError::Encode {
+                    what: "NetworkInterface".into(),
+                    source,
+                })?;
+            return Ok(me);
+        }
+        let ns = self.ns();
+        if let Some(existing) =
+            kubeapi::get::<NetworkInterface>(&self.ctx.client, ns.as_deref(), name).await?
+        {
+            return Ok(existing);
+        }
+        let order = name
+            .rsplit_once('-')
+            .and_then(|(_, i)| i.parse::<u32>().ok());
+        let mut iface = NetworkInterface::new(
+            name,
+            sf_schema::NetworkInterfaceSpec {
+                instance: self.name(),
+                network: network.to_owned(),
+                address: address.map(str::to_owned),
+                macaddr: None,
+                model: Default::default(),
+                float: false,
+                order,
+            },
+        );
+        iface.metadata.namespace = ns.clone();
+        iface.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: sf_schema::API_VERSION.to_owned(),
+                kind: self.kind(),
+                name: self.name(),
+                uid: self.uid(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            },
+        ]);
+        if let Some(created) = kubeapi::create(&self.ctx.client, ns.as_deref(), &iface).await? {
+            self.ctx.note_written(
+                created.metadata.uid.clone(),
+                created.metadata.resource_version.clone(),
+            );
+            return Ok(created);
+        }
+        kubeapi::get::<NetworkInterface>(&self.ctx.client, ns.as_deref(), name)
+            .await?
+            .ok_or_else(|| ReconcileError::Missing(format!("interface {name} vanished")))
+    }
+
+    async fn reserve(
+        &mut self,
+        interface: &str,
+        network: &str,
+        address: Option<&str>,
+    ) -> Result<(), ReconcileError> {
+        let Some(network_uid) = self.network_uid(network).await? else {
+            return Err(ReconcileError::Missing(format!(
+                "network {network} not found"
+            )));
+        };
+        let iface = self.ensure_interface(interface, network, address).await?;
+        let iface_uid = iface.uid().unwrap_or_default();
+        let request = pb::ReserveAddressRequest {
+            network_uid,
+            address: address.unwrap_or_default().to_owned(),
+            reservation_type: "instance".into(),
+            owner_kind: "NetworkInterface".into(),
+            owner_uid: iface_uid.clone(),
+            owner_name: interface.to_owned(),
+            comment: String::new(),
+        };
+        let reply = self
+            .ctx
+            .gateway
+            .call("reserve_address", |mut g| {
+                let request = request.clone();
+                async move { g.reserve_address(request).await }
+            })
+            .await
+            .map_err(ReconcileError::gateway(format!(
+                "ReserveAddress for {interface}"
+            )))?;
+        let status = iface.status.clone().unwrap_or_default();
+        let mac = iface
+            .spec
+            .macaddr
+            .clone()
+            .or(status.macaddr.clone())
+            .unwrap_or_else(|| derived_mac(&iface_uid));
+        if K::kind(&()) == "NetworkInterface" && self.name() == interface {
+            self.status.insert("ipv4".into(), json!(reply.address));
+            self.status.insert("macaddr".into(), json!(mac));
+        } else if status.ipv4.as_deref() != Some(reply.address.as_str())
+            || status.macaddr.as_deref() != Some(mac.as_str())
+        {
+            let patch = json!({"ipv4": reply.address, "macaddr": mac});
+            let written = kubeapi::patch_status::<NetworkInterface>(
+                &self.ctx.client,
+                self.ns().as_deref(),
+                interface,
+                &patch,
+            )
+            .await?;
+            self.ctx.note_written(
+                written.metadata.uid.clone(),
+                written.metadata.resource_version.clone(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn release(&mut self, a: &ReservedAddress) -> Result<(), ReconcileError> {
+        let Some(network_uid) = self.network_uid(&a.network).await? else {
+            return Ok(()); // The network and its IPAM are gone.
+        };
+        let owner_uid = if K::kind(&()) == "NetworkInterface" && self.name() == a.interface {
+            self.uid()
+        } else {
+            kubeapi::get::<NetworkInterface>(&self.ctx.client, self.ns().as_deref(), &a.interface)
+                .await?
+                .and_then(|i| i.uid())
+                .unwrap_or_default()
+        };
+        let request = pb::ReleaseAddressRequest {
+            network_uid,
+            address: a.address.clone(),
+            owner_uid,
+        };
+        let result = self
+            .ctx
+            .gateway
+            .call("release_address", |mut g| {
+                let request = request.clone();
+                async move { g.release_address(request).await }
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
+            Err(e) => Err(ReconcileError::gateway(format!(
+                "ReleaseAddress {}",
+                a.address
+            ))(e)),
+        }
+    }
+
+    /// Records a `status` event on the object (v0.8 object type: the kind in lower
+    /// case); best effort: a failure is logged, the apply goes on.
+    async fn record_event(&self, message: &str) {
+        let timestamp = Utc::now().timestamp_micros() as f64 / 1e6;
+        let event = pb::Event {
+            event_uuid: uuid::Uuid::new_v4().to_string(),
+            event_type: "status".into(),
+            timestamp,
+            fqdn: "sf-cluster".into(),
+            duration: None,
+            message: message.to_owned(),
+            extra: Vec::new(),
+            request_id: None,
+            objects: vec![pb::EventObject {
+                object_type: self.kind().to_ascii_lowercase(),
+                object_uuid: self.uid(),
+            }],
+        };
+        let request = pb::RecordEventBatchRequest {
+            events: vec![event],
+        };
+        let result = self
+            .ctx
+            .gateway
+            .call("record_event_batch", |mut g| {
+                let request = request.clone();
+                async move { g.record_event_batch(request).await }
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record an event");
+        }
+    }
+
+    async fn delete_interfaces(&self) -> Result<(), ReconcileError> {
+        let ns = self.ns();
+        let name = self.name();
+        let owned: Vec<String> = self
+            .ctx
+            .stores
+            .interfaces
+            .state()
+            .iter()
+            .filter(|i| i.namespace() == ns && i.spec.instance == name)
+            .filter(|i| i.metadata.deletion_timestamp.is_none())
+            .map(|i| i.name_any())
+            .collect();
+        for iface in owned {
+            kubeapi::delete::<NetworkInterface>(&self.ctx.client, ns.as_deref(), &iface).await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_instances_error(&self, node: &str, reason: &str) -> Result<(), ReconcileError> {
+        for instance in self.ctx.stores.instances.state() {
+            let status = instance.status.clone().unwrap_or_default();
+            if status.node.as_deref() != Some(node)
+                || instance.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let Some(to) = error_state(&status.state) else {
+                continue;
+            };
+            let patch = json!({"state": to.as_str(), "errorMessage": reason});
+            let written = kubeapi::patch_status::<Instance>(
+                &self.ctx.client,
+                instance.namespace().as_deref(),
+                &instance.name_any(),
+                &patch,
+            )
+            .await?;
+            self.ctx.note_written(
+                written.metadata.uid.clone(),
+                written.metadata.resource_version.clone(),
+            );
+            tracing::warn!(instance = %instance.name_any(), %node, "instance to error: its node is lost");
+        }
+        Ok(())
+    }
+}
+
+/// The target reference of an object (for tests and callers building operations).
+pub fn target_of<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef {
+    ObjectRef {
+        kind: K::kind(&()).into_owned(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+        namespace: obj.meta().namespace.clone(),
+        uid: obj.meta().uid.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast() {
+        let a = derived_mac("uid-1");
+        assert_eq!(a, derived_mac("uid-1"));
+        assert_ne!(a, derived_mac("uid-2"));
+        assert!(a.starts_with("02:00:"), "{a}");
+        assert_eq!(a.len(), 17);
+    }
+
+    #[test]
+    fn lost_nodes_move_live_instances_to_their_error_state() {
+        assert_eq!(
+            error_state(&InstanceState::Created),
+            Some(InstanceState::CreatedError)
+        );
+        assert_eq!(error_state(&InstanceState::Error), None);
+        assert_eq!(error_state(&InstanceState::Deleted), None);
+    }
+}

@@ -1,0 +1,726 @@
+//! The kube-runtime `Controller`s for Instance, Network, NetworkInterface and Node,
+//! and the watches that map related objects back to their owners.
+//!
+//! Contract:
+//! - One watch per kind against sf-api feeds a shared reflector store; every
+//!   controller subscribes to the stores it needs ([`run`]). Nothing runs until
+//!   [`run`] is polled, and everything stops when its future is dropped (the daemon
+//!   drops it when the lease is lost).
+//! - Each reconcile takes its object from the cache when the cached copy includes
+//!   this process's last write to it, else reads it fresh from sf-api (404: done);
+//!   it observes
+//!   ([`crate::observe`]), plans (`sf_plan`, pure), applies and writes status
+//!   ([`crate::apply`]). Unplaced instances are planned under the scheduler's lock
+//!   ([`crate::context::Context::placements`]); a placement enters the ledger before
+//!   the lock is released and is written after (and leaves the ledger if the write
+//!   fails).
+//! - Triggers: ClusterOperations map to the controller that owns them (label
+//!   `shakenfist.io/owner-kind`/`-name`) and to their target; a Network's
+//!   `network_create_on_node` emitted by an instance therefore reaches the network
+//!   controller, which records the node in `status.nodes` (`SetNodes`). Nodes,
+//!   Networks, Instances, NetworkInterfaces and IPAMLeases map to the objects whose
+//!   plans read them (an instance going away retries the unschedulable ones, as does
+//!   a node whose state or capacity changes); a mapper that would fire on every heartbeat only fires when the
+//!   fields those plans read change.
+//! - Error policy: transient failures retry after 1 s doubling to 5 min; permanent
+//!   ones (invalid requests) after 10 s doubling; a success resets the count. A plan's
+//!   requeue hint is honoured; otherwise objects are re-checked every 5 minutes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use sf_plan::scheduler::Resources;
+use sf_plan::{Action, plan_instance, plan_interface, plan_network, plan_node};
+use sf_schema::{Artifact, ClusterOperation, IPAMLease, Instance, Network, NetworkInterface, Node};
+
+use crate::apply::Apply;
+use crate::context::{Context, OWNER_KIND_LABEL, OWNER_NAME_LABEL, Placement, Stores, object_key};
+use crate::error::ReconcileError;
+use crate::kubeapi;
+use crate::observe;
+
+/// How often an object with nothing pending is re-checked.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Remembers a fingerprint per key; says whether it changed.
+#[derive(Default)]
+struct Changes(Mutex<HashMap<String, String>>);
+
+/// Fingerprints kept before the map is cleared (forgetting only costs one extra
+/// trigger per object).
+const CHANGES_CAP: usize = 50_000;
+
+impl Changes {
+    fn changed(&self, key: String, fingerprint: String) -> bool {
+        match self.0.lock() {
+            Ok(mut m) => {
+                if m.len() >= CHANGES_CAP {
+                    m.clear();
+                }
+                m.insert(key, fingerprint.clone()).as_ref() != Some(&fingerprint)
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+fn ns_ref<K: Resource<DynamicType = ()>>(name: &str, ns: Option<&str>) -> ObjectRef<K> {
+    let r = ObjectRef::new(name);
+    match ns {
+        Some(ns) => r.within(ns),
+        None => r,
+    }
+}
+
+fn requeue_of(after: Option<Duration>) -> Requeue {
+    Requeue::requeue(after.unwrap_or(RESYNC).max(Duration::from_millis(100)))
+}
+
+async fn timed<K, F>(
+    ctx: Arc<Context>,
+    controller: &'static str,
+    obj: Arc<K>,
+    f: F,
+) -> Result<Requeue, ReconcileError>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Requeue, ReconcileError>>,
+{
+    ctx.wait_ready().await;
+    let start = Instant::now();
+    let key = format!(
+        "{controller}:{}",
+        object_key(
+            obj.meta().namespace.as_deref(),
+            obj.meta().name.as_deref().unwrap_or_default()
+        )
+    );
+    let result = f.await;
+    ctx.metrics
+        .reconciled(controller, start.elapsed().as_secs_f64(), result.is_ok());
+    if result.is_ok() {
+        ctx.succeeded(&key);
+    }
+    result
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    controller: &'static str,
+) -> impl Fn(Arc<K>, &ReconcileError, Arc<Context>) -> Requeue {
+    move |obj, err, ctx| {
+        let key = format!(
+            "{controller}:{}",
+            object_key(
+                obj.meta().namespace.as_deref(),
+                obj.meta().name.as_deref().unwrap_or_default()
+            )
+        );
+        let backoff = ctx.failed(&key, !err.transient());
+        tracing::warn!(controller, object = %key, error = %err, retry_in = ?backoff, "reconcile failed");
+        Requeue::requeue(backoff)
+    }
+}
+
+/// The object to reconcile: the cached copy when it already includes this process's
+/// last write to it (others' changes arrive as watch events and trigger again), else
+/// a fresh read from sf-api.
+async fn current<K>(ctx: &Context, obj: &K) -> Result<Option<K>, ReconcileError>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone,
+{
+    if ctx.cache_is_current(
+        obj.meta().uid.as_deref(),
+        obj.meta().resource_version.as_deref(),
+    ) {
+        return Ok(Some(obj.clone()));
+    }
+    fresh(ctx, obj).await
+}
+
+async fn fresh<K>(ctx: &Context, obj: &K) -> Result<Option<K>, ReconcileError>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    kubeapi::get(
+        &ctx.client,
+        obj.meta().namespace.as_deref(),
+        obj.meta().name.as_deref().unwrap_or_default(),
+    )
+    .await
+}
+
+/// One Instance reconcile.
+pub async fn reconcile_instance(
+    obj: Arc<Instance>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let c = ctx.clone();
+    timed(ctx, "instance", obj.clone(), async move {
+        let Some(instance) = current(&c, obj.as_ref()).await? else {
+            return Ok(Requeue::await_change());
+        };
+        let _networks = c
+            .lock_networks(observe::plumbing_networks(&c, &instance))
+            .await;
+        let mut observation = observe::observe_instance(&c, &instance).await?;
+        let unplaced = instance.metadata.deletion_timestamp.is_none()
+            && instance.status.as_ref().is_none_or(|s| s.node.is_none());
+        let uid = instance.uid().unwrap_or_default();
+        let (actions, placed) = if unplaced {
+            // Only the decision is made under the lock: the placement goes into the
+            // ledger at once (counted by every later decision), and is written after
+            // the lock is released.
+            let mut ledger = c.placements.lock().await;
+            observation.nodes = observe::node_views(&c, &mut ledger);
+            let actions = plan_instance(&instance, &observation, &c.plan_now());
+            let at = actions
+                .iter()
+                .position(|a| matches!(a, Action::Schedule { .. }));
+            if let Some(Action::Schedule { node }) = at.map(|i| &actions[i]) {
+                ledger.insert(
+                    uid.clone(),
+                    Placement {
+                        node: node.clone(),
+                        resources: Resources::for_instance(&instance.spec),
+                        at: Instant::now(),
+                    },
+                );
+            }
+            (actions, at)
+        } else {
+            (plan_instance(&instance, &observation, &c.plan_now()), None)
+        };
+        let (actions, instance) = match placed {
+            Some(at) => {
+                let head = Apply::new(&c, &instance, "instance")
+                    .run_with(&actions[..=at], false)
+                    .await;
+                if let Err(e) = head {
+                    c.placements.lock().await.remove(&uid);
+                    return Err(e);
+                }
+                // The placement is in status now: apply the rest to the object as
+                // written.
+                match fresh(&c, &instance).await? {
+                    Some(i) => (actions[at + 1..].to_vec(), i),
+                    None => return Ok(Requeue::await_change()),
+                }
+            }
+            None => (actions, instance),
+        };
+        tracing::debug!(instance = %instance.name_any(), ?actions, "plan");
+        let applied = Apply::new(&c, &instance, "instance").run(&actions).await?;
+        Ok(requeue_of(applied.requeue))
+    })
+    .await
+}
+
+/// One Network reconcile.
+pub async fn reconcile_network(
+    obj: Arc<Network>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let c = ctx.clone();
+    timed(ctx, "network", obj.clone(), async move {
+        let _lock = c.lock_networks(obj.uid().into_iter().collect()).await;
+        let Some(network) = current(&c, obj.as_ref()).await? else {
+            return Ok(Requeue::await_change());
+        };
+        let observation = observe::observe_network(&c, &network).await?;
+        let actions = plan_network(&network, &observation, &c.plan_now());
+        tracing::debug!(network = %network.name_any(), ?actions, "plan");
+        let applied = Apply::new(&c, &network, "network").run(&actions).await?;
+        Ok(requeue_of(applied.requeue))
+    })
+    .await
+}
+
+/// One NetworkInterface reconcile.
+pub async fn reconcile_interface(
+    obj: Arc<NetworkInterface>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let c = ctx.clone();
+    timed(ctx, "interface", obj.clone(), async move {
+        let Some(interface) = current(&c, obj.as_ref()).await? else {
+            return Ok(Requeue::await_change());
+        };
+        let _network = c
+            .lock_networks(observe::interface_plumbing_network(&c, &interface))
+            .await;
+        let observation = observe::observe_interface(&c, &interface).await?;
+        let actions = plan_interface(&interface, &observation, &c.plan_now());
+        let applied = Apply::new(&c, &interface, "interface")
+            .run(&actions)
+            .await?;
+        Ok(requeue_of(applied.requeue))
+    })
+    .await
+}
+
+/// One Node reconcile.
+pub async fn reconcile_node(obj: Arc<Node>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
+    let c = ctx.clone();
+    timed(ctx, "node", obj.clone(), async move {
+        let Some(node) = current(&c, obj.as_ref()).await? else {
+            return Ok(Requeue::await_change());
+        };
+        let actions = plan_node(&node, chrono::Utc::now(), &c.node);
+        tracing::debug!(node = %node.name_any(), ?actions, "plan");
+        let applied = Apply::new(&c, &node, "node").run(&actions).await?;
+        Ok(requeue_of(applied.requeue))
+    })
+    .await
+}
+
+/// A shared store for kind `K`: its reader, writer and the subscriptions asked for.
+struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
+    reader: Store<K>,
+    writer: reflector::store::Writer<K>,
+}
+
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new() -> Self {
+        let (reader, writer) = reflector::store_shared(1024);
+        Self { reader, writer }
+    }
+
+    /// A store nobody subscribes to (no dispatcher, so nothing waits on readers).
+    fn unshared() -> Self {
+        let (reader, writer) = reflector::store();
+        Self { reader, writer }
+    }
+
+    fn subscribe(&self) -> reflector::ReflectHandle<K> {
+        // A shared writer always has a dispatcher.
+        #[allow(clippy::expect_used)]
+        self.writer
+            .subscribe()
+            .expect("store_shared writers always subscribe")
+    }
+
+    /// The reflector driving this store from one watch on sf-api.
+    fn drive(self, client: kube::Client) -> BoxFut {
+        let api: Api<K> = Api::all(client);
+        let kind = K::kind(&()).into_owned();
+        Box::pin(
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect_shared(self.writer)
+                .for_each(move |event| {
+                    if let Err(e) = event {
+                        tracing::warn!(kind = %kind, error = %e, "watch");
+                    }
+                    std::future::ready(())
+                }),
+        )
+    }
+}
+
+/// Settings the controllers share (besides the clients).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Plan settings.
+    pub plan: sf_plan::PlanContext,
+    /// Node timeline.
+    pub node: sf_plan::NodeConfig,
+    /// Reconciles run at once per controller.
+    pub concurrency: u16,
+}
+
+/// Builds the context and runs every controller until the future is dropped.
+/// `context_out` receives the context (tests inspect the stores).
+pub async fn run(
+    client: kube::Client,
+    gateway: sf_database_client::GatewayClient,
+    settings: Settings,
+    metrics: crate::metrics::ClusterMetrics,
+    context_out: Option<tokio::sync::oneshot::Sender<Arc<Context>>>,
+) {
+    let instances = Shared::<Instance>::new();
+    let networks = Shared::<Network>::new();
+    let interfaces = Shared::<NetworkInterface>::new();
+    let nodes = Shared::<Node>::new();
+    let operations = Shared::<ClusterOperation>::new();
+    let leases = Shared::<IPAMLease>::new();
+    let artifacts = Shared::<Artifact>::unshared();
+    let stores = Stores {
+        instances: instances.reader.clone(),
+        networks: networks.reader.clone(),
+        interfaces: interfaces.reader.clone(),
+        nodes: nodes.reader.clone(),
+        operations: operations.reader.clone(),
+        leases: leases.reader.clone(),
+        artifacts: artifacts.reader.clone(),
+    };
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let readiness: BoxFut = {
+        let stores = stores.clone();
+        Box::pin(async move {
+            let all = async {
+                let _ = stores.instances.wait_until_ready().await;
+                let _ = stores.networks.wait_until_ready().await;
+                let _ = stores.interfaces.wait_until_ready().await;
+                let _ = stores.nodes.wait_until_ready().await;
+                let _ = stores.operations.wait_until_ready().await;
+                let _ = stores.leases.wait_until_ready().await;
+                let _ = stores.artifacts.wait_until_ready().await;
+            };
+            tokio::pin!(all);
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), &mut all).await {
+                    Ok(()) => break,
+                    Err(_) => tracing::warn!(
+                        "the caches have not all listed after 30 s; no reconcile runs until they have (see the watch errors)"
+                    ),
+                }
+            }
+            ready_tx.send_replace(true);
+            tracing::info!("caches listed; reconciling");
+            std::future::pending::<()>().await;
+        })
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        gateway,
+        stores: stores.clone(),
+        plan: settings.plan.clone(),
+        node: settings.node.clone(),
+        metrics,
+        placements: tokio::sync::Mutex::new(HashMap::new()),
+        failures: Mutex::new(HashMap::new()),
+        network_locks: Mutex::new(HashMap::new()),
+        created: crate::context::CreatedOps::default(),
+        written: Mutex::new(HashMap::new()),
+        ready: ready_rx,
+    });
+    if let Some(tx) = context_out {
+        let _ = tx.send(ctx.clone());
+    }
+    let config = ControllerConfig::default().concurrency(settings.concurrency);
+
+    // --- Instance ---------------------------------------------------------------
+    let instance_controller = {
+        let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Instance>> {
+            let ns = op.namespace();
+            let mut out = Vec::new();
+            if op.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some("Instance")
+                && let Some(name) = op.labels().get(OWNER_NAME_LABEL)
+            {
+                out.push(ns_ref(name, ns.as_deref()));
+            }
+            if op.spec.target.kind == "Instance" {
+                out.push(ns_ref(
+                    &op.spec.target.name,
+                    op.spec.target.namespace.as_deref(),
+                ));
+            }
+            out
+        };
+        let node_changes = Arc::new(Changes::default());
+        let istore = stores.instances.clone();
+        let node_map = move |node: Arc<Node>| -> Vec<ObjectRef<Instance>> {
+            let status = node.status.clone().unwrap_or_default();
+            let fp = format!(
+                "{} {} {:?}",
+                status.state, node.spec.schedulable, status.capacity
+            );
+            if !node_changes.changed(node.name_any(), fp) {
+                return Vec::new();
+            }
+            let name = node.name_any();
+            istore
+                .state()
+                .iter()
+                .filter(|i| {
+                    let node = i.status.as_ref().and_then(|s| s.node.as_deref());
+                    node.is_none_or(|n| n == name)
+                })
+                .map(|i| ObjectRef::from(i.as_ref()))
+                .collect()
+        };
+        let istore = stores.instances.clone();
+        let net_changes = Arc::new(Changes::default());
+        let network_map = move |net: Arc<Network>| -> Vec<ObjectRef<Instance>> {
+            let status = net.status.clone().unwrap_or_default();
+            let fp = format!("{:?} {:?}", status.vxid, status.nodes);
+            let key = object_key(net.namespace().as_deref(), &net.name_any());
+            if !net_changes.changed(key, fp) {
+                return Vec::new();
+            }
+            let ns = net.namespace();
+            let name = net.name_any();
+            istore
+                .state()
+                .iter()
+                .filter(|i| {
+                    i.namespace() == ns && i.spec.networks.iter().any(|n| n.network == name)
+                })
+                .map(|i| ObjectRef::from(i.as_ref()))
+                .collect()
+        };
+        let ifstore = stores.interfaces.clone();
+        let lease_map = move |lease: Arc<IPAMLease>| -> Vec<ObjectRef<Instance>> {
+            let Some(owner) = lease.spec.owner.as_ref() else {
+                return Vec::new();
+            };
+            if owner.kind != "NetworkInterface" {
+                return Vec::new();
+            }
+            let ns = lease.namespace();
+            let iface = ifstore.get(&ns_ref(&owner.name, ns.as_deref()));
+            let instance = match iface {
+                Some(i) => i.spec.instance.clone(),
+                None => match owner.name.rsplit_once('-') {
+                    Some((instance, _)) => instance.to_owned(),
+                    None => return Vec::new(),
+                },
+            };
+            vec![ns_ref(&instance, ns.as_deref())]
+        };
+        // Capacity freed by an instance going away: retry the unplaced ones.
+        let freed_changes = Arc::new(Changes::default());
+        let istore = stores.instances.clone();
+        let freed_map = move |i: Arc<Instance>| -> Vec<ObjectRef<Instance>> {
+            let status = i.status.clone().unwrap_or_default();
+            let going = i.metadata.deletion_timestamp.is_some()
+                || status.state == sf_schema::instance::InstanceState::Deleted;
+            let key = object_key(i.namespace().as_deref(), &i.name_any());
+            if !freed_changes.changed(key, format!("{going} {}", status.state)) || !going {
+                return Vec::new();
+            }
+            istore
+                .state()
+                .iter()
+                .filter(|x| {
+                    x.metadata.deletion_timestamp.is_none()
+                        && x.status.as_ref().is_some_and(|s| {
+                            s.node.is_none()
+                                && s.conditions
+                                    .iter()
+                                    .any(|c| c.type_ == "Scheduled" && c.reason == "Unschedulable")
+                        })
+                })
+                .map(|x| ObjectRef::from(x.as_ref()))
+                .collect()
+        };
+        Controller::for_shared_stream(instances.subscribe(), stores.instances.clone())
+            .with_config(config.clone())
+            .watches_shared_stream(instances.subscribe(), freed_map)
+            .watches_shared_stream(operations.subscribe(), ops_map)
+            .watches_shared_stream(nodes.subscribe(), node_map)
+            .watches_shared_stream(networks.subscribe(), network_map)
+            .watches_shared_stream(leases.subscribe(), lease_map)
+            .run(
+                reconcile_instance,
+                error_policy::<Instance>("instance"),
+                ctx.clone(),
+            )
+            .for_each(|_| std::future::ready(()))
+    };
+
+    // --- Network ----------------------------------------------------------------
+    let network_controller = {
+        let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Network>> {
+            let ns = op.namespace();
+            let mut out = Vec::new();
+            if op.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some("Network")
+                && let Some(name) = op.labels().get(OWNER_NAME_LABEL)
+            {
+                out.push(ns_ref(name, ns.as_deref()));
+            }
+            if op.spec.target.kind == "Network" {
+                out.push(ns_ref(
+                    &op.spec.target.name,
+                    op.spec.target.namespace.as_deref(),
+                ));
+            }
+            out
+        };
+        let iface_changes = Arc::new(Changes::default());
+        let iface_map = move |i: Arc<NetworkInterface>| -> Vec<ObjectRef<Network>> {
+            let status = i.status.clone().unwrap_or_default();
+            let fp = format!(
+                "{:?} {:?} {}",
+                status.ipv4,
+                status.macaddr,
+                i.metadata.deletion_timestamp.is_some()
+            );
+            let key = object_key(i.namespace().as_deref(), &i.name_any());
+            if !iface_changes.changed(key, fp) {
+                return Vec::new();
+            }
+            vec![ns_ref(&i.spec.network, i.namespace().as_deref())]
+        };
+        let inst_changes = Arc::new(Changes::default());
+        let instance_map = move |i: Arc<Instance>| -> Vec<ObjectRef<Network>> {
+            let status = i.status.clone().unwrap_or_default();
+            let fp = format!(
+                "{:?} {} {}",
+                status.node,
+                status.state,
+                i.metadata.deletion_timestamp.is_some()
+            );
+            let key = object_key(i.namespace().as_deref(), &i.name_any());
+            if !inst_changes.changed(key, fp) {
+                return Vec::new();
+            }
+            let ns = i.namespace();
+            i.spec
+                .networks
+                .iter()
+                .map(|n| ns_ref(&n.network, ns.as_deref()))
+                .collect()
+        };
+        let node_changes = Arc::new(Changes::default());
+        let nstore = stores.networks.clone();
+        let node_map = move |node: Arc<Node>| -> Vec<ObjectRef<Network>> {
+            let status = node.status.clone().unwrap_or_default();
+            let fp = format!("{:?} {}", node.spec.roles, status.state);
+            if !node_changes.changed(node.name_any(), fp) {
+                return Vec::new();
+            }
+            if !node
+                .spec
+                .roles
+                .contains(&sf_schema::node::NodeRole::Network)
+            {
+                return Vec::new();
+            }
+            nstore
+                .state()
+                .iter()
+                .map(|n| ObjectRef::from(n.as_ref()))
+                .collect()
+        };
+        Controller::for_shared_stream(networks.subscribe(), stores.networks.clone())
+            .with_config(config.clone())
+            .watches_shared_stream(operations.subscribe(), ops_map)
+            .watches_shared_stream(interfaces.subscribe(), iface_map)
+            .watches_shared_stream(instances.subscribe(), instance_map)
+            .watches_shared_stream(nodes.subscribe(), node_map)
+            .run(
+                reconcile_network,
+                error_policy::<Network>("network"),
+                ctx.clone(),
+            )
+            .for_each(|_| std::future::ready(()))
+    };
+
+    // --- NetworkInterface -------------------------------------------------------
+    let interface_controller = {
+        let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<NetworkInterface>> {
+            let ns = op.namespace();
+            let mut out = Vec::new();
+            if op.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some("NetworkInterface")
+                && let Some(name) = op.labels().get(OWNER_NAME_LABEL)
+            {
+                out.push(ns_ref(name, ns.as_deref()));
+            }
+            out
+        };
+        let inst_changes = Arc::new(Changes::default());
+        let ifstore = stores.interfaces.clone();
+        let instance_map = move |i: Arc<Instance>| -> Vec<ObjectRef<NetworkInterface>> {
+            let status = i.status.clone().unwrap_or_default();
+            let fp = format!(
+                "{:?} {} {}",
+                status.node,
+                status.state,
+                i.metadata.deletion_timestamp.is_some()
+            );
+            let key = object_key(i.namespace().as_deref(), &i.name_any());
+            if !inst_changes.changed(key, fp) {
+                return Vec::new();
+            }
+            let ns = i.namespace();
+            let name = i.name_any();
+            ifstore
+                .state()
+                .iter()
+                .filter(|x| x.namespace() == ns && x.spec.instance == name)
+                .map(|x| ObjectRef::from(x.as_ref()))
+                .collect()
+        };
+        let net_changes = Arc::new(Changes::default());
+        let ifstore = stores.interfaces.clone();
+        let network_map = move |n: Arc<Network>| -> Vec<ObjectRef<NetworkInterface>> {
+            let status = n.status.clone().unwrap_or_default();
+            let fp = format!("{:?} {:?}", status.vxid, status.nodes);
+            let key = object_key(n.namespace().as_deref(), &n.name_any());
+            if !net_changes.changed(key, fp) {
+                return Vec::new();
+            }
+            let ns = n.namespace();
+            let name = n.name_any();
+            ifstore
+                .state()
+                .iter()
+                .filter(|x| x.namespace() == ns && x.spec.network == name)
+                .map(|x| ObjectRef::from(x.as_ref()))
+                .collect()
+        };
+        let lease_map = |lease: Arc<IPAMLease>| -> Vec<ObjectRef<NetworkInterface>> {
+            match lease.spec.owner.as_ref() {
+                Some(owner) if owner.kind == "NetworkInterface" => {
+                    vec![ns_ref(&owner.name, lease.namespace().as_deref())]
+                }
+                _ => Vec::new(),
+            }
+        };
+        Controller::for_shared_stream(interfaces.subscribe(), stores.interfaces.clone())
+            .with_config(config.clone())
+            .watches_shared_stream(operations.subscribe(), ops_map)
+            .watches_shared_stream(instances.subscribe(), instance_map)
+            .watches_shared_stream(networks.subscribe(), network_map)
+            .watches_shared_stream(leases.subscribe(), lease_map)
+            .run(
+                reconcile_interface,
+                error_policy::<NetworkInterface>("interface"),
+                ctx.clone(),
+            )
+            .for_each(|_| std::future::ready(()))
+    };
+
+    // --- Node -------------------------------------------------------------------
+    let node_controller = Controller::for_shared_stream(nodes.subscribe(), stores.nodes.clone())
+        .with_config(config)
+        .run(reconcile_node, error_policy::<Node>("node"), ctx.clone())
+        .for_each(|_| std::future::ready(()));
+
+    let futures: Vec<BoxFut> = vec![
+        readiness,
+        instances.drive(client.clone()),
+        networks.drive(client.clone()),
+        interfaces.drive(client.clone()),
+        nodes.drive(client.clone()),
+        operations.drive(client.clone()),
+        leases.drive(client.clone()),
+        artifacts.drive(client),
+        Box::pin(instance_controller),
+        Box::pin(network_controller),
+        Box::pin(interface_controller),
+        Box::pin(node_controller),
+    ];
+    futures::future::join_all(futures).await;
+}
