@@ -233,6 +233,12 @@ pub async fn reconcile_network(
 ) -> Result<Requeue, ReconcileError> {
     let c = ctx.clone();
     timed(ctx, "network", obj.clone(), async move {
+        if obj.namespace().is_none() {
+            // The floating network has no namespace: nothing on the Kubernetes face
+            // can patch it, and it needs no plumbing of its own (the network node's
+            // egress carries its addresses). See `floating`.
+            return Ok(Requeue::await_change());
+        }
         let _lock = c.lock_networks(obj.uid().into_iter().collect()).await;
         let Some(network) = current(&c, obj.as_ref()).await? else {
             return Ok(Requeue::await_change());

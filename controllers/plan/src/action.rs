@@ -247,6 +247,18 @@ impl Plan {
     }
 }
 
+/// The whole plan of an object's first reconcile: the finalizer (when missing) and the
+/// intent-sequence pin of [`crate::ops::pin_intent_seq`]; operations are named from
+/// the next reconcile on.
+pub(crate) fn pinned(finalizers: Option<&Vec<String>>, pin: Action) -> Vec<Action> {
+    let mut plan = Plan::default();
+    if !has_finalizer(finalizers) {
+        plan.push(Action::EnsureFinalizer);
+    }
+    plan.push(pin);
+    plan.finish()
+}
+
 /// Whether `finalizers` holds [`FINALIZER`].
 pub(crate) fn has_finalizer(finalizers: Option<&Vec<String>>) -> bool {
     finalizers.is_some_and(|f| f.iter().any(|x| x == FINALIZER))

@@ -36,9 +36,9 @@ use sf_schema::node::NodeState;
 use sf_schema::operation::{OperationState, OperationType, Priority};
 
 use crate::PlanContext;
-use crate::action::{Action, Plan, StateValue, condition, has_finalizer};
+use crate::action::{Action, Plan, StateValue, condition, has_finalizer, pinned};
 use crate::network::{NetworkView, OnNode, network_on_node};
-use crate::ops::{Namer, ObservedOperation, latest, short_name};
+use crate::ops::{Namer, ObservedOperation, latest, pin_intent_seq, short_name};
 use crate::scheduler::{InstanceRequest, NodeView, schedule};
 
 /// The kind name used in operation names and targets.
@@ -605,6 +605,15 @@ pub fn plan_instance(
 ) -> Vec<Action> {
     let status = desired.status.clone().unwrap_or_default();
     let name = desired.metadata.name.clone().unwrap_or_default();
+    if let Some(pin) = pin_intent_seq(
+        INSTANCE_KIND,
+        &name,
+        status.intent_seq,
+        desired.metadata.resource_version.as_deref(),
+        &observed.operations,
+    ) {
+        return pinned(desired.metadata.finalizers.as_ref(), pin);
+    }
     let namer = Namer::new(
         INSTANCE_KIND,
         &name,

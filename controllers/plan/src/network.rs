@@ -33,8 +33,8 @@ use sf_schema::network::Network;
 use sf_schema::operation::{OperationType, Priority};
 
 use crate::PlanContext;
-use crate::action::{Action, Plan, StateValue, condition, has_finalizer};
-use crate::ops::{Namer, ObservedOperation, latest};
+use crate::action::{Action, Plan, StateValue, condition, has_finalizer, pinned};
+use crate::ops::{Namer, ObservedOperation, latest, pin_intent_seq};
 
 /// The kind name used in operation names and targets.
 pub const NETWORK_KIND: &str = "Network";
@@ -611,6 +611,15 @@ pub fn plan_network(
 ) -> Vec<Action> {
     let status = network.status.clone().unwrap_or_default();
     let view = NetworkView::from_network(network, Vec::new());
+    if let Some(pin) = pin_intent_seq(
+        NETWORK_KIND,
+        &view.name,
+        status.intent_seq,
+        network.metadata.resource_version.as_deref(),
+        &observed.operations,
+    ) {
+        return pinned(network.metadata.finalizers.as_ref(), pin);
+    }
     let namer = Namer::new(
         NETWORK_KIND,
         &view.name,

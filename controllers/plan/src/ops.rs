@@ -138,6 +138,31 @@ pub(crate) fn latest<'a>(
         .map(|(_, op)| op)
 }
 
+/// The first plan of a new incarnation of an object pins its intent sequence to its
+/// `resourceVersion` before naming anything, so that an object re-created under the
+/// name of a deleted one never names an operation that the deleted one already used
+/// (its operations linger until purged, and a repeated name is AlreadyExists, which
+/// apply treats as "already done"). Every intent of the old incarnation created an
+/// operation, and each creation consumed a revision before the new object existed, so
+/// the old sequences are all below the new object's `resourceVersion`.
+///
+/// Returns the `BumpIntentSeq` to apply alone (with the finalizer) when `stored` is 0,
+/// no operation of this incarnation is observed and `resource_version` is known (a dry
+/// run of an unsaved object has none and plans as before).
+pub fn pin_intent_seq(
+    kind: &str,
+    target: &str,
+    stored: u64,
+    resource_version: Option<&str>,
+    ops: &[ObservedOperation],
+) -> Option<crate::Action> {
+    let rv: u64 = resource_version?.parse().ok()?;
+    let named = ops
+        .iter()
+        .any(|op| intent_seq_of(kind, target, &op.name).is_some());
+    (stored == 0 && rv > 0 && !named).then_some(crate::Action::BumpIntentSeq { to: rv })
+}
+
 /// Names the operations of one plan: everything new is named at `current + 1`.
 #[derive(Debug, Clone)]
 pub(crate) struct Namer {
@@ -177,6 +202,32 @@ impl Namer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_incarnation_pins_its_sequence_to_its_resource_version() {
+        use crate::Action;
+        // First plan of a saved object: pin.
+        assert_eq!(
+            pin_intent_seq("Instance", "web-3", 0, Some("147"), &[]),
+            Some(Action::BumpIntentSeq { to: 147 })
+        );
+        // Already pinned, never saved (dry run), or an operation already named (a
+        // crash between creating it and writing status): no pin.
+        assert_eq!(
+            pin_intent_seq("Instance", "web-3", 147, Some("150"), &[]),
+            None
+        );
+        assert_eq!(pin_intent_seq("Instance", "web-3", 0, None, &[]), None);
+        let ops = [ObservedOperation::new(
+            "instance-web-3-148-create",
+            OperationType::InstanceCreate,
+            OperationState::Queued,
+        )];
+        assert_eq!(
+            pin_intent_seq("Instance", "web-3", 0, Some("150"), &ops),
+            None
+        );
+    }
 
     #[test]
     fn names_round_trip_through_intent_seq_of() {

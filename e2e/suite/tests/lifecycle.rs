@@ -78,7 +78,13 @@ fn wait_power(system: &System, name: &str, power: &str) {
         },
     );
     if let Err(e) = got {
-        panic!("{e}\nlast: {:?}\n{}", instance(system, name), system.logs());
+        let ops = system.sf(&["get", "clusteroperations", "-n", "e2e", "-o", "wide"]);
+        panic!(
+            "{e}\nlast: {:?}\noperations:\n{}\n{}",
+            instance(system, name),
+            String::from_utf8_lossy(&ops.stdout),
+            system.logs()
+        );
     }
 }
 
