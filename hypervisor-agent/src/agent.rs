@@ -99,6 +99,9 @@ pub struct AgentSettings {
     pub operation_heartbeat_interval: Duration,
     /// How often the node's networks are re-ensured.
     pub network_resync_interval: Duration,
+    /// Fault injection for tests: a pause between claiming and running each
+    /// operation (zero in production).
+    pub operation_delay: Duration,
 }
 
 impl Default for AgentSettings {
@@ -119,6 +122,7 @@ impl Default for AgentSettings {
             claim_wait_seconds: 20,
             operation_heartbeat_interval: Duration::from_secs(10),
             network_resync_interval: Duration::from_secs(60),
+            operation_delay: Duration::ZERO,
         }
     }
 }
@@ -964,6 +968,9 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
 
     /// Runs one operation's handler; returns the result for `Complete`.
     pub async fn execute(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
+        if !self.inner.settings.operation_delay.is_zero() {
+            tokio::time::sleep(self.inner.settings.operation_delay).await;
+        }
         let t = &op.spec.target;
         let payload = &op.spec.payload;
         let life = &self.inner.life;

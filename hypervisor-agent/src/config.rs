@@ -143,6 +143,16 @@ pub struct Config {
     /// The largest MTU of the hypervisor network; VXLAN NICs get 50 less.
     #[arg(long, env = "SHAKENFIST_MAX_HYPERVISOR_MTU", default_value_t = 8000)]
     pub max_hypervisor_mtu: u32,
+    /// Fault injection for tests: wait this many milliseconds after claiming an
+    /// operation before running it (so a test can kill the agent mid-operation).
+    /// Never set in production.
+    #[arg(
+        long,
+        env = "SHAKENFIST_AGENT_TEST_OPERATION_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub agent_test_operation_delay_ms: u64,
     /// Shared logging options.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -275,6 +285,7 @@ impl Config {
             checkin_maximum: Duration::from_secs(self.node_checkin_maximum),
             zone: self.zone.clone(),
             mtu: self.max_hypervisor_mtu - 50,
+            operation_delay: Duration::from_millis(self.agent_test_operation_delay_ms),
             ..crate::agent::AgentSettings::default()
         }
     }

@@ -233,6 +233,14 @@ impl Proc {
         Ok(())
     }
 
+    /// Sets (or with `None` removes) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -338,6 +346,9 @@ pub struct SystemOptions {
     pub agents: usize,
     /// Seconds after which the reaper re-queues a claimed operation.
     pub stuck_threshold_secs: u64,
+    /// Fault injection: the agents pause this long between claiming and running an
+    /// operation (0: none).
+    pub agent_operation_delay_ms: u64,
 }
 
 impl Default for SystemOptions {
@@ -345,6 +356,7 @@ impl Default for SystemOptions {
         Self {
             agents: 2,
             stuck_threshold_secs: 20,
+            agent_operation_delay_ms: 0,
         }
     }
 }
@@ -516,6 +528,10 @@ impl System {
                 "SHAKENFIST_CLUSTER_OP_STUCK_THRESHOLD".to_string(),
                 opts.stuck_threshold_secs.to_string(),
             ),
+            (
+                "SHAKENFIST_CLUSTER_OP_REAPER_INTERVAL".to_string(),
+                "2".to_string(),
+            ),
         ]);
         let mut cluster = Proc::new("sf-cluster", binary("sf-cluster")?, &[], env, &logs);
         cluster.start()?;
@@ -575,6 +591,10 @@ impl System {
                 (
                     "SHAKENFIST_AGENT_HEARTBEAT_INTERVAL".to_string(),
                     "2".to_string(),
+                ),
+                (
+                    "SHAKENFIST_AGENT_TEST_OPERATION_DELAY_MS".to_string(),
+                    opts.agent_operation_delay_ms.to_string(),
                 ),
             ]);
             let agent = Proc::new(

@@ -116,3 +116,80 @@ fn killed_gateway_and_restarted_mariadb_lose_nothing_acknowledged() {
         );
     }
 }
+
+#[test]
+fn an_agent_killed_mid_operation_is_retried_and_the_instance_converges() {
+    if !require_root("an_agent_killed_mid_operation_is_retried_and_the_instance_converges") {
+        return;
+    }
+    let mut system = match System::start(&SystemOptions {
+        agents: 1,
+        stuck_threshold_secs: 6,
+        agent_operation_delay_ms: 5000,
+    }) {
+        Ok(s) => s,
+        Err(e) => panic!("system did not start: {e}"),
+    };
+    let out = system.apply(
+        "victim",
+        "apiVersion: shakenfist.io/v1alpha1\nkind: Namespace\nmetadata: {name: crash}\nspec: {}\n---\n\
+         apiVersion: shakenfist.io/v1alpha1\nkind: Instance\nmetadata: {name: victim, namespace: crash}\n\
+         spec: {cpus: 1, memory: 256, disks: [{size: 1, bus: virtio, type: disk}], powerState: 'on'}\n",
+    );
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let create = |system: &System| -> Option<serde_json::Value> {
+        system
+            .sf_json(&["get", "clusteroperations", "-n", "crash", "-o", "json"])
+            .ok()?["items"]
+            .as_array()?
+            .iter()
+            .find(|o| o["spec"]["operationType"] == "instance_create")
+            .cloned()
+    };
+    let queued = wait_for(
+        "the instance_create operation",
+        Duration::from_secs(60),
+        || create(&system),
+    );
+    if let Err(e) = queued {
+        panic!("{e}\n{}", system.logs());
+    }
+    // The agent claims at once and then holds the operation for 5 s: kill it inside
+    // that window, and bring it back without the delay.
+    std::thread::sleep(Duration::from_millis(1500));
+    let agent = &mut system.nodes[0].agent;
+    agent.kill9();
+    agent.set_env("SHAKENFIST_AGENT_TEST_OPERATION_DELAY_MS", None);
+    if let Err(e) = agent.start() {
+        panic!("restart the agent: {e}");
+    }
+    let started = Instant::now();
+    let running = wait_for(
+        "the instance to run after the retry",
+        Duration::from_secs(90),
+        || {
+            let list = system
+                .sf_json(&["get", "instances", "-n", "crash", "-o", "json"])
+                .ok()?;
+            let item = list["items"].as_array()?.first()?.clone();
+            (item["status"]["powerState"] == "running").then_some(item)
+        },
+    );
+    if let Err(e) = running {
+        panic!("{e}\nops: {:?}\n{}", create(&system), system.logs());
+    }
+    println!(
+        "{{\"figure\":\"agent_kill_recovery_seconds\",\"value\":{:.2}}}",
+        started.elapsed().as_secs_f64()
+    );
+    let op = create(&system).expect("the create operation");
+    assert_eq!(op["status"]["state"], "complete", "{op}");
+    assert!(
+        op["status"]["attempts"].as_u64().unwrap_or(0) >= 2,
+        "the operation was retried after the reaper re-queued it: {op}"
+    );
+}
