@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{Value, json};
 use sf_daemon::Shutdown;
+use sf_database_client::spool::{EventSpool, new_event};
 use sf_hostnet::{DhcpHost, FloatingIp, HostNet, HostNetError, NetworkPlumbing};
 use sf_proto::v1 as pb;
 use sf_schema::artifact::Artifact;
@@ -264,6 +265,8 @@ struct Inner<H, N> {
     sampler: Mutex<Sampler>,
     versions: Mutex<Option<HypervisorVersions>>,
     last_network_sync: Mutex<Option<Instant>>,
+    /// Where operation events go (a durable local spool drained to sf-database).
+    events: std::sync::OnceLock<Arc<EventSpool>>,
 }
 
 /// The agent (see the module contract). Cheap to clone.
@@ -344,7 +347,36 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 sampler: Mutex::new(Sampler::default()),
                 versions: Mutex::new(None),
                 last_network_sync: Mutex::new(None),
+                events: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Records an event per finished operation into `spool` from now on (on the
+    /// operation's target and on the operation itself). Without a spool the agent
+    /// records none. Only the first call takes effect.
+    pub fn set_event_spool(&self, spool: Arc<EventSpool>) {
+        let _ = self.inner.events.set(spool);
+    }
+
+    /// Spools one event about `op` (never waits on the network; a full spool counts a
+    /// drop and goes on).
+    fn record_operation_event(&self, op: &ClusterOperation, message: String) {
+        let Some(spool) = self.inner.events.get() else {
+            return;
+        };
+        let target_type = op.spec.target.kind.to_ascii_lowercase();
+        let op_uid = op.metadata.uid.clone().unwrap_or_default();
+        let event = new_event(
+            "audit",
+            message,
+            &[
+                (target_type.as_str(), op.spec.target.uid.as_str()),
+                ("clusteroperation", op_uid.as_str()),
+            ],
+        );
+        if let Err(e) = spool.record(event) {
+            tracing::warn!(error = %e, "cannot spool an operation event");
         }
     }
 
@@ -1283,6 +1315,13 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             }
             Ended::Done(Ok(value)) => {
                 tracing::info!(operation = %op_name, seconds, "operation complete");
+                self.record_operation_event(
+                    &op,
+                    format!(
+                        "{op_type} {op_name} complete on {} in {seconds:.2} s",
+                        self.node_name()
+                    ),
+                );
                 self.inner
                     .metrics
                     .finished(&op_type, "complete", seconds, None);
@@ -1291,6 +1330,13 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             Ended::Done(Err(e)) => {
                 let code = e.code();
                 tracing::warn!(operation = %op_name, code = %code, error = %e, "operation failed");
+                self.record_operation_event(
+                    &op,
+                    format!(
+                        "{op_type} {op_name} failed on {}: {code}: {e}",
+                        self.node_name()
+                    ),
+                );
                 self.inner
                     .metrics
                     .finished(&op_type, "error", seconds, Some(&code));

@@ -153,6 +153,9 @@ pub struct Config {
         hide = true
     )]
     pub agent_test_operation_delay_ms: u64,
+    /// The event spool (`<STORAGE_PATH>/spool`).
+    #[command(flatten)]
+    pub spool: sf_database_client::spool::SpoolArgs,
     /// Shared logging options.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -160,6 +163,7 @@ pub struct Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.spool.validate()?;
         if DomainType::parse(&self.libvirt_domain_type).is_none() {
             return Err(ConfigError::invalid(
                 "SHAKENFIST_LIBVIRT_DOMAIN_TYPE",

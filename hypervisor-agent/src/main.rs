@@ -9,8 +9,10 @@ use sf_agent::hypervisor::Hypervisor;
 use sf_agent::instance::Lifecycle;
 use sf_agent::libvirt::LibvirtHypervisor;
 use sf_agent::metrics::AgentMetrics;
+use sf_database_client::spool::{DrainConfig, EventSpool, SpoolMetrics};
 use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_hostnet::{HostNetConfig, NetlinkHostNet};
+use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let config: Config = sf_daemon::config::parse_or_exit();
@@ -31,6 +33,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut metrics = sf_daemon::Metrics::new("sf-agent", env!("CARGO_PKG_VERSION"));
     let agent_metrics = AgentMetrics::register(metrics.registry_mut());
+    let spool_metrics = SpoolMetrics::default();
+    spool_metrics.register(metrics.registry_mut());
+    let spool = Arc::new(
+        EventSpool::open(
+            config.spool.config(config.storage_path.join("spool")),
+            spool_metrics,
+        )
+        .context("opening the event spool")?,
+    );
     let listener = sf_daemon::metrics::bind(config.metrics_address()).await?;
     tokio::spawn(sf_daemon::metrics::serve(
         metrics.into_shared(),
@@ -69,6 +80,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &config.mariadb_gateway_secret,
         RetryPolicy::default(),
     )?;
+    let drain = spool.spawn_drain(client.clone(), DrainConfig::default(), shutdown.clone())?;
     let agent = Agent::new(
         settings,
         Gateway::new(client),
@@ -76,7 +88,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         net,
         agent_metrics,
     );
-    agent.run(shutdown).await?;
+    agent.set_event_spool(spool);
+    let ran = agent.run(shutdown.clone()).await;
+    shutdown.trigger();
+    match drain.await {
+        Ok(report) => tracing::info!(?report, "event spool drained"),
+        Err(e) => tracing::warn!(error = %e, "the event spool drain task failed"),
+    }
+    ran?;
     tracing::info!("sf-agent stopped");
     Ok(())
 }

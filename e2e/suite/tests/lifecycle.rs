@@ -164,6 +164,19 @@ fn network_and_instances_through_their_whole_life() {
         wait_power(&system, "web-1", power);
     }
 
+    // The agent's events (spooled, then drained to sf-database) describe each step.
+    let events = wait_for(
+        "the agent's events for web-1",
+        Duration::from_secs(30),
+        || {
+            let out = system.sf(&["events", "instance", "web-1", "-n", "e2e"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && text.contains("instance_pause") && text.contains("complete"))
+                .then_some(text)
+        },
+    );
+    assert!(events.is_ok(), "{events:?}\n{}", system.logs());
+
     // A screenshot is a PNG.
     let png = system.dir.path().join("shot.png");
     let out = system.sf(&[
