@@ -355,3 +355,30 @@ async fn concurrent_writers_never_lose_an_update_without_a_conflict() {
         "every successful CAS counted exactly once"
     );
 }
+
+#[tokio::test]
+async fn the_floating_network_is_created_once_with_its_well_known_uid() {
+    use sf_database::store::resources::FLOATING_NETWORK_UID;
+    let (_db, store) = common::store().await;
+    let created = store
+        .ensure_floating_network("192.168.20.0/24")
+        .await
+        .expect("ensure")
+        .expect("created the first time");
+    assert_eq!(created.object["metadata"]["uid"], FLOATING_NETWORK_UID);
+    assert!(created.object["metadata"].get("namespace").is_none());
+    assert_eq!(created.object["spec"]["netblock"], "192.168.20.0/24");
+    let stored = store
+        .get_by_uid("Network", FLOATING_NETWORK_UID)
+        .await
+        .expect("found by its uid");
+    assert_eq!(stored.resource_version, created.resource_version);
+    assert!(
+        store
+            .ensure_floating_network("192.168.20.0/24")
+            .await
+            .expect("second")
+            .is_none(),
+        "the second run changes nothing"
+    );
+}

@@ -27,8 +27,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create or migrate every table (idempotent) and record versions in schema_versions.
-    EnsureMariadbSchema,
+    /// Create or migrate every table (idempotent) and record versions in schema_versions;
+    /// then create the floating network with its well-known uid when missing.
+    EnsureMariadbSchema {
+        /// The floating network's netblock (Shaken Fist's FLOATING_NETWORK).
+        #[arg(
+            long,
+            env = "SHAKENFIST_FLOATING_NETWORK",
+            default_value = "192.168.20.0/24"
+        )]
+        floating_network: String,
+    },
     /// Check that the server is MariaDB >= 10.6 with InnoDB and utf8mb4 defaults.
     CheckMariadb,
     /// Create namespace `system` if missing and a key for it; print the clear key once.
@@ -77,7 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Backup { .. } => return Ok(retired(&cli.mariadb, "backup")),
         Command::Restore { .. } => return Ok(retired(&cli.mariadb, "restore")),
-        Command::EnsureMariadbSchema
+        Command::EnsureMariadbSchema { .. }
         | Command::CheckMariadb
         | Command::BootstrapSystemKey { .. } => {}
     }
@@ -112,9 +121,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("schema: {mismatch}");
             }
         }
-        Command::EnsureMariadbSchema => {
+        Command::EnsureMariadbSchema { floating_network } => {
             let report = ensure_schema(&db).await?;
             print!("{report}");
+            db.close().await?;
+            let pool = connect_pool(&cli.mariadb).await?;
+            let store = Store::new(pool);
+            match store.ensure_floating_network(&floating_network).await {
+                Ok(Some(_)) => println!(
+                    "created the floating network {floating_network} ({})",
+                    sf_database::store::resources::FLOATING_NETWORK_UID
+                ),
+                Ok(None) => println!("the floating network exists; nothing to do"),
+                Err(e) => {
+                    eprintln!("cannot create the floating network: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
         }
         Command::BootstrapSystemKey { key_name, replace } => {
             db.close().await?;

@@ -648,12 +648,65 @@ fn unchanged(row: Row0) -> Stored {
     }
 }
 
+/// The floating network's well-known uid (DESIGN: Resources).
+pub const FLOATING_NETWORK_UID: &str = "f10a7f10-a7f1-4a7f-a10a-7f10a7f10a7f";
+/// The floating network's name.
+pub const FLOATING_NETWORK_NAME: &str = "floating";
+
 impl Store {
     /// Creates an object (see the module contract).
     pub async fn create(&self, object: Value, dry_run: bool) -> Result<Stored, StoreError> {
+        self.create_with(object, dry_run, None).await
+    }
+
+    /// Creates the floating network (no namespace, the well-known uid
+    /// [`FLOATING_NETWORK_UID`], `netblock`, no DHCP/NAT/DNS) unless a Network with
+    /// that uid or name already exists. Returns the new object, or `None` when it
+    /// existed. Idempotent; `sf-ctl ensure-mariadb-schema` calls it.
+    pub async fn ensure_floating_network(
+        &self,
+        netblock: &str,
+    ) -> Result<Option<Stored>, StoreError> {
+        if self
+            .get_by_uid("Network", FLOATING_NETWORK_UID)
+            .await
+            .is_ok()
+            || self
+                .get(&ObjectKey::new("Network", "", FLOATING_NETWORK_NAME))
+                .await
+                .is_ok()
+        {
+            return Ok(None);
+        }
+        let object = json!({
+            "apiVersion": "shakenfist.io/v1alpha1",
+            "kind": "Network",
+            "metadata": {"name": FLOATING_NETWORK_NAME},
+            "spec": {"netblock": netblock, "provideDhcp": false, "provideNat": false, "provideDns": false},
+        });
+        match self
+            .create_with(object, false, Some(FLOATING_NETWORK_UID))
+            .await
+        {
+            Ok(stored) => Ok(Some(stored)),
+            Err(StoreError::AlreadyExists { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_with(
+        &self,
+        object: Value,
+        dry_run: bool,
+        fixed_uid: Option<&str>,
+    ) -> Result<Stored, StoreError> {
         self.with_retry("create resource", || async {
             let mut object = object.clone();
-            let (key, uid) = prepare_new(&mut object)?;
+            let (key, mut uid) = prepare_new(&mut object)?;
+            if let Some(fixed) = fixed_uid {
+                uid = fixed.to_owned();
+                metadata_mut(&mut object)?.insert("uid".into(), json!(uid));
+            }
             if dry_run {
                 set_versions(&mut object, 0, 1)?;
                 if self.get(&key).await.is_ok() {
