@@ -4,7 +4,7 @@
 //! environment and arguments; the child calls `parse_or_exit` and prints the config. The
 //! environment is set only on the child's `Command`, never in this process.
 
-mod support;
+use sf_harness::runner as support;
 
 use std::process::{Command, Output};
 

@@ -5,7 +5,7 @@
 //! shutdown, prints `triggered`, then either exits 0 (`exit`) or keeps "draining"
 //! (`drain`) until a second signal forces it out with 128 + the signal number.
 
-mod support;
+use sf_harness::runner as support;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, Stdio};

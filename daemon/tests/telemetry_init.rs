@@ -6,7 +6,7 @@
 //! listens on 127.0.0.1 as a stand-in collector and checks that the child opens an
 //! HTTP/2 (gRPC) connection to it when the guard flushes.
 
-mod support;
+use sf_harness::runner as support;
 
 use std::io::Read;
 use std::net::TcpListener;

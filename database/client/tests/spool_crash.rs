@@ -12,7 +12,7 @@
 //! Also here, in-process against the same real sf-database: a batch with an invalid
 //! event loses only that event, and shutdown flushes what is spooled.
 
-mod support;
+use sf_harness::runner as support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};

@@ -16,6 +16,8 @@
 //!   hands out its URL; the throwaway server is deleted with the run, so databases are
 //!   not dropped one by one.
 
+pub mod runner;
+
 use std::fs;
 use std::io;
 use std::net::TcpListener;

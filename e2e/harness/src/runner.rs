@@ -1,7 +1,7 @@
-//! A minimal test runner for the `harness = false` test binaries of this crate (they
-//! re-run themselves as child processes). It speaks the part of libtest's command line
-//! that cargo-nextest uses: `--list --format terse [--ignored]` prints `name: test`
-//! lines, and `NAME --exact` runs one test; other libtest flags are accepted and ignored.
+//! A minimal test runner for `harness = false` test binaries (they re-run themselves
+//! as child processes). It speaks the part of libtest's command line that
+//! cargo-nextest uses: `--list --format terse [--ignored]` prints `name: test` lines,
+//! and `NAME --exact` runs one test; other libtest flags are accepted and ignored.
 
 /// A named check.
 pub type Check = (&'static str, Box<dyn Fn() -> Result<(), String>>);
