@@ -168,6 +168,47 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, D
         .map_err(|source| DaemonError::Bind { what, addr, source })
 }
 
+/// Starts a gateway inside this process, on ephemeral ports of 127.0.0.1 (gRPC and
+/// metrics), over the MariaDB on 127.0.0.1:`mariadb_port` (user root, no password) and
+/// its database `database`: what tests and benchmarks of the other daemons run
+/// against. Returns the gRPC address and the gateway's shutdown; a failure while
+/// serving is logged.
+pub async fn spawn_local(
+    mariadb_port: u16,
+    database: &str,
+    pool_size: u32,
+    secret: &str,
+) -> Result<(SocketAddr, Shutdown), DaemonError> {
+    use clap::Parser;
+    let config = Config::parse_from([
+        "sf-database".to_string(),
+        "--mariadb-host=127.0.0.1".into(),
+        format!("--mariadb-port={mariadb_port}"),
+        "--mariadb-user=root".into(),
+        format!("--mariadb-database={database}"),
+        format!("--mariadb-pool-size={pool_size}"),
+        "--listen=127.0.0.1".into(),
+        format!("--mariadb-gateway-secret={secret}"),
+        "--log=warn".into(),
+    ]);
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let grpc = bind("gRPC", local).await?;
+    let metrics = bind("metrics", local).await?;
+    let addr = grpc.local_addr().map_err(|source| DaemonError::Bind {
+        what: "gRPC",
+        addr: local,
+        source,
+    })?;
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve(config, grpc, metrics, s).await {
+            tracing::error!(error = %e, "in-process sf-database failed");
+        }
+    });
+    Ok((addr, shutdown))
+}
+
 /// Serves until `shutdown`, on listeners bound by the caller.
 pub async fn serve(
     config: Config,

@@ -7,11 +7,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sf_daemon::Shutdown;
-use sf_database::daemon::{self as gateway_daemon, Config as GatewayConfig};
+use sf_database::daemon as gateway_daemon;
 use sf_database::{MariaDbArgs, connect, ensure_schema};
 use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_harness::TestDatabase;
@@ -55,32 +54,9 @@ impl Drop for Env {
 }
 
 async fn start_gateway(db: &TestDatabase) -> (SocketAddr, Shutdown) {
-    let config = GatewayConfig::parse_from([
-        "sf-database",
-        "--mariadb-host=127.0.0.1",
-        &format!("--mariadb-port={}", db.port),
-        "--mariadb-user=root",
-        &format!("--mariadb-database={}", db.name),
-        "--mariadb-pool-size=6",
-        "--listen=127.0.0.1",
-        &format!("--mariadb-gateway-secret={SECRET}"),
-        "--log=warn",
-    ]);
-    let grpc = gateway_daemon::bind("gRPC", "127.0.0.1:0".parse().expect("address"))
+    gateway_daemon::spawn_local(db.port, &db.name, 6, SECRET)
         .await
-        .expect("bind gRPC");
-    let metrics = gateway_daemon::bind("metrics", "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("bind metrics");
-    let addr = grpc.local_addr().expect("addr");
-    let shutdown = Shutdown::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = gateway_daemon::serve(config, grpc, metrics, s).await {
-            eprintln!("gateway: {e}");
-        }
-    });
-    (addr, shutdown)
+        .expect("in-process sf-database")
 }
 
 /// Starts everything with default sf-api settings.

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use serde_json::{Value, json};
 use sf_agent::agent::{Agent, AgentSettings};
 use sf_agent::domain_xml::{DomainType, RenderSettings};
@@ -17,7 +16,7 @@ use sf_agent::instance::{Lifecycle, LifecycleSettings};
 use sf_agent::libvirt::LibvirtHypervisor;
 use sf_agent::metrics::AgentMetrics;
 use sf_daemon::Shutdown;
-use sf_database::daemon::{self as gateway_daemon, Config as GatewayConfig};
+use sf_database::daemon as gateway_daemon;
 use sf_database::{MariaDbArgs, connect, ensure_schema};
 use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_harness::TestDatabase;
@@ -53,32 +52,9 @@ pub fn privileged() -> bool {
 }
 
 pub async fn start_gateway(db: &TestDatabase) -> (SocketAddr, Shutdown) {
-    let config = GatewayConfig::parse_from([
-        "sf-database",
-        "--mariadb-host=127.0.0.1",
-        &format!("--mariadb-port={}", db.port),
-        "--mariadb-user=root",
-        &format!("--mariadb-database={}", db.name),
-        "--mariadb-pool-size=6",
-        "--listen=127.0.0.1",
-        &format!("--mariadb-gateway-secret={SECRET}"),
-        "--log=warn",
-    ]);
-    let grpc = gateway_daemon::bind("gRPC", "127.0.0.1:0".parse().expect("address"))
+    gateway_daemon::spawn_local(db.port, &db.name, 6, SECRET)
         .await
-        .expect("bind gRPC");
-    let metrics = gateway_daemon::bind("metrics", "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("bind metrics");
-    let addr = grpc.local_addr().expect("addr");
-    let shutdown = Shutdown::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = gateway_daemon::serve(config, grpc, metrics, s).await {
-            eprintln!("gateway: {e}");
-        }
-    });
-    (addr, shutdown)
+        .expect("in-process sf-database")
 }
 
 pub struct Env {

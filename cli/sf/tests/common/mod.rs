@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use sf_daemon::Shutdown;
-use sf_database::daemon::{self as gateway_daemon, Config as GatewayConfig};
+use sf_database::daemon as gateway_daemon;
 use sf_database::{MariaDbArgs, connect, ensure_schema};
 use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_harness::TestDatabase;
@@ -64,32 +63,9 @@ impl Run {
 }
 
 async fn start_gateway(db: &TestDatabase) -> (SocketAddr, Shutdown) {
-    let config = GatewayConfig::parse_from([
-        "sf-database",
-        "--mariadb-host=127.0.0.1",
-        &format!("--mariadb-port={}", db.port),
-        "--mariadb-user=root",
-        &format!("--mariadb-database={}", db.name),
-        "--mariadb-pool-size=4",
-        "--listen=127.0.0.1",
-        &format!("--mariadb-gateway-secret={SECRET}"),
-        "--log=warn",
-    ]);
-    let grpc = gateway_daemon::bind("gRPC", "127.0.0.1:0".parse().expect("address"))
+    gateway_daemon::spawn_local(db.port, &db.name, 4, SECRET)
         .await
-        .expect("bind gRPC");
-    let metrics = gateway_daemon::bind("metrics", "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("bind metrics");
-    let addr = grpc.local_addr().expect("addr");
-    let shutdown = Shutdown::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = gateway_daemon::serve(config, grpc, metrics, s).await {
-            eprintln!("gateway: {e}");
-        }
-    });
-    (addr, shutdown)
+        .expect("in-process sf-database")
 }
 
 /// Starts everything; `api_args` are extra sf-api flags.

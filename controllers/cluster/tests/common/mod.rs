@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sf_cluster::context::Context;
 use sf_daemon::Shutdown;
-use sf_database::daemon::{self as gateway_daemon, Config as GatewayConfig};
+use sf_database::daemon as gateway_daemon;
 use sf_database::{MariaDbArgs, connect, ensure_schema};
 use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_harness::TestDatabase;
@@ -108,32 +107,9 @@ impl Cluster {
 }
 
 async fn start_gateway(db: &TestDatabase) -> (SocketAddr, Shutdown) {
-    let config = GatewayConfig::parse_from([
-        "sf-database",
-        "--mariadb-host=127.0.0.1",
-        &format!("--mariadb-port={}", db.port),
-        "--mariadb-user=root",
-        &format!("--mariadb-database={}", db.name),
-        "--mariadb-pool-size=8",
-        "--listen=127.0.0.1",
-        &format!("--mariadb-gateway-secret={SECRET}"),
-        "--log=warn",
-    ]);
-    let grpc = gateway_daemon::bind("gRPC", "127.0.0.1:0".parse().expect("address"))
+    gateway_daemon::spawn_local(db.port, &db.name, 8, SECRET)
         .await
-        .expect("bind gRPC");
-    let metrics = gateway_daemon::bind("metrics", "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("bind metrics");
-    let addr = grpc.local_addr().expect("addr");
-    let shutdown = Shutdown::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = gateway_daemon::serve(config, grpc, metrics, s).await {
-            eprintln!("gateway: {e}");
-        }
-    });
-    (addr, shutdown)
+        .expect("in-process sf-database")
 }
 
 /// Logs to stdout when `SF_TEST_LOG` is set (an EnvFilter, e.g. `sf_cluster=debug`).
