@@ -7,8 +7,9 @@
 //!   a kind it may not write: 403) and admitted like a create (schema, semantic
 //!   validation, defaults: 422 names the object and field; nothing is stored).
 //! - `change`: `create` (no stored object of that name), `update` (its spec differs
-//!   from the stored one), `unchanged`, or `delete` (with `"delete": true`; a missing
-//!   object is `unchanged`). Immutable-field changes are 422 as on PUT.
+//!   from the stored one), `unchanged` (no actions: the change causes nothing), or
+//!   `delete` (with `"delete": true`; a missing object is `unchanged`).
+//!   Immutable-field changes are 422 as on PUT.
 //! - `actions`: `sf_plan::plan_instance` / `plan_network` on the desired object (the
 //!   stored object with the new spec; with a deletionTimestamp for delete) and an
 //!   observation made as well as sf-api can: the operations labelled with the
@@ -177,7 +178,14 @@ async fn plan_one(
             let same = stored.get("spec") == desired.get("spec")
                 && stored.pointer("/metadata/labels")
                     == admitted.object.pointer("/metadata/labels");
-            (if same { "unchanged" } else { "update" }, Some(desired))
+            // An unchanged object causes nothing: whatever the controllers still
+            // have to do for it is not this change's doing (and sf-api cannot observe
+            // all of it), so no actions are shown.
+            if same {
+                ("unchanged", None)
+            } else {
+                ("update", Some(desired))
+            }
         }
     };
     let actions = match desired {
