@@ -129,6 +129,11 @@ if [[ ! -s $KEY_FILE ]]; then
 fi
 SYSTEM_KEY=$(cat "$KEY_FILE")
 
+# A 2-core machine could schedule nothing with Shaken Fist's per-node reservations:
+# keep none. sf-cluster schedules with these and sf-api reports them.
+export SHAKENFIST_NODE_CPU_RESERVATION_THREADS=0 SHAKENFIST_NODE_RAM_RESERVATION_GB=0 \
+  SHAKENFIST_NODE_DISK_RESERVATION_GB=0
+
 say "sf-api on :13000"
 SHAKENFIST_API_PORT=13000 start sf-api "$BIN/sf-api"
 wait_port sf-api 13000
@@ -152,8 +157,7 @@ ip -n "$NETNS" link set egress0 up
 say "sf-cluster"
 SHAKENFIST_API_URL=http://127.0.0.1:13000 \
 SHAKENFIST_CLUSTER_NAMESPACE=system SHAKENFIST_CLUSTER_KEY=$SYSTEM_KEY \
-SHAKENFIST_NODE_CPU_RESERVATION_THREADS=0 SHAKENFIST_NODE_RAM_RESERVATION_GB=0 \
-SHAKENFIST_NODE_DISK_RESERVATION_GB=0 SHAKENFIST_CLUSTER_METRICS_PORT=13007 \
+SHAKENFIST_CLUSTER_METRICS_PORT=13007 \
   start sf-cluster "$BIN/sf-cluster"
 
 say "sf-agent (node hv1, libvirt ${SHAKENFIST_LIBVIRT_URI:-test:///default})"

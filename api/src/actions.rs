@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 use sf_plan::ops::{ObservedOperation, current_seq, operation_name, short_name};
-use sf_plan::scheduler::{NodeView, Resources, SchedulerConfig, resource_summary};
+use sf_plan::scheduler::{NodeView, Resources, resource_summary};
 use sf_schema::operation::OperationType;
 use sf_schema::{API_VERSION, Instance, Node};
 
@@ -381,6 +381,6 @@ pub async fn admin_resources(
         .collect();
     json_response(
         StatusCode::OK,
-        &resource_summary(&views, &SchedulerConfig::default()),
+        &resource_summary(&views, &app.settings.scheduler),
     )
 }

@@ -74,6 +74,10 @@ pub struct Config {
     /// How long a token is valid, in seconds.
     #[arg(long, env = "SHAKENFIST_API_TOKEN_DURATION", default_value_t = 900)]
     pub api_token_duration: u64,
+    /// The scheduler's settings, reported by `/admin/resources` (set them as for
+    /// sf-cluster).
+    #[command(flatten)]
+    pub scheduler: sf_plan::args::SchedulerArgs,
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -103,6 +107,9 @@ impl Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((key, problem)) = self.scheduler.invalid() {
+            return Err(ConfigError::invalid(key, problem));
+        }
         if self.mariadb_gateway_secret.len() < 16 {
             return Err(ConfigError::invalid(
                 "SHAKENFIST_MARIADB_GATEWAY_SECRET",

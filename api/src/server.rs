@@ -64,12 +64,15 @@ pub enum ServerError {
 }
 
 /// Tunables of the resource endpoints.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// How often an idle watch gets a bookmark (when it asked for them).
     pub bookmark_interval: Duration,
     /// The longest a watch request lasts.
     pub max_watch: Duration,
+    /// The scheduler's settings, for `/admin/resources` (the same keys sf-cluster
+    /// schedules with).
+    pub scheduler: sf_plan::scheduler::SchedulerConfig,
 }
 
 /// Everything a handler needs.
@@ -100,6 +103,7 @@ impl App {
             settings: Settings {
                 bookmark_interval: config.bookmark_interval(),
                 max_watch: config.max_watch(),
+                scheduler: config.scheduler.config(),
             },
             shutdown,
             auth: Auth::new(TokenSigner::new(

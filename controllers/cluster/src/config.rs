@@ -68,39 +68,9 @@ pub struct Config {
     #[arg(long, env = "SHAKENFIST_CLUSTER_LEASE_TTL", default_value_t = 15)]
     pub cluster_lease_ttl: u32,
 
-    /// Threads kept for each hypervisor.
-    #[arg(
-        long,
-        env = "SHAKENFIST_NODE_CPU_RESERVATION_THREADS",
-        default_value_t = 2
-    )]
-    pub node_cpu_reservation_threads: u64,
-    /// Memory kept for each hypervisor, GiB.
-    #[arg(long, env = "SHAKENFIST_NODE_RAM_RESERVATION_GB", default_value_t = 2)]
-    pub node_ram_reservation_gb: u64,
-    /// Disk kept for each hypervisor, GiB.
-    #[arg(
-        long,
-        env = "SHAKENFIST_NODE_DISK_RESERVATION_GB",
-        default_value_t = 20
-    )]
-    pub node_disk_reservation_gb: u64,
-    /// CPU overcommit.
-    #[arg(long, env = "SHAKENFIST_CPU_OVERCOMMIT_RATIO", default_value_t = 3.0)]
-    pub cpu_overcommit_ratio: f64,
-    /// RAM overcommit.
-    #[arg(long, env = "SHAKENFIST_RAM_OVERCOMMIT_RATIO", default_value_t = 3.0)]
-    pub ram_overcommit_ratio: f64,
-    /// Disk overcommit.
-    #[arg(
-        long,
-        env = "SHAKENFIST_SCHEDULER_DISK_OVERCOMMIT",
-        default_value_t = 5.0
-    )]
-    pub scheduler_disk_overcommit: f64,
-    /// Committed fraction above which a node is penalised.
-    #[arg(long, env = "SHAKENFIST_SCHEDULER_TARGET_LOAD", default_value_t = 0.75)]
-    pub scheduler_target_load: f64,
+    /// The scheduler's settings (shared with sf-api's `/admin/resources`).
+    #[command(flatten)]
+    pub scheduler_args: sf_plan::args::SchedulerArgs,
     /// Seconds without a check-in before a node is missing (10× that: error).
     #[arg(long, env = "SHAKENFIST_NODE_CHECKIN_MAXIMUM", default_value_t = 120)]
     pub node_checkin_maximum: i64,
@@ -201,25 +171,8 @@ impl Validate for Config {
                 format!("must be at least 3 seconds, got {}", self.cluster_lease_ttl),
             ));
         }
-        let ratios = [
-            ("SHAKENFIST_CPU_OVERCOMMIT_RATIO", self.cpu_overcommit_ratio),
-            ("SHAKENFIST_RAM_OVERCOMMIT_RATIO", self.ram_overcommit_ratio),
-            (
-                "SHAKENFIST_SCHEDULER_DISK_OVERCOMMIT",
-                self.scheduler_disk_overcommit,
-            ),
-            (
-                "SHAKENFIST_SCHEDULER_TARGET_LOAD",
-                self.scheduler_target_load,
-            ),
-        ];
-        for (key, value) in ratios {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("must be a positive number, got {value}"),
-                ));
-            }
+        if let Some((key, problem)) = self.scheduler_args.invalid() {
+            return Err(ConfigError::invalid(key, problem));
         }
         if self.node_checkin_maximum < 1 {
             return Err(ConfigError::invalid(
@@ -273,16 +226,7 @@ impl Config {
 
     /// The scheduler settings.
     pub fn scheduler(&self) -> SchedulerConfig {
-        SchedulerConfig {
-            cpu_reservation_threads: self.node_cpu_reservation_threads,
-            ram_reservation_gb: self.node_ram_reservation_gb,
-            disk_reservation_gb: self.node_disk_reservation_gb,
-            cpu_overcommit_ratio: self.cpu_overcommit_ratio,
-            ram_overcommit_ratio: self.ram_overcommit_ratio,
-            disk_overcommit_ratio: self.scheduler_disk_overcommit,
-            target_load: self.scheduler_target_load,
-            ..SchedulerConfig::default()
-        }
+        self.scheduler_args.config()
     }
 
     /// The node timeline settings.

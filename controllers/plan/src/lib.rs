@@ -18,6 +18,8 @@
 //! [`scheduler`].
 
 pub mod action;
+#[cfg(feature = "config")]
+pub mod args;
 pub mod instance;
 pub mod interface;
 pub mod network;

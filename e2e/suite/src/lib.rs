@@ -493,6 +493,19 @@ impl System {
                 "SHAKENFIST_AUTH_SECRET_SEED".to_string(),
                 AUTH_SEED.to_string(),
             ),
+            // Reported by /admin/resources: the same as sf-cluster's below.
+            (
+                "SHAKENFIST_NODE_CPU_RESERVATION_THREADS".to_string(),
+                "0".to_string(),
+            ),
+            (
+                "SHAKENFIST_NODE_RAM_RESERVATION_GB".to_string(),
+                "0".to_string(),
+            ),
+            (
+                "SHAKENFIST_NODE_DISK_RESERVATION_GB".to_string(),
+                "0".to_string(),
+            ),
         ]);
         let mut api = Proc::new("sf-api", binary("sf-api")?, &[], env, &logs);
         api.start()?;
