@@ -83,6 +83,28 @@ fn ns_ref<K: Resource<DynamicType = ()>>(name: &str, ns: Option<&str>) -> Object
     }
 }
 
+/// The objects of `kind` an operation concerns: its owner (the owner labels apply sets)
+/// and, with `by_target`, its target.
+fn operation_refs<K: Resource<DynamicType = ()>>(
+    op: &ClusterOperation,
+    kind: &str,
+    by_target: bool,
+) -> Vec<ObjectRef<K>> {
+    let mut out = Vec::new();
+    if op.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some(kind)
+        && let Some(name) = op.labels().get(OWNER_NAME_LABEL)
+    {
+        out.push(ns_ref(name, op.namespace().as_deref()));
+    }
+    if by_target && op.spec.target.kind == kind {
+        out.push(ns_ref(
+            &op.spec.target.name,
+            op.spec.target.namespace.as_deref(),
+        ));
+    }
+    out
+}
+
 fn requeue_of(after: Option<Duration>) -> Requeue {
     Requeue::requeue(after.unwrap_or(RESYNC).max(Duration::from_millis(100)))
 }
@@ -428,20 +450,7 @@ pub async fn run(
     // --- Instance ---------------------------------------------------------------
     let instance_controller = {
         let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Instance>> {
-            let ns = op.namespace();
-            let mut out = Vec::new();
-            if op.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some("Instance")
-                && let Some(name) = op.labels().get(OWNER_NAME_LABEL)
-            {
-                out.push(ns_ref(name, ns.as_deref()));
-            }
-            if op.spec.target.kind == "Instance" {
-                out.push(ns_ref(
-                    &op.spec.target.name,
-                    op.spec.target.namespace.as_deref(),
-                ));
-            }
-            out
+            operation_refs(&op, "Instance", true)
         };
         let node_changes = Arc::new(Changes::default());
         let istore = stores.instances.clone();
@@ -548,20 +557,7 @@ pub async fn run(
     // --- Network ----------------------------------------------------------------
     let network_controller = {
         let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Network>> {
-            let ns = op.namespace();
-            let mut out = Vec::new();
-            if op.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some("Network")
-                && let Some(name) = op.labels().get(OWNER_NAME_LABEL)
-            {
-                out.push(ns_ref(name, ns.as_deref()));
-            }
-            if op.spec.target.kind == "Network" {
-                out.push(ns_ref(
-                    &op.spec.target.name,
-                    op.spec.target.namespace.as_deref(),
-                ));
-            }
-            out
+            operation_refs(&op, "Network", true)
         };
         let iface_changes = Arc::new(Changes::default());
         let iface_map = move |i: Arc<NetworkInterface>| -> Vec<ObjectRef<Network>> {
@@ -636,14 +632,7 @@ pub async fn run(
     // --- NetworkInterface -------------------------------------------------------
     let interface_controller = {
         let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<NetworkInterface>> {
-            let ns = op.namespace();
-            let mut out = Vec::new();
-            if op.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some("NetworkInterface")
-                && let Some(name) = op.labels().get(OWNER_NAME_LABEL)
-            {
-                out.push(ns_ref(name, ns.as_deref()));
-            }
-            out
+            operation_refs(&op, "NetworkInterface", false)
         };
         let inst_changes = Arc::new(Changes::default());
         let ifstore = stores.interfaces.clone();
