@@ -30,6 +30,8 @@ pub struct Env {
     pub url: String,
     /// A gateway client.
     pub gateway: GatewayClient,
+    /// Its `MARIADB_GATEWAY_HOSTS`.
+    pub gateway_hosts: String,
     /// Holds the `sf` config file (and HOME) of this test.
     pub dir: tempfile::TempDir,
     shutdowns: Vec<Shutdown>,
@@ -105,6 +107,7 @@ pub async fn start_with(api_args: &[&str]) -> Env {
         db,
         url,
         gateway,
+        gateway_hosts: gateway_hosts.clone(),
         dir: tempfile::tempdir().expect("tempdir"),
         shutdowns: vec![api_shutdown, gateway_shutdown],
     };
@@ -201,16 +204,7 @@ impl Env {
 
     /// Creates namespace `ns` through the gateway (fine if it exists).
     pub async fn add_namespace(&self, ns: &str) {
-        let result = self
-            .gateway
-            .call("create_namespace", |mut g| {
-                let request = sf_proto::v1::NamespaceRequest {
-                    namespace: ns.to_string(),
-                };
-                async move { g.create_namespace(request).await }
-            })
-            .await;
-        if let Err(e) = result {
+        if let Err(e) = self.api_gateway().create_namespace(ns).await {
             assert_eq!(
                 e.code(),
                 Some(tonic::Code::AlreadyExists),
@@ -222,17 +216,15 @@ impl Env {
     /// Stores key `key_name` of `ns` through the gateway.
     pub async fn put_key(&self, ns: &str, key_name: &str, key: &str) {
         let key_hash = sf_api::auth::hash_key(key).expect("hash key");
-        self.gateway
-            .call("put_key", |mut g| {
-                let request = sf_proto::v1::PutKeyRequest {
-                    namespace: ns.to_string(),
-                    key_name: key_name.to_string(),
-                    key_hash: key_hash.clone(),
-                };
-                async move { g.put_key(request).await }
-            })
+        self.api_gateway()
+            .put_key(ns, key_name, &key_hash)
             .await
             .expect("put key");
+    }
+
+    /// sf-database as sf-api calls it (namespaces and keys).
+    pub fn api_gateway(&self) -> sf_api::gateway::Gateway {
+        sf_api::gateway::Gateway::new(&self.gateway_hosts, SECRET).expect("gateway")
     }
 
     /// Rows of `kind` in the resources table.

@@ -139,29 +139,15 @@ pub async fn start() -> Env {
     let gateway_hosts = addr.to_string();
     let gateway = GatewayClient::from_host_list(&gateway_hosts, SECRET, RetryPolicy::default())
         .expect("gateway client");
+    let api_gateway = sf_api::gateway::Gateway::new(&gateway_hosts, SECRET).expect("gateway");
     for ns in ["system", NS] {
-        let r = gateway
-            .call("create_namespace", |mut g| async move {
-                g.create_namespace(pb::NamespaceRequest {
-                    namespace: ns.to_string(),
-                })
-                .await
-            })
-            .await;
-        if let Err(e) = r {
+        if let Err(e) = api_gateway.create_namespace(ns).await {
             assert_eq!(e.code(), Some(tonic::Code::AlreadyExists), "{e}");
         }
     }
     let key_hash = sf_api::auth::hash_key(CLUSTER_KEY).expect("hash key");
-    gateway
-        .call("put_key", |mut g| {
-            let request = pb::PutKeyRequest {
-                namespace: "system".into(),
-                key_name: "sf-cluster".into(),
-                key_hash: key_hash.clone(),
-            };
-            async move { g.put_key(request).await }
-        })
+    api_gateway
+        .put_key("system", "sf-cluster", &key_hash)
         .await
         .expect("put key");
 
