@@ -493,20 +493,8 @@ impl System {
                 "SHAKENFIST_AUTH_SECRET_SEED".to_string(),
                 AUTH_SEED.to_string(),
             ),
-            // Reported by /admin/resources: the same as sf-cluster's below.
-            (
-                "SHAKENFIST_NODE_CPU_RESERVATION_THREADS".to_string(),
-                "0".to_string(),
-            ),
-            (
-                "SHAKENFIST_NODE_RAM_RESERVATION_GB".to_string(),
-                "0".to_string(),
-            ),
-            (
-                "SHAKENFIST_NODE_DISK_RESERVATION_GB".to_string(),
-                "0".to_string(),
-            ),
         ]);
+        env.extend(no_reservations());
         let mut api = Proc::new("sf-api", binary("sf-api")?, &[], env, &logs);
         api.start()?;
         wait_port(&mut api, api_port)?;
@@ -526,18 +514,6 @@ impl System {
                 free_port()?.to_string(),
             ),
             (
-                "SHAKENFIST_NODE_CPU_RESERVATION_THREADS".to_string(),
-                "0".to_string(),
-            ),
-            (
-                "SHAKENFIST_NODE_RAM_RESERVATION_GB".to_string(),
-                "0".to_string(),
-            ),
-            (
-                "SHAKENFIST_NODE_DISK_RESERVATION_GB".to_string(),
-                "0".to_string(),
-            ),
-            (
                 "SHAKENFIST_CLUSTER_OP_STUCK_THRESHOLD".to_string(),
                 opts.stuck_threshold_secs.to_string(),
             ),
@@ -546,6 +522,7 @@ impl System {
                 "2".to_string(),
             ),
         ]);
+        env.extend(no_reservations());
         let mut cluster = Proc::new("sf-cluster", binary("sf-cluster")?, &[], env, &logs);
         cluster.start()?;
 
@@ -816,6 +793,20 @@ impl System {
         }
         out
     }
+}
+
+/// No per-node reservations (a 2-core machine could schedule nothing with Shaken
+/// Fist's): sf-cluster schedules with them and sf-api's `/admin/resources` reports them,
+/// so both get the same.
+fn no_reservations() -> Vec<(String, String)> {
+    [
+        "SHAKENFIST_NODE_CPU_RESERVATION_THREADS",
+        "SHAKENFIST_NODE_RAM_RESERVATION_GB",
+        "SHAKENFIST_NODE_DISK_RESERVATION_GB",
+    ]
+    .into_iter()
+    .map(|k| (k.to_string(), "0".to_string()))
+    .collect()
 }
 
 fn wait_port(p: &mut Proc, port: u16) -> Result<(), E2eError> {
