@@ -218,7 +218,10 @@ impl Spec {
         };
         let prev = parse(&event.prev_object)?;
         let now = self.selects(&object);
-        let before = prev.as_ref().is_some_and(|p| self.selects(p));
+        // No previous object: the change left the labels alone, so it matched before
+        // exactly as it does now (sf-database logs the previous object only for
+        // label changes).
+        let before = prev.as_ref().map_or(now, |p| self.selects(p));
         Ok(match event_type {
             EventType::Added => now.then(|| line("ADDED", &object)),
             EventType::Modified => match (before, now) {

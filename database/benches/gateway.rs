@@ -13,6 +13,9 @@
 //!
 //! `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
 //! unbatched, batched, claim, watch, events, baseline; default all) picks phases.
+//! `SF_BENCH_LOCKMON=1` prints InnoDB's lock-wait graph (every transaction, and who
+//! waits for whom on which record) to stderr whenever a lock wait passes 2 s: the tool
+//! that found the full-scan locking behind multi-second completion stalls.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -655,6 +658,49 @@ async fn main() {
         let mut v = throughput(&both, "u", n(4_000), 1).await;
         v["cpu"] = probe.finish();
         report.insert("create_claim_complete_unbatched".into(), v);
+    }
+    if std::env::var("SF_BENCH_LOCKMON").is_ok() {
+        let url = format!("mysql://root@127.0.0.1:{}/{}", tdb.port, tdb.name);
+        tokio::spawn(async move {
+            use sqlx::Row;
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .expect("mon");
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let long: Option<i64> = sqlx::query_scalar("SELECT MAX(TIMESTAMPDIFF(MICROSECOND, trx_wait_started, NOW(6))) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'").fetch_one(&pool).await.ok().flatten();
+                if long.unwrap_or(0) < 2_000_000 {
+                    continue;
+                }
+                eprintln!("=== GRAPH max wait {long:?}us");
+                let trx = sqlx::query("SELECT CAST(trx_id AS CHAR) AS trx_id, trx_state, trx_mysql_thread_id AS th, TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6)) AS age, IFNULL(TIMESTAMPDIFF(MICROSECOND, trx_wait_started, NOW(6)),0) AS waited, trx_rows_locked AS rl, trx_rows_modified AS rm, IFNULL(CONCAT(LEFT(trx_query, 40), ' ... ', RIGHT(trx_query, 140)),'') AS q FROM information_schema.INNODB_TRX ORDER BY trx_started").fetch_all(&pool).await.unwrap_or_default();
+                for r in trx {
+                    let id: String = r.try_get::<String, _>("trx_id").unwrap_or_default();
+                    let st: String = r.try_get("trx_state").unwrap_or_default();
+                    let th: u64 = r.try_get("th").unwrap_or(0);
+                    let age: i64 = r.try_get("age").unwrap_or(0);
+                    let waited: i64 = r.try_get("waited").unwrap_or(0);
+                    let rl: u64 = r.try_get("rl").unwrap_or(0);
+                    let rm: u64 = r.try_get("rm").unwrap_or(0);
+                    let q: String = r.try_get("q").unwrap_or_default();
+                    eprintln!(
+                        "TRX {id} th={th} {st} age={}ms waited={}ms locked={rl} modified={rm} q=[{q}]",
+                        age / 1000,
+                        waited / 1000
+                    );
+                }
+                let waits = sqlx::query("SELECT CAST(w.requesting_trx_id AS CHAR) AS rq, CAST(w.blocking_trx_id AS CHAR) AS bl, CONCAT(l.lock_mode,' ',l.lock_table,' ',IFNULL(l.lock_index,''),' ',IFNULL(l.lock_data,'')) AS lk FROM information_schema.INNODB_LOCK_WAITS w JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id").fetch_all(&pool).await.unwrap_or_default();
+                for r in waits {
+                    let rq: String = r.try_get("rq").unwrap_or_default();
+                    let bl: String = r.try_get("bl").unwrap_or_default();
+                    let lk: String = r.try_get("lk").unwrap_or_default();
+                    eprintln!("WAIT {rq} -> {bl} on {lk}");
+                }
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        });
     }
     if run("batched") {
         let probe = CpuProbe::start(&mariadbd);

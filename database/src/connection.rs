@@ -214,6 +214,10 @@ pub async fn connect_pool(args: &MariaDbArgs) -> Result<MySqlPool, PoolError> {
         .max_connections(args.pool_size)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
+        // No ping before every checkout (sqlx's default): it is a round trip per
+        // transaction. A connection that died meanwhile fails its first statement as
+        // `Unavailable`, which callers retry (on another gateway if need be).
+        .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")

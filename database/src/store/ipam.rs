@@ -262,7 +262,7 @@ async fn delete_rows(
 ) -> Result<(), StoreError> {
     for chunk in addresses.chunks(500) {
         let sql = format!(
-            "DELETE FROM ipam_reservations WHERE network_uid = ? AND address IN ({})",
+            "DELETE r FROM ipam_reservations r FORCE INDEX (PRIMARY) WHERE r.network_uid = ? AND r.address IN ({})",
             vec!["?"; chunk.len()].join(", ")
         );
         // Built from constant fragments only; values are bound.

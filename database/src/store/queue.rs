@@ -349,7 +349,7 @@ where
 /// Locks work_queue rows by id, in id order.
 async fn lock_queue_rows(tx: &mut Tx, ids: &[u64]) -> Result<HashMap<u64, QueueRow>, StoreError> {
     let template = format!(
-        "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.id IN ({{}}) ORDER BY w.id FOR UPDATE"
+        "SELECT {QUEUE_COLUMNS} FROM work_queue w FORCE INDEX (PRIMARY) WHERE w.id IN ({{}}) ORDER BY w.id FOR UPDATE"
     );
     let rows = fetch_by_keys(tx, ids, &template, "lock work queue rows", QueueRow::decode).await?;
     Ok(rows.into_iter().map(|r| (r.id, r)).collect())
@@ -361,7 +361,7 @@ async fn lock_queue_rows_of(
     op_uids: &[String],
 ) -> Result<HashMap<String, QueueRow>, StoreError> {
     let template = format!(
-        "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.op_uid IN ({{}}) ORDER BY w.id FOR UPDATE"
+        "SELECT {QUEUE_COLUMNS} FROM work_queue w FORCE INDEX (ux_work_queue_op) WHERE w.op_uid IN ({{}}) ORDER BY w.id FOR UPDATE"
     );
     let rows = fetch_by_keys(
         tx,
@@ -404,8 +404,9 @@ const OP_COLUMNS: &str = "uid, namespace, name, operation_type, CAST(state AS CH
 
 /// Locks projection rows by uid.
 async fn lock_ops(tx: &mut Tx, uids: &[String]) -> Result<HashMap<String, OpRow>, StoreError> {
-    let template =
-        format!("SELECT {OP_COLUMNS} FROM cluster_operations WHERE uid IN ({{}}) FOR UPDATE");
+    let template = format!(
+        "SELECT {OP_COLUMNS} FROM cluster_operations FORCE INDEX (PRIMARY) WHERE uid IN ({{}}) FOR UPDATE"
+    );
     let rows = fetch_by_keys(
         tx,
         uids,
@@ -423,7 +424,7 @@ async fn lock_resources(tx: &mut Tx, uids: &[String]) -> Result<HashMap<String, 
     for chunk in uids.chunks(CHUNK) {
         let text = format!(
             "SELECT uid, namespace, name, resource_version, generation, object FROM resources \
-             WHERE uid IN ({}) AND kind = ? FOR UPDATE",
+             FORCE INDEX (ux_resources_uid) WHERE uid IN ({}) AND kind = ? FOR UPDATE",
             marks(chunk.len())
         );
         let mut q = sqlx::query(sql(text));
@@ -457,7 +458,7 @@ async fn lock_resources(tx: &mut Tx, uids: &[String]) -> Result<HashMap<String, 
 async fn delete_queue_rows(tx: &mut Tx, ids: &[u64]) -> Result<(), StoreError> {
     for chunk in ids.chunks(CHUNK) {
         let text = format!(
-            "DELETE FROM work_queue WHERE id IN ({})",
+            "DELETE w FROM work_queue w FORCE INDEX (PRIMARY) WHERE w.id IN ({})",
             marks(chunk.len())
         );
         let mut q = sqlx::query(sql(text));
@@ -480,7 +481,7 @@ async fn requeue_rows(tx: &mut Tx, ids: &[u64], delay_us: Option<u64>) -> Result
             ""
         };
         let text = format!(
-            "UPDATE work_queue SET {schedule}claimed_at = NULL, claimed_by = NULL, claim_id = NULL, \
+            "UPDATE work_queue FORCE INDEX (PRIMARY) SET {schedule}claimed_at = NULL, claimed_by = NULL, claim_id = NULL, \
              heartbeat_at = NULL WHERE id IN ({})",
             marks(chunk.len())
         );
@@ -501,7 +502,7 @@ async fn requeue_rows(tx: &mut Tx, ids: &[u64], delay_us: Option<u64>) -> Result
 async fn set_op_state(tx: &mut Tx, uids: &[String], state: &str) -> Result<(), StoreError> {
     for chunk in uids.chunks(CHUNK) {
         let text = format!(
-            "UPDATE cluster_operations SET state = ?, updated_at = NOW(6) WHERE uid IN ({})",
+            "UPDATE cluster_operations FORCE INDEX (PRIMARY) SET state = ?, updated_at = NOW(6) WHERE uid IN ({})",
             marks(chunk.len())
         );
         let mut q = sqlx::query(sql(text)).bind(state);
@@ -547,7 +548,7 @@ async fn release_dependents(tx: &mut Tx, counts: &BTreeMap<String, u32>) -> Resu
     for (n, uids) in by_count {
         for chunk in uids.chunks(CHUNK) {
             let text = format!(
-                "UPDATE work_queue SET waiting_on = GREATEST(waiting_on, ?) - ? WHERE op_uid IN ({})",
+                "UPDATE work_queue FORCE INDEX (ux_work_queue_op) SET waiting_on = GREATEST(waiting_on, ?) - ? WHERE op_uid IN ({})",
                 marks(chunk.len())
             );
             let mut q = sqlx::query(sql(text)).bind(n).bind(n);
@@ -993,7 +994,8 @@ async fn resolve_dependencies(
         names.dedup();
         for chunk in names.chunks(CHUNK) {
             let text = format!(
-                "SELECT {OP_COLUMNS} FROM cluster_operations WHERE namespace = ? AND name IN ({}) FOR UPDATE",
+                "SELECT {OP_COLUMNS} FROM cluster_operations FORCE INDEX (ux_cluster_operations_name) \
+                 WHERE namespace = ? AND name IN ({}) FOR UPDATE",
                 marks(chunk.len())
             );
             let mut q = sqlx::query(sql(text)).bind(namespace);
@@ -1109,7 +1111,8 @@ async fn find_duplicate(tx: &mut Tx, ops: &[NewOp]) -> StoreError {
 async fn check_resources_free(tx: &mut Tx, ops: &[NewOp]) -> Result<(), StoreError> {
     for chunk in ops.chunks(CHUNK) {
         let text = format!(
-            "SELECT namespace, name FROM resources WHERE kind = ? AND (namespace, name) IN ({}) FOR UPDATE",
+            "SELECT namespace, name FROM resources FORCE INDEX (PRIMARY) \
+             WHERE kind = ? AND (namespace, name) IN ({}) FOR UPDATE",
             vec!["(?, ?)"; chunk.len()].join(", ")
         );
         let mut q = sqlx::query(sql(text)).bind(KIND);
@@ -1259,7 +1262,7 @@ async fn ready_rows(tx: &mut Tx, queue: &str, max: u32) -> Result<Vec<QueueRow>,
     // the scan early and no filesort locks the whole ready set. The NOT EXISTS reads
     // ux_work_queue_claimed_target without locking (InnoDB locks only the outer rows).
     let text = format!(
-        "SELECT {QUEUE_COLUMNS} FROM work_queue w \
+        "SELECT {QUEUE_COLUMNS} FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
          WHERE w.queue_name = ? AND w.waiting_on = 0 AND w.claimed_at IS NULL \
          AND w.scheduled_at <= NOW(6) \
          AND NOT EXISTS (SELECT 1 FROM work_queue b WHERE b.claimed_target = w.target_uid) \
@@ -1282,7 +1285,7 @@ async fn mark_claimed(
     claim_id: &str,
     claimer: &str,
 ) -> Result<Vec<u64>, StoreError> {
-    const SET: &str = "UPDATE work_queue SET claimed_at = NOW(6), claimed_by = ?, claim_id = ?, \
+    const SET: &str = "UPDATE work_queue FORCE INDEX (PRIMARY) SET claimed_at = NOW(6), claimed_by = ?, claim_id = ?, \
                        heartbeat_at = NOW(6), attempts = attempts + 1";
     let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
     let text = format!("{SET} WHERE id IN ({})", marks(ids.len()));
@@ -1962,11 +1965,15 @@ impl Store {
                     for chunk in uids.chunks(CHUNK) {
                         let m = marks(chunk.len());
                         for text in [
-                            format!("DELETE FROM operation_dependencies WHERE op_uid IN ({m})"),
                             format!(
-                                "DELETE FROM operation_dependencies WHERE depends_on_uid IN ({m})"
+                                "DELETE d FROM operation_dependencies d FORCE INDEX (PRIMARY) WHERE d.op_uid IN ({m})"
                             ),
-                            format!("DELETE FROM cluster_operations WHERE uid IN ({m})"),
+                            format!(
+                                "DELETE d FROM operation_dependencies d FORCE INDEX (ix_operation_dependencies_on) WHERE d.depends_on_uid IN ({m})"
+                            ),
+                            format!(
+                                "DELETE o FROM cluster_operations o FORCE INDEX (PRIMARY) WHERE o.uid IN ({m})"
+                            ),
                         ] {
                             let mut q = sqlx::query(sql(text));
                             for uid in chunk {

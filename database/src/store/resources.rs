@@ -288,7 +288,7 @@ async fn append_change(
     key: &ObjectKey,
     uid: &str,
     object: &Value,
-    prev: Option<&Value>,
+    prev: Option<&str>,
 ) -> Result<(), StoreError> {
     append_changes(
         tx,
@@ -298,7 +298,7 @@ async fn append_change(
             key,
             uid,
             object: object.to_string(),
-            prev: prev.map(Value::to_string),
+            prev: prev.map(str::to_owned),
         }],
     )
     .await
@@ -454,7 +454,7 @@ pub(crate) async fn replace_objects(
             key: &item.row.key,
             uid: &item.row.uid,
             object: (*text).clone(),
-            prev: Some(item.row.object.to_string()),
+            prev: selector_prev(&item.row.object, &item.object),
         })
         .collect();
     append_changes(tx, &changes).await
@@ -542,9 +542,18 @@ pub(crate) async fn remove_object(
         &row.key,
         &row.uid,
         object,
-        Some(&row.object),
+        selector_prev(&row.object, object).as_deref(),
     )
     .await
+}
+
+/// The previous object for the change log, only when the change moved the object
+/// across label selectors (its labels changed: name and namespace never do). Watchers
+/// read an absent previous object as "matched before exactly as now"; leaving it out
+/// of every other change keeps each write to one copy of the object in the log.
+fn selector_prev(stored: &Value, next: &Value) -> Option<String> {
+    let labels = |o: &Value| o.pointer("/metadata/labels").cloned();
+    (labels(stored) != labels(next)).then(|| stored.to_string())
 }
 
 fn json_generation(object: &Value) -> i64 {
