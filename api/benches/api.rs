@@ -6,7 +6,7 @@
 //! cores: client, sf-api, sf-database and mariadbd.
 //!
 //! `cargo bench -p sf-api --bench api`; `SF_BENCH_PHASES=get,list,watch,rss` picks
-//! phases.
+//! phases; `SF_BENCH_GET_PATH` GETs another path in the get phase.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -49,9 +49,43 @@ async fn get_phase(env: &common::Env, rate: u32, seconds: u64, workers: u32) -> 
         Some(common::instance_json("bench-get")),
     )
     .await;
-    for _ in 0..200 {
+    // SF_BENCH_GET_PATH: another path to GET (e.g. `/version`, to see sf-api without
+    // sf-database).
+    let path = std::env::var("SF_BENCH_GET_PATH").unwrap_or(path);
+    let mut through_api = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
         send(&env.client, "GET", &path, None).await;
+        through_api.push(ms(t.elapsed()));
     }
+    through_api.sort_by(f64::total_cmp);
+    // The same read straight from sf-database, unpaced (gRPC, no sf-api, no HTTP).
+    let mut direct = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        env.gateway
+            .call("get_resource", |mut g| async move {
+                g.get_resource(sf_proto::v1::GetResourceRequest {
+                    key: Some(sf_proto::v1::ObjectKey {
+                        kind: "Instance".into(),
+                        namespace: "demo".into(),
+                        name: "bench-get".into(),
+                    }),
+                    uid: String::new(),
+                })
+                .await
+            })
+            .await
+            .expect("gateway get");
+        direct.push(ms(t.elapsed()));
+    }
+    direct.sort_by(f64::total_cmp);
+    let sequential = json!({
+        "api_p50_ms": percentile(&through_api, 0.5),
+        "api_p99_ms": percentile(&through_api, 0.99),
+        "gateway_p50_ms": percentile(&direct, 0.5),
+        "gateway_p99_ms": percentile(&direct, 0.99),
+    });
     let interval = Duration::from_secs_f64(f64::from(workers) / f64::from(rate));
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
@@ -85,6 +119,7 @@ async fn get_phase(env: &common::Env, rate: u32, seconds: u64, workers: u32) -> 
     let elapsed = started.elapsed().as_secs_f64();
     samples.sort_by(f64::total_cmp);
     json!({
+        "sequential": sequential,
         "target_rate": rate,
         "achieved_rate": (samples.len() as f64 / elapsed).round(),
         "requests": samples.len(),
@@ -139,7 +174,29 @@ async fn list_phase(env: &common::Env, count: usize) -> Value {
         assert_eq!(items, count);
     }
     samples.sort_by(f64::total_cmp);
+    // The same list straight from sf-database (gRPC, no sf-api, no HTTP): the split.
+    let mut direct = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let reply = env
+            .gateway
+            .call("list_resources", |mut g| async move {
+                g.list_resources(sf_proto::v1::ListResourcesRequest {
+                    kind: "Instance".into(),
+                    namespace: "bench".into(),
+                    label_selector: String::new(),
+                    field_selector: String::new(),
+                })
+                .await
+            })
+            .await
+            .expect("gateway list");
+        direct.push(ms(t.elapsed()));
+        assert_eq!(reply.objects.len(), count);
+    }
+    direct.sort_by(f64::total_cmp);
     json!({
+        "gateway_list_p50_ms": percentile(&direct, 0.5),
         "objects": count,
         "create_seconds": create_s,
         "create_rate": (count as f64 / create_s).round(),

@@ -19,8 +19,9 @@
 //! - [`require_token`] guards every route but [`PUBLIC_PATHS`]: it needs
 //!   `Authorization: Bearer <jwt>` with a valid signature, this zone as issuer, an
 //!   unexpired `exp` and the current nonce of its key, else 401 `Status`. The nonces
-//!   of a namespace are cached for [`NONCE_CACHE_TTL`]: a key replaced through this
-//!   process takes effect at once, one replaced elsewhere within that time. The
+//!   of a namespace are cached for [`NONCE_CACHE_TTL`] (re-read in the background once
+//!   half of it has passed): a key replaced through this process takes effect at
+//!   once, one replaced elsewhere within that time. The
 //!   [`Caller`] is put in the request's extensions.
 
 use std::collections::{HashMap, VecDeque};
@@ -318,50 +319,112 @@ impl FailureLimiter {
 /// Key name → nonce, of one namespace.
 type Nonces = HashMap<String, String>;
 
-/// The key nonces of namespaces, briefly cached.
+/// A cached nonce list.
+#[derive(Debug)]
+struct NonceEntry {
+    at: Instant,
+    nonces: Arc<Nonces>,
+    /// A background refresh is under way.
+    refreshing: bool,
+}
+
+/// The key nonces of namespaces, briefly cached. An entry is trusted for
+/// [`NONCE_CACHE_TTL`]; once it is half that old the first request that uses it starts
+/// a refresh in the background (steady traffic never waits for sf-database, and never
+/// sends it a burst of identical reads when an entry expires). [`NonceCache::invalidate`]
+/// also discards every read that started before it.
 #[derive(Debug, Default)]
 pub struct NonceCache {
-    entries: Mutex<HashMap<String, (Instant, Nonces)>>,
+    entries: Mutex<HashMap<String, NonceEntry>>,
+    /// Bumped by every invalidation: reads that began earlier are not stored.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl NonceCache {
-    fn cached(&self, namespace: &str) -> Option<HashMap<String, String>> {
-        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(namespace)
-            .filter(|(at, _)| at.elapsed() < NONCE_CACHE_TTL)
-            .map(|(_, nonces)| nonces.clone())
+    /// The cached nonces, and whether the caller is to start a refresh.
+    fn cached(&self, namespace: &str) -> Option<(Arc<Nonces>, bool)> {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.get_mut(namespace)?;
+        let age = entry.at.elapsed();
+        if age >= NONCE_CACHE_TTL {
+            return None;
+        }
+        let refresh = age >= NONCE_CACHE_TTL / 2 && !entry.refreshing;
+        if refresh {
+            entry.refreshing = true;
+        }
+        Some((entry.nonces.clone(), refresh))
     }
 
-    fn store(&self, namespace: &str, nonces: HashMap<String, String>) {
+    fn store(&self, namespace: &str, nonces: Arc<Nonces>, generation: u64, at: Instant) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > LIMITER_CAPACITY {
-            map.retain(|_, (at, _)| at.elapsed() < NONCE_CACHE_TTL);
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            // Invalidated while reading: what was read may be stale.
+            map.remove(namespace);
+            return;
         }
-        map.insert(namespace.to_string(), (Instant::now(), nonces));
+        if map.len() > LIMITER_CAPACITY {
+            map.retain(|_, e| e.at.elapsed() < NONCE_CACHE_TTL);
+        }
+        map.insert(
+            namespace.to_string(),
+            NonceEntry {
+                at,
+                nonces,
+                refreshing: false,
+            },
+        );
     }
 
     /// Drops what is cached for `namespace` (its keys changed).
     pub fn invalidate(&self, namespace: &str) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         map.remove(namespace);
     }
 
-    /// The current nonce of each key of `namespace`.
-    async fn nonces(
-        &self,
-        gateway: &Gateway,
-        namespace: &str,
-    ) -> Result<HashMap<String, String>, ApiError> {
-        if let Some(nonces) = self.cached(namespace) {
-            return Ok(nonces);
-        }
-        let nonces: HashMap<String, String> = match gateway.list_keys(namespace).await {
+    /// Reads the nonces from sf-database and caches them.
+    async fn fetch(&self, gateway: &Gateway, namespace: &str) -> Result<Arc<Nonces>, ApiError> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        // The entry's age counts from before the read: never trusted past the TTL.
+        let at = Instant::now();
+        let nonces: Nonces = match gateway.list_keys(namespace).await {
             Ok(keys) => keys.into_iter().map(|k| (k.key_name, k.nonce)).collect(),
             Err(e) if e.code() == Some(tonic::Code::NotFound) => HashMap::new(),
             Err(e) => return Err(ApiError::from_gateway(&e, &Default::default())),
         };
-        self.store(namespace, nonces.clone());
+        let nonces = Arc::new(nonces);
+        self.store(namespace, nonces.clone(), generation, at);
         Ok(nonces)
+    }
+
+    /// The current nonce of each key of `namespace`.
+    async fn nonces(
+        self: &Arc<Self>,
+        gateway: &Gateway,
+        namespace: &str,
+    ) -> Result<Arc<Nonces>, ApiError> {
+        match self.cached(namespace) {
+            Some((nonces, refresh)) => {
+                if refresh {
+                    let cache = self.clone();
+                    let gateway = gateway.clone();
+                    let namespace = namespace.to_string();
+                    tokio::spawn(async move {
+                        if let Err(e) = cache.fetch(&gateway, &namespace).await {
+                            tracing::debug!(error = %e, "refreshing key nonces failed");
+                            let mut map = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(entry) = map.get_mut(&namespace) {
+                                entry.refreshing = false;
+                            }
+                        }
+                    });
+                }
+                Ok(nonces)
+            }
+            None => self.fetch(gateway, namespace).await,
+        }
     }
 }
 
@@ -373,7 +436,7 @@ pub struct Auth {
     /// Failed `/auth` attempts.
     pub limiter: FailureLimiter,
     /// Key nonces.
-    pub nonces: NonceCache,
+    pub nonces: Arc<NonceCache>,
 }
 
 impl Auth {
@@ -382,7 +445,7 @@ impl Auth {
         Self {
             signer,
             limiter: FailureLimiter::default(),
-            nonces: NonceCache::default(),
+            nonces: Arc::new(NonceCache::default()),
         }
     }
 
@@ -528,6 +591,38 @@ pub async fn post_auth(State(app): State<Arc<App>>, request: Request) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonce_entries_refresh_at_half_life_and_invalidation_wins_over_reads() {
+        let cache = NonceCache::default();
+        let nonces = Arc::new(HashMap::from([("k".to_string(), "n1".to_string())]));
+        let generation = cache.generation.load(std::sync::atomic::Ordering::SeqCst);
+        cache.store("ns", nonces.clone(), generation, Instant::now());
+        let (got, refresh) = cache.cached("ns").expect("fresh");
+        assert_eq!(got.get("k").map(String::as_str), Some("n1"));
+        assert!(!refresh, "young entries are not refreshed");
+        // Half-way through its life: one caller (only one) starts a refresh.
+        cache.store(
+            "ns",
+            nonces.clone(),
+            generation,
+            Instant::now() - NONCE_CACHE_TTL / 2,
+        );
+        assert!(cache.cached("ns").expect("still trusted").1);
+        assert!(!cache.cached("ns").expect("still trusted").1);
+        // Expired: not trusted.
+        cache.store(
+            "ns",
+            nonces.clone(),
+            generation,
+            Instant::now() - NONCE_CACHE_TTL,
+        );
+        assert!(cache.cached("ns").is_none());
+        // A read that began before an invalidation is not stored.
+        cache.invalidate("ns");
+        cache.store("ns", nonces, generation, Instant::now());
+        assert!(cache.cached("ns").is_none());
+    }
 
     #[test]
     fn keys_hash_and_verify() {

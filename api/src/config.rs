@@ -9,13 +9,19 @@
 //! `SHAKENFIST_API_WATCH_TIMEOUT_SECONDS` (the longest a watch request lasts, 1800),
 //! `SHAKENFIST_AUTH_SECRET_SEED` (required, at least 16 characters: the HS256 token
 //! key), `SHAKENFIST_ZONE` (the token issuer, `sf`) and
-//! `SHAKENFIST_API_TOKEN_DURATION` (token lifetime in seconds, 900), plus the shared
-//! logging keys.
+//! `SHAKENFIST_API_TOKEN_DURATION` (token lifetime in seconds, 900), the TLS keys
+//! (`SHAKENFIST_API_TLS_CERT_PATH` and `SHAKENFIST_API_TLS_KEY_PATH`, both or
+//! neither: HTTPS when set; `SHAKENFIST_API_TLS_SELF_SIGNED` (false),
+//! `SHAKENFIST_API_TLS_SANS` (`localhost,127.0.0.1`), `SHAKENFIST_API_TLS_RELOAD_SECONDS`
+//! (60); see [`crate::tls`]), plus the shared logging keys.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sf_daemon::config::{ConfigError, TelemetryArgs, Validate};
+
+use crate::tls::TlsSettings;
 
 /// The configuration.
 #[derive(Debug, Clone, clap::Parser)]
@@ -74,6 +80,26 @@ pub struct Config {
     /// How long a token is valid, in seconds.
     #[arg(long, env = "SHAKENFIST_API_TOKEN_DURATION", default_value_t = 900)]
     pub api_token_duration: u64,
+    /// The TLS certificate chain (PEM); with the key, sf-api serves HTTPS.
+    #[arg(long, env = "SHAKENFIST_API_TLS_CERT_PATH")]
+    pub api_tls_cert_path: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, env = "SHAKENFIST_API_TLS_KEY_PATH")]
+    pub api_tls_key_path: Option<PathBuf>,
+    /// Generate a self-signed certificate when neither TLS file exists.
+    #[arg(long, env = "SHAKENFIST_API_TLS_SELF_SIGNED", default_value_t = false)]
+    pub api_tls_self_signed: bool,
+    /// The names (DNS names, IP addresses) a generated certificate is for.
+    #[arg(
+        long,
+        env = "SHAKENFIST_API_TLS_SANS",
+        default_value = "localhost,127.0.0.1"
+    )]
+    pub api_tls_sans: String,
+    /// How often the TLS files are checked for a new certificate, in seconds (SIGHUP
+    /// checks at once).
+    #[arg(long, env = "SHAKENFIST_API_TLS_RELOAD_SECONDS", default_value_t = 60)]
+    pub api_tls_reload_seconds: u64,
     /// The scheduler's settings, reported by `/admin/resources` (set them as for
     /// sf-cluster).
     #[command(flatten)]
@@ -102,6 +128,33 @@ impl Config {
     /// The longest watch.
     pub fn max_watch(&self) -> Duration {
         Duration::from_secs(self.watch_timeout_seconds)
+    }
+
+    /// The TLS settings, when a certificate and key are configured.
+    pub fn tls(&self) -> Option<TlsSettings> {
+        let (cert_path, key_path) = (
+            self.api_tls_cert_path.clone()?,
+            self.api_tls_key_path.clone()?,
+        );
+        Some(TlsSettings {
+            cert_path,
+            key_path,
+            self_signed: self.api_tls_self_signed,
+            sans: self.tls_sans(),
+            common_name: "sf-api".into(),
+            reload_interval: Duration::from_secs(self.api_tls_reload_seconds),
+            // A self-signed certificate is replaced 30 days before it expires.
+            renew_before: Some(Duration::from_secs(30 * 86_400)),
+        })
+    }
+
+    fn tls_sans(&self) -> Vec<String> {
+        self.api_tls_sans
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -148,6 +201,51 @@ impl Validate for Config {
                 format!("must be 1-86400, got {}", self.watch_timeout_seconds),
             ));
         }
+        match (&self.api_tls_cert_path, &self.api_tls_key_path) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "SHAKENFIST_API_TLS_KEY_PATH",
+                    "must be set with SHAKENFIST_API_TLS_CERT_PATH",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "SHAKENFIST_API_TLS_CERT_PATH",
+                    "must be set with SHAKENFIST_API_TLS_KEY_PATH",
+                ));
+            }
+            _ => {}
+        }
+        if self.api_tls_cert_path.is_some() && self.api_tls_cert_path == self.api_tls_key_path {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_TLS_KEY_PATH",
+                "must be a different file from SHAKENFIST_API_TLS_CERT_PATH",
+            ));
+        }
+        let sans = self.tls_sans();
+        if sans.is_empty() {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_TLS_SANS",
+                "must name at least one DNS name or IP address",
+            ));
+        }
+        if let Some(bad) = sans.iter().find(|s| {
+            s.parse::<IpAddr>().is_err()
+                && !s
+                    .split('.')
+                    .all(|label| sf_schema::validation::is_dns_label(label) || label == "*")
+        }) {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_TLS_SANS",
+                format!("{bad:?} is neither a DNS name nor an IP address"),
+            ));
+        }
+        if !(1..=86_400).contains(&self.api_tls_reload_seconds) {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_TLS_RELOAD_SECONDS",
+                format!("must be 1-86400, got {}", self.api_tls_reload_seconds),
+            ));
+        }
         self.telemetry.validate()
     }
 }
@@ -167,6 +265,48 @@ mod tests {
         assert_eq!(c.api_port, 13000);
         assert_eq!(c.listen_address().to_string(), "0.0.0.0:13000");
         assert_eq!(c.bookmark_interval(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_sane_names() {
+        let c: Config = sf_daemon::config::try_parse_from(["sf-api", SECRET, SEED]).unwrap();
+        assert!(c.tls().is_none(), "HTTP by default");
+        let c: Config = sf_daemon::config::try_parse_from([
+            "sf-api",
+            SECRET,
+            SEED,
+            "--api-tls-cert-path=/etc/sf/cert.pem",
+            "--api-tls-key-path=/etc/sf/key.pem",
+            "--api-tls-self-signed",
+        ])
+        .unwrap();
+        let tls = c.tls().unwrap();
+        assert!(tls.self_signed);
+        assert_eq!(tls.sans, ["localhost", "127.0.0.1"]);
+        assert_eq!(tls.reload_interval, Duration::from_secs(60));
+        for (args, key) in [
+            (
+                vec!["--api-tls-cert-path=/c.pem"],
+                "SHAKENFIST_API_TLS_KEY_PATH",
+            ),
+            (
+                vec!["--api-tls-key-path=/k.pem"],
+                "SHAKENFIST_API_TLS_CERT_PATH",
+            ),
+            (
+                vec!["--api-tls-sans=localhost,bad name"],
+                "SHAKENFIST_API_TLS_SANS",
+            ),
+            (
+                vec!["--api-tls-reload-seconds=0"],
+                "SHAKENFIST_API_TLS_RELOAD_SECONDS",
+            ),
+        ] {
+            let mut argv = vec!["sf-api", SECRET, SEED];
+            argv.extend(args);
+            let err = sf_daemon::config::try_parse_from::<Config, _, _>(argv).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

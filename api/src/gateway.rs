@@ -156,6 +156,43 @@ impl Gateway {
         parse(&reply.object)
     }
 
+    /// Reads one object as the gateway's JSON bytes (a JSON object: sf-database
+    /// serialises it), not parsed.
+    pub async fn get_raw(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<u8>, GatewayError> {
+        let reply = self
+            .client
+            .call("get_resource", |mut g| {
+                let request = pb::GetResourceRequest {
+                    key: Some(key(kind, namespace, name)),
+                    uid: String::new(),
+                };
+                async move { g.get_resource(request).await }
+            })
+            .await?;
+        Ok(reply.object)
+    }
+
+    /// Reads one object of `kind` by its uid (in whatever namespace it is: callers
+    /// check the scope).
+    pub async fn get_by_uid(&self, kind: &str, uid: &str) -> Result<Value, GatewayError> {
+        let reply = self
+            .client
+            .call("get_resource", |mut g| {
+                let request = pb::GetResourceRequest {
+                    key: Some(key(kind, "", "")),
+                    uid: uid.to_string(),
+                };
+                async move { g.get_resource(request).await }
+            })
+            .await?;
+        parse(&reply.object)
+    }
+
     /// Lists objects, with the revision of the same snapshot.
     pub async fn list(&self, selection: &Selection) -> Result<(Vec<Value>, u64), GatewayError> {
         let reply = self

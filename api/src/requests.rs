@@ -11,9 +11,10 @@
 //!   an `audit` event on object type `api-requests` with the request id as object uuid
 //!   and as `request_id`; `extra` holds method, path, status, duration (ms), caller
 //!   (`namespace/key`, or null) and client address. Events are queued (at most
-//!   [`EVENT_QUEUE`]; beyond that they are dropped and counted) and written to
-//!   sf-database with `RecordEventBatch` in batches of up to [`EVENT_BATCH`] at least
-//!   every [`FLUSH_INTERVAL`], and once more at shutdown. A failed write is logged and
+//!   [`EVENT_QUEUE`]; beyond that they are dropped and counted; queueing wakes no task
+//!   until a full batch waits) and written to sf-database with `RecordEventBatch` in
+//!   batches of up to [`EVENT_BATCH`] at least every [`FLUSH_INTERVAL`], and once more
+//!   at shutdown. A failed write is logged and
 //!   its batch dropped (counted): request accounting never fails a request.
 
 use std::sync::Mutex;
@@ -25,7 +26,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use sf_proto::v1 as pb;
-use tokio::sync::mpsc;
 
 use crate::gateway::Gateway;
 
@@ -54,8 +54,12 @@ pub struct Requests {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, HistogramMaker>,
     dropped: Counter,
-    tx: mpsc::Sender<pb::Event>,
-    rx: Mutex<Option<mpsc::Receiver<pb::Event>>>,
+    /// Events waiting for the flusher (a plain vector: queueing wakes no task).
+    queue: Mutex<Vec<pb::Event>>,
+    /// Wakes the flusher when a full batch is waiting.
+    batch_ready: tokio::sync::Notify,
+    /// Set by the first flusher.
+    flusher_started: std::sync::atomic::AtomicBool,
     fqdn: String,
 }
 
@@ -104,7 +108,6 @@ impl Requests {
             "api-requests events dropped (queue full or write failed)",
             dropped.clone(),
         );
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let fqdn = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "sf-api".into());
@@ -113,8 +116,9 @@ impl Requests {
             requests,
             latency,
             dropped,
-            tx,
-            rx: Mutex::new(Some(rx)),
+            queue: Mutex::new(Vec::with_capacity(EVENT_BATCH)),
+            batch_ready: tokio::sync::Notify::new(),
+            flusher_started: std::sync::atomic::AtomicBool::new(false),
             fqdn,
         }
     }
@@ -169,49 +173,60 @@ impl Requests {
                 object_uuid: answered.request_id.to_string(),
             }],
         };
-        if self.tx.try_send(event).is_err() {
-            self.dropped.inc();
+        let queued = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.len() >= EVENT_QUEUE {
+                None
+            } else {
+                queue.push(event);
+                Some(queue.len())
+            }
+        };
+        match queued {
+            None => {
+                self.dropped.inc();
+            }
+            Some(EVENT_BATCH) => self.batch_ready.notify_one(),
+            Some(_) => {}
         }
+    }
+
+    fn take_queued(&self) -> Vec<pb::Event> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *queue, Vec::with_capacity(EVENT_BATCH))
     }
 
     /// Writes queued events until `shutdown`, then once more. Only the first call
-    /// gets the queue; later ones return at once.
+    /// flushes; later ones return at once.
     pub async fn run_flusher(&self, gateway: Gateway, shutdown: sf_daemon::Shutdown) {
-        let Some(mut rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        if self
+            .flusher_started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             return;
-        };
-        let mut batch = Vec::with_capacity(EVENT_BATCH);
+        }
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         loop {
             tokio::select! {
-                event = rx.recv() => match event {
-                    Some(event) => {
-                        batch.push(event);
-                        if batch.len() >= EVENT_BATCH {
-                            self.flush(&gateway, &mut batch).await;
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => self.flush(&gateway, &mut batch).await,
+                _ = tick.tick() => {}
+                () = self.batch_ready.notified() => {}
                 () = shutdown.wait() => break,
             }
+            self.flush(&gateway).await;
         }
-        while let Ok(event) = rx.try_recv() {
-            batch.push(event);
-        }
-        self.flush(&gateway, &mut batch).await;
+        self.flush(&gateway).await;
     }
 
-    async fn flush(&self, gateway: &Gateway, batch: &mut Vec<pb::Event>) {
-        if batch.is_empty() {
-            return;
-        }
-        let events = std::mem::take(batch);
-        let count = events.len() as u64;
-        if let Err(e) = gateway.record_events(events).await {
-            tracing::warn!(error = %e, count, "cannot record api-requests events; dropped");
-            self.dropped.inc_by(count);
+    async fn flush(&self, gateway: &Gateway) {
+        let mut events = self.take_queued();
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(EVENT_BATCH));
+            let count = events.len() as u64;
+            if let Err(e) = gateway.record_events(events).await {
+                tracing::warn!(error = %e, count, "cannot record api-requests events; dropped");
+                self.dropped.inc_by(count);
+            }
+            events = rest;
         }
     }
 }

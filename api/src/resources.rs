@@ -19,6 +19,10 @@
 //! - Namespaces: POST creates the namespace as `POST /auth/namespaces` does (its row,
 //!   so keys can be added, and its object); DELETE removes it with its keys (a
 //!   namespace with objects is 409), and `system` cannot be deleted (403).
+//! - An object path's name may be the object's uid when no object has that name
+//!   (GET, PUT, PATCH, DELETE, `/status`): it resolves only within the path's scope
+//!   (its namespace; for a tenant also its visibility), so another namespace's uid is
+//!   404 with no data.
 //! - `dryRun=All` validates and answers without storing. Every written object passes
 //!   [`crate::admission::admit`] first: invalid input stores nothing.
 
@@ -357,13 +361,16 @@ async fn dispatch(
         }
         (Some(name), true) => get(app, &target, name, crate::table::wants_table(headers)).await,
         (Some(name), false) if *method == Method::PUT => {
-            replace(app, &target, name, &params, headers, body, part).await
+            let name = resolve_name(app, &target, name).await?;
+            replace(app, &target, &name, &params, headers, body, part).await
         }
         (Some(name), false) if *method == Method::PATCH => {
-            patch(app, &target, name, &params, headers, body, part).await
+            let name = resolve_name(app, &target, name).await?;
+            patch(app, &target, &name, &params, headers, body, part).await
         }
         (Some(name), false) if *method == Method::DELETE && !target.status => {
-            delete(app, &target, name, &params, body).await
+            let name = resolve_name(app, &target, name).await?;
+            delete(app, &target, &name, &params, body).await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -631,12 +638,89 @@ pub fn selection(target: &Target, params: &Params) -> Result<Selection, ApiError
     })
 }
 
-async fn get(app: &App, target: &Target, name: &str, as_table: bool) -> Result<Response, ApiError> {
-    let object = app
+/// Whether `name` has the shape of a uid (a hyphenated UUID).
+fn uid_shaped(name: &str) -> bool {
+    name.len() == 36 && uuid::Uuid::try_parse(name).is_ok()
+}
+
+/// The object whose uid `uid` is, when it is of the target's kind, in the target's
+/// namespace (none for cluster-scoped kinds) and visible to the caller; `None`
+/// otherwise, so that another namespace's uid is a plain 404 (DESIGN invariant 8).
+async fn by_uid(app: &App, target: &Target, uid: &str) -> Result<Option<Value>, ApiError> {
+    if !uid_shaped(uid) {
+        return Ok(None);
+    }
+    match app.gateway.get_by_uid(&target.kind.kind, uid).await {
+        Ok(object)
+            if meta_str(&object, "namespace").unwrap_or_default() == target.namespace_str()
+                && visible(target, &object) =>
+        {
+            Ok(Some(object))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(None),
+        Err(e) => Err(ApiError::from_gateway(&e, &target.subject())),
+    }
+}
+
+/// The stored name an object path's `name` stands for: itself when an object has that
+/// name, else (for a uid) the name of the object with that uid in the target's scope;
+/// otherwise itself, and the operation answers 404.
+async fn resolve_name(app: &App, target: &Target, name: &str) -> Result<String, ApiError> {
+    if !uid_shaped(name) {
+        return Ok(name.to_string());
+    }
+    match app
         .gateway
         .get(&target.kind.kind, target.namespace_str(), name)
         .await
-        .map_err(|e| ApiError::from_gateway(&e, &target.subject()))?;
+    {
+        Ok(_) => Ok(name.to_string()),
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(by_uid(app, target, name)
+            .await?
+            .and_then(|o| meta_str(&o, "name").map(str::to_string))
+            .unwrap_or_else(|| name.to_string())),
+        Err(e) => Err(ApiError::from_gateway(&e, &target.subject())),
+    }
+}
+
+async fn get(app: &App, target: &Target, name: &str, as_table: bool) -> Result<Response, ApiError> {
+    // The common case passes sf-database's bytes through (no parse, no re-encode);
+    // Tables and tenants' Blobs (visibility by owner) need the parsed object.
+    if !as_table && target.owner_namespace.is_none() {
+        match app
+            .gateway
+            .get_raw(&target.kind.kind, target.namespace_str(), name)
+            .await
+        {
+            Ok(bytes) => {
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+                    bytes,
+                )
+                    .into_response());
+            }
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                let object = by_uid(app, target, name)
+                    .await?
+                    .ok_or_else(|| ApiError::from_gateway(&e, &target.subject()))?;
+                return Ok(json_response(StatusCode::OK, &object));
+            }
+            Err(e) => return Err(ApiError::from_gateway(&e, &target.subject())),
+        }
+    }
+    let object = match app
+        .gateway
+        .get(&target.kind.kind, target.namespace_str(), name)
+        .await
+    {
+        Ok(object) => object,
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => by_uid(app, target, name)
+            .await?
+            .ok_or_else(|| ApiError::from_gateway(&e, &target.subject()))?,
+        Err(e) => return Err(ApiError::from_gateway(&e, &target.subject())),
+    };
     if !visible(target, &object) {
         return Err(ApiError::NotFound(target.subject()));
     }

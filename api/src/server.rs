@@ -13,7 +13,8 @@
 //!   recorded on the request's `tracing` span (with method, path and status), whose
 //!   parent is the caller's W3C trace context when it sent one.
 //! - [`serve`] runs until the [`Shutdown`] fires, then stops accepting, ends open
-//!   watches and lets in-flight requests finish.
+//!   watches and lets in-flight requests finish. It serves HTTPS ([`crate::tls`])
+//!   when a certificate is configured, HTTP otherwise.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::kinds::{Kinds, KindsError};
 use crate::requests::{Answered, Requests};
 use crate::resources;
+use crate::tls::{CertStore, TlsListener};
 
 /// The request id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -61,6 +63,9 @@ pub enum ServerError {
     /// Serving failed.
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Tunables of the resource endpoints.
@@ -263,18 +268,46 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// Serves `config` on `listener` until `shutdown`.
+/// Serves `config` on `listener` until `shutdown`: HTTPS when a certificate is
+/// configured ([`crate::tls`]), else HTTP.
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
+    let tls = config.tls().map(|s| CertStore::load(&s)).transpose()?;
     let app = App::new(config, shutdown.clone())?;
-    serve_app(app, listener).await
+    match tls {
+        Some(certs) => serve_app_tls(app, listener, certs).await,
+        None => serve_app(app, listener).await,
+    }
 }
 
-/// Serves an already built [`App`] on `listener` until its shutdown fires.
+/// Serves an already built [`App`] over HTTP on `listener` until its shutdown fires.
 pub async fn serve_app(app: Arc<App>, listener: TcpListener) -> Result<(), ServerError> {
+    serve_with(app, listener, None).await
+}
+
+/// Serves an already built [`App`] over HTTPS with `certs` (reloaded as their files
+/// change) on `listener` until its shutdown fires.
+pub async fn serve_app_tls(
+    app: Arc<App>,
+    listener: TcpListener,
+    certs: Arc<CertStore>,
+) -> Result<(), ServerError> {
+    serve_with(app, listener, Some(certs)).await
+}
+
+async fn serve_with(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<Arc<CertStore>>,
+) -> Result<(), ServerError> {
+    use axum::serve::ListenerExt;
+    let tls = match tls {
+        Some(certs) => Some((certs.server_config()?, certs)),
+        None => None,
+    };
     let shutdown = app.shutdown.clone();
     let flusher = {
         let app = app.clone();
@@ -285,21 +318,37 @@ pub async fn serve_app(app: Arc<App>, listener: TcpListener) -> Result<(), Serve
                 .await;
         })
     };
-    tracing::info!(addr = ?listener.local_addr().ok(), "sf-api serving");
-    use axum::serve::ListenerExt;
-    // Nagle's algorithm off: small responses would otherwise wait for delayed ACKs.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        None => {
+            tracing::info!(addr = ?listener.local_addr().ok(), "sf-api serving HTTP");
+            // Nagle's algorithm off: small responses would otherwise wait for delayed ACKs.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown.wait_owned())
+                .await
         }
-    });
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.wait_owned())
-    .await
-    .map_err(ServerError::Serve)?;
+        Some((config, certs)) => {
+            tokio::spawn(certs.clone().run_reloader(shutdown.clone()));
+            tracing::info!(
+                addr = ?listener.local_addr().ok(),
+                cert = %certs.settings().cert_path.display(),
+                "sf-api serving HTTPS"
+            );
+            // TapIo gives the connections their peer address (`ConnectInfo`).
+            let listener = TlsListener::new(listener, config)
+                .map_err(ServerError::Serve)?
+                .tap_io(|_| {});
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown.wait_owned())
+                .await
+        }
+    };
+    served.map_err(ServerError::Serve)?;
     if tokio::time::timeout(Duration::from_secs(10), flusher)
         .await
         .is_err()

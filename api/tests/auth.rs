@@ -213,6 +213,7 @@ async fn tenants_see_only_their_namespace() {
     let net = |ns: &str| json!({"metadata": {"name": "net", "namespace": ns}, "spec": {"netblock": "10.0.0.0/24"}});
     let net_b = create(&env, "tb", "networks", net("tb")).await;
     let net_b_uid = uid(&net_b);
+    let mut blob_uids = Vec::new();
     for (name, owner) in [("blob-a", "ta"), ("blob-b", "tb")] {
         let answer = env
             .raw(
@@ -223,6 +224,7 @@ async fn tenants_see_only_their_namespace() {
             )
             .await;
         assert_eq!(answer.status, 201, "{}", answer.text());
+        blob_uids.push(uid(&answer.json()));
     }
 
     let b_inst = format!("{V1}/namespaces/tb/instances/web");
@@ -366,6 +368,125 @@ async fn tenants_see_only_their_namespace() {
     if by_uid.status == 200 {
         assert_eq!(by_uid.json()["items"], json!([]));
     }
+    // A uid in place of the name resolves only within the path's namespace: B's uid
+    // is 404 with no data on A's path and on B's, for every verb.
+    for path in [
+        format!("{V1}/namespaces/ta/instances/{uid_b}"),
+        format!("{V1}/namespaces/tb/instances/{uid_b}"),
+    ] {
+        hidden(
+            &raw_on(&a, "GET", &path, &[], None).await,
+            "\"tb\"",
+            "get uid",
+        );
+        hidden(
+            &raw_on(&a, "GET", &format!("{path}/status"), &[], None).await,
+            "\"tb\"",
+            "get status by uid",
+        );
+        hidden(
+            &raw_on(
+                &a,
+                "PATCH",
+                &path,
+                &patch,
+                Some(json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await,
+            "\"tb\"",
+            "patch by uid",
+        );
+        hidden(
+            &raw_on(&a, "PUT", &path, &[], Some(inst_b.clone())).await,
+            "\"tb\"",
+            "put by uid",
+        );
+        hidden(
+            &raw_on(&a, "DELETE", &path, &[], None).await,
+            "\"tb\"",
+            "delete by uid",
+        );
+    }
+    hidden(
+        &raw_on(
+            &a,
+            "GET",
+            &format!("{V1}/namespaces/ta/networks/{net_b_uid}"),
+            &[],
+            None,
+        )
+        .await,
+        "10.0.0.0",
+        "network by uid",
+    );
+    hidden(
+        &raw_on(
+            &a,
+            "GET",
+            &format!("{V1}/blobs/{}", blob_uids[1]),
+            &[],
+            None,
+        )
+        .await,
+        "\"tb\"",
+        "blob b by uid",
+    );
+    // B's instance is untouched.
+    let b_now = env.raw("GET", &b_inst, &[], None).await.json();
+    assert_eq!(
+        b_now["metadata"]["resourceVersion"],
+        inst_b["metadata"]["resourceVersion"]
+    );
+    // Its own objects by uid: every verb works.
+    let own_by_uid = format!("{V1}/namespaces/ta/instances/{uid_a}");
+    let got = raw_on(&a, "GET", &own_by_uid, &[], None).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["metadata"]["name"], "web");
+    let status = raw_on(&a, "GET", &format!("{own_by_uid}/status"), &[], None).await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    let patched = raw_on(
+        &a,
+        "PATCH",
+        &own_by_uid,
+        &patch,
+        Some(json!({"metadata": {"labels": {"by": "uid"}}})),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let mut replacement = patched.json();
+    replacement["metadata"]["labels"]["by"] = json!("put");
+    let replaced = raw_on(&a, "PUT", &own_by_uid, &[], Some(replacement)).await;
+    assert_eq!(replaced.status, 200, "{}", replaced.text());
+    assert_eq!(replaced.json()["metadata"]["labels"]["by"], "put");
+    let blob_a = raw_on(
+        &a,
+        "GET",
+        &format!("{V1}/blobs/{}", blob_uids[0]),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(blob_a.status, 200, "{}", blob_a.text());
+    // System is scoped strictly by the namespace it names, uids too.
+    let wrong_ns = env
+        .raw(
+            "GET",
+            &format!("{V1}/namespaces/ta/instances/{uid_b}"),
+            &[],
+            None,
+        )
+        .await;
+    hidden(&wrong_ns, "\"tb\"", "system, uid in another namespace");
+    let right_ns = env
+        .raw(
+            "GET",
+            &format!("{V1}/namespaces/tb/instances/{uid_b}"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(right_ns.status, 200, "{}", right_ns.text());
+
     // All-namespace lists and watches cover A's namespace only.
     let all = raw_on(&a, "GET", &format!("{V1}/instances"), &[], None).await;
     assert_eq!(all.status, 200);
@@ -486,6 +607,26 @@ async fn tenants_see_only_their_namespace() {
         .raw("GET", &format!("{V1}/namespaces/ta/instances"), &[], None)
         .await;
     assert!(!list_a.text().contains(&uid_b));
+
+    // A deletes its own instance by uid.
+    let deleted = raw_on(
+        &a,
+        "DELETE",
+        &format!("{V1}/namespaces/ta/instances/{uid_a}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let gone = raw_on(
+        &a,
+        "GET",
+        &format!("{V1}/namespaces/ta/instances/web"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 404, "{}", gone.text());
 }
 
 #[tokio::test]

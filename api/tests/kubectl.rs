@@ -1,15 +1,17 @@
-//! kubectl (when installed) against sf-api: discovery, client-side apply with OpenAPI
-//! validation, Table output, delete.
+//! kubectl (when installed) against sf-api's native HTTPS: discovery, client-side
+//! apply with OpenAPI validation, Table output, delete.
 //!
 //! kubectl sends credentials only over TLS (clientcmd drops the user's token for an
-//! `http://` server) and sf-api serves plain HTTP, so the test puts a loopback proxy
-//! in front that adds the token, as a TLS-terminating ingress would.
+//! `http://` server), so sf-api serves a self-signed certificate it generated itself;
+//! the kubeconfig trusts it (`certificate-authority-data`) and carries a bearer token
+//! from `POST /auth`.
 
 mod common;
 
 use std::process::Command;
 
-use common::start;
+use base64::Engine;
+use common::start_with;
 
 fn kubectl(kubeconfig: &std::path::Path, cache: &std::path::Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("kubectl")
@@ -32,45 +34,6 @@ fn kubectl(kubeconfig: &std::path::Path, cache: &std::path::Path, args: &[&str])
     )
 }
 
-/// A loopback proxy to sf-api through `client` (which adds the token); its URL.
-async fn proxy(client: kube::Client) -> String {
-    use axum::response::IntoResponse;
-    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let client = client.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let bytes = axum::body::to_bytes(body, 16 << 20)
-                .await
-                .unwrap_or_default();
-            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let mut builder = http::Request::builder().method(parts.method).uri(target);
-            for (name, value) in &parts.headers {
-                if name != http::header::HOST && name != http::header::AUTHORIZATION {
-                    builder = builder.header(name, value);
-                }
-            }
-            let forwarded = builder
-                .body(kube::client::Body::from(bytes.to_vec()))
-                .expect("request");
-            match client.send(forwarded).await {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
-                }
-                Err(e) => (http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind proxy");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    url
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_gets_and_deletes() {
     if Command::new("kubectl")
@@ -82,16 +45,26 @@ async fn kubectl_applies_gets_and_deletes() {
         println!("kubectl is not installed: test skipped");
         return;
     }
-    let env = start().await;
     let dir = std::env::temp_dir().join(format!("sf-api-kubectl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let proxy_url = proxy(env.client.clone()).await;
+    let cert = dir.join("tls").join("cert.pem");
+    let key = dir.join("tls").join("key.pem");
+    let env = start_with(&[
+        &format!("--api-tls-cert-path={}", cert.display()),
+        &format!("--api-tls-key-path={}", key.display()),
+        "--api-tls-self-signed",
+    ])
+    .await;
+    assert!(env.url.starts_with("https://"), "{}", env.url);
+    let ca = std::fs::read(&cert).expect("generated certificate");
     let kubeconfig = dir.join("config");
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sf\n  cluster:\n    server: {}\ncontexts:\n- name: sf\n  context:\n    cluster: sf\n    user: sf\n    namespace: demo\ncurrent-context: sf\nusers:\n- name: sf\n  user:\n    token: {}\n",
-            proxy_url, env.system_token
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sf\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: sf\n  context:\n    cluster: sf\n    user: sf\n    namespace: demo\ncurrent-context: sf\nusers:\n- name: sf\n  user:\n    token: {}\n",
+            env.url,
+            base64::engine::general_purpose::STANDARD.encode(ca),
+            env.system_token
         ),
     )
     .expect("kubeconfig");

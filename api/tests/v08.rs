@@ -103,3 +103,254 @@ async fn instances_and_networks_on_v08_paths() {
     let gone = raw_on(&a, "DELETE", "/networks/web", &[], None).await;
     assert_eq!(gone.status, 202, "{}", gone.text());
 }
+
+#[tokio::test]
+async fn artifacts_on_v08_paths() {
+    let env = start().await;
+    let a = env.tenant("ta", "key-a").await;
+    let b = env.tenant("tb", "key-b").await;
+    let post = |url: &str, extra: serde_json::Value| {
+        let mut body = json!({"url": url});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        body
+    };
+
+    // System: one shared artifact and one private one in `system`.
+    let shared = env
+        .raw(
+            "POST",
+            "/artifacts",
+            &[],
+            Some(post(
+                "https://images.example/debian-12.qcow2",
+                json!({"shared": true}),
+            )),
+        )
+        .await;
+    assert_eq!(shared.status, 200, "{}", shared.text());
+    let shared = shared.json();
+    assert_eq!(shared["namespace"], "system");
+    assert_eq!(shared["shared"], true);
+    assert_eq!(
+        shared["source_url"],
+        "https://images.example/debian-12.qcow2"
+    );
+    let shared_uuid = shared["uuid"].as_str().expect("uuid").to_string();
+    let shared_name = shared["name"].as_str().expect("name").to_string();
+    let private = env
+        .raw(
+            "POST",
+            "/artifacts",
+            &[],
+            Some(post("https://images.example/secret.qcow2", json!({}))),
+        )
+        .await;
+    assert_eq!(private.status, 200, "{}", private.text());
+    let private_uuid = private.json()["uuid"].as_str().expect("uuid").to_string();
+
+    // Tenant A caches an image; the same URL again is the same artifact.
+    let mine = raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(post("https://images.example/alpine.qcow2", json!({}))),
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    let mine = mine.json();
+    assert_eq!(mine["namespace"], "ta");
+    assert_eq!(mine["artifact_type"], "image");
+    assert_eq!(mine["state"], "initial");
+    assert_eq!(mine["blobs"], json!({}));
+    let mine_uuid = mine["uuid"].as_str().expect("uuid").to_string();
+    let mine_name = mine["name"].as_str().expect("name").to_string();
+    let again = raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(post("https://images.example/alpine.qcow2", json!({}))),
+    )
+    .await;
+    assert_eq!(again.json()["uuid"], mine_uuid.as_str());
+    // Only system shares; a bad URL is a v0.8 validation error.
+    let share = raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(post(
+            "https://images.example/x.qcow2",
+            json!({"shared": true}),
+        )),
+    )
+    .await;
+    assert_eq!(share.status, 403, "{}", share.text());
+    let bad = raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(post("ftp://x/y", json!({}))),
+    )
+    .await;
+    assert_eq!(bad.status, 422, "{}", bad.text());
+    assert_eq!(bad.json()["status"], 422);
+    let missing = raw_on(&a, "POST", "/artifacts", &[], Some(json!({}))).await;
+    assert_eq!(missing.status, 400, "{}", missing.text());
+
+    // Lists: own plus shared; never another tenant's nor system's private ones.
+    let uuids = |list: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = list
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|a| a["uuid"].as_str().expect("uuid").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want_a = vec![mine_uuid.clone(), shared_uuid.clone()];
+    want_a.sort();
+    assert_eq!(
+        uuids(&raw_on(&a, "GET", "/artifacts", &[], None).await.json()),
+        want_a
+    );
+    assert_eq!(
+        uuids(&raw_on(&b, "GET", "/artifacts", &[], None).await.json()),
+        vec![shared_uuid.clone()]
+    );
+    assert_eq!(
+        uuids(&env.raw("GET", "/artifacts", &[], None).await.json()).len(),
+        3
+    );
+    // Naming a namespace scopes to it alone (no shared ones), a foreign one is 404.
+    assert_eq!(
+        raw_on(&b, "GET", "/artifacts?namespace=tb", &[], None)
+            .await
+            .json(),
+        json!([])
+    );
+    assert_eq!(
+        raw_on(&b, "GET", "/artifacts?namespace=ta", &[], None)
+            .await
+            .status,
+        404
+    );
+
+    // Show: own first, then shared; another namespace's artifact is 404 with no data.
+    for reference in [&shared_uuid, &shared_name] {
+        let got = raw_on(&b, "GET", &format!("/artifacts/{reference}"), &[], None).await;
+        assert_eq!(got.status, 200, "{reference}: {}", got.text());
+        assert_eq!(got.json()["uuid"], shared_uuid.as_str());
+    }
+    for path in [
+        format!("/artifacts/{mine_uuid}"),
+        format!("/artifacts/{mine_name}"),
+        format!("/artifacts/{private_uuid}"),
+        format!("/artifacts/{mine_uuid}/versions"),
+        format!("/artifacts/{shared_uuid}?namespace=tb"),
+    ] {
+        let hidden = raw_on(&b, "GET", &path, &[], None).await;
+        assert_eq!(hidden.status, 404, "{path}: {}", hidden.text());
+        assert_eq!(
+            hidden.json().as_object().map(|o| o.len()),
+            Some(2),
+            "{}",
+            hidden.text()
+        );
+        assert!(
+            !hidden.text().contains("images.example"),
+            "{}",
+            hidden.text()
+        );
+    }
+    // A tenant's own artifact of the same name as a shared one wins.
+    let own_named = raw_on(
+        &b,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(post(
+            "https://images.example/b-debian.qcow2",
+            json!({"name": shared_name}),
+        )),
+    )
+    .await;
+    assert_eq!(own_named.status, 200, "{}", own_named.text());
+    let own_uuid = own_named.json()["uuid"].as_str().expect("uuid").to_string();
+    let got = raw_on(&b, "GET", &format!("/artifacts/{shared_name}"), &[], None).await;
+    assert_eq!(got.json()["uuid"], own_uuid.as_str());
+
+    // Versions: what the artifact controller records, with the blob's view.
+    let blob = env
+        .raw(
+            "POST",
+            "/apis/shakenfist.io/v1alpha1/blobs",
+            &[],
+            Some(json!({"metadata": {"name": "blob-1"}, "spec": {"ownerNamespace": "ta"}})),
+        )
+        .await;
+    assert_eq!(blob.status, 201, "{}", blob.text());
+    let status = env
+        .raw(
+            "PATCH",
+            &format!("/apis/shakenfist.io/v1alpha1/namespaces/ta/artifacts/{mine_name}/status"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(json!({"status": {"state": "created", "versions": [
+                {"index": 1, "blob": "blob-1", "size": 5, "created": "2026-01-01T00:00:00Z"},
+            ]}})),
+        )
+        .await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    let versions = raw_on(
+        &a,
+        "GET",
+        &format!("/artifacts/{mine_name}/versions"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(versions.status, 200, "{}", versions.text());
+    let versions = versions.json();
+    assert_eq!(versions[0]["index"], 1);
+    assert_eq!(versions[0]["uuid"], "blob-1");
+    assert_eq!(versions[0]["size"], 5);
+    let shown = raw_on(&a, "GET", &format!("/artifacts/{mine_uuid}"), &[], None)
+        .await
+        .json();
+    assert_eq!(shown["state"], "created");
+    assert_eq!(shown["blob_uuid"], "blob-1");
+    assert_eq!(shown["index"], 1);
+    let shared_versions = raw_on(
+        &b,
+        "GET",
+        &format!("/artifacts/{shared_uuid}/versions"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(shared_versions.status, 200);
+    assert_eq!(shared_versions.json(), json!([]));
+
+    // Delete: the caller's namespace only; shared ones are not a tenant's to delete.
+    for path in [
+        format!("/artifacts/{shared_uuid}"),
+        format!("/artifacts/{mine_uuid}"),
+    ] {
+        let refused = raw_on(&b, "DELETE", &path, &[], None).await;
+        assert_eq!(refused.status, 404, "{path}: {}", refused.text());
+    }
+    let deleted = raw_on(&a, "DELETE", &format!("/artifacts/{mine_uuid}"), &[], None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(deleted.json()["state"], "deleted");
+    assert_eq!(
+        raw_on(&a, "GET", &format!("/artifacts/{mine_uuid}"), &[], None)
+            .await
+            .status,
+        404
+    );
+}

@@ -10,6 +10,8 @@
 //! - [`shutdown`]: graceful shutdown on SIGTERM/SIGINT.
 //! - [`panic`](mod@panic): a panic hook writing a JSON report to
 //!   `<STORAGE_PATH>/exceptions/<timestamp>-<pid>.json`.
+//! - `tls` (feature `tls`): certificates (self-signed generation, reload, renewal
+//!   before expiry) and the TLS listener for sf-api and the agent's metrics.
 //!
 //! A daemon's `main` typically reads:
 //!
@@ -29,6 +31,8 @@ pub mod metrics;
 pub mod panic;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use config::{ConfigError, HostPort, LogFormat, TelemetryArgs, Validate};
 pub use metrics::{Metrics, MetricsError};

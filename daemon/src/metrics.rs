@@ -108,6 +108,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
+    serve_on(registry, listener, shutdown).await
+}
+
+/// [`serve`] on any listener axum accepts, e.g. the `tls` module's `TlsListener` for
+/// HTTPS.
+pub async fn serve_on<L>(
+    registry: Arc<Registry>,
+    listener: L,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MetricsError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))

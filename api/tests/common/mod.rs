@@ -41,6 +41,10 @@ pub struct Env {
     pub gateway_shutdowns: Vec<Shutdown>,
     /// Stops sf-api.
     pub api_shutdown: Shutdown,
+    /// The certificate clients trust (DER) when sf-api serves HTTPS.
+    pub ca: Option<Vec<u8>>,
+    /// The served certificates when sf-api serves HTTPS.
+    pub certs: Option<std::sync::Arc<sf_api::tls::CertStore>>,
     api_task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,16 +102,33 @@ pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
     let listener = sf_api::bind("127.0.0.1:0".parse().expect("address"))
         .await
         .expect("bind sf-api");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
     let api_shutdown = Shutdown::new();
     let app = sf_api::App::new(&config, api_shutdown.clone()).expect("app");
-    let api_task = tokio::spawn(async move {
-        if let Err(e) = sf_api::serve_app(app, listener).await {
-            eprintln!("sf-api: {e}");
-        }
+    // HTTPS when the flags name a certificate (the test trusts the served one).
+    let certs = config
+        .tls()
+        .map(|settings| sf_api::tls::CertStore::load(&settings).expect("TLS certificate"));
+    let ca = certs.as_ref().map(|c| {
+        c.current_certificate()
+            .expect("served certificate")
+            .to_vec()
     });
+    let scheme = if certs.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().expect("addr"));
+    let api_task = {
+        let certs = certs.clone();
+        tokio::spawn(async move {
+            let served = match certs {
+                Some(certs) => sf_api::serve_app_tls(app, listener, certs).await,
+                None => sf_api::serve_app(app, listener).await,
+            };
+            if let Err(e) = served {
+                eprintln!("sf-api: {e}");
+            }
+        })
+    };
 
-    let anonymous = kube_client(&url, None);
+    let anonymous = kube_client_ca(&url, None, ca.as_deref());
     let gateway = GatewayClient::from_host_list(&gateway_hosts, SECRET, RetryPolicy::default())
         .expect("gateway client");
     let mut env = Env {
@@ -120,6 +141,8 @@ pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
         gateway_hosts: gateway_hosts.clone(),
         gateway_shutdowns,
         api_shutdown,
+        ca,
+        certs,
         api_task,
     };
     env.wait_ready().await;
@@ -132,7 +155,13 @@ pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
 
 /// A kube client on `url` (default namespace `demo`), with `token` when given.
 pub fn kube_client(url: &str, token: Option<&str>) -> kube::Client {
+    kube_client_ca(url, token, None)
+}
+
+/// [`kube_client`] trusting `ca` (a DER certificate) for an `https` URL.
+pub fn kube_client_ca(url: &str, token: Option<&str>, ca: Option<&[u8]>) -> kube::Client {
     let mut kube_config = kube::Config::new(url.parse().expect("url"));
+    kube_config.root_cert = ca.map(|der| vec![der.to_vec()]);
     kube_config.default_namespace = "demo".into();
     // Tests look at 503s themselves; kube would otherwise retry them with backoff.
     kube_config.default_retry = false;
@@ -173,7 +202,7 @@ impl Env {
 
     /// A kube client with `token`.
     pub fn client_with(&self, token: &str) -> kube::Client {
-        kube_client(&self.url, Some(token))
+        kube_client_ca(&self.url, Some(token), self.ca.as_deref())
     }
 
     /// Creates namespace `ns` through the gateway (fine if it exists).

@@ -9,10 +9,13 @@
 //! the token is sent as is and never refreshed. Every request made through
 //! [`SfClient::kube`] carries `Authorization: Bearer <current token>`; nothing else is
 //! changed. Only one re-authentication runs at a time, however many requests notice a
-//! stale token together.
+//! stale token together. `https://` URLs are verified against the system's trust
+//! store, or only against a CA file's certificates with [`connect_with_ca`] (PEM; `sf`
+//! takes it from `sf login --ca-file` or [`CA_FILE_ENV`]).
 
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
@@ -27,7 +30,7 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 /// Where and as whom to connect.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
-    /// sf-api's base URL, e.g. `http://127.0.0.1:13000`.
+    /// sf-api's base URL, e.g. `http://127.0.0.1:13000` or `https://api:13000`.
     pub url: String,
     /// The namespace to authenticate in; also the client's default namespace.
     pub namespace: String,
@@ -68,9 +71,21 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The environment variable naming a CA file (PEM) that `sf` and plugins trust for an
+/// `https://` sf-api (e.g. its self-signed certificate).
+pub const CA_FILE_ENV: &str = "SF_CA_FILE";
+
 /// Errors of connecting and authenticating.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The CA file cannot be read or holds no PEM certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     /// The API URL does not parse.
     #[error("invalid API URL {url:?}: {reason}")]
     InvalidUrl {
@@ -195,8 +210,39 @@ impl SfClient {
     }
 }
 
-/// Connects: authenticates with the key when one is given, else uses the token.
+/// The certificates (DER) of a PEM CA file, for an `https://` sf-api whose certificate
+/// the system does not trust (a self-signed one).
+pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, ClientError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let fail = |reason: String| ClientError::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no PEM CERTIFICATE block".into()));
+    }
+    Ok(certs)
+}
+
+/// Connects: authenticates with the key when one is given, else uses the token. An
+/// `https://` URL is verified against the system's trust store.
 pub async fn connect(creds: Credentials) -> Result<SfClient, ClientError> {
+    connect_with_ca(creds, None).await
+}
+
+/// [`connect`], trusting the certificates of `ca_file` (PEM) instead of the system's
+/// trust store when given.
+pub async fn connect_with_ca(
+    creds: Credentials,
+    ca_file: Option<&Path>,
+) -> Result<SfClient, ClientError> {
+    let root_cert = ca_file.map(load_ca_file).transpose()?;
     let url = creds.url.trim_end_matches('/').to_string();
     let uri: http::Uri =
         url.parse()
@@ -213,6 +259,7 @@ pub async fn connect(creds: Credentials) -> Result<SfClient, ClientError> {
     let config = || {
         let mut config = kube::Config::new(uri.clone());
         config.default_namespace = creds.namespace.clone();
+        config.root_cert = root_cert.clone();
         config
     };
     let plain = kube::Client::try_from(config()).map_err(ClientError::BuildClient)?;
@@ -267,6 +314,17 @@ pub async fn authenticate(
     namespace: &str,
     key: &str,
 ) -> Result<TokenResponse, ClientError> {
+    authenticate_with_ca(url, namespace, key, None).await
+}
+
+/// [`authenticate`], trusting the certificates of `ca_file` (PEM) when given.
+pub async fn authenticate_with_ca(
+    url: &str,
+    namespace: &str,
+    key: &str,
+    ca_file: Option<&Path>,
+) -> Result<TokenResponse, ClientError> {
+    let root_cert = ca_file.map(load_ca_file).transpose()?;
     let url = url.trim_end_matches('/').to_string();
     let uri: http::Uri =
         url.parse()
@@ -274,7 +332,9 @@ pub async fn authenticate(
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-    let plain = kube::Client::try_from(kube::Config::new(uri)).map_err(ClientError::BuildClient)?;
+    let mut config = kube::Config::new(uri);
+    config.root_cert = root_cert;
+    let plain = kube::Client::try_from(config).map_err(ClientError::BuildClient)?;
     Login {
         plain,
         url,
@@ -650,6 +710,31 @@ mod tests {
         assert_eq!(client.authentications(), 0);
         client.reauthenticate().await.expect("no-op");
         assert_eq!(client.token(), "abc");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_pem_certificate() {
+        let dir = std::env::temp_dir().join(format!("sf-client-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").expect("write");
+        assert!(matches!(
+            load_ca_file(&garbage),
+            Err(ClientError::CaFile { .. })
+        ));
+        assert!(matches!(
+            load_ca_file(&dir.join("missing.pem")),
+            Err(ClientError::CaFile { .. })
+        ));
+        // A minimal well-formed block is taken as is (kube verifies it on use).
+        let pem = dir.join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAQID\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        assert_eq!(load_ca_file(&pem).expect("ca"), vec![vec![1u8, 2, 3]]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

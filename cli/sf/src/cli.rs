@@ -27,7 +27,8 @@ Plugins: `sf foo ARGS` runs `sf-foo ARGS` from PATH with SHAKENFIST_API_URL,
 SHAKENFIST_NAMESPACE and SHAKENFIST_TOKEN set; `sf plugin list` shows them.
 
 Configuration: ~/.config/sf/config.yaml (or $SF_CONFIG), written by `sf login`;
-SHAKENFIST_API_URL, SHAKENFIST_NAMESPACE, SHAKENFIST_KEY (or SHAKENFIST_TOKEN) override it.";
+SHAKENFIST_API_URL, SHAKENFIST_NAMESPACE, SHAKENFIST_KEY (or SHAKENFIST_TOKEN) and
+SF_CA_FILE (a CA to trust for https) override it.";
 
 /// sf — the Shaken Fist command line.
 #[derive(Debug, Parser)]
@@ -159,6 +160,10 @@ pub struct LoginArgs {
     /// A token instead of a key (not refreshed; expires).
     #[arg(long)]
     pub token: Option<String>,
+    /// A CA file (PEM) to trust for an https URL, e.g. sf-api's self-signed
+    /// certificate (default: $SF_CA_FILE).
+    #[arg(long)]
+    pub ca_file: Option<String>,
 }
 
 /// Files to read objects from.

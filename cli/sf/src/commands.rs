@@ -65,12 +65,15 @@ async fn connect(namespace_flag: Option<&str>) -> anyhow::Result<Ctx> {
     if c.key.is_none() && c.token.is_none() {
         bail!("no credentials: run `sf login --key KEY` or set SHAKENFIST_KEY");
     }
-    let client = sf_client::connect(Credentials {
-        url,
-        namespace: auth_namespace.clone(),
-        key: c.key,
-        token: c.token,
-    })
+    let client = sf_client::connect_with_ca(
+        Credentials {
+            url,
+            namespace: auth_namespace.clone(),
+            key: c.key,
+            token: c.token,
+        },
+        c.ca_file.as_deref().map(std::path::Path::new),
+    )
     .await?;
     Ok(Ctx {
         rest: Rest::new(client.kube()),
@@ -162,16 +165,28 @@ async fn login(ns: Option<&str>, args: LoginArgs) -> anyhow::Result<i32> {
             },
         },
     };
+    // A relative CA file is kept absolute, so that sf works from any directory.
+    let ca_file = args
+        .ca_file
+        .or_else(|| env(sf_client::CA_FILE_ENV))
+        .or(existing.ca_file)
+        .map(|f| std::path::absolute(&f).map_or(f, |p| p.display().to_string()));
     if let Some(k) = &key {
-        sf_client::authenticate(&url, &namespace, k)
-            .await
-            .context("checking the key")?;
+        sf_client::authenticate_with_ca(
+            &url,
+            &namespace,
+            k,
+            ca_file.as_deref().map(std::path::Path::new),
+        )
+        .await
+        .context("checking the key")?;
     }
     let config = FileConfig {
         api_url: Some(url.trim_end_matches('/').to_string()),
         namespace: Some(namespace.clone()),
         key,
         token,
+        ca_file,
     };
     config::save(&path, &config)?;
     emit(&format!(
@@ -232,6 +247,7 @@ async fn external(ns: Option<&str>, args: Vec<OsString>) -> anyhow::Result<i32> 
         url: c.api_url.clone(),
         namespace: ns.map(str::to_string).or(c.namespace.clone()),
         token: c.token.clone(),
+        ca_file: c.ca_file.clone(),
     };
     if c.api_url.is_some() && c.namespace.is_some() && c.key.is_some() {
         // A plugin may not need the API: run it anyway, without a token.

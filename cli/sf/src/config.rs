@@ -2,10 +2,10 @@
 //!
 //! Contract: the file is `$SF_CONFIG` if set, else `~/.config/sf/config.yaml`
 //! (`$XDG_CONFIG_HOME/sf/config.yaml` when that is set); it is YAML with `apiUrl`,
-//! `namespace`, `key`, `token`, and is written with mode 0600 (its directory 0700).
-//! `SHAKENFIST_API_URL`, `SHAKENFIST_NAMESPACE`, `SHAKENFIST_KEY` and
-//! `SHAKENFIST_TOKEN` override the file's values (the names the Shaken Fist client and
-//! `sf` plugins use); a key, when present, wins over a token.
+//! `namespace`, `key`, `token`, `caFile`, and is written with mode 0600 (its directory
+//! 0700). `SHAKENFIST_API_URL`, `SHAKENFIST_NAMESPACE`, `SHAKENFIST_KEY`,
+//! `SHAKENFIST_TOKEN` and `SF_CA_FILE` override the file's values (the names the Shaken
+//! Fist client and `sf` plugins use); a key, when present, wins over a token.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,9 @@ pub struct FileConfig {
     /// A token, when logged in with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A CA file (PEM) to trust for an `https://` API URL instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// The configuration file's location.
@@ -142,6 +145,9 @@ pub fn effective(file: FileConfig) -> FileConfig {
     if let Some(v) = env("SHAKENFIST_NAMESPACE") {
         c.namespace = Some(v);
     }
+    if let Some(v) = env(sf_client::CA_FILE_ENV) {
+        c.ca_file = Some(v);
+    }
     if let Some(v) = env("SHAKENFIST_KEY") {
         c.key = Some(v);
         c.token = None;
@@ -166,6 +172,7 @@ mod tests {
             namespace: Some("demo".into()),
             key: Some("k".into()),
             token: None,
+            ca_file: None,
         };
         save(&path, &config).expect("save");
         assert_eq!(load(&path).expect("load"), config);

@@ -140,8 +140,12 @@ pub const KINDS: &[KindInfo] = &[
             col("TYPE", "spec.artifactType"),
             col("SOURCE", "spec.sourceUrl"),
             col("STATE", "status.state"),
+            col("VERSION", "status.versions.-1.index"),
         ],
-        wide: &[],
+        wide: &[
+            col("BLOB", "status.versions.-1.blob"),
+            col("MAX", "spec.maxVersions"),
+        ],
     },
     KindInfo {
         kind: "Blob",
@@ -152,8 +156,9 @@ pub const KINDS: &[KindInfo] = &[
             col("OWNER", "spec.ownerNamespace"),
             col("SIZE", "status.size"),
             col("STATE", "status.state"),
+            col("REFS", "status.referenceCount"),
         ],
-        wide: &[col("MIME", "spec.mimeType")],
+        wide: &[col("MIME", "spec.mimeType"), col("NODES", "status.nodes")],
     },
     KindInfo {
         kind: "Namespace",

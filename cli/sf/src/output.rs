@@ -133,12 +133,14 @@ impl Table {
     }
 }
 
-/// Looks up a dotted path (`status.interfaces.0.ipv4`) in an object.
+/// Looks up a dotted path (`status.interfaces.0.ipv4`; `-1` is an array's last
+/// item, `status.versions.-1.index`) in an object.
 pub fn lookup<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
     let mut current = object;
     for part in path.split('.') {
         current = match current {
             Value::Object(map) => map.get(part)?,
+            Value::Array(items) if part == "-1" => items.last()?,
             Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
             _ => return None,
         };
@@ -448,5 +450,8 @@ mod tests {
         assert_eq!(lookup(&v, "a.b.0.c"), Some(&json!(1)));
         assert_eq!(lookup(&v, "a.b.1.c"), None);
         assert_eq!(cell(lookup(&v, "a.x")), "<none>");
+        let v = json!({"versions": [{"index": 1}, {"index": 2}], "none": []});
+        assert_eq!(lookup(&v, "versions.-1.index"), Some(&json!(2)));
+        assert_eq!(cell(lookup(&v, "none.-1.index")), "<none>");
     }
 }

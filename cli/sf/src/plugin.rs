@@ -3,8 +3,8 @@
 //! Contract: [`find`] returns the first `sf-<name>` executable on PATH; [`list`]
 //! returns every `sf-*` executable in PATH order, marking names shadowed by an earlier
 //! directory. [`run`] runs a plugin with inherited stdio and the connection in env
-//! (`SHAKENFIST_API_URL`, `SHAKENFIST_NAMESPACE`, `SHAKENFIST_TOKEN`) and returns its
-//! exit code.
+//! (`SHAKENFIST_API_URL`, `SHAKENFIST_NAMESPACE`, `SHAKENFIST_TOKEN`, and `SF_CA_FILE`
+//! when one is configured) and returns its exit code.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -101,6 +101,8 @@ pub struct Connection {
     pub namespace: Option<String>,
     /// A current token.
     pub token: Option<String>,
+    /// The CA file trusted for an https URL.
+    pub ca_file: Option<String>,
 }
 
 /// Runs `sf-<name>` with `args`; returns its exit code (128+signal when killed).
@@ -114,6 +116,7 @@ pub fn run(name: &str, args: &[OsString], connection: &Connection) -> Result<i32
         ("SHAKENFIST_API_URL", &connection.url),
         ("SHAKENFIST_NAMESPACE", &connection.namespace),
         ("SHAKENFIST_TOKEN", &connection.token),
+        (sf_client::CA_FILE_ENV, &connection.ca_file),
     ] {
         if let Some(v) = value {
             command.env(key, v);

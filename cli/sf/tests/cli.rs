@@ -233,6 +233,68 @@ async fn login_writes_a_private_config_and_refuses_a_wrong_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_over_https_with_a_ca_file() {
+    let tls = tempfile::tempdir().expect("tempdir");
+    let cert = tls.path().join("cert.pem");
+    let env = common::start_with(&[
+        &format!("--api-tls-cert-path={}", cert.display()),
+        &format!(
+            "--api-tls-key-path={}",
+            tls.path().join("key.pem").display()
+        ),
+        "--api-tls-self-signed",
+    ])
+    .await;
+    assert!(env.url.starts_with("https://"), "{}", env.url);
+    let path = env.dir.path().join("tls").join("config.yaml");
+    let login = |extra: Vec<String>| {
+        let mut args: Vec<String> = ["login", "--url", &env.url, "-n", "system", "--key"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.push(SYSTEM_KEY.into());
+        args.extend(extra);
+        args
+    };
+    // Without the CA the self-signed certificate is not trusted.
+    let args = login(vec![]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = env
+        .sf_with(&refs, |c| {
+            c.env("SF_CONFIG", &path);
+        })
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!path.exists());
+
+    let args = login(vec!["--ca-file".into(), cert.display().to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.sf_with(&refs, |c| {
+        c.env("SF_CONFIG", &path);
+    })
+    .await
+    .ok();
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(text.contains("caFile: "), "{text}");
+    let run = env
+        .sf_with(&["-n", "demo", "get", "instances"], |c| {
+            c.env("SF_CONFIG", &path);
+        })
+        .await
+        .ok();
+    assert!(run.stderr.contains("No instances found"), "{run:?}");
+    // SF_CA_FILE overrides the file's CA: a wrong one is refused.
+    let run = env
+        .sf_with(&["-n", "demo", "get", "instances"], |c| {
+            c.env("SF_CONFIG", &path)
+                .env("SF_CA_FILE", tls.path().join("key.pem"));
+        })
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("CA file"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_describe_and_delete() {
     let env = start().await;
     let file = env.file("web.yaml", WEB);

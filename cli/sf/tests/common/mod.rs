@@ -34,6 +34,8 @@ pub struct Env {
     pub gateway_hosts: String,
     /// Holds the `sf` config file (and HOME) of this test.
     pub dir: tempfile::TempDir,
+    /// The certificate file of an HTTPS sf-api (the CA `sf` trusts).
+    pub ca_file: Option<PathBuf>,
     shutdowns: Vec<Shutdown>,
 }
 
@@ -93,11 +95,21 @@ pub async fn start_with(api_args: &[&str]) -> Env {
     let listener = sf_api::bind("127.0.0.1:0".parse().expect("address"))
         .await
         .expect("bind sf-api");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    // HTTPS when the flags name a certificate (its file is the CA `sf` trusts).
+    let certs = config
+        .tls()
+        .map(|settings| sf_api::tls::CertStore::load(&settings).expect("TLS certificate"));
+    let ca_file = config.api_tls_cert_path.clone().filter(|_| certs.is_some());
+    let scheme = if certs.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().expect("addr"));
     let api_shutdown = Shutdown::new();
     let app = sf_api::App::new(&config, api_shutdown.clone()).expect("app");
     tokio::spawn(async move {
-        if let Err(e) = sf_api::serve_app(app, listener).await {
+        let served = match certs {
+            Some(certs) => sf_api::serve_app_tls(app, listener, certs).await,
+            None => sf_api::serve_app(app, listener).await,
+        };
+        if let Err(e) = served {
             eprintln!("sf-api: {e}");
         }
     });
@@ -109,16 +121,20 @@ pub async fn start_with(api_args: &[&str]) -> Env {
         gateway,
         gateway_hosts: gateway_hosts.clone(),
         dir: tempfile::tempdir().expect("tempdir"),
+        ca_file,
         shutdowns: vec![api_shutdown, gateway_shutdown],
     };
     env.wait_ready().await;
     env.add_namespace("system").await;
     env.add_namespace("demo").await;
     env.put_key("system", "test", SYSTEM_KEY).await;
-    let config = format!(
+    let mut config = format!(
         "apiUrl: {}\nnamespace: system\nkey: {SYSTEM_KEY}\n",
         env.url
     );
+    if let Some(ca) = &env.ca_file {
+        config.push_str(&format!("caFile: {}\n", ca.display()));
+    }
     std::fs::write(env.config_path(), config).expect("write sf config");
     env
 }
@@ -154,6 +170,7 @@ impl Env {
             .env_remove("SHAKENFIST_NAMESPACE")
             .env_remove("SHAKENFIST_KEY")
             .env_remove("SHAKENFIST_TOKEN")
+            .env_remove("SF_CA_FILE")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command
@@ -185,8 +202,12 @@ impl Env {
 
     /// Waits until `/readyz` says ready.
     pub async fn wait_ready(&self) {
-        let client = kube::Client::try_from(kube::Config::new(self.url.parse().expect("url")))
-            .expect("client");
+        let mut config = kube::Config::new(self.url.parse().expect("url"));
+        config.root_cert = self
+            .ca_file
+            .as_deref()
+            .map(|ca| sf_client::load_ca_file(ca).expect("CA file"));
+        let client = kube::Client::try_from(config).expect("client");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let request = http::Request::get("/readyz")
