@@ -86,6 +86,9 @@ pub struct ArtifactStatus {
     /// The versions kept, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<ArtifactVersion>,
+    /// The per-target intent sequence used to name operations.
+    #[serde(default)]
+    pub intent_seq: u64,
 }
 
 /// One version of an artifact.

@@ -23,6 +23,9 @@
 //! - `RemoveFinalizer` of an Instance first deletes its NetworkInterfaces (each then
 //!   releases its address and goes); after it the object may be gone and no status
 //!   is written.
+//! - `WriteBlob` reads the Blob fresh, creates it when missing (cluster scoped, spec
+//!   from the action) and merge-patches only the status fields that differ (`nodes`
+//!   as a union with the stored list).
 
 use std::time::Duration;
 
@@ -36,7 +39,7 @@ use sf_plan::{Action, FINALIZER};
 use sf_proto::v1 as pb;
 use sf_schema::common::{Condition, ObjectRef};
 use sf_schema::instance::InstanceState;
-use sf_schema::{Instance, Network, NetworkInterface};
+use sf_schema::{Blob, BlobSpec, Instance, Network, NetworkInterface, ResourceState};
 use tonic::Code;
 
 use crate::context::{Context, OWNER_KIND_LABEL, OWNER_LABEL, OWNER_NAME_LABEL, TARGET_LABEL};
@@ -91,6 +94,44 @@ pub fn derived_mac(seed: &str) -> String {
     }
     let b = hash.to_be_bytes();
     format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+/// The status facts a `WriteBlob` merges into a Blob.
+struct BlobFacts {
+    size: Option<u64>,
+    sha512: Option<String>,
+    nodes: Vec<String>,
+    reference_count: u64,
+}
+
+/// The merge patch that brings `status` to `facts` (nodes are a union: replicas are
+/// only added here); empty when nothing differs.
+fn blob_status_patch(status: &sf_schema::BlobStatus, facts: &BlobFacts) -> Map<String, Value> {
+    let mut patch = Map::new();
+    if status.state != ResourceState::Created {
+        patch.insert("state".into(), json!(ResourceState::Created.as_str()));
+    }
+    if let Some(size) = facts.size
+        && status.size != Some(size)
+    {
+        patch.insert("size".into(), json!(size));
+    }
+    if let Some(sha512) = &facts.sha512
+        && status.checksums.get("sha512") != Some(sha512)
+    {
+        patch.insert("checksums".into(), json!({"sha512": sha512}));
+    }
+    let mut nodes: Vec<String> = status.nodes.clone();
+    nodes.extend(facts.nodes.iter().cloned());
+    nodes.sort();
+    nodes.dedup();
+    if nodes != status.nodes {
+        patch.insert("nodes".into(), json!(nodes));
+    }
+    if status.reference_count != facts.reference_count {
+        patch.insert("referenceCount".into(), json!(facts.reference_count));
+    }
+    patch
 }
 
 /// The `-error` state an instance moves to when its node is lost.
@@ -281,6 +322,33 @@ where
             }
             Action::SetNodes { nodes } => {
                 self.status.insert("nodes".into(), json!(nodes));
+            }
+            Action::SetVersions { versions } => {
+                self.status.insert("versions".into(), json!(versions));
+            }
+            Action::WriteBlob {
+                name,
+                owner_namespace,
+                source,
+                mime_type,
+                size,
+                sha512,
+                nodes,
+                reference_count,
+            } => {
+                let spec = BlobSpec {
+                    owner_namespace: owner_namespace.clone(),
+                    size: *size,
+                    mime_type: mime_type.clone(),
+                    source: source.clone(),
+                };
+                let status = BlobFacts {
+                    size: *size,
+                    sha512: sha512.clone(),
+                    nodes: nodes.clone(),
+                    reference_count: *reference_count,
+                };
+                self.write_blob(name, spec, &status).await?;
             }
             Action::SetCondition {
                 type_,
@@ -697,6 +765,41 @@ where
         Ok(())
     }
 
+    /// Creates the Blob `name` when missing, then merges `facts` into its status
+    /// (read fresh, so a lagging cache never drops a node or writes twice).
+    async fn write_blob(
+        &self,
+        name: &str,
+        spec: BlobSpec,
+        facts: &BlobFacts,
+    ) -> Result<(), ReconcileError> {
+        let client = &self.ctx.client;
+        let blob = match kubeapi::get::<Blob>(client, None, name).await? {
+            Some(b) => b,
+            None => {
+                let fresh = Blob::new(name, spec);
+                match kubeapi::create(client, None, &fresh).await? {
+                    Some(created) => created,
+                    None => kubeapi::get::<Blob>(client, None, name)
+                        .await?
+                        .ok_or_else(|| ReconcileError::Missing(format!("blob {name} vanished")))?,
+                }
+            }
+        };
+        let patch = blob_status_patch(&blob.status.clone().unwrap_or_default(), facts);
+        if patch.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(blob = %name, ?patch, "blob status patch");
+        let written =
+            kubeapi::patch_status::<Blob>(client, None, name, &Value::Object(patch)).await?;
+        self.ctx.note_written(
+            written.metadata.uid.clone(),
+            written.metadata.resource_version.clone(),
+        );
+        Ok(())
+    }
+
     async fn mark_instances_error(&self, node: &str, reason: &str) -> Result<(), ReconcileError> {
         for instance in self.ctx.stores.instances.state() {
             let status = instance.status.clone().unwrap_or_default();
@@ -747,6 +850,31 @@ mod tests {
         assert_ne!(a, derived_mac("uid-2"));
         assert!(a.starts_with("02:00:"), "{a}");
         assert_eq!(a.len(), 17);
+    }
+
+    #[test]
+    fn blob_status_patches_add_nodes_and_skip_what_is_already_there() {
+        let facts = BlobFacts {
+            size: Some(10),
+            sha512: Some("ab".into()),
+            nodes: vec!["hv-2".into()],
+            reference_count: 1,
+        };
+        let patch = blob_status_patch(&sf_schema::BlobStatus::default(), &facts);
+        assert_eq!(
+            Value::Object(patch),
+            json!({"state": "created", "size": 10, "checksums": {"sha512": "ab"},
+                   "nodes": ["hv-2"], "referenceCount": 1})
+        );
+        let stored = sf_schema::BlobStatus {
+            state: ResourceState::Created,
+            size: Some(10),
+            checksums: [("sha512".to_owned(), "ab".to_owned())].into(),
+            nodes: vec!["hv-1".into(), "hv-2".into()],
+            reference_count: 1,
+            ..Default::default()
+        };
+        assert!(blob_status_patch(&stored, &facts).is_empty());
     }
 
     #[test]

@@ -24,13 +24,15 @@ use kube::runtime::reflector::Store;
 use sf_database_client::GatewayClient;
 use sf_plan::scheduler::Resources;
 use sf_plan::{NodeConfig, PlanContext};
-use sf_schema::{Artifact, ClusterOperation, IPAMLease, Instance, Network, NetworkInterface, Node};
+use sf_schema::{
+    Artifact, Blob, ClusterOperation, IPAMLease, Instance, Network, NetworkInterface, Node,
+};
 
 use crate::metrics::ClusterMetrics;
 
 /// The uid of the object whose controller created the operation.
 pub const OWNER_LABEL: &str = "shakenfist.io/owner";
-/// Its kind (`Instance`, `Network`, `NetworkInterface`).
+/// Its kind (`Instance`, `Network`, `NetworkInterface`, `Artifact`).
 pub const OWNER_KIND_LABEL: &str = "shakenfist.io/owner-kind";
 /// Its name (same namespace as the operation).
 pub const OWNER_NAME_LABEL: &str = "shakenfist.io/owner-name";
@@ -54,6 +56,8 @@ pub struct Stores {
     pub leases: Store<IPAMLease>,
     /// Artifacts.
     pub artifacts: Store<Artifact>,
+    /// Blobs (cluster scoped).
+    pub blobs: Store<Blob>,
 }
 
 /// A placement written by this process, counted until the store shows it.

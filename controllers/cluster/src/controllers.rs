@@ -1,5 +1,5 @@
-//! The kube-runtime `Controller`s for Instance, Network, NetworkInterface and Node,
-//! and the watches that map related objects back to their owners.
+//! The kube-runtime `Controller`s for Instance, Network, NetworkInterface, Artifact
+//! and Node, and the watches that map related objects back to their owners.
 //!
 //! Contract:
 //! - One watch per kind against sf-api feeds a shared reflector store; every
@@ -17,9 +17,10 @@
 //! - Triggers: ClusterOperations map to the controller that owns them (label
 //!   `shakenfist.io/owner-kind`/`-name`) and to their target; a Network's
 //!   `network_create_on_node` emitted by an instance therefore reaches the network
-//!   controller, which records the node in `status.nodes` (`SetNodes`). Nodes,
-//!   Networks, Instances, NetworkInterfaces and IPAMLeases map to the objects whose
-//!   plans read them (an instance going away retries the unschedulable ones, as does
+//!   controller, which records the node in `status.nodes` (`SetNodes`); likewise an
+//!   instance's replication `artifact_fetch` reaches the artifact controller, which
+//!   adds the node to the Blob. Nodes, Networks, Instances, NetworkInterfaces,
+//!   IPAMLeases, Artifacts and Blobs map to the objects whose plans read them (an instance going away retries the unschedulable ones, as does
 //!   a node whose state or capacity changes); a mapper that would fire on every heartbeat only fires when the
 //!   fields those plans read change.
 //! - Error policy: transient failures retry after 1 s doubling to 5 min; permanent
@@ -39,8 +40,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use sf_plan::scheduler::Resources;
-use sf_plan::{Action, plan_instance, plan_interface, plan_network, plan_node};
-use sf_schema::{Artifact, ClusterOperation, IPAMLease, Instance, Network, NetworkInterface, Node};
+use sf_plan::{Action, plan_artifact, plan_instance, plan_interface, plan_network, plan_node};
+use sf_schema::{
+    Artifact, Blob, ClusterOperation, IPAMLease, Instance, Network, NetworkInterface, Node,
+};
 
 use crate::apply::Apply;
 use crate::context::{Context, OWNER_KIND_LABEL, OWNER_NAME_LABEL, Placement, Stores, object_key};
@@ -297,6 +300,38 @@ pub async fn reconcile_interface(
     .await
 }
 
+/// One Artifact reconcile.
+pub async fn reconcile_artifact(
+    obj: Arc<Artifact>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let c = ctx.clone();
+    timed(ctx, "artifact", obj.clone(), async move {
+        let Some(artifact) = current(&c, obj.as_ref()).await? else {
+            return Ok(Requeue::await_change());
+        };
+        let observation = observe::observe_artifact(&c, &artifact).await?;
+        let actions = plan_artifact(&artifact, &observation, &c.plan_now());
+        tracing::debug!(artifact = %artifact.name_any(), ?actions, "plan");
+        let applied = Apply::new(&c, &artifact, "artifact").run(&actions).await?;
+        Ok(requeue_of(applied.requeue))
+    })
+    .await
+}
+
+/// Whether `instance` may still replicate or wait for the artifacts of its disks.
+fn awaits_artifacts(instance: &Instance) -> bool {
+    instance.metadata.deletion_timestamp.is_none()
+        && !instance.spec.disks.iter().all(|d| d.base.is_none())
+        && matches!(
+            instance.status.as_ref().map(|s| &s.state),
+            None | Some(
+                sf_schema::instance::InstanceState::Initial
+                    | sf_schema::instance::InstanceState::Preflight
+            )
+        )
+}
+
 /// One Node reconcile.
 pub async fn reconcile_node(obj: Arc<Node>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
     let c = ctx.clone();
@@ -330,12 +365,6 @@ where
 {
     fn new() -> Self {
         let (reader, writer) = reflector::store_shared(1024);
-        Self { reader, writer }
-    }
-
-    /// A store nobody subscribes to (no dispatcher, so nothing waits on readers).
-    fn unshared() -> Self {
-        let (reader, writer) = reflector::store();
         Self { reader, writer }
     }
 
@@ -391,7 +420,8 @@ pub async fn run(
     let nodes = Shared::<Node>::new();
     let operations = Shared::<ClusterOperation>::new();
     let leases = Shared::<IPAMLease>::new();
-    let artifacts = Shared::<Artifact>::unshared();
+    let artifacts = Shared::<Artifact>::new();
+    let blobs = Shared::<Blob>::new();
     let stores = Stores {
         instances: instances.reader.clone(),
         networks: networks.reader.clone(),
@@ -400,6 +430,7 @@ pub async fn run(
         operations: operations.reader.clone(),
         leases: leases.reader.clone(),
         artifacts: artifacts.reader.clone(),
+        blobs: blobs.reader.clone(),
     };
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let readiness: BoxFut = {
@@ -413,6 +444,7 @@ pub async fn run(
                 let _ = stores.operations.wait_until_ready().await;
                 let _ = stores.leases.wait_until_ready().await;
                 let _ = stores.artifacts.wait_until_ready().await;
+                let _ = stores.blobs.wait_until_ready().await;
             };
             tokio::pin!(all);
             loop {
@@ -539,9 +571,63 @@ pub async fn run(
                 .map(|x| ObjectRef::from(x.as_ref()))
                 .collect()
         };
+        // An artifact gaining a version (or its blob becoming known) readies the
+        // instances waiting for it.
+        let art_changes = Arc::new(Changes::default());
+        let istore = stores.instances.clone();
+        let artifact_map = move |a: Arc<Artifact>| -> Vec<ObjectRef<Instance>> {
+            let latest = a
+                .status
+                .as_ref()
+                .and_then(|s| s.versions.last())
+                .map(|v| v.blob.clone());
+            let key = object_key(a.namespace().as_deref(), &a.name_any());
+            if !art_changes.changed(key, format!("{latest:?} {}", a.spec.shared)) {
+                return Vec::new();
+            }
+            let ns = a.namespace();
+            let name = a.name_any();
+            let uid = a.uid();
+            istore
+                .state()
+                .iter()
+                .filter(|i| awaits_artifacts(i))
+                .filter(|i| a.spec.shared || i.namespace() == ns)
+                .filter(|i| {
+                    i.spec.disks.iter().any(|d| {
+                        d.base.as_deref() == Some(name.as_str()) || (uid.is_some() && d.base == uid)
+                    })
+                })
+                .map(|i| ObjectRef::from(i.as_ref()))
+                .collect()
+        };
+        let blob_changes = Arc::new(Changes::default());
+        let istore = stores.instances.clone();
+        let blob_map = move |b: Arc<Blob>| -> Vec<ObjectRef<Instance>> {
+            let status = b.status.clone().unwrap_or_default();
+            let fp = format!("{:?} {:?}", status.checksums, status.nodes);
+            if !blob_changes.changed(b.name_any(), fp) {
+                return Vec::new();
+            }
+            istore
+                .state()
+                .iter()
+                .filter(|i| awaits_artifacts(i))
+                .filter(|i| {
+                    i.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.reason == "WaitingForArtifacts")
+                    })
+                })
+                .map(|i| ObjectRef::from(i.as_ref()))
+                .collect()
+        };
         Controller::for_shared_stream(instances.subscribe(), stores.instances.clone())
             .with_config(config.clone())
             .watches_shared_stream(instances.subscribe(), freed_map)
+            .watches_shared_stream(artifacts.subscribe(), artifact_map)
+            .watches_shared_stream(blobs.subscribe(), blob_map)
             .watches_shared_stream(operations.subscribe(), ops_map)
             .watches_shared_stream(nodes.subscribe(), node_map)
             .watches_shared_stream(networks.subscribe(), network_map)
@@ -697,6 +783,39 @@ pub async fn run(
             .for_each(|_| std::future::ready(()))
     };
 
+    // --- Artifact ---------------------------------------------------------------
+    let artifact_controller = {
+        let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Artifact>> {
+            operation_refs(&op, "Artifact", true)
+        };
+        // A node becoming usable lets an artifact waiting for one fetch.
+        let node_changes = Arc::new(Changes::default());
+        let astore = stores.artifacts.clone();
+        let node_map = move |node: Arc<Node>| -> Vec<ObjectRef<Artifact>> {
+            let status = node.status.clone().unwrap_or_default();
+            let fp = format!("{} {}", status.state, node.spec.schedulable);
+            if !node_changes.changed(node.name_any(), fp) {
+                return Vec::new();
+            }
+            astore
+                .state()
+                .iter()
+                .filter(|a| a.status.as_ref().is_none_or(|s| s.versions.is_empty()))
+                .map(|a| ObjectRef::from(a.as_ref()))
+                .collect()
+        };
+        Controller::for_shared_stream(artifacts.subscribe(), stores.artifacts.clone())
+            .with_config(config.clone())
+            .watches_shared_stream(operations.subscribe(), ops_map)
+            .watches_shared_stream(nodes.subscribe(), node_map)
+            .run(
+                reconcile_artifact,
+                error_policy::<Artifact>("artifact"),
+                ctx.clone(),
+            )
+            .for_each(|_| std::future::ready(()))
+    };
+
     // --- Node -------------------------------------------------------------------
     let node_controller = Controller::for_shared_stream(nodes.subscribe(), stores.nodes.clone())
         .with_config(config)
@@ -711,10 +830,12 @@ pub async fn run(
         nodes.drive(client.clone()),
         operations.drive(client.clone()),
         leases.drive(client.clone()),
-        artifacts.drive(client),
+        artifacts.drive(client.clone()),
+        blobs.drive(client),
         Box::pin(instance_controller),
         Box::pin(network_controller),
         Box::pin(interface_controller),
+        Box::pin(artifact_controller),
         Box::pin(node_controller),
     ];
     futures::future::join_all(futures).await;

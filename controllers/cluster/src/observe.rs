@@ -21,6 +21,15 @@
 //!   is read under the network's lock ([`Context::lock_networks`], also held by the
 //!   network's own reconcile): with the ledger, an emitter always sees the other's
 //!   create, so the network and instance plans never both create it on one node.
+//! - Artifacts (observed for initial and preflight instances only, whose plans read
+//!   them): an instance's disk `base` resolves as Shaken Fist does (its namespace,
+//!   then a shared artifact of `system`, then by uid); it is ready once its latest
+//!   version's sha512 is known (the Blob store, else a completed fetch's result),
+//!   and its [`BlobReplica`] lists the nodes holding the blob (Blob `status.nodes`
+//!   plus nodes where a fetch of it completed) and the fetches of it under way. An
+//!   artifact observes its own operations, every other `artifact_fetch` targeting it
+//!   (instances' replications), the results of the completed ones, the Blobs they and
+//!   the versions name, and every Node.
 //! - A NetworkView's `nodes` is `status.nodes` plus the nodes where a create for it
 //!   completed and no delete followed: instance and interface plans then do not
 //!   re-plumb while the network controller has yet to record the node (the network
@@ -31,6 +40,9 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+use sf_plan::artifact::{
+    ArtifactObservation, BlobReplica, BlobView, FetchNode, FetchResult, PendingFetch,
+};
 use sf_plan::instance::{ArtifactReadiness, ReservedAddress, boot_interface_name};
 use sf_plan::interface::InstanceView;
 use sf_plan::network::{NetworkMember, NetworkView, PendingCreate};
@@ -40,7 +52,7 @@ use sf_schema::instance::InstanceState;
 use sf_schema::ipam::LeasePhase;
 use sf_schema::node::{NodeRole, NodeState};
 use sf_schema::operation::{OperationState, OperationType};
-use sf_schema::{ClusterOperation, Instance, Network, NetworkInterface};
+use sf_schema::{Artifact, Blob, ClusterOperation, Instance, Network, NetworkInterface};
 
 use crate::context::{Context, LEDGER_GRACE, OWNER_LABEL, Placement};
 use crate::error::ReconcileError;
@@ -376,20 +388,24 @@ pub async fn observe_instance(
     });
     let nodes = Vec::new();
     let mut artifacts = Vec::new();
-    for base in instance.spec.disks.iter().filter_map(|d| d.base.clone()) {
+    // Only a preflight plan reads them (and their replicas cost an operation scan).
+    let preflight = instance.metadata.deletion_timestamp.is_none()
+        && matches!(
+            status.state,
+            InstanceState::Initial | InstanceState::Preflight
+        );
+    let bases = instance.spec.disks.iter().filter_map(|d| d.base.clone());
+    for base in bases.filter(|_| preflight) {
         if artifacts.iter().any(|a: &ArtifactReadiness| a.name == base) {
             continue;
         }
-        let mut key = ObjectRef::new(&base);
-        if let Some(ns) = &ns {
-            key = key.within(ns);
-        }
-        let ready = ctx
-            .stores
-            .artifacts
-            .get(&key)
-            .is_some_and(|a| a.status.as_ref().is_some_and(|s| !s.versions.is_empty()));
-        artifacts.push(ArtifactReadiness { name: base, ready });
+        let replica = resolve_artifact(ctx, ns.as_deref(), &base)
+            .and_then(|artifact| blob_replica(ctx, &artifact));
+        artifacts.push(ArtifactReadiness {
+            name: base,
+            ready: replica.is_some(),
+            replica,
+        });
     }
     let plumbing = !plumbing_networks(ctx, instance).is_empty();
     let mut networks = Vec::new();
@@ -513,5 +529,149 @@ pub async fn observe_interface(
         address,
         network,
         operations,
+    })
+}
+
+/// The Artifact a disk `base` names, as Shaken Fist resolves it: `namespace` first,
+/// then a shared artifact of `system`, then by uid (in `namespace` or shared).
+pub fn resolve_artifact(
+    ctx: &Context,
+    namespace: Option<&str>,
+    base: &str,
+) -> Option<Arc<Artifact>> {
+    let store = &ctx.stores.artifacts;
+    if let Some(ns) = namespace
+        && let Some(a) = store.get(&ObjectRef::new(base).within(ns))
+    {
+        return Some(a);
+    }
+    if namespace != Some("system")
+        && let Some(a) = store
+            .get(&ObjectRef::new(base).within("system"))
+            .filter(|a| a.spec.shared)
+    {
+        return Some(a);
+    }
+    store.state().into_iter().find(|a| {
+        a.uid().as_deref() == Some(base) && (a.namespace().as_deref() == namespace || a.spec.shared)
+    })
+}
+
+/// The well-formed result of a completed `artifact_fetch`.
+fn fetch_result(op: &ClusterOperation) -> Option<FetchResult> {
+    let status = op.status.as_ref()?;
+    if status.state != OperationState::Complete {
+        return None;
+    }
+    FetchResult::from_result(status.result.as_ref()?)
+}
+
+/// The `artifact_fetch` operations targeting `uid` (store ∪ ledger), oldest first.
+fn fetches_of(ctx: &Context, uid: &str) -> Vec<Arc<ClusterOperation>> {
+    operations_where(ctx, |op| {
+        op.spec.target.uid == uid && op.spec.operation_type == OperationType::ArtifactFetch
+    })
+}
+
+/// The latest version's blob of `artifact` as instance plans replicate it; `None`
+/// while it has no version or the blob's sha512 is not known yet (its Blob not
+/// stored and no completed fetch reporting it in the cache).
+pub fn blob_replica(ctx: &Context, artifact: &Artifact) -> Option<BlobReplica> {
+    let version = artifact.status.as_ref()?.versions.last()?.clone();
+    let uid = artifact.uid().unwrap_or_default();
+    let stored = ctx
+        .stores
+        .blobs
+        .get(&ObjectRef::new(&version.blob))
+        .map(|b| BlobView::from_blob(&b));
+    let fetches = fetches_of(ctx, &uid);
+    let reported = fetches
+        .iter()
+        .filter_map(|op| fetch_result(op))
+        .find(|r| r.blob == version.blob);
+    let sha512 = stored
+        .as_ref()
+        .and_then(|b| b.sha512.clone())
+        .or_else(|| reported.as_ref().map(|r| r.sha512.clone()))?;
+    let mut nodes: BTreeSet<String> = stored
+        .as_ref()
+        .map(|b| b.nodes.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut pending = Vec::new();
+    for op in &fetches {
+        let Some(node) = op.spec.node.clone() else {
+            continue;
+        };
+        if fetch_result(op).is_some_and(|r| r.blob == version.blob) {
+            nodes.insert(node);
+        } else if outstanding(op) && op.spec.payload["blob"].as_str() == Some(&version.blob) {
+            pending.push(PendingFetch {
+                node,
+                operation: op.name_any(),
+            });
+        }
+    }
+    Some(BlobReplica {
+        artifact: crate::apply::target_of(artifact),
+        source_url: artifact.spec.source_url.clone(),
+        blob: version.blob,
+        sha512,
+        size: version.size,
+        nodes: nodes.into_iter().collect(),
+        pending,
+    })
+}
+
+/// Observes `artifact` (read fresh by the caller).
+pub async fn observe_artifact(
+    ctx: &Context,
+    artifact: &Artifact,
+) -> Result<ArtifactObservation, ReconcileError> {
+    let uid = artifact.uid().unwrap_or_default();
+    let own = operations_where(ctx, |op| {
+        op.labels().get(OWNER_LABEL).map(String::as_str) == Some(uid.as_str())
+    });
+    let replications: Vec<Arc<ClusterOperation>> = fetches_of(ctx, &uid)
+        .into_iter()
+        .filter(|op| !own.iter().any(|o| o.name_any() == op.name_any()))
+        .collect();
+    let mut results = std::collections::BTreeMap::new();
+    for op in own.iter().chain(&replications) {
+        if let Some(r) = fetch_result(op) {
+            results.insert(op.name_any(), r);
+        }
+    }
+    let mut names: BTreeSet<String> = artifact
+        .status
+        .as_ref()
+        .map(|s| s.versions.iter().map(|v| v.blob.clone()).collect())
+        .unwrap_or_default();
+    names.extend(results.values().map(|r| r.blob.clone()));
+    let blobs = names
+        .iter()
+        .filter_map(|name| ctx.stores.blobs.get(&ObjectRef::<Blob>::new(name)))
+        .map(|b| BlobView::from_blob(&b))
+        .collect();
+    let nodes = ctx
+        .stores
+        .nodes
+        .state()
+        .iter()
+        .map(|n| FetchNode {
+            name: n.name_any(),
+            state: n.status.clone().unwrap_or_default().state,
+            schedulable: n.spec.schedulable,
+            hypervisor: n.spec.roles.contains(&NodeRole::Hypervisor),
+        })
+        .collect();
+    Ok(ArtifactObservation {
+        operations: own.iter().map(|op| observed_operation(op)).collect(),
+        replications: replications
+            .iter()
+            .map(|op| observed_operation(op))
+            .collect(),
+        results,
+        blobs,
+        nodes,
     })
 }

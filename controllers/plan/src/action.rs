@@ -2,8 +2,9 @@
 //!
 //! Contract:
 //! - A plan is a `Vec<Action>` already in apply order (see [`Action::phase`]): the
-//!   finalizer first, then placement, addresses, aborts, new operations, releases,
-//!   status writes, finalizer removal and finally a requeue hint. Apply executes the
+//!   finalizer first, then placement, addresses, aborts, new operations, releases
+//!   and writes of other objects (Blobs), status writes, finalizer removal and
+//!   finally a requeue hint. Apply executes the
 //!   actions in order and stops at the first failure; the next reconcile re-plans from
 //!   what was really written. Consecutive status actions ([`Action::is_status`]) may be
 //!   merged into one status patch.
@@ -18,6 +19,7 @@
 
 use serde::Serialize;
 use sf_schema::ResourceState;
+use sf_schema::artifact::ArtifactVersion;
 use sf_schema::common::ConditionStatus;
 use sf_schema::common::ObjectRef;
 use sf_schema::instance::InstanceState;
@@ -140,6 +142,34 @@ pub enum Action {
         /// The full list.
         nodes: Vec<String>,
     },
+    /// Write `status.versions` of an Artifact (the full list, oldest first).
+    SetVersions {
+        /// The versions kept.
+        versions: Vec<ArtifactVersion>,
+    },
+    /// Create or update the cluster-scoped Blob `name` (an artifact controller write):
+    /// apply creates it when missing (spec: owner namespace, size, MIME type, source)
+    /// and merges its status: `state: created`, `size`, `checksums.sha512`, `nodes`
+    /// (a union with what is stored: replicas are only ever added here) and
+    /// `referenceCount`. A write that changes nothing is skipped.
+    WriteBlob {
+        /// The Blob's name (a UUID).
+        name: String,
+        /// The namespace of the artifact it belongs to.
+        owner_namespace: String,
+        /// Where the bytes came from (the fetch's source URL).
+        source: Option<String>,
+        /// The MIME type the fetch reported.
+        mime_type: Option<String>,
+        /// Size in bytes, when known.
+        size: Option<u64>,
+        /// Lower-case hex SHA-512, when known.
+        sha512: Option<String>,
+        /// The nodes holding a replica, sorted.
+        nodes: Vec<String>,
+        /// How many artifact versions use it.
+        reference_count: u64,
+    },
     /// Insert or replace a condition (sf-schema `set_condition`; apply adds
     /// `observedGeneration` and the transition time).
     SetCondition {
@@ -182,10 +212,10 @@ impl Action {
             Self::AbortOperations { .. } => 4,
             Self::EnqueueOperation { .. } => 5,
             Self::MarkInstancesError { .. } => 6,
-            Self::ReleaseAddresses { .. } => 7,
+            Self::ReleaseAddresses { .. } | Self::WriteBlob { .. } => 7,
             Self::BumpIntentSeq { .. } => 8,
             Self::SetState { .. } => 9,
-            Self::SetNodes { .. } => 10,
+            Self::SetNodes { .. } | Self::SetVersions { .. } => 10,
             Self::SetCondition { .. } => 11,
             Self::RemoveFinalizer => 12,
             Self::Requeue { .. } => 13,

@@ -10,7 +10,11 @@
 //!   False with the per-node reasons, retried on a requeue; an address per boot
 //!   interface ([`boot_interface_name`]); artifacts ready; each network prepared and
 //!   on the node (a `network_create_on_node` is emitted here when none is under way,
-//!   and `instance_create` depends on it).
+//!   and `instance_create` depends on it); the latest blob of each artifact a disk
+//!   uses on the node (an `artifact_fetch` of that blob, with its sha512, named
+//!   `instance-<name>-<seq>-fetch-<artifact>` and targeting the Artifact, is emitted
+//!   when the blob is neither there nor being fetched there, and `instance_create`
+//!   depends on it or on the fetch under way).
 //! - Created: power operations only when desired (`spec.powerState`) and observed
 //!   (`status.powerState`) differ, one at a time (none while any power operation is
 //!   outstanding): paused/running → `instance_pause`, off/running|paused|crashed →
@@ -37,6 +41,7 @@ use sf_schema::operation::{OperationState, OperationType, Priority};
 
 use crate::PlanContext;
 use crate::action::{Action, Plan, StateValue, condition, has_finalizer, pinned};
+use crate::artifact::{BlobReplica, ReplicaOnNode, replica_on_node};
 use crate::network::{NetworkView, OnNode, network_on_node};
 use crate::ops::{Namer, ObservedOperation, latest, pin_intent_seq, short_name};
 use crate::scheduler::{InstanceRequest, NodeView, schedule};
@@ -62,13 +67,17 @@ pub struct ReservedAddress {
 }
 
 /// Whether an artifact a disk uses is ready on the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactReadiness {
     /// The Artifact's name (as in `spec.disks[].base`).
     pub name: String,
     /// It has a usable version.
     pub ready: bool,
+    /// Its latest version's blob, to replicate to the instance's node when missing
+    /// there; `None` when not known (nothing is replicated).
+    #[serde(default)]
+    pub replica: Option<BlobReplica>,
 }
 
 /// What observe() gathers for an instance.
@@ -403,6 +412,29 @@ impl<'a> Ctx<'a> {
             }
         }
         self.plan.extend(network_ops);
+        let mut fetch_ops = Vec::new();
+        let mut blobs: Vec<&str> = Vec::new();
+        for artifact in &self.observed.artifacts {
+            let Some(replica) = artifact.replica.as_ref() else {
+                continue;
+            };
+            if blobs.contains(&replica.blob.as_str()) {
+                continue;
+            }
+            blobs.push(&replica.blob);
+            let name_if_new = self.namer.next(&format!("fetch-{}", replica.artifact.name));
+            match replica_on_node(replica, &node, name_if_new) {
+                ReplicaOnNode::Present => {}
+                ReplicaOnNode::After(op) => depends_on.push(op),
+                ReplicaOnNode::Fetch(action) => {
+                    if let Some((name, _)) = action.operation() {
+                        depends_on.push(name.to_owned());
+                    }
+                    fetch_ops.push(*action);
+                }
+            }
+        }
+        self.plan.extend(fetch_ops);
         let interfaces: Vec<String> = (0..spec.networks.len())
             .map(|i| boot_interface_name(&self.name, i))
             .collect();
@@ -1032,6 +1064,7 @@ mod tests {
             artifacts: vec![ArtifactReadiness {
                 name: "debian-12".into(),
                 ready: true,
+                replica: None,
             }],
             networks: vec![web(&["net-1"])],
             ..InstanceObservation::default()
@@ -1117,6 +1150,7 @@ mod tests {
         unready.artifacts = vec![ArtifactReadiness {
             name: "debian-12".into(),
             ready: false,
+            replica: None,
         }];
         let mut unprepared = base.clone();
         unprepared.networks[0].vxid = None;
@@ -1155,6 +1189,133 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    #[test]
+    fn a_placed_instance_replicates_its_base_blob_to_its_node_first() {
+        use crate::artifact::{BlobReplica, PendingFetch};
+        let mut i = instance(InstanceState::Preflight, D::On, None, 4);
+        if let Some(s) = i.status.as_mut() {
+            s.node = Some("hv-1".into());
+        }
+        let sha512: String = std::iter::repeat_n('a', 128).collect();
+        let replica = |nodes: &[&str], pending: Vec<PendingFetch>| BlobReplica {
+            artifact: sf_schema::common::ObjectRef {
+                kind: "Artifact".into(),
+                name: "debian-12".into(),
+                namespace: Some("system".into()),
+                uid: "art-uid".into(),
+            },
+            source_url: "http://images.example/debian-12.qcow2".into(),
+            blob: "blob-1".into(),
+            sha512: sha512.clone(),
+            size: 1024,
+            nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+            pending,
+        };
+        let observe = |replica: BlobReplica| InstanceObservation {
+            node_state: Some(NodeState::Created),
+            addresses: vec![ReservedAddress {
+                interface: "web-1-0".into(),
+                network: "web".into(),
+                address: "10.0.0.5".into(),
+            }],
+            networks: vec![web(&["hv-1"])],
+            artifacts: vec![ArtifactReadiness {
+                name: "debian-12".into(),
+                ready: true,
+                replica: Some(replica),
+            }],
+            ..InstanceObservation::default()
+        };
+        let create_deps = |plan: &[Action]| -> Vec<String> {
+            plan.iter()
+                .find_map(|a| match a {
+                    Action::EnqueueOperation {
+                        operation_type: T::InstanceCreate,
+                        depends_on,
+                        ..
+                    } => Some(depends_on.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no instance_create: {plan:?}"))
+        };
+        // (what, replica, operations emitted, instance_create depends on)
+        let table = [
+            (
+                "the blob is only on hv-2: fetch it on hv-1 first",
+                replica(&["hv-2"], vec![]),
+                vec![
+                    ("instance-web-1-5-fetch-debian-12", T::ArtifactFetch),
+                    ("instance-web-1-5-create", T::InstanceCreate),
+                ],
+                vec!["instance-web-1-5-fetch-debian-12"],
+            ),
+            (
+                "the blob is on hv-1: just create",
+                replica(&["hv-1", "hv-2"], vec![]),
+                vec![("instance-web-1-5-create", T::InstanceCreate)],
+                vec![],
+            ),
+            (
+                "another instance is fetching it on hv-1: depend on that fetch",
+                replica(
+                    &["hv-2"],
+                    vec![PendingFetch {
+                        node: "hv-1".into(),
+                        operation: "instance-web-2-9-fetch-debian-12".into(),
+                    }],
+                ),
+                vec![("instance-web-1-5-create", T::InstanceCreate)],
+                vec!["instance-web-2-9-fetch-debian-12"],
+            ),
+        ];
+        for (what, replica, want_ops, want_deps) in table {
+            let plan = plan_instance(&i, &observe(replica), &ctx());
+            let ops: Vec<(String, OperationType)> = want_ops
+                .iter()
+                .map(|(n, t)| ((*n).to_owned(), t.clone()))
+                .collect();
+            assert_eq!(ops_of(&plan), ops, "{what}: {plan:?}");
+            assert_eq!(create_deps(&plan), want_deps, "{what}");
+            assert_eq!(set_state(&plan), Some(InstanceState::Creating), "{what}");
+        }
+        let plan = plan_instance(&i, &observe(replica(&["hv-2"], vec![])), &ctx());
+        let Some(Action::EnqueueOperation {
+            target,
+            node,
+            payload,
+            ..
+        }) = plan
+            .iter()
+            .find(|a| a.operation().is_some_and(|(_, t)| *t == T::ArtifactFetch))
+        else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(
+            (target.kind.as_str(), target.uid.as_str()),
+            ("Artifact", "art-uid")
+        );
+        assert_eq!(node.as_deref(), Some("hv-1"));
+        assert_eq!(payload["blob"], "blob-1");
+        assert_eq!(payload["sha512"], json!(sha512));
+        // Re-planned in creating with the fetch and create observed: nothing new.
+        let mut creating = i.clone();
+        if let Some(s) = creating.status.as_mut() {
+            s.state = InstanceState::Creating;
+            s.intent_seq = 5;
+            s.conditions = vec![cond("Ready", "False", "Creating", "")];
+        }
+        let mut obs = observe(replica(&["hv-2"], vec![]));
+        obs.operations = vec![
+            op(
+                "instance-web-1-5-fetch-debian-12",
+                T::ArtifactFetch,
+                S::Queued,
+            ),
+            op("instance-web-1-5-create", T::InstanceCreate, S::Queued),
+        ];
+        assert_eq!(plan_instance(&creating, &obs, &ctx()), vec![]);
     }
 
     #[test]

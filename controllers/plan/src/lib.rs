@@ -14,12 +14,13 @@
 //!   operation) from a re-run.
 //!
 //! Modules: [`action`] (the actions), [`ops`] (operation names and intent sequences),
-//! one per reconciler ([`instance`], [`network`], [`interface`], [`node`]) and the
-//! [`scheduler`].
+//! one per reconciler ([`instance`], [`network`], [`interface`], [`node`],
+//! [`artifact`]) and the [`scheduler`].
 
 pub mod action;
 #[cfg(feature = "config")]
 pub mod args;
+pub mod artifact;
 pub mod instance;
 pub mod interface;
 pub mod network;
@@ -34,6 +35,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use action::{Action, FINALIZER, StateValue};
+pub use artifact::{ArtifactObservation, plan_artifact};
 pub use instance::{InstanceObservation, plan_instance};
 pub use interface::{InterfaceObservation, plan_interface};
 pub use network::{NetworkObservation, plan_network};

@@ -203,6 +203,7 @@ pub fn artifact() -> Artifact {
                 size: 1_073_741_824,
                 created: at(),
             }],
+            intent_seq: 2,
         }),
     }
 }
