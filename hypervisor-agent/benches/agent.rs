@@ -2,6 +2,10 @@
 //! (instance_create with power on, then instance_delete, through sf-database claims)
 //! and the `sf-agent` binary's idle RSS. Prints one JSON object.
 //!
+//! Idle RSS is measured for the bench's own build (`release`) and, when
+//! `target/agent/sf-agent` exists (`cargo build --profile agent -p sf-agent`), for the
+//! shipped build: the 25 MiB target applies to the latter.
+//!
 //! `cargo bench -p sf-agent --bench agent` (root: it makes a network namespace);
 //! `SF_BENCH_INSTANCES` (default 100), `SF_BENCH_CONCURRENCY` (default 4).
 
@@ -124,10 +128,44 @@ async fn bench() -> Value {
     shutdown.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(60), run).await;
 
-    // Idle RSS of the real binary.
-    let storage = env.dir.path().join("rss-storage");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sf-agent"))
-        .env("SHAKENFIST_NODE_NAME", "hv-rss")
+    // Idle RSS of the real binary as this bench built it (`release`), and of the
+    // shipped build (`--profile agent`) when it has been built.
+    let release_rss = idle_rss(
+        &env,
+        "hv-rss",
+        std::path::Path::new(env!("CARGO_BIN_EXE_sf-agent")),
+    )
+    .await;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let agent_profile = target_dir.join("agent/sf-agent");
+    let agent_profile_rss = if agent_profile.exists() {
+        idle_rss(&env, "hv-rss-agent", &agent_profile).await
+    } else {
+        None
+    };
+    json!({
+        "benchmark": "sf-agent test driver",
+        "instances": n,
+        "concurrency": concurrency,
+        "create_seconds": create_seconds,
+        "delete_seconds": delete_seconds,
+        "creates_per_second": n as f64 / create_seconds,
+        "deletes_per_second": n as f64 / delete_seconds,
+        "create_power_on_delete_cycles_per_second": n as f64 / total,
+        "operations_per_second": (2 * n) as f64 / total,
+        "idle_rss_kib": release_rss,
+        "idle_rss_kib_profile_agent": agent_profile_rss,
+    })
+}
+
+/// VmRSS of `binary` started as an agent 5 s earlier (registered, heartbeating, idle).
+/// A live node's name cannot be reused, so each run gets its own `name`.
+async fn idle_rss(env: &Env, name: &str, binary: &std::path::Path) -> Option<u64> {
+    let storage = env.dir.path().join(name);
+    let mut child = tokio::process::Command::new(binary)
+        .env("SHAKENFIST_NODE_NAME", name)
         .env("SHAKENFIST_NODE_NETNS", &env.netns.0)
         .env("SHAKENFIST_NODE_MESH_NIC", "mesh0")
         .env("SHAKENFIST_NODE_MESH_IP", "10.250.0.1")
@@ -145,18 +183,8 @@ async fn bench() -> Value {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = child.id().and_then(rss_kib);
     let _ = child.kill().await;
-    json!({
-        "benchmark": "sf-agent test driver",
-        "instances": n,
-        "concurrency": concurrency,
-        "create_seconds": create_seconds,
-        "delete_seconds": delete_seconds,
-        "creates_per_second": n as f64 / create_seconds,
-        "deletes_per_second": n as f64 / delete_seconds,
-        "create_power_on_delete_cycles_per_second": n as f64 / total,
-        "operations_per_second": (2 * n) as f64 / total,
-        "idle_rss_kib": rss,
-    })
+    let _ = child.wait().await;
+    rss
 }
 
 fn main() {

@@ -103,6 +103,8 @@ pub struct AgentSettings {
     /// Fault injection for tests: a pause between claiming and running each
     /// operation (zero in production).
     pub operation_delay: Duration,
+    /// The largest artifact an `artifact_fetch` downloads, bytes.
+    pub artifact_max_bytes: u64,
 }
 
 impl Default for AgentSettings {
@@ -124,6 +126,7 @@ impl Default for AgentSettings {
             operation_heartbeat_interval: Duration::from_secs(10),
             network_resync_interval: Duration::from_secs(60),
             operation_delay: Duration::ZERO,
+            artifact_max_bytes: crate::config::DEFAULT_ARTIFACT_MAX_BYTES,
         }
     }
 }
@@ -207,6 +210,9 @@ pub enum HandlerError {
     /// The agent does not run this operation type.
     #[error("sf-agent does not run {0} operations")]
     Unsupported(String),
+    /// An `artifact_fetch` failed.
+    #[error(transparent)]
+    Fetch(#[from] crate::artifact::FetchError),
 }
 
 impl HandlerError {
@@ -221,6 +227,7 @@ impl HandlerError {
             Self::NotReady(_) => "NotReady".into(),
             Self::BadOperation(_) => "BadOperation".into(),
             Self::Unsupported(_) => "UnsupportedOperation".into(),
+            Self::Fetch(e) => e.code().into(),
         }
     }
 
@@ -235,6 +242,7 @@ impl HandlerError {
             Self::Gateway(e) => e.unavailable(),
             Self::NotReady(_) => true,
             Self::NotFound { .. } | Self::BadOperation(_) | Self::Unsupported(_) => false,
+            Self::Fetch(e) => e.retryable(),
         }
     }
 }
@@ -573,31 +581,51 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
 
     // --- Instances ---------------------------------------------------------------
 
-    async fn resolve_image(&self, namespace: &str, base: &str) -> Option<PathBuf> {
+    /// The image file of a disk `base`: a path or `file://` URL as is; an Artifact
+    /// (this namespace, then shared in `system`, then by uid) its latest version's
+    /// blob file, which must be on this node (the instance plan replicates it before
+    /// `instance_create`; missing is `NotReady`, retried). `None`: no such artifact or
+    /// no version.
+    async fn resolve_image(
+        &self,
+        namespace: &str,
+        base: &str,
+    ) -> Result<Option<PathBuf>, HandlerError> {
         if base.starts_with('/') {
-            return Some(PathBuf::from(base));
+            return Ok(Some(PathBuf::from(base)));
         }
         if let Some(path) = base.strip_prefix("file://") {
-            return Some(PathBuf::from(path));
+            return Ok(Some(PathBuf::from(path)));
         }
         if base.contains("://") {
-            return None;
+            return Ok(None);
         }
         let g = &self.inner.gateway;
-        let mut artifact: Option<Artifact> = g.get("Artifact", Some(namespace), base).await.ok()?;
+        let mut artifact: Option<Artifact> = g.get("Artifact", Some(namespace), base).await?;
         if artifact.is_none() && namespace != "system" {
             artifact = g
                 .get::<Artifact>("Artifact", Some("system"), base)
-                .await
-                .ok()?
+                .await?
                 .filter(|a| a.spec.shared);
         }
         if artifact.is_none() && uuid::Uuid::parse_str(base).is_ok() {
-            artifact = g.get_by_uid("Artifact", base).await.ok()?;
+            artifact = g.get_by_uid("Artifact", base).await?;
         }
-        let blob = artifact?.status?.versions.last()?.blob.clone();
-        let path = self.inner.settings.storage_path.join("blobs").join(blob);
-        path.exists().then_some(path)
+        let Some(version) = artifact.and_then(|a| a.status?.versions.last().cloned()) else {
+            return Ok(None);
+        };
+        let path = crate::artifact::blob_path(
+            &self.inner.settings.storage_path.join("blobs"),
+            &version.blob,
+        );
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            Ok(Some(path))
+        } else {
+            Err(HandlerError::NotReady(format!(
+                "blob {} (version {} of artifact {base}) is not on this node",
+                version.blob, version.index
+            )))
+        }
     }
 
     async fn network_of(&self, namespace: &str, name: &str) -> Result<Network, HandlerError> {
@@ -713,12 +741,12 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         let mut base_images = Vec::with_capacity(inst.spec.disks.len());
         for disk in &inst.spec.disks {
             base_images.push(match &disk.base {
-                Some(b) => self.resolve_image(&namespace, b).await,
+                Some(b) => self.resolve_image(&namespace, b).await?,
                 None => None,
             });
         }
         let nvram_template = match &inst.spec.nvram_template {
-            Some(t) => self.resolve_image(&namespace, t).await,
+            Some(t) => self.resolve_image(&namespace, t).await?,
             None => None,
         };
         Ok(InstanceContext {
@@ -1118,6 +1146,16 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 self.inner.net.delete_network(vxid).await?;
                 Ok(json!({"vxid": vxid, "node": self.node_name()}))
             }
+            OperationType::ArtifactFetch => {
+                let request = crate::artifact::FetchRequest::from_payload(payload)?;
+                let s = &self.inner.settings;
+                let settings = crate::artifact::FetchSettings::new(
+                    s.storage_path.join("blobs"),
+                    s.artifact_max_bytes,
+                );
+                let fetched = crate::artifact::fetch(&settings, &request).await?;
+                Ok(fetched.to_result(self.node_name()))
+            }
             other => Err(HandlerError::Unsupported(other.as_str().to_owned())),
         }
     }
@@ -1217,6 +1255,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             OperationType::NetworkCreateOnNode
             | OperationType::NetworkUpdateDhcp
             | OperationType::NetworkDelete => format!("network:{ns}/{}", t.name),
+            OperationType::ArtifactFetch => format!("artifact:{ns}/{}", t.name),
             _ => instance_lock_key(ns, &t.name),
         }
     }
@@ -1724,9 +1763,14 @@ mod tests {
         let e = HandlerError::NotReady("x".into());
         assert_eq!(e.code(), "NotReady");
         assert!(e.retryable());
-        let e = HandlerError::Unsupported("artifact_fetch".into());
+        let e = HandlerError::Unsupported("instance_snapshot".into());
         assert_eq!(e.code(), "UnsupportedOperation");
         assert!(!e.retryable());
+        let e = HandlerError::Fetch(crate::artifact::FetchError::Http {
+            url: "http://x/y".into(),
+            status: 404,
+        });
+        assert_eq!((e.code().as_str(), e.retryable()), ("HttpError", true));
         let e = HandlerError::Lifecycle(LifecycleError::NotDefined { uid: "u".into() });
         assert_eq!(e.code(), "DomainNotFound");
     }

@@ -17,6 +17,9 @@ use crate::instance::LifecycleSettings;
 /// The agent's default metrics port.
 pub const DEFAULT_METRICS_PORT: u16 = 13008;
 
+/// The default largest artifact download (64 GiB).
+pub const DEFAULT_ARTIFACT_MAX_BYTES: u64 = 64 << 30;
+
 /// sf-agent: the Shaken Fist hypervisor agent.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "sf-agent", version)]
@@ -104,6 +107,20 @@ pub struct Config {
         default_value = "127.0.0.1"
     )]
     pub agent_metrics_listen: std::net::IpAddr,
+    /// Serve the metrics endpoint over HTTPS with the agent's certificate, a
+    /// self-signed one generated (and renewed) under `<STORAGE_PATH>/tls/` unless the
+    /// files below hold an operator's.
+    #[arg(long, env = "SHAKENFIST_AGENT_TLS", default_value_t = false)]
+    pub agent_tls: bool,
+    /// The agent's certificate (PEM); default `<STORAGE_PATH>/tls/agent.crt`.
+    #[arg(long, env = "SHAKENFIST_AGENT_TLS_CERT_PATH")]
+    pub agent_tls_cert_path: Option<PathBuf>,
+    /// The agent's private key (PEM); default `<STORAGE_PATH>/tls/agent.key`.
+    #[arg(long, env = "SHAKENFIST_AGENT_TLS_KEY_PATH")]
+    pub agent_tls_key_path: Option<PathBuf>,
+    /// A self-signed agent certificate is replaced this many days before it expires.
+    #[arg(long, env = "SHAKENFIST_AGENT_TLS_RENEW_DAYS", default_value_t = 30)]
+    pub agent_tls_renew_days: u32,
     /// sf-database gateways, `host[:port]` comma separated.
     #[arg(
         long,
@@ -153,6 +170,14 @@ pub struct Config {
         hide = true
     )]
     pub agent_test_operation_delay_ms: u64,
+    /// The largest artifact an `artifact_fetch` downloads, bytes (a bigger one fails
+    /// before it can fill the disk).
+    #[arg(
+        long,
+        env = "SHAKENFIST_ARTIFACT_MAX_BYTES",
+        default_value_t = DEFAULT_ARTIFACT_MAX_BYTES
+    )]
+    pub artifact_max_bytes: u64,
     /// The event spool (`<STORAGE_PATH>/spool`).
     #[command(flatten)]
     pub spool: sf_database_client::spool::SpoolArgs,
@@ -207,6 +232,7 @@ impl Validate for Config {
             ),
             ("SHAKENFIST_AGENT_POLL_INTERVAL", self.agent_poll_interval),
             ("SHAKENFIST_NODE_CHECKIN_MAXIMUM", self.node_checkin_maximum),
+            ("SHAKENFIST_ARTIFACT_MAX_BYTES", self.artifact_max_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
@@ -222,6 +248,12 @@ impl Validate for Config {
             return Err(ConfigError::invalid(
                 "SHAKENFIST_AGENT_METRICS_PORT",
                 "must be 1-65535, got 0",
+            ));
+        }
+        if !(1..=365).contains(&self.agent_tls_renew_days) {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_AGENT_TLS_RENEW_DAYS",
+                format!("must be 1-365, got {}", self.agent_tls_renew_days),
             ));
         }
         if !(1280..=65535).contains(&self.max_hypervisor_mtu) {
@@ -252,6 +284,42 @@ impl Config {
     /// The metrics address.
     pub fn metrics_address(&self) -> SocketAddr {
         SocketAddr::new(self.agent_metrics_listen, self.agent_metrics_port)
+    }
+
+    /// The metrics endpoint's TLS, when `SHAKENFIST_AGENT_TLS` is on: the agent's
+    /// certificate for its node name, mesh address and host name, checked hourly and
+    /// renewed `SHAKENFIST_AGENT_TLS_RENEW_DAYS` before it expires.
+    pub fn tls_settings(&self) -> Option<sf_daemon::tls::TlsSettings> {
+        if !self.agent_tls {
+            return None;
+        }
+        let dir = self.storage_path.join("tls");
+        let mut sans = vec![
+            self.node_name(),
+            hostname(),
+            self.node_mesh_ip.to_string(),
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ];
+        sans.sort();
+        sans.dedup();
+        Some(sf_daemon::tls::TlsSettings {
+            cert_path: self
+                .agent_tls_cert_path
+                .clone()
+                .unwrap_or_else(|| dir.join("agent.crt")),
+            key_path: self
+                .agent_tls_key_path
+                .clone()
+                .unwrap_or_else(|| dir.join("agent.key")),
+            self_signed: true,
+            sans,
+            common_name: format!("sf-agent {}", self.node_name()),
+            reload_interval: Duration::from_secs(3600),
+            renew_before: Some(Duration::from_secs(
+                u64::from(self.agent_tls_renew_days) * 86_400,
+            )),
+        })
     }
 
     /// The domain rendering settings (the QEMU version is filled in at start).
@@ -290,6 +358,7 @@ impl Config {
             zone: self.zone.clone(),
             mtu: self.max_hypervisor_mtu - 50,
             operation_delay: Duration::from_millis(self.agent_test_operation_delay_ms),
+            artifact_max_bytes: self.artifact_max_bytes,
             ..crate::agent::AgentSettings::default()
         }
     }

@@ -13,10 +13,12 @@
 //! [`instance`] (instance lifecycle on a hypervisor), [`config`] (daemon settings),
 //! [`identity`] (the node UUID), [`sysinfo`] (capacity and usage), [`gateway`] (typed
 //! sf-database calls), [`agent`] (registration, claim loop, handlers, start-up
-//! reconciliation, state polling), [`metrics`]. Panics are recorded by
+//! reconciliation, state polling), [`artifact`] (`artifact_fetch`: downloads into
+//! blob files), [`metrics`]. Panics are recorded by
 //! `sf_daemon::panic`.
 
 pub mod agent;
+pub mod artifact;
 pub mod config;
 pub mod disks;
 pub mod domain_xml;
@@ -33,14 +35,30 @@ pub const SF_XML_NAMESPACE: &str = "https://shakenfist.io/xmlns/instance/1";
 
 /// The QEMU version installed on this host, from `qemu-img --version`
 /// (`qemu-img version 10.0.2 (...)`), when it runs.
+///
+/// Heartbeats ask for it every interval; `qemu-img` runs at most every 10 minutes
+/// (an upgrade shows up within that), the answer is remembered in between.
 pub async fn installed_qemu_version() -> Option<String> {
-    let out = tokio::process::Command::new("qemu-img")
+    type Cached = Option<(std::time::Instant, Option<String>)>;
+    static CACHE: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
+    let cached = CACHE.lock().ok().and_then(|c| c.clone());
+    if let Some((_, version)) = cached.filter(|(at, _)| at.elapsed() < FRESH) {
+        return version;
+    }
+    let version = match tokio::process::Command::new("qemu-img")
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .ok()?;
-    parse_qemu_img_version(&String::from_utf8_lossy(&out.stdout))
+    {
+        Ok(out) => parse_qemu_img_version(&String::from_utf8_lossy(&out.stdout)),
+        Err(_) => None,
+    };
+    if let Ok(mut c) = CACHE.lock() {
+        *c = Some((std::time::Instant::now(), version.clone()));
+    }
+    version
 }
 
 /// The version in `qemu-img --version` output.

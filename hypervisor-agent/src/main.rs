@@ -43,11 +43,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("opening the event spool")?,
     );
     let listener = sf_daemon::metrics::bind(config.metrics_address()).await?;
-    tokio::spawn(sf_daemon::metrics::serve(
-        metrics.into_shared(),
-        listener,
-        shutdown.wait_owned(),
-    ));
+    match config.tls_settings() {
+        Some(tls) => {
+            let certs = sf_daemon::tls::CertStore::load(&tls).with_context(|| {
+                format!("the agent's TLS certificate {}", tls.cert_path.display())
+            })?;
+            tokio::spawn(certs.clone().run_reloader(shutdown.clone()));
+            let listener = sf_daemon::tls::TlsListener::new(listener, certs.server_config()?)
+                .context("serving metrics over TLS")?;
+            tokio::spawn(sf_daemon::metrics::serve_on(
+                metrics.into_shared(),
+                listener,
+                shutdown.wait_owned(),
+            ));
+        }
+        None => {
+            tokio::spawn(sf_daemon::metrics::serve(
+                metrics.into_shared(),
+                listener,
+                shutdown.wait_owned(),
+            ));
+        }
+    }
 
     let hv = LibvirtHypervisor::connect(config.libvirt_uri.clone())
         .await

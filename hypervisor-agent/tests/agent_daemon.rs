@@ -809,3 +809,110 @@ async fn a_stale_node_name_is_taken_over() {
     let seen = node["status"]["lastSeen"].as_str().expect("lastSeen");
     assert_ne!(seen, an_hour_ago, "heartbeat written");
 }
+
+/// With `SHAKENFIST_AGENT_TLS` on, the binary serves /metrics over HTTPS with its own
+/// certificate; one it finds within the renewal window is replaced at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_metrics_over_tls_and_renews_its_certificate() {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr")
+    };
+    let storage = env.dir.path().join("tls-storage");
+    let cert_path = storage.join("tls").join("agent.crt");
+    let key_path = storage.join("tls").join("agent.key");
+    // A self-signed certificate 5 days from expiry, as a year-old agent would have.
+    std::fs::create_dir_all(storage.join("tls")).expect("tls dir");
+    let sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let (old_cert, old_key) =
+        sf_daemon::tls::self_signed(&sans, "sf-agent hv-tls", 5).expect("old certificate");
+    std::fs::write(&cert_path, &old_cert).expect("write cert");
+    std::fs::write(&key_path, &old_key).expect("write key");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sf-agent"))
+        .env("SHAKENFIST_NODE_NAME", "hv-tls")
+        .env("SHAKENFIST_NODE_NETNS", &env.netns.0)
+        .env("SHAKENFIST_NODE_MESH_NIC", "mesh0")
+        .env("SHAKENFIST_NODE_MESH_IP", "10.250.0.1")
+        .env("SHAKENFIST_STORAGE_PATH", &storage)
+        .env("SHAKENFIST_LIBVIRT_URI", &env.uri)
+        .env("SHAKENFIST_LIBVIRT_DOMAIN_TYPE", "test")
+        .env("SHAKENFIST_AGENT_METRICS_PORT", addr.port().to_string())
+        .env("SHAKENFIST_AGENT_TLS", "true")
+        .env("SHAKENFIST_MARIADB_GATEWAY_HOSTS", &env.gateway_hosts)
+        .env("SHAKENFIST_MARIADB_GATEWAY_SECRET", SECRET)
+        .env("SHAKENFIST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sf-agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The renewed pair is on disk, the key private.
+    let pem = loop {
+        let pem = std::fs::read(&cert_path).unwrap_or_default();
+        if !pem.is_empty() && pem != old_cert.as_bytes() {
+            break pem;
+        }
+        assert!(Instant::now() < deadline, "the certificate was not renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let leaf = CertificateDer::from_pem_slice(&pem).expect("renewed certificate");
+    let facts = sf_daemon::tls::certificate_facts(&leaf).expect("facts");
+    let days = (facts.not_after - chrono::Utc::now()).num_days();
+    assert!(days > 300, "renewed for a year, got {days} days");
+    let mode = std::fs::metadata(&key_path)
+        .expect("key")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // A client trusting only the renewed certificate reads /metrics over TLS.
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots
+        .add(leaf.clone())
+        .expect("trust the agent's certificate");
+    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let metrics = loop {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(addr).await {
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut body = Vec::new();
+            // The server may close without close_notify; what was read is enough.
+            let _ = tls.read_to_end(&mut body).await;
+            break String::from_utf8_lossy(&body).into_owned();
+        }
+        assert!(Instant::now() < deadline, "no metrics endpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("agent_claims_total"), "{metrics}");
+    // Plain HTTP gets no metrics.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("agent_claims_total"),
+        "metrics leaked over plain HTTP"
+    );
+    let _ = child.kill().await;
+}
