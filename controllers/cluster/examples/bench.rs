@@ -1,11 +1,19 @@
 //! sf-cluster benchmark (prints JSON): the same in-process system as the integration
-//! tests (private MariaDB, sf-database, sf-api, sf-cluster, test agents).
+//! tests (private MariaDB, sf-database, sf-api, sf-cluster) with nodes run by the REAL
+//! sf-agent in-process (libvirt test driver, host networking in network namespaces
+//! the benchmark makes; needs root, otherwise it says so and exits).
 //!
-//! - `latency`: 20 running instances; their `spec.powerState` is flipped at
-//!   `BENCH_RATE` changes/s (default 20) for `BENCH_SECONDS` (default 10); for each
-//!   change, the time until the agent claimed the operation it caused (p50/p99/max).
+//! - `latency`: 20 running instances on one node; their `spec.powerState` is flipped
+//!   at `BENCH_RATE` changes/s (default 20) for `BENCH_SECONDS` (default 10); for each
+//!   change, the time until the agent began changing the host for it (its first
+//!   libvirt call that changes the domain: `destroy` for off, `define` for on), which
+//!   bounds the time to the claim from above (p50/p99/max).
 //! - `create`: `BENCH_INSTANCES` instances (default 200) created at once with two
-//!   test agents; the time from the first create to all `created`.
+//!   agents; the time from the first create to all `created` and running.
+//!
+//! Agents run `BENCH_AGENT_CONCURRENCY` operations at once (default 16,
+//! `SHAKENFIST_AGENT_MAX_CONCURRENCY`). The scheduler gets settings with room for
+//! every instance on either node, computed from the capacity the agents report.
 //!
 //! Run: `cargo run -p sf-cluster --example bench` (add `--release` for figures that
 //! mean something).
@@ -13,9 +21,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::NodeSpecForTest;
+use common::AgentOptions;
 use futures::StreamExt;
 use serde_json::json;
 use sf_schema::instance::InstanceState;
@@ -40,7 +49,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn wait_created(env: &common::Env, names: &[String], within: Duration) -> bool {
+/// Waits until every instance of `names` is created and running; returns their uids.
+async fn wait_created(
+    env: &common::Env,
+    names: &[String],
+    within: Duration,
+) -> Option<HashMap<String, String>> {
     let deadline = Instant::now() + within;
     loop {
         let list = env
@@ -49,21 +63,23 @@ async fn wait_created(env: &common::Env, names: &[String], within: Duration) -> 
             .await
             .map(|l| l.items)
             .unwrap_or_default();
-        let created = list
+        let created: HashMap<String, String> = list
             .iter()
-            .filter(|i| names.iter().any(|n| Some(n) == i.metadata.name.as_ref()))
             .filter(|i| {
-                i.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == InstanceState::Created && s.power_state.is_some())
+                i.status.as_ref().is_some_and(|s| {
+                    s.state == InstanceState::Created
+                        && s.power_state == Some(sf_schema::instance::ObservedPowerState::Running)
+                })
             })
-            .count();
-        if created == names.len() {
-            return true;
+            .filter_map(|i| Some((i.metadata.name.clone()?, i.metadata.uid.clone()?)))
+            .filter(|(n, _)| names.contains(n))
+            .collect();
+        if created.len() == names.len() {
+            return Some(created);
         }
         if Instant::now() > deadline {
-            eprintln!("only {created} of {} created", names.len());
-            return false;
+            eprintln!("only {} of {} created", created.len(), names.len());
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -77,26 +93,63 @@ async fn create_all(env: &common::Env, names: &[String]) {
         .await;
 }
 
+/// Scheduler settings with room for `count` of the benchmark's instances (1 vCPU,
+/// 512 MiB, 8 GiB) on a node of `capacity`, and no reservations.
+fn room_for(capacity: &sf_schema::node::NodeCapacity, count: u64) -> Vec<String> {
+    #[allow(clippy::cast_precision_loss)]
+    let ratio = |want: u64, have: u64| want as f64 / have.max(1) as f64 + 1.0;
+    vec![
+        "--node-cpu-reservation-threads=0".into(),
+        "--node-ram-reservation-gb=0".into(),
+        "--node-disk-reservation-gb=0".into(),
+        format!(
+            "--cpu-overcommit-ratio={}",
+            ratio(count, u64::from(capacity.cpu_threads))
+        ),
+        format!(
+            "--ram-overcommit-ratio={}",
+            ratio(count * 512, capacity.memory_mib)
+        ),
+        format!(
+            "--scheduler-disk-overcommit={}",
+            ratio(count * 8, capacity.disk_gib)
+        ),
+    ]
+}
+
+/// Starts one sf-cluster with room for `count` instances per node.
+async fn start_cluster(env: &mut common::Env, count: u64) -> common::Cluster {
+    let flags = room_for(&env.capacity(0).await, count);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = env.start_cluster(&flags).await;
+    cluster.wait_leader(Duration::from_secs(30)).await;
+    cluster
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let rate = env_u64("BENCH_RATE", 20).max(1);
     let seconds = env_u64("BENCH_SECONDS", 10).max(1);
     let count = env_u64("BENCH_INSTANCES", 200).max(1);
-    let big = NodeSpecForTest {
-        roles: vec!["hypervisor", "network"],
-        cpu_threads: 4096,
-        memory_mib: 4 * 1024 * 1024,
-        disk_gib: 1_000_000,
-    };
+    let concurrency = u32::try_from(env_u64("BENCH_AGENT_CONCURRENCY", 16))
+        .unwrap_or(16)
+        .clamp(1, 256);
 
     // --- latency ------------------------------------------------------------------
-    let mut env = common::start().await;
-    let agent = env.start_agent("hv-1", big.clone()).await;
-    let mut cluster = env.start_cluster(&[]).await;
-    cluster.wait_leader(Duration::from_secs(30)).await;
+    let agents = AgentOptions {
+        max_concurrency: concurrency,
+        ..AgentOptions::default()
+    };
+    let Some(mut env) = common::start_with_agents("the sf-cluster benchmark", 1, &agents).await
+    else {
+        return;
+    };
+    let cluster = start_cluster(&mut env, 64).await;
     let names: Vec<String> = (0..20).map(|i| format!("lat-{i}")).collect();
     create_all(&env, &names).await;
-    assert!(wait_created(&env, &names, Duration::from_secs(120)).await);
+    let uids = wait_created(&env, &names, Duration::from_secs(120))
+        .await
+        .expect("the latency instances are created");
     let mut changes: Vec<(String, Instant)> = Vec::new();
     let interval = Duration::from_secs_f64(1.0 / f64::from(u32::try_from(rate).unwrap_or(20)));
     let total = rate * seconds;
@@ -119,14 +172,16 @@ async fn main() {
         changes.push((names[idx].clone(), at));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let claims = agent.claims();
+    let actions = env.node(0).host.actions();
     let mut latencies: Vec<f64> = Vec::new();
     let mut missed = 0;
     for (name, at) in &changes {
-        let first = claims
+        let domain = sf_agent::hypervisor::domain_name(&uids[name]);
+        let first = actions
             .iter()
-            .filter(|c| &c.target == name && c.at >= *at)
-            .map(|c| c.at)
+            .filter(|a| a.subject == domain && a.began >= *at)
+            .filter(|a| matches!(a.action, "destroy" | "define" | "start"))
+            .map(|a| a.began)
             .min();
         match first {
             Some(t) => latencies.push((t - *at).as_secs_f64() * 1000.0),
@@ -137,7 +192,8 @@ async fn main() {
     let latency = json!({
         "changes": changes.len(),
         "rate_per_second": rate,
-        "claimed": latencies.len(),
+        "measured_to": "the agent's first host change for the operation (an upper bound of its claim)",
+        "acted": latencies.len(),
         "missed": missed,
         "p50_ms": percentile(&latencies, 0.50),
         "p99_ms": percentile(&latencies, 0.99),
@@ -147,29 +203,30 @@ async fn main() {
     drop(env);
 
     // --- create -------------------------------------------------------------------
-    let mut env = common::start().await;
-    env.start_agent("hv-1", big.clone()).await;
-    env.start_agent(
-        "hv-2",
-        NodeSpecForTest {
-            roles: vec!["hypervisor"],
-            ..big
-        },
-    )
-    .await;
-    let mut cluster = env.start_cluster(&[]).await;
-    cluster.wait_leader(Duration::from_secs(30)).await;
+    let Some(mut env) = common::start_with_agents("the sf-cluster benchmark", 2, &agents).await
+    else {
+        return;
+    };
+    let cluster = start_cluster(&mut env, count).await;
     let names: Vec<String> = (0..count).map(|i| format!("vm-{i}")).collect();
     let start = Instant::now();
     create_all(&env, &names).await;
     let submitted = start.elapsed().as_secs_f64();
-    let ok = wait_created(&env, &names, Duration::from_secs(600)).await;
+    let ok = wait_created(&env, &names, Duration::from_secs(600))
+        .await
+        .is_some();
     let elapsed = start.elapsed().as_secs_f64();
+    let mut per_node = serde_json::Map::new();
+    for i in env.list_instances_per_node().await {
+        per_node.insert(i.0, json!(i.1));
+    }
     #[allow(clippy::cast_precision_loss)]
     let create = json!({
         "instances": count,
         "agents": 2,
+        "agent_concurrency": concurrency,
         "all_created": ok,
+        "per_node": per_node,
         "submit_seconds": submitted,
         "seconds": elapsed,
         "per_second": count as f64 / elapsed,
@@ -198,7 +255,29 @@ async fn main() {
     cluster.shutdown.trigger();
     println!(
         "{}",
-        json!({"benchmark": "sf-cluster", "latency": latency, "create": create})
+        json!({"benchmark": "sf-cluster", "agents": "sf-agent in-process, libvirt test driver", "latency": latency, "create": create})
     );
     drop(env);
+}
+
+impl common::Env {
+    /// How many instances each node holds.
+    async fn list_instances_per_node(&self) -> Vec<(String, usize)> {
+        let list = self
+            .instances()
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mut out: std::collections::BTreeMap<String, usize> = Default::default();
+        for i in &list {
+            let node = i
+                .status
+                .as_ref()
+                .and_then(|s| s.node.clone())
+                .unwrap_or_else(|| "unplaced".to_string());
+            *out.entry(node).or_default() += 1;
+        }
+        out.into_iter().collect()
+    }
 }

@@ -1,25 +1,21 @@
 //! sf-cluster integration tests: private MariaDB, in-process sf-database, sf-api
-//! (authenticated) and sf-cluster, and a test agent speaking the agent's gRPC calls.
+//! (authenticated) and sf-cluster, and hypervisor nodes run by the REAL sf-agent
+//! (in-process, libvirt test driver, host networking in network namespaces the test
+//! makes; see `common`). Every test but the lease one needs root: not root, it says
+//! it is skipped and passes, unless `SF_REQUIRE_PRIVILEGED=1`.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{NodeSpecForTest, leases, request_operation};
+use common::{AgentOptions, leases, request_operation, start_with_nodes};
 use kube::ResourceExt;
+use sf_agent::hypervisor::{DomainState, Hypervisor, domain_name};
 use sf_schema::instance::{InstanceState, ObservedPowerState};
-use sf_schema::operation::OperationState;
+use sf_schema::operation::{ClusterOperation, OperationState};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn network_node() -> NodeSpecForTest {
-    NodeSpecForTest {
-        roles: vec!["hypervisor", "network"],
-        ..NodeSpecForTest::default()
-    }
-}
 
 fn created_and_running(i: &sf_schema::Instance) -> bool {
     i.status.as_ref().is_some_and(|s| {
@@ -27,20 +23,64 @@ fn created_and_running(i: &sf_schema::Instance) -> bool {
     })
 }
 
+/// The state of operation `name`'s stored status.
+fn state_of(op: &ClusterOperation) -> OperationState {
+    op.status
+        .as_ref()
+        .map(|s| s.state.clone())
+        .unwrap_or_default()
+}
+
+/// Asserts that `op` completed on `node`'s agent (its claimer is `<node>:<pid>`).
+fn assert_completed_on(op: &ClusterOperation, node: &str) {
+    let status = op.status.clone().unwrap_or_default();
+    assert_eq!(
+        status.state,
+        OperationState::Complete,
+        "{} did not complete: {:?}",
+        op.name_any(),
+        status.error_report
+    );
+    let by = status.claimed_by.unwrap_or_default();
+    assert!(
+        by.starts_with(&format!("{node}:")),
+        "{} was run by {by:?}, not by the agent of {node}",
+        op.name_any()
+    );
+}
+
+/// The domain state of instance `i` on node `node` (the node's libvirt).
+async fn domain_state(
+    env: &common::Env,
+    node: usize,
+    i: &sf_schema::Instance,
+) -> Option<DomainState> {
+    env.node(node)
+        .libvirt
+        .state(&domain_name(&i.uid().expect("uid")))
+        .await
+        .expect("libvirt state")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn network_and_instance_reach_created_with_ordered_operations() {
-    let mut env = common::start().await;
-    let hv1 = env.start_agent("hv-1", network_node()).await;
-    let hv2 = env.start_agent("hv-2", NodeSpecForTest::default()).await;
+    let Some(mut env) = start_with_nodes(
+        "network_and_instance_reach_created_with_ordered_operations",
+        2,
+    )
+    .await
+    else {
+        return;
+    };
+    let (hv1, hv2) = (env.node_name(0), env.node_name(1));
     let mut cluster = env.start_cluster(&[]).await;
     cluster.wait_leader(WAIT).await;
     env.keep(cluster);
 
     env.create_network("web", "10.0.0.0/24").await;
-    // web-2 is placed on hv-2, which is not the network node: its plan plumbs the
+    // web-2 is placed on hv2, which is not the network node: its plan plumbs the
     // network there first.
-    env.create_instance_on("web-2", &["web"], Some("hv-2"))
-        .await;
+    env.create_instance_on("web-2", &["web"], Some(&hv2)).await;
     env.create_instance("web-1", &["web"]).await;
     let instance = env
         .instance_when(
@@ -55,11 +95,17 @@ async fn network_and_instance_reach_created_with_ordered_operations() {
         .as_ref()
         .and_then(|s| s.node.clone())
         .expect("placed");
+    let ni = usize::from(node == hv2);
     assert!(
         instance
             .finalizers()
             .iter()
             .any(|f| f == sf_plan::FINALIZER)
+    );
+    // The real agent of its node made it: the domain runs in that node's libvirt.
+    assert_eq!(
+        domain_state(&env, ni, &instance).await,
+        Some(DomainState::Running)
     );
 
     // Its operations: one instance_create, depending on the network's create on its
@@ -83,28 +129,29 @@ async fn network_and_instance_reach_created_with_ordered_operations() {
         create.name_any()
     );
     assert_eq!(create.spec.node.as_deref(), Some(node.as_str()));
-    let claims: Vec<_> = hv1.claims().into_iter().chain(hv2.claims()).collect();
-    let claimed_at = |name: &str| {
-        claims
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.at)
-            .unwrap_or_else(|| panic!("{name} was never claimed"))
-    };
+    assert_completed_on(create, &node);
     for dep in &create.spec.depends_on {
-        assert!(
-            claimed_at(dep) < claimed_at(&create.name_any()),
-            "{dep} ran after {}",
-            create.name_any()
-        );
+        let dep = env.operations().get(dep).await.expect("dependency");
+        assert_completed_on(&dep, &node);
     }
-    // Every netcreate on the instance's node happened before the create.
-    for c in claims
-        .iter()
-        .filter(|c| c.operation_type == "network_create_on_node" && c.node == node)
-    {
-        assert!(c.at < claimed_at(&create.name_any()));
-    }
+    // On the host: the network was plumbed on the instance's node (its
+    // ensure_network returned) before the instance's domain was defined there.
+    let vxid = env
+        .eventually("web has a vxid", WAIT, || async {
+            env.networks().get("web").await.ok()?.status?.vxid
+        })
+        .await;
+    let host = &env.node(ni).host;
+    let plumbed = host
+        .first("ensure_network", &vxid.to_string())
+        .expect("web plumbed on the instance's node");
+    let defined = host
+        .first("define", &domain_name(&uid))
+        .expect("web-1 defined on its node");
+    assert!(
+        plumbed.ended <= defined.began,
+        "web-1 was defined before web was plumbed on {node}"
+    );
     // The boot interface holds an address from the network.
     let ls = leases(&env).await;
     assert!(
@@ -119,14 +166,18 @@ async fn network_and_instance_reach_created_with_ordered_operations() {
         .eventually("network nodes recorded", WAIT, || async {
             let n = env.networks().get("web").await.ok()?;
             let nodes = n.status.clone()?.nodes;
-            (nodes.contains(&node) && nodes.contains(&"hv-1".to_string())).then_some(n)
+            (nodes.contains(&node) && nodes.contains(&hv1)).then_some(n)
         })
         .await;
     let status = network.status.expect("status");
-    assert!(status.vxid.is_some());
+    assert_eq!(status.vxid, Some(vxid));
     assert_eq!(status.state.as_str(), "created");
+    assert!(
+        env.node(0).has_link(&sf_hostnet::bridge_name(vxid)),
+        "web's bridge is not in the network node's namespace"
+    );
 
-    // web-2 on hv-2: its create depends on the network's create on hv-2.
+    // web-2 on hv2: its create depends on the network's create on hv2.
     let web2 = env
         .instance_when(
             "web-2",
@@ -137,7 +188,11 @@ async fn network_and_instance_reach_created_with_ordered_operations() {
         .await;
     assert_eq!(
         web2.status.as_ref().and_then(|s| s.node.as_deref()),
-        Some("hv-2")
+        Some(hv2.as_str())
+    );
+    assert_eq!(
+        domain_state(&env, 1, &web2).await,
+        Some(DomainState::Running)
     );
     let ops2 = env.owned_operations(&web2.uid().expect("uid")).await;
     let names2: Vec<String> = ops2.iter().map(|o| o.name_any()).collect();
@@ -152,31 +207,47 @@ async fn network_and_instance_reach_created_with_ordered_operations() {
         .iter()
         .find(|o| op_like(&o.name_any(), "instance-web-2-", "create"))
         .expect("web-2 create");
-    let create2_name = create2.name_any();
-    let claims: Vec<_> = hv1.claims().into_iter().chain(hv2.claims()).collect();
-    let net_on_hv2: Vec<_> = claims
-        .iter()
-        .filter(|c| c.operation_type == "network_create_on_node" && c.node == "hv-2")
+    let net_on_hv2: Vec<ClusterOperation> = env
+        .all_operations()
+        .await
+        .into_iter()
+        .filter(|o| {
+            o.spec.operation_type.as_str() == "network_create_on_node"
+                && o.spec.node.as_deref() == Some(hv2.as_str())
+        })
         .collect();
     assert_eq!(
         net_on_hv2.len(),
         1,
-        "one network create on hv-2: {net_on_hv2:?}"
+        "one network create on hv2: {:?}",
+        net_on_hv2.iter().map(|o| o.name_any()).collect::<Vec<_>>()
     );
-    assert_eq!(create2.spec.depends_on, vec![net_on_hv2[0].name.clone()]);
-    let create2_at = claims
-        .iter()
-        .find(|c| c.name == create2_name)
-        .map(|c| c.at)
-        .expect("web-2 create claimed");
-    assert!(net_on_hv2[0].at < create2_at);
-    env.eventually("hv-2 recorded in the network's nodes", WAIT, || async {
+    assert_eq!(create2.spec.depends_on, vec![net_on_hv2[0].name_any()]);
+    assert_completed_on(&net_on_hv2[0], &hv2);
+    assert_completed_on(create2, &hv2);
+    let host2 = &env.node(1).host;
+    let plumbed2 = host2
+        .first("ensure_network", &vxid.to_string())
+        .expect("web plumbed on hv2");
+    let defined2 = host2
+        .first("define", &domain_name(&web2.uid().expect("uid")))
+        .expect("web-2 defined on hv2");
+    assert!(
+        plumbed2.ended <= defined2.began,
+        "web-2 was defined before web was plumbed on hv2"
+    );
+    assert!(
+        env.node(1).has_link(&sf_hostnet::bridge_name(vxid)),
+        "web's bridge is not in hv2's namespace"
+    );
+    env.eventually("hv2 recorded in the network's nodes", WAIT, || async {
         let n = env.networks().get("web").await.ok()?;
-        n.status?.nodes.contains(&"hv-2".to_string()).then_some(())
+        n.status?.nodes.contains(&hv2).then_some(())
     })
     .await;
 
-    // Level-triggered: with nothing changing, no new operation appears.
+    // Level-triggered: with nothing changing (but the agents heartbeating and
+    // polling), no new operation appears.
     let before: BTreeSet<String> = env
         .all_operations()
         .await
@@ -212,8 +283,11 @@ async fn network_and_instance_reach_created_with_ordered_operations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_power_change_emits_exactly_one_operation() {
-    let mut env = common::start().await;
-    env.start_agent("hv-1", network_node()).await;
+    let Some(mut env) = start_with_nodes("a_power_change_emits_exactly_one_operation", 1).await
+    else {
+        return;
+    };
+    let hv1 = env.node_name(0);
     let mut cluster = env.start_cluster(&[]).await;
     cluster.wait_leader(WAIT).await;
     env.keep(cluster);
@@ -226,35 +300,65 @@ async fn a_power_change_emits_exactly_one_operation() {
         i.status.as_ref().and_then(|s| s.power_state.clone()) == Some(ObservedPowerState::Off)
     })
     .await;
+    // Observed from the host: the agent destroyed the domain.
+    assert_eq!(
+        domain_state(&env, 0, &instance).await,
+        Some(DomainState::Off)
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ops = env.owned_operations(&instance.uid().expect("uid")).await;
-    let offs: Vec<String> = ops
+    let offs: Vec<&ClusterOperation> = ops
         .iter()
         .filter(|o| o.spec.operation_type.as_str() == "instance_power_off")
-        .map(|o| o.name_any())
         .collect();
-    assert_eq!(offs.len(), 1, "{offs:?}");
-    assert!(op_like(&offs[0], "instance-vm-", "poweroff"), "{offs:?}");
+    assert_eq!(
+        offs.len(),
+        1,
+        "{:?}",
+        offs.iter().map(|o| o.name_any()).collect::<Vec<_>>()
+    );
+    let off = offs[0].name_any();
+    assert!(op_like(&off, "instance-vm-", "poweroff"), "{off}");
+    assert_completed_on(offs[0], &hv1);
     assert_eq!(
         ops.len(),
         2,
         "{:?}",
         ops.iter().map(|o| o.name_any()).collect::<Vec<_>>()
     );
+    let destroys = env
+        .node(0)
+        .host
+        .actions()
+        .iter()
+        .filter(|a| {
+            a.action == "destroy" && a.subject == domain_name(&instance.uid().expect("uid"))
+        })
+        .count();
+    assert_eq!(destroys, 1, "the domain was destroyed {destroys} times");
     let i = env.instances().get("vm").await.expect("get");
     let status = i.status.expect("status");
     // The power-off is the latest intent, named at the sequence status records.
-    assert_eq!(
-        offs[0],
-        format!("instance-vm-{}-poweroff", status.intent_seq)
-    );
+    assert_eq!(off, format!("instance-vm-{}-poweroff", status.intent_seq));
     assert_eq!(status.observed_generation, i.metadata.generation);
 }
 
+/// How long an agent holds each operation between claim and run while a test looks at
+/// an operation in progress: longer than any test looks (the test ends the hold by
+/// stopping or killing the agent).
+const HOLD_MS: u64 = 120_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo() {
-    let mut env = common::start().await;
-    let hv1 = env.start_agent("hv-1", network_node()).await;
+    let Some(mut env) = start_with_nodes(
+        "delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    let hv1 = env.node_name(0);
     let mut cluster = env.start_cluster(&[]).await;
     cluster.wait_leader(WAIT).await;
     env.keep(cluster);
@@ -270,8 +374,18 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
         .map(|(a, _, _)| a)
         .expect("db-0 holds an address");
 
-    // A snapshot is running (held by the agent) and a reboot waits behind it.
-    hv1.hold_snapshots.store(true, Ordering::SeqCst);
+    // The agent restarts holding every operation open after its claim (its hidden
+    // fault-injection delay), so a snapshot is in progress while the instance is
+    // deleted; a reboot waits behind it (one claim per target).
+    env.stop_agent(0).await;
+    env.start_agent(
+        0,
+        AgentOptions {
+            operation_delay_ms: HOLD_MS,
+            ..AgentOptions::default()
+        },
+    );
+    env.wait_nodes_ready().await;
     request_operation(
         &env,
         &instance,
@@ -279,13 +393,8 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
         "instance_snapshot",
     )
     .await;
-    env.eventually("snapshot claimed", WAIT, || async {
-        hv1.claims()
-            .iter()
-            .any(|c| c.name == "instance-db-snapshot-1")
-            .then_some(())
-    })
-    .await;
+    env.wait_claimed(0, 0, "the agent claimed the snapshot")
+        .await;
     request_operation(&env, &instance, "instance-db-reboot-1", "instance_reboot").await;
 
     env.instances()
@@ -314,20 +423,37 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
         .get("instance-db-snapshot-1")
         .await
         .expect("snapshot");
-    assert_ne!(
-        snapshot.status.map(|s| s.state),
-        Some(OperationState::Abort),
-        "the snapshot must not be aborted"
+    assert!(
+        matches!(
+            state_of(&snapshot),
+            OperationState::Queued | OperationState::Executing
+        ),
+        "the snapshot must still be outstanding: {:?}",
+        snapshot.status
     );
     assert!(
-        !hv1.claims()
+        env.node(0).in_flight() >= 1,
+        "the agent is no longer holding the snapshot"
+    );
+    assert!(
+        !env.all_operations()
+            .await
             .iter()
-            .any(|c| c.operation_type == "instance_delete"),
-        "instance_delete ran beside the snapshot"
+            .any(|o| o.spec.operation_type.as_str() == "instance_delete"),
+        "instance_delete was emitted beside the outstanding snapshot"
+    );
+    assert_eq!(
+        domain_state(&env, 0, &instance).await,
+        Some(DomainState::Running),
+        "the domain went before its snapshot finished"
     );
 
-    // The snapshot finishes; the delete runs; the address rests in the halo.
-    hv1.hold_snapshots.store(false, Ordering::SeqCst);
+    // The snapshot finishes: the agent restarts without the hold (a stopping agent
+    // releases what it holds, retryable) and runs it; this agent does not implement
+    // snapshots yet, so it fails as unsupported, never aborted. Then the delete runs
+    // and the address rests in the halo.
+    env.stop_agent(0).await;
+    env.start_agent(0, AgentOptions::default());
     env.eventually("db gone", WAIT, || async {
         env.instances()
             .get_opt("db")
@@ -337,17 +463,46 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
             .then_some(())
     })
     .await;
-    let claims = hv1.claims();
-    let snap_at = claims
-        .iter()
-        .find(|c| c.name == "instance-db-snapshot-1")
-        .map(|c| c.at);
-    let delete_at = claims
-        .iter()
-        .find(|c| c.operation_type == "instance_delete")
-        .map(|c| c.at)
-        .expect("instance_delete claimed");
-    assert!(snap_at.expect("snapshot claimed") < delete_at);
+    let snapshot = env
+        .operations()
+        .get("instance-db-snapshot-1")
+        .await
+        .expect("snapshot");
+    let snap_status = snapshot.status.clone().expect("snapshot status");
+    assert_eq!(snap_status.state, OperationState::Error, "{snap_status:?}");
+    assert_eq!(
+        snap_status.error_report.as_ref().map(|r| r.code.as_str()),
+        Some("UnsupportedOperation")
+    );
+    assert!(
+        snap_status
+            .claimed_by
+            .as_deref()
+            .is_some_and(|b| b.starts_with(&format!("{hv1}:"))),
+        "{snap_status:?}"
+    );
+    let deletes: Vec<ClusterOperation> = env
+        .all_operations()
+        .await
+        .into_iter()
+        .filter(|o| o.spec.operation_type.as_str() == "instance_delete")
+        .collect();
+    assert_eq!(deletes.len(), 1);
+    assert_completed_on(&deletes[0], &hv1);
+    let delete_started = deletes[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.started_at)
+        .expect("delete started");
+    assert!(
+        snap_status.completed_at.expect("snapshot ended") <= delete_started,
+        "instance_delete ran before the snapshot ended"
+    );
+    assert_eq!(
+        domain_state(&env, 0, &instance).await,
+        None,
+        "the domain is still defined"
+    );
     let ls = leases(&env).await;
     assert!(
         ls.iter()
@@ -365,10 +520,17 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_or_replaced_sf_cluster_emits_no_duplicate_operations() {
-    let mut env = common::start().await;
-    let hv1 = env.start_agent("hv-1", network_node()).await;
-    // The agent does not claim yet: the operations stay queued while sf-cluster goes.
-    hv1.claiming.store(false, Ordering::SeqCst);
+    let Some(mut env) = start_with_nodes(
+        "a_restarted_or_replaced_sf_cluster_emits_no_duplicate_operations",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    // The agent registered and stops: the operations stay queued while sf-cluster
+    // goes (its Node stays `created` well within the check-in maximum).
+    env.stop_agent(0).await;
     let mut first = env.start_cluster(&[]).await;
     first.wait_leader(WAIT).await;
     // A second sf-cluster stands by while the first holds the lease.
@@ -406,11 +568,14 @@ async fn a_restarted_or_replaced_sf_cluster_emits_no_duplicate_operations() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(before, names(&env.all_operations().await));
 
-    // Work resumes: both instances get created, still without duplicates.
-    hv1.claiming.store(true, Ordering::SeqCst);
+    // The agent comes back and work resumes: both instances get created, still
+    // without duplicates.
+    env.start_agent(0, AgentOptions::default());
     for name in ["a", "b"] {
-        env.instance_when(name, "created and running", WAIT, created_and_running)
+        let i = env
+            .instance_when(name, "created and running", WAIT, created_and_running)
             .await;
+        assert_eq!(domain_state(&env, 0, &i).await, Some(DomainState::Running));
     }
     let ops = env.all_operations().await;
     let creates = ops
@@ -427,60 +592,83 @@ async fn a_restarted_or_replaced_sf_cluster_emits_no_duplicate_operations() {
     env.keep(third);
 }
 
-fn small_node(roles: Vec<&'static str>) -> NodeSpecForTest {
-    // (6 − 2) × 3 = 12 vCPUs; (3848 − 2048) × 3 = 5400 MiB: ten 512 MiB instances;
-    // (40 − 20) × 5 = 100 GiB disk.
-    NodeSpecForTest {
-        roles,
-        cpu_threads: 6,
-        memory_mib: 3848,
-        disk_gib: 40,
-    }
+/// Instances of the scheduler test per node: 1 vCPU, 512 MiB and an 8 GiB disk each.
+const PER_NODE: u64 = 10;
+
+/// Scheduler settings under which exactly `per_node` of the test's instances fit on a
+/// node of `capacity`, RAM being what runs out: no reservations; a RAM overcommit
+/// that makes `(per_node + ½) × 512` MiB schedulable (so rounding cannot move the
+/// limit); CPU and disk overcommits with room for four times as many.
+fn fit_exactly(capacity: &sf_schema::node::NodeCapacity, per_node: u64) -> Vec<String> {
+    assert!(
+        capacity.cpu_threads > 0 && capacity.memory_mib > 0 && capacity.disk_gib > 0,
+        "a node reported no capacity: {capacity:?}"
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let ratio = |want: u64, have: u64| want as f64 / have as f64;
+    let ram = ratio(per_node * 512 + 256, capacity.memory_mib);
+    let cpu = ratio(4 * per_node, u64::from(capacity.cpu_threads)) + 1.0;
+    let disk = ratio(4 * per_node * 8, capacity.disk_gib) + 1.0;
+    vec![
+        "--node-cpu-reservation-threads=0".into(),
+        "--node-ram-reservation-gb=0".into(),
+        "--node-disk-reservation-gb=0".into(),
+        format!("--ram-overcommit-ratio={ram}"),
+        format!("--cpu-overcommit-ratio={cpu}"),
+        format!("--scheduler-disk-overcommit={disk}"),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_scheduler_spreads_twenty_instances_and_refuses_when_full() {
-    let mut env = common::start().await;
-    env.start_agent("hv-1", small_node(vec!["hypervisor", "network"]))
-        .await;
-    env.start_agent("hv-2", small_node(vec!["hypervisor"]))
-        .await;
-    let mut cluster = env.start_cluster(&[]).await;
+    let Some(mut env) = start_with_nodes(
+        "the_scheduler_spreads_twenty_instances_and_refuses_when_full",
+        2,
+    )
+    .await
+    else {
+        return;
+    };
+    let (hv1, hv2) = (env.node_name(0), env.node_name(1));
+    // The agents report this machine's real capacity (both nodes share it); the
+    // scheduler's settings make exactly PER_NODE instances fit on each.
+    let capacity = env.capacity(0).await;
+    assert_eq!(capacity, env.capacity(1).await, "one machine, one capacity");
+    let flags = fit_exactly(&capacity, PER_NODE);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = env.start_cluster(&flags).await;
     cluster.wait_leader(WAIT).await;
-    env.eventually("both nodes created", WAIT, || async {
-        let nodes = env.nodes().list(&Default::default()).await.ok()?;
-        (nodes
-            .items
-            .iter()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .is_some_and(|s| s.state.as_str() == "created")
-            })
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .await;
-    let names: Vec<String> = (0..20).map(|i| format!("vm-{i}")).collect();
+    let total = usize::try_from(2 * PER_NODE).expect("count");
+    let names: Vec<String> = (0..total).map(|i| format!("vm-{i}")).collect();
     futures::future::join_all(names.iter().map(|n| env.create_instance(n, &[]))).await;
     let mut per_node = std::collections::BTreeMap::<String, usize>::new();
     for name in &names {
         let i = env
-            .instance_when(name, "created", Duration::from_secs(60), |i| {
-                i.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == InstanceState::Created)
-            })
+            .instance_when(
+                name,
+                "created and running",
+                Duration::from_secs(60),
+                created_and_running,
+            )
             .await;
         let node = i.status.and_then(|s| s.node).expect("placed");
         *per_node.entry(node).or_default() += 1;
     }
+    let each = usize::try_from(PER_NODE).expect("count");
     assert_eq!(
         per_node,
-        [("hv-1".to_string(), 10), ("hv-2".to_string(), 10)].into(),
+        [(hv1.clone(), each), (hv2.clone(), each)].into(),
         "not spread by capacity"
     );
+    // Each node's agent runs its share on its own libvirt.
+    for n in 0..2 {
+        let domains = env.node(n).libvirt.list().await.expect("list domains");
+        let running = domains
+            .iter()
+            .filter(|d| d.name.starts_with("sf:") && d.state == DomainState::Running)
+            .count();
+        assert_eq!(running, each, "domains running on {}", env.node_name(n));
+    }
     env.create_instance("vm-full", &[]).await;
     let refused = env
         .instance_when("vm-full", "a Scheduled=False condition", WAIT, |i| {
@@ -499,16 +687,17 @@ async fn the_scheduler_spreads_twenty_instances_and_refuses_when_full() {
         .iter()
         .find(|c| c.type_ == "Scheduled")
         .expect("Scheduled");
-    assert!(
-        condition.message.starts_with("cluster full:"),
-        "{}",
-        condition.message
-    );
-    assert!(
-        condition.message.contains("not enough RAM"),
-        "{}",
-        condition.message
-    );
+    let message = &condition.message;
+    assert!(message.starts_with("cluster full:"), "{message}");
+    // Both nodes are full of RAM, and of nothing else.
+    for node in [&hv1, &hv2] {
+        assert!(
+            message.contains(&format!("{node}: not enough RAM (needs 512 MiB")),
+            "{message}"
+        );
+    }
+    assert!(!message.contains("not enough CPU"), "{message}");
+    assert!(!message.contains("not enough disk"), "{message}");
     // The refusal is also an event on the instance.
     let uid = refused.metadata.uid.clone().expect("uid");
     let events = env
@@ -537,7 +726,9 @@ async fn the_scheduler_spreads_twenty_instances_and_refuses_when_full() {
     );
     let text = cluster.metrics().await;
     assert!(
-        text.contains("cluster_scheduler_decisions_total{outcome=\"placed\"} 20"),
+        text.contains(&format!(
+            "cluster_scheduler_decisions_total{{outcome=\"placed\"}} {total}"
+        )),
         "{text}"
     );
     assert!(text.contains("cluster_scheduler_decisions_total{outcome=\"unschedulable\"}"));
@@ -556,34 +747,47 @@ async fn the_scheduler_spreads_twenty_instances_and_refuses_when_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_node_goes_missing_then_error_with_its_instances() {
-    let mut env = common::start().await;
-    let hv1 = env.start_agent("hv-1", network_node()).await;
+    let Some(mut env) = start_with_nodes(
+        "a_silent_node_goes_missing_then_error_with_its_instances",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    let hv1 = env.node_name(0);
+    // The agent checks in every second (with seconds in lastSeen): 3 s is missed
+    // check-ins, not jitter.
     let mut cluster = env
-        .start_cluster(&["--node-checkin-maximum=2", "--node-error-multiplier=3"])
+        .start_cluster(&["--node-checkin-maximum=3", "--node-error-multiplier=3"])
         .await;
     cluster.wait_leader(WAIT).await;
     env.keep(cluster);
     env.create_instance("lost", &[]).await;
     env.instance_when("lost", "created and running", WAIT, created_and_running)
         .await;
+    let nodes = env.nodes_api();
     let node_state = |state: &'static str| {
-        let nodes = env.nodes();
+        let nodes = nodes.clone();
+        let name = hv1.clone();
         move || {
             let nodes = nodes.clone();
+            let name = name.clone();
             async move {
-                let n = nodes.get("hv-1").await.ok()?;
+                let n = nodes.get(&name).await.ok()?;
                 (n.status?.state.as_str() == state).then_some(())
             }
         }
     };
-    hv1.heartbeat.store(false, Ordering::SeqCst);
+    // The agent dies (no drain, no goodbye): its heartbeats stop.
+    env.kill_agent(0);
     env.eventually(
-        "hv-1 missing",
-        Duration::from_secs(10),
+        "node missing",
+        Duration::from_secs(15),
         node_state("missing"),
     )
     .await;
-    env.eventually("hv-1 error", Duration::from_secs(15), node_state("error"))
+    env.eventually("node error", Duration::from_secs(20), node_state("error"))
         .await;
     let i = env
         .instance_when("lost", "instance in error", WAIT, |i| {
@@ -595,15 +799,18 @@ async fn a_silent_node_goes_missing_then_error_with_its_instances() {
     let message = i.status.and_then(|s| s.error_message).unwrap_or_default();
     assert!(message.contains("has not checked in"), "{message}");
     // It comes back: created again (the error was the lost check-in).
-    hv1.heartbeat.store(true, Ordering::SeqCst);
-    env.eventually("hv-1 back", Duration::from_secs(10), node_state("created"))
+    env.start_agent(0, AgentOptions::default());
+    env.eventually("node back", Duration::from_secs(15), node_state("created"))
         .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reaper_requeues_stuck_claims_and_counts_them() {
-    let mut env = common::start().await;
-    let hv1 = env.start_agent("hv-1", network_node()).await;
+    let Some(mut env) =
+        start_with_nodes("the_reaper_requeues_stuck_claims_and_counts_them", 1).await
+    else {
+        return;
+    };
     let mut cluster = env
         .start_cluster(&[
             "--cluster-op-reaper-interval=1",
@@ -616,9 +823,18 @@ async fn the_reaper_requeues_stuck_claims_and_counts_them() {
     let instance = env
         .instance_when("stuck", "created and running", WAIT, created_and_running)
         .await;
-    // A snapshot the agent claims and never finishes nor heartbeats: stop the agent
-    // right after its claim.
-    hv1.hold_snapshots.store(true, Ordering::SeqCst);
+    // A snapshot the agent claims and then dies with, before finishing it or
+    // heartbeating it again: the agent restarts holding operations open after their
+    // claim, and is killed once it holds the snapshot.
+    env.stop_agent(0).await;
+    env.start_agent(
+        0,
+        AgentOptions {
+            operation_delay_ms: HOLD_MS,
+            ..AgentOptions::default()
+        },
+    );
+    env.wait_nodes_ready().await;
     request_operation(
         &env,
         &instance,
@@ -626,15 +842,9 @@ async fn the_reaper_requeues_stuck_claims_and_counts_them() {
         "instance_snapshot",
     )
     .await;
-    env.eventually("snapshot claimed", WAIT, || async {
-        hv1.claims()
-            .iter()
-            .any(|c| c.name == "instance-stuck-snapshot-1")
-            .then_some(())
-    })
-    .await;
-    hv1.claiming.store(false, Ordering::SeqCst);
-    hv1.stop.trigger();
+    env.wait_claimed(0, 0, "the agent claimed the snapshot")
+        .await;
+    env.kill_agent(0);
     // Re-queued once, then rejected after max attempts... with no claimer the second
     // attempt never comes, so the requeue counter is what moves.
     env.eventually("the reaper re-queued it", WAIT, || async {
@@ -645,6 +855,17 @@ async fn the_reaper_requeues_stuck_claims_and_counts_them() {
             .filter(|n| *n >= 1)
     })
     .await;
+    let snapshot = env
+        .operations()
+        .get("instance-stuck-snapshot-1")
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        state_of(&snapshot),
+        OperationState::Queued,
+        "{:?}",
+        snapshot.status
+    );
     let text = cluster.metrics().await;
     assert!(text.contains("cluster_maintenance_runs_total{service=\"reaper\",outcome=\"ok\"}"));
     assert!(text.contains("cluster_reconcile_total{controller=\"instance\"}"));
@@ -653,15 +874,19 @@ async fn the_reaper_requeues_stuck_claims_and_counts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_plug_then_teardown_of_instance_and_network() {
-    let mut env = common::start().await;
-    let hv1 = env.start_agent("hv-1", network_node()).await;
+    let Some(mut env) = start_with_nodes("hot_plug_then_teardown_of_instance_and_network", 1).await
+    else {
+        return;
+    };
+    let hv1 = env.node_name(0);
     let mut cluster = env.start_cluster(&[]).await;
     cluster.wait_leader(WAIT).await;
     env.keep(cluster);
     env.create_network("lan", "10.3.0.0/24").await;
-    env.create_instance("box", &["lan"]).await;
+    let instance = env.create_instance("box", &["lan"]).await;
     env.instance_when("box", "created and running", WAIT, created_and_running)
         .await;
+    let domain = domain_name(&instance.uid().expect("uid"));
 
     // Hot plug a second interface.
     let ifaces: kube::Api<sf_schema::NetworkInterface> =
@@ -686,13 +911,42 @@ async fn hot_plug_then_teardown_of_instance_and_network() {
         .await;
     let ip = plugged.status.and_then(|s| s.ipv4).expect("ipv4");
     assert!(ip.starts_with("10.3.0."), "{ip}");
-    assert!(
-        hv1.claims()
-            .iter()
-            .any(|c| c.name == "networkinterface-box-extra-1-hotplug"),
-        "{:?}",
-        hv1.claims()
-    );
+    let hotplug = env
+        .eventually("the hot plug completed", WAIT, || async {
+            let op = env
+                .operations()
+                .get("networkinterface-box-extra-1-hotplug")
+                .await
+                .ok()?;
+            (state_of(&op) == OperationState::Complete).then_some(op)
+        })
+        .await;
+    assert_completed_on(&hotplug, &hv1);
+    // On the host: the domain's definition has both NICs, the new one with its MAC.
+    let mac = hotplug
+        .status
+        .as_ref()
+        .and_then(|s| s.result.as_ref())
+        .and_then(|r| r["macaddr"].as_str().map(str::to_owned))
+        .expect("the hot plug reports its MAC");
+    let xml = env
+        .node(0)
+        .libvirt
+        .xml(&domain, true)
+        .await
+        .expect("domain xml");
+    let macs = sf_agent::domain_xml::interface_macs(&xml);
+    assert_eq!(macs.len(), 2, "{macs:?}");
+    assert!(macs.contains(&mac), "{mac} not in {macs:?}");
+    let vxid = env
+        .networks()
+        .get("lan")
+        .await
+        .expect("lan")
+        .status
+        .and_then(|s| s.vxid)
+        .expect("vxid");
+    assert!(env.node(0).has_link(&sf_hostnet::bridge_name(vxid)));
 
     // Delete the instance: both interfaces go, both addresses rest in the halo.
     env.instances()
@@ -706,6 +960,11 @@ async fn hot_plug_then_teardown_of_instance_and_network() {
         gone.then_some(())
     })
     .await;
+    assert_eq!(
+        env.node(0).libvirt.state(&domain).await.expect("state"),
+        None,
+        "the domain is still defined"
+    );
     let ls = leases(&env).await;
     assert!(
         ls.iter().any(|(a, phase, _)| *a == ip && phase == "halo"),
@@ -726,11 +985,26 @@ async fn hot_plug_then_teardown_of_instance_and_network() {
             .then_some(())
     })
     .await;
+    let deletes: Vec<ClusterOperation> = env
+        .all_operations()
+        .await
+        .into_iter()
+        .filter(|o| o.spec.operation_type.as_str() == "network_delete")
+        .collect();
+    assert_eq!(
+        deletes.len(),
+        1,
+        "{:?}",
+        deletes.iter().map(|o| o.name_any()).collect::<Vec<_>>()
+    );
+    assert_completed_on(&deletes[0], &hv1);
     assert!(
-        hv1.claims()
-            .iter()
-            .any(|c| c.operation_type == "network_delete"),
-        "no network_delete ran"
+        !env.node(0).has_link(&sf_hostnet::bridge_name(vxid)),
+        "lan's bridge is still in the node's namespace"
+    );
+    assert!(
+        !env.node(0).has_link(&sf_hostnet::vxlan_name(vxid)),
+        "lan's vxlan is still in the node's namespace"
     );
 }
 
@@ -775,8 +1049,14 @@ async fn maintenance_passes_purge_terminal_operations_and_compact() {
     use sf_cluster::maintenance::{
         Compactor, EventRetention, Maintenance, OperationPurge, PurgeConfig, RetentionConfig,
     };
-    let mut env = common::start().await;
-    env.start_agent("hv-1", network_node()).await;
+    let Some(env) = start_with_nodes(
+        "maintenance_passes_purge_terminal_operations_and_compact",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
     let mut cluster = env.start_cluster(&[]).await;
     cluster.wait_leader(WAIT).await;
     env.create_instance("old", &[]).await;

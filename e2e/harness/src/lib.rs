@@ -15,7 +15,11 @@
 //! - [`TestDatabase::new`] creates a uniquely named database with utf8mb4 defaults and
 //!   hands out its URL; the throwaway server is deleted with the run, so databases are
 //!   not dropped one by one.
+//! - [`netns`]: network namespaces for privileged tests (two nodes on one machine
+//!   joined by a veth mesh), removed on drop; [`netns::require_privileged`] decides
+//!   whether such a test runs, skips or (under `SF_REQUIRE_PRIVILEGED=1`) fails.
 
+pub mod netns;
 pub mod runner;
 
 use std::fs;
@@ -89,6 +93,14 @@ pub enum HarnessError {
     /// `SF_TEST_MARIADB_PORT` is not a port number.
     #[error("{PORT_ENV}={0:?} is not a port number")]
     BadPortEnv(String),
+    /// A set-up command (e.g. `ip netns add`) failed.
+    #[error("`{command}` failed: {output}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed, or why it could not run.
+        output: String,
+    },
 }
 
 /// Settings of a private server: the defaults are the ones Shaken Fist requires.

@@ -5,9 +5,10 @@
 //!   `SF_E2E_BIN_DIR`): a private MariaDB of its own (tests restart it), the schema,
 //!   two sf-database instances, sf-api, sf-cluster and two sf-agents on the libvirt
 //!   test driver. Each agent's host networking lives in a network namespace this
-//!   module creates; the two are joined by a veth "mesh" with addresses from
-//!   192.0.2.0/24 (TEST-NET-1) that exist only inside those namespaces, and each has
-//!   a dead-end egress veth. Every daemon talks to the others on 127.0.0.1 only.
+//!   module creates (`sf_harness::netns::node_fabric`, shared with the sf-cluster
+//!   tests); the two are joined by a veth "mesh" with addresses from 192.0.2.0/24
+//!   (TEST-NET-1) that exist only inside those namespaces, and each has a dead-end
+//!   egress veth. Every daemon talks to the others on 127.0.0.1 only.
 //! - Every process runs under `setpriv --pdeathsig KILL`, so none outlives the test;
 //!   dropping the [`System`] stops them and deletes the namespaces (and the agents'
 //!   per-network namespaces, through `sf_hostnet::purge_node_namespaces`).
@@ -24,7 +25,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sf_harness::{MariaDb, ServerOptions};
+use sf_harness::netns::{self, Netns};
+use sf_harness::{HarnessError, MariaDb, ServerOptions};
 
 /// The gateway secret every daemon of a test system shares.
 pub const GATEWAY_SECRET: &str = "e2e-gateway-secret-0123456789";
@@ -77,22 +79,10 @@ pub enum E2eError {
 }
 
 /// Whether privileged tests may run here: `true` as root; otherwise prints why the
-/// test is skipped and returns `false`, or panics under `SF_REQUIRE_PRIVILEGED=1`.
+/// test is skipped and returns `false`, or panics under `SF_REQUIRE_PRIVILEGED=1`
+/// (the shared [`sf_harness::netns::require_privileged`]).
 pub fn require_root(test: &str) -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    assert!(
-        std::env::var("SF_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test} needs root (network namespaces) and SF_REQUIRE_PRIVILEGED=1 is set"
-    );
-    eprintln!("SKIPPED {test}: needs root for network namespaces");
-    false
+    sf_harness::netns::require_privileged(test)
 }
 
 /// Where the binaries are.
@@ -146,8 +136,12 @@ fn run(cmd: &mut Command) -> Result<Output, E2eError> {
     }
 }
 
-fn ip(args: &[&str]) -> Result<(), E2eError> {
-    run(Command::new("ip").args(args)).map(|_| ())
+/// A fabric set-up failure as the command that failed (not as a MariaDB error).
+fn fabric_error(e: HarnessError) -> E2eError {
+    match e {
+        HarnessError::Command { command, output } => E2eError::Command { command, output },
+        other => E2eError::MariaDb(other),
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
@@ -287,41 +281,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
-}
-
-/// A network namespace this module made; deleted (with its processes) on drop.
-#[derive(Debug)]
-pub struct Netns {
-    /// Its name.
-    pub name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> Result<Self, E2eError> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", name])?;
-        let ns = Self { name: name.into() };
-        ip(&["-n", name, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        delete_netns(&self.name);
-    }
-}
-
-fn delete_netns(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
-        }
-    }
-    let _ = Command::new("ip").args(["netns", "del", name]).status();
 }
 
 /// One hypervisor node of the test system.
@@ -526,13 +485,18 @@ impl System {
         let mut cluster = Proc::new("sf-cluster", binary("sf-cluster")?, &[], env, &logs);
         cluster.start()?;
 
-        // Nodes: namespaces, a veth mesh between them, a dead-end egress each.
+        // Nodes: namespaces, a veth mesh between them, a dead-end egress each (the
+        // shared sf_harness fabric).
         let tag = format!("{:x}", std::process::id() % 0xfff);
+        let names: Vec<String> = (1..=opts.agents.clamp(1, 2))
+            .map(|i| format!("e{tag}n{i}"))
+            .collect();
+        let fabric = netns::node_fabric(&names.iter().map(String::as_str).collect::<Vec<_>>())
+            .map_err(fabric_error)?;
         let mut nodes = Vec::new();
-        for i in 1..=opts.agents.clamp(1, 2) {
-            let name = format!("e{tag}n{i}");
-            let netns = Netns::create(&name)?;
-            let mesh_address = format!("192.0.2.{i}");
+        for ((i, name), node_net) in (1..).zip(names).zip(fabric) {
+            let netns = node_net.netns;
+            let mesh_address = node_net.mesh_address.to_string();
             let storage = dir.path().join(&name);
             fs::create_dir_all(&storage).map_err(|source| E2eError::Io {
                 what: "create node storage".into(),
@@ -560,11 +524,14 @@ impl System {
                     "SHAKENFIST_LIBVIRT_DOMAIN_TYPE".to_string(),
                     "test".to_string(),
                 ),
-                ("SHAKENFIST_NODE_MESH_NIC".to_string(), "mesh0".to_string()),
+                (
+                    "SHAKENFIST_NODE_MESH_NIC".to_string(),
+                    netns::MESH_NIC.to_string(),
+                ),
                 ("SHAKENFIST_NODE_MESH_IP".to_string(), mesh_address.clone()),
                 (
                     "SHAKENFIST_NODE_EGRESS_NIC".to_string(),
-                    "egress0".to_string(),
+                    netns::EGRESS_NIC.to_string(),
                 ),
                 (
                     "SHAKENFIST_MAX_HYPERVISOR_MTU".to_string(),
@@ -601,54 +568,6 @@ impl System {
                 agent,
                 storage,
             });
-        }
-        if nodes.len() == 2 {
-            let (a, b) = (&nodes[0].netns.name, &nodes[1].netns.name);
-            ip(&[
-                "-n", a, "link", "add", "mesh0", "type", "veth", "peer", "name", "mesh0", "netns",
-                b,
-            ])?;
-        } else {
-            let ns = nodes[0].netns.name.as_str();
-            ip(&[
-                "-n",
-                ns,
-                "link",
-                "add",
-                "mesh0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "mesh0-end",
-            ])?;
-            ip(&["-n", ns, "link", "set", "mesh0-end", "up"])?;
-        }
-        for node in &nodes {
-            let ns = node.netns.name.as_str();
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", node.mesh_address),
-                "dev",
-                "mesh0",
-            ])?;
-            ip(&["-n", ns, "link", "set", "mesh0", "up"])?;
-            ip(&[
-                "-n",
-                ns,
-                "link",
-                "add",
-                "egress0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "egress0-end",
-            ])?;
-            ip(&["-n", ns, "link", "set", "egress0", "up"])?;
         }
         for node in &mut nodes {
             node.agent.start()?;

@@ -1,30 +1,71 @@
-//! Shared set-up of the sf-cluster integration tests: a fresh database on the run's
-//! private MariaDB, an in-process sf-database gateway and sf-api (with
+//! Shared set-up of the sf-cluster integration tests and benchmark: a fresh database
+//! on the run's private MariaDB, an in-process sf-database gateway and sf-api (with
 //! authentication: a `system` key stored through the gateway's PutKey), sf-cluster
-//! in-process (as many as a test wants, each with its own shutdown), and a TEST
-//! AGENT that registers Nodes, heartbeats them and claims operations through the same
-//! gRPC calls as the real agent (Claim, Heartbeat, Complete, MergeStatus).
+//! in-process (as many as a test wants, each with its own shutdown), and hypervisor
+//! NODES each run by the REAL sf-agent.
+//!
+//! Contract:
+//! - A node ([`Node`]) is what one hypervisor host would be: a network namespace made
+//!   by the test (the shared `sf_harness::netns` fabric: two nodes joined by a veth
+//!   mesh on 192.0.2.0/24, a dead-end egress veth each; `SHAKENFIST_NODE_NETNS`), a
+//!   temporary `STORAGE_PATH`, a distinct node name (unique per test, since the
+//!   agents' per-network namespaces are named after it) and a libvirt test driver
+//!   with private state (`test://<storage>/node.xml`). Its libvirt connection belongs
+//!   to the node, not to the agent: like libvirtd on a host, it keeps the domains
+//!   when the agent stops or dies. Node 0 is the network node.
+//! - The agent is the `sf-agent` library run in-process the way its binary runs it:
+//!   `sf_agent::config::Config` parsed from real flags (heartbeat and polling every
+//!   second, the hidden `SHAKENFIST_AGENT_TEST_OPERATION_DELAY_MS` when a test holds
+//!   operations open), the node UUID from the storage path, the event spool and its
+//!   drain, `Agent::run`. The only settings not taken from a config key are the
+//!   per-operation heartbeat interval (0.5 s, so a 1 s stuck threshold reaps only
+//!   dead claims) and [`host::Observed`] around the real backends, which records the
+//!   order of host changes. Each agent has a Tokio runtime of its own:
+//!   [`Env::stop_agent`] is a graceful shutdown (drain, release), [`Env::kill_agent`]
+//!   drops the runtime with everything the agent was doing, like `kill -9`.
+//! - Privileged: [`start_with_nodes`] returns `None` (the test prints that it is
+//!   skipped and passes) when not root, and panics under `SF_REQUIRE_PRIVILEGED=1`.
+//! - The agents report this machine's real capacity, so sf-cluster's scheduler gets
+//!   settings that fit the tests: no reservations and roomy overcommit by default
+//!   ([`ROOMY_SCHEDULER`]); a test that fills nodes computes its own from the Nodes'
+//!   reported capacity.
+//! - Dropping the [`Env`] stops every sf-cluster, kills every agent, removes the
+//!   agents' per-network namespaces and the node namespaces (also when the test
+//!   failed) and the storage directories.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+pub mod host;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use sf_agent::agent::Agent;
+use sf_agent::gateway::Gateway as AgentGateway;
+use sf_agent::hypervisor::Hypervisor;
+use sf_agent::instance::Lifecycle;
+use sf_agent::libvirt::LibvirtHypervisor;
+use sf_agent::metrics::AgentMetrics;
 use sf_cluster::context::Context;
 use sf_daemon::Shutdown;
 use sf_database::daemon as gateway_daemon;
 use sf_database::{MariaDbArgs, connect, ensure_schema};
+use sf_database_client::spool::{DrainConfig, EventSpool, SpoolMetrics};
 use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_harness::TestDatabase;
+use sf_harness::netns::{self, FabricNode};
+use sf_hostnet::{HostNetConfig, NetlinkHostNet};
 use sf_proto::v1 as pb;
-use sf_schema::{ClusterOperation, Instance, Network, Node};
+use sf_schema::node::NodeCapacity;
+use sf_schema::{ClusterOperation, Instance, Network, Node as NodeObject};
 use tokio::sync::watch;
+
+use host::{HostLog, Observed};
 
 pub const SECRET: &str = "cluster-test-secret-0123456789";
 pub const SEED: &str = "cluster-test-auth-seed-0123456789";
@@ -42,7 +83,12 @@ pub struct Env {
     gateway_shutdown: Shutdown,
     api_shutdown: Shutdown,
     clusters: Vec<Cluster>,
-    agents: Vec<Agent>,
+    /// The hypervisor nodes (empty until [`Env::start_nodes`]).
+    pub nodes: Vec<Node>,
+    /// Their namespaces; dropped after the nodes.
+    fabric: Vec<FabricNode>,
+    /// The nodes' storage.
+    storage: Option<tempfile::TempDir>,
 }
 
 impl Drop for Env {
@@ -50,8 +96,22 @@ impl Drop for Env {
         for c in &self.clusters {
             c.shutdown.trigger();
         }
-        for a in &self.agents {
-            a.stop.trigger();
+        let busy = self.nodes.iter().any(|n| n.in_flight() > 0);
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        // What the agents plumbed per network (namespaces named after the node, with
+        // their dnsmasq); the node namespaces go with `fabric`. Host networking runs on
+        // threads of its own that outlive a killed agent for a moment: when work was
+        // in flight, purge again once it has ended.
+        for node in &self.nodes {
+            sf_hostnet::purge_node_namespaces(&node.name);
+        }
+        if busy {
+            std::thread::sleep(Duration::from_secs(1));
+            for node in &self.nodes {
+                sf_hostnet::purge_node_namespaces(&node.name);
+            }
         }
         self.api_shutdown.trigger();
         self.gateway_shutdown.trigger();
@@ -199,12 +259,15 @@ pub async fn start() -> Env {
         gateway_shutdown,
         api_shutdown,
         clusters: Vec::new(),
-        agents: Vec::new(),
+        nodes: Vec::new(),
+        fabric: Vec::new(),
+        storage: None,
     }
 }
 
 impl Env {
-    /// sf-cluster's configuration for this system, plus `extra` flags.
+    /// sf-cluster's configuration for this system, plus `extra` flags; the
+    /// [`ROOMY_SCHEDULER`] settings unless `extra` names them.
     pub fn cluster_config(&self, extra: &[&str]) -> sf_cluster::Config {
         let mut argv = vec![
             "sf-cluster".to_string(),
@@ -217,6 +280,12 @@ impl Env {
             "--cluster-lease-ttl=3".to_string(),
             "--log=warn".to_string(),
         ];
+        for flag in ROOMY_SCHEDULER {
+            let key = flag.split('=').next().unwrap_or(flag);
+            if !extra.iter().any(|e| e.split('=').next() == Some(key)) {
+                argv.push((*flag).to_string());
+            }
+        }
         argv.extend(extra.iter().map(ToString::to_string));
         sf_daemon::config::try_parse_from(argv).expect("sf-cluster config")
     }
@@ -249,11 +318,14 @@ impl Env {
         self.clusters.push(cluster);
     }
 
-    /// Starts a test agent for node `name` and keeps it.
-    pub async fn start_agent(&mut self, name: &str, spec: NodeSpecForTest) -> Agent {
-        let agent = Agent::start(self.gateway.clone(), name, spec).await;
-        self.agents.push(agent.clone());
-        agent
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// The name of node `i`.
+    pub fn node_name(&self, i: usize) -> String {
+        self.nodes[i].name.clone()
     }
 
     pub fn instances(&self) -> Api<Instance> {
@@ -268,7 +340,7 @@ impl Env {
         Api::namespaced(self.client.clone(), NS)
     }
 
-    pub fn nodes(&self) -> Api<Node> {
+    pub fn nodes_api(&self) -> Api<NodeObject> {
         Api::all(self.client.clone())
     }
 
@@ -404,254 +476,6 @@ impl Env {
     }
 }
 
-/// What a test node reports.
-#[derive(Debug, Clone)]
-pub struct NodeSpecForTest {
-    pub roles: Vec<&'static str>,
-    pub cpu_threads: u32,
-    pub memory_mib: u64,
-    pub disk_gib: u64,
-}
-
-impl Default for NodeSpecForTest {
-    fn default() -> Self {
-        Self {
-            roles: vec!["hypervisor"],
-            cpu_threads: 16,
-            memory_mib: 64 * 1024,
-            disk_gib: 1000,
-        }
-    }
-}
-
-/// One claimed operation, as the agent saw it.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub name: String,
-    pub operation_type: String,
-    pub target: String,
-    pub node: String,
-    pub at: Instant,
-    pub depends_on: Vec<String>,
-}
-
-/// A test agent: registers its Node, heartbeats it and runs operations by reporting
-/// the observed facts a real agent would.
-#[derive(Clone)]
-pub struct Agent {
-    pub name: String,
-    gateway: GatewayClient,
-    pub stop: Shutdown,
-    /// Heartbeats run while set.
-    pub heartbeat: Arc<AtomicBool>,
-    /// Claims run while set.
-    pub claiming: Arc<AtomicBool>,
-    /// Snapshots are claimed but not completed while set.
-    pub hold_snapshots: Arc<AtomicBool>,
-    /// Every claim, in order.
-    pub claimed: Arc<Mutex<Vec<Claimed>>>,
-    /// Claim timestamps by operation name (latency benchmarks).
-    pub claim_count: Arc<AtomicU64>,
-    /// When each operation was claimed, by name.
-    pub claim_times: Arc<Mutex<HashMap<String, Instant>>>,
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-impl Agent {
-    async fn start(gateway: GatewayClient, name: &str, spec: NodeSpecForTest) -> Self {
-        let node = json!({
-            "apiVersion": "shakenfist.io/v1alpha1",
-            "kind": "Node",
-            "metadata": {"name": name},
-            "spec": {"schedulable": true, "roles": spec.roles},
-        });
-        let request = pb::CreateResourceRequest {
-            object: serde_json::to_vec(&node).expect("node JSON"),
-            dry_run: false,
-        };
-        gateway
-            .call("create_resource", |mut g| {
-                let r = request.clone();
-                async move { g.create_resource(r).await }
-            })
-            .await
-            .expect("register node");
-        let agent = Self {
-            name: name.to_string(),
-            gateway,
-            stop: Shutdown::new(),
-            heartbeat: Arc::new(AtomicBool::new(true)),
-            claiming: Arc::new(AtomicBool::new(true)),
-            hold_snapshots: Arc::new(AtomicBool::new(false)),
-            claimed: Arc::new(Mutex::new(Vec::new())),
-            claim_count: Arc::new(AtomicU64::new(0)),
-            claim_times: Arc::new(Mutex::new(HashMap::new())),
-        };
-        let capacity = json!({
-            "cpuThreads": spec.cpu_threads,
-            "memoryMib": spec.memory_mib,
-            "diskGib": spec.disk_gib,
-        });
-        agent
-            .merge_status(
-                "Node",
-                "",
-                name,
-                json!({"capacity": capacity, "lastSeen": now_rfc3339()}),
-            )
-            .await;
-        let hb = agent.clone();
-        tokio::spawn(async move {
-            while !hb.stop.is_triggered() {
-                if hb.heartbeat.load(Ordering::SeqCst) {
-                    hb.merge_status("Node", "", &hb.name, json!({"lastSeen": now_rfc3339()}))
-                        .await;
-                }
-                tokio::select! {
-                    () = hb.stop.wait() => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        });
-        let worker = agent.clone();
-        tokio::spawn(async move { worker.work().await });
-        agent
-    }
-
-    /// MergeStatus on an object (the agent's path for observed facts).
-    pub async fn merge_status(&self, kind: &str, namespace: &str, name: &str, patch: Value) {
-        let request = pb::MergeStatusRequest {
-            key: Some(pb::ObjectKey {
-                kind: kind.into(),
-                namespace: namespace.into(),
-                name: name.into(),
-            }),
-            status_patch: serde_json::to_vec(&patch).expect("patch JSON"),
-        };
-        let r = self
-            .gateway
-            .call("merge_status", |mut g| {
-                let r = request.clone();
-                async move { g.merge_status(r).await }
-            })
-            .await;
-        if let Err(e) = r {
-            eprintln!("agent {}: merge status of {kind} {name}: {e}", self.name);
-        }
-    }
-
-    async fn work(&self) {
-        let mut claim_seq = 0u64;
-        while !self.stop.is_triggered() {
-            if !self.claiming.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            claim_seq += 1;
-            let request = pb::ClaimRequest {
-                node: self.name.clone(),
-                max: 16,
-                claim_id: format!("{}-{}-{claim_seq}", self.name, std::process::id()),
-                wait_seconds: 1,
-                claimer: self.name.clone(),
-                node_only: false,
-            };
-            let reply = self
-                .gateway
-                .call("claim", |mut g| {
-                    let r = request.clone();
-                    async move { g.claim(r).await }
-                })
-                .await;
-            let Ok(reply) = reply else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            for claimed in reply.operations {
-                let agent = self.clone();
-                tokio::spawn(async move { agent.execute(claimed).await });
-            }
-        }
-    }
-
-    async fn execute(&self, claimed: pb::ClaimedOperation) {
-        let Ok(op) = serde_json::from_slice::<ClusterOperation>(&claimed.object) else {
-            return;
-        };
-        let lease = claimed.lease;
-        let name = op.metadata.name.clone().unwrap_or_default();
-        let kind = op.spec.operation_type.as_str().to_string();
-        self.claim_count.fetch_add(1, Ordering::SeqCst);
-        if let Ok(mut t) = self.claim_times.lock() {
-            t.insert(name.clone(), Instant::now());
-        }
-        if let Ok(mut c) = self.claimed.lock() {
-            c.push(Claimed {
-                name: name.clone(),
-                operation_type: kind.clone(),
-                target: op.spec.target.name.clone(),
-                node: self.name.clone(),
-                at: Instant::now(),
-                depends_on: op.spec.depends_on.clone(),
-            });
-        }
-        let ns = op.metadata.namespace.clone().unwrap_or_default();
-        let target = op.spec.target.name.clone();
-        let power = match kind.as_str() {
-            "instance_create" => Some(if op.spec.payload["powerState"] == "off" {
-                "off"
-            } else {
-                "running"
-            }),
-            "instance_power_on" | "instance_unpause" | "instance_reboot" => Some("running"),
-            "instance_power_off" => Some("off"),
-            "instance_pause" => Some("paused"),
-            _ => None,
-        };
-        if kind == "instance_snapshot" {
-            while self.hold_snapshots.load(Ordering::SeqCst) && !self.stop.is_triggered() {
-                let hb = pb::LeaseRequest { lease };
-                let _ = self
-                    .gateway
-                    .call("heartbeat", |mut g| async move { g.heartbeat(hb).await })
-                    .await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        if self.stop.is_triggered() {
-            return; // A stopped agent finishes nothing (its claims go stale).
-        }
-        if let Some(power) = power {
-            self.merge_status("Instance", &ns, &target, json!({"powerState": power}))
-                .await;
-        }
-        let request = pb::CompleteRequest {
-            lease,
-            result: b"{}".to_vec(),
-        };
-        let r = self
-            .gateway
-            .call("complete", |mut g| {
-                let r = request.clone();
-                async move { g.complete(r).await }
-            })
-            .await;
-        if let Err(e) = r
-            && e.code() != Some(tonic::Code::FailedPrecondition)
-        {
-            eprintln!("agent {}: complete {name}: {e}", self.name);
-        }
-    }
-
-    /// The claims so far.
-    pub fn claims(&self) -> Vec<Claimed> {
-        self.claimed.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-}
-
 /// Creates a ClusterOperation directly through the gateway, labelled as sf-api labels
 /// a user's one-shot request (owner = the instance).
 pub async fn request_operation(env: &Env, instance: &Instance, name: &str, operation_type: &str) {
@@ -709,4 +533,362 @@ pub async fn leases(env: &Env) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// The scheduler settings every sf-cluster of these tests gets unless the test names
+/// its own: no per-node reservations (a small machine could schedule nothing with
+/// Shaken Fist's) and room for far more small instances than any test makes.
+pub const ROOMY_SCHEDULER: &[&str] = &[
+    "--node-cpu-reservation-threads=0",
+    "--node-ram-reservation-gb=0",
+    "--node-disk-reservation-gb=0",
+    "--cpu-overcommit-ratio=64",
+    "--ram-overcommit-ratio=16",
+    "--scheduler-disk-overcommit=16",
+];
+
+/// The per-operation heartbeat of the test agents (the agent's default is 10 s).
+pub const OPERATION_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Starts [`start`] and `count` nodes (1 or 2) with their agents, once each Node is
+/// `created` with its capacity; `None` (after saying why) when the test cannot run
+/// here because it is not root.
+pub async fn start_with_nodes(test: &str, count: usize) -> Option<Env> {
+    start_with_agents(test, count, &AgentOptions::default()).await
+}
+
+/// [`start_with_nodes`] with agents running with `opts`.
+pub async fn start_with_agents(test: &str, count: usize, opts: &AgentOptions) -> Option<Env> {
+    if !netns::require_privileged(test) {
+        return None;
+    }
+    let mut env = start().await;
+    env.start_nodes(count, opts).await;
+    Some(env)
+}
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `SHAKENFIST_AGENT_TEST_OPERATION_DELAY_MS`: the pause between claiming and
+    /// running each operation.
+    pub operation_delay_ms: u64,
+    /// `SHAKENFIST_AGENT_MAX_CONCURRENCY`.
+    pub max_concurrency: u32,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            operation_delay_ms: 0,
+            max_concurrency: 4,
+        }
+    }
+}
+
+/// One hypervisor node of the test (see the module contract).
+pub struct Node {
+    /// Node name (also its namespace's name and its Node object's).
+    pub name: String,
+    /// Registered with the `network` role.
+    pub network_node: bool,
+    /// Its mesh address (inside its namespace only).
+    pub mesh_address: Ipv4Addr,
+    /// `STORAGE_PATH`.
+    pub storage: PathBuf,
+    /// The host's libvirt (test driver): outlives agent restarts.
+    pub libvirt: LibvirtHypervisor,
+    /// The host changes its agents made, in order.
+    pub host: HostLog,
+    agent: Option<RunningAgent>,
+}
+
+/// An agent running in its own runtime.
+struct RunningAgent {
+    runtime: tokio::runtime::Runtime,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    metrics: AgentMetrics,
+}
+
+impl Node {
+    /// The metrics of its current (or last) agent: `claims` counts operations it
+    /// claimed, `in_flight` those executing now.
+    pub fn metrics(&self) -> Option<AgentMetrics> {
+        self.agent.as_ref().map(|a| a.metrics.clone())
+    }
+
+    /// Operations its running agent executes now (0 without an agent).
+    pub fn in_flight(&self) -> i64 {
+        self.agent.as_ref().map_or(0, |a| a.metrics.in_flight.get())
+    }
+
+    /// Operations its running agent has claimed (0 without an agent).
+    pub fn claims(&self) -> u64 {
+        self.agent.as_ref().map_or(0, |a| a.metrics.claims.get())
+    }
+
+    /// Whether an agent runs for it.
+    pub fn agent_running(&self) -> bool {
+        self.agent.as_ref().is_some_and(|a| !a.task.is_finished())
+    }
+
+    /// Whether link `name` exists in its namespace.
+    pub fn has_link(&self, name: &str) -> bool {
+        std::process::Command::new("ip")
+            .args(["-n", &self.name, "link", "show", name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Kills the agent: its runtime goes with every task (no drain, no release).
+    fn kill(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.runtime.shutdown_background();
+        }
+    }
+
+    /// The agent configuration for this node, as the binary would parse it.
+    fn agent_config(&self, gateway_hosts: &str, opts: &AgentOptions) -> sf_agent::config::Config {
+        let driver = self.storage.join("node.xml");
+        let mut argv = vec![
+            "sf-agent".to_string(),
+            format!("--node-name={}", self.name),
+            format!("--node-netns={}", self.name),
+            format!("--node-mesh-nic={}", netns::MESH_NIC),
+            format!("--node-mesh-ip={}", self.mesh_address),
+            format!("--node-egress-nic={}", netns::EGRESS_NIC),
+            format!("--storage-path={}", self.storage.display()),
+            format!("--libvirt-uri=test://{}", driver.display()),
+            "--libvirt-domain-type=test".to_string(),
+            format!("--mariadb-gateway-hosts={gateway_hosts}"),
+            format!("--mariadb-gateway-secret={SECRET}"),
+            "--agent-heartbeat-interval=1".to_string(),
+            "--agent-poll-interval=1".to_string(),
+            "--agent-drain-timeout=1".to_string(),
+            format!("--agent-max-concurrency={}", opts.max_concurrency),
+            format!(
+                "--agent-test-operation-delay-ms={}",
+                opts.operation_delay_ms
+            ),
+            // The veth mesh carries 1500.
+            "--max-hypervisor-mtu=1500".to_string(),
+            "--log=warn".to_string(),
+        ];
+        if self.network_node {
+            argv.push("--node-is-network-node".to_string());
+        }
+        sf_daemon::config::try_parse_from(argv).expect("sf-agent config")
+    }
+}
+
+/// Runs the agent as `sf-agent`'s main does, on `libvirt` (the node's) and netlink in
+/// the node's namespace, both observed into `host`.
+async fn run_agent(
+    config: sf_agent::config::Config,
+    libvirt: LibvirtHypervisor,
+    host: HostLog,
+    metrics: AgentMetrics,
+    shutdown: Shutdown,
+) -> Result<(), String> {
+    let node_uuid =
+        sf_agent::identity::node_uuid(config.node_uuid.as_deref(), &config.storage_path)
+            .map_err(|e| format!("node uuid: {e}"))?;
+    let mut settings = config.agent_settings(node_uuid);
+    settings.operation_heartbeat_interval = OPERATION_HEARTBEAT;
+    let spool = Arc::new(
+        EventSpool::open(
+            config.spool.config(config.storage_path.join("spool")),
+            SpoolMetrics::default(),
+        )
+        .map_err(|e| format!("event spool: {e}"))?,
+    );
+    let versions = libvirt
+        .versions()
+        .await
+        .map_err(|e| format!("libvirt: {e}"))?;
+    let mut lifecycle = config.lifecycle_settings();
+    lifecycle.render.qemu_version = if versions.driver.eq_ignore_ascii_case("qemu") {
+        versions.hypervisor_major_minor()
+    } else {
+        sf_agent::installed_qemu_version().await.and_then(|v| {
+            let mut p = v.split('.');
+            Some((p.next()?.parse().ok()?, p.next()?.parse().ok()?))
+        })
+    };
+    let mut net_config = HostNetConfig::new(
+        settings.node_name.clone(),
+        config.node_mesh_nic.clone(),
+        config.node_mesh_ip,
+        config.storage_path.join("hostnet"),
+    );
+    net_config.netns = config.node_netns.clone();
+    net_config.egress_interface = config.node_egress_nic.clone();
+    net_config.floating_netblock = Some(config.floating_network.clone());
+    let net = NetlinkHostNet::new(net_config).map_err(|e| format!("hostnet: {e}"))?;
+    let client = GatewayClient::from_host_list(
+        &config.mariadb_gateway_hosts,
+        &config.mariadb_gateway_secret,
+        RetryPolicy::default(),
+    )
+    .map_err(|e| format!("gateway client: {e}"))?;
+    let drain = spool
+        .spawn_drain(client.clone(), DrainConfig::default(), shutdown.clone())
+        .map_err(|e| format!("spool drain: {e}"))?;
+    let agent = Agent::new(
+        settings,
+        AgentGateway::new(client),
+        Lifecycle::new(Observed::new(libvirt, host.clone()), lifecycle),
+        Observed::new(net, host),
+        metrics,
+    );
+    agent.set_event_spool(spool);
+    let ran = agent.run(shutdown.clone()).await;
+    shutdown.trigger();
+    let _ = drain.await;
+    ran.map_err(|e| e.to_string())
+}
+
+impl Env {
+    /// Makes `count` nodes (1 or 2; see the module contract), starts their agents with
+    /// `opts` and waits until every Node is `created` with its capacity.
+    pub async fn start_nodes(&mut self, count: usize, opts: &AgentOptions) {
+        assert!(self.nodes.is_empty(), "nodes already started");
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{:x}x{n}", std::process::id());
+        let names: Vec<String> = (1..=count).map(|i| format!("hv{i}-{tag}")).collect();
+        let fabric = netns::node_fabric(&names.iter().map(String::as_str).collect::<Vec<_>>())
+            .expect("node namespaces and their veth mesh");
+        let storage = tempfile::Builder::new()
+            .prefix("sf-cluster-nodes-")
+            .tempdir()
+            .expect("node storage");
+        for (i, (name, net)) in names.iter().zip(&fabric).enumerate() {
+            let dir = storage.path().join(name);
+            std::fs::create_dir_all(&dir).expect("node storage directory");
+            // A private test-driver state per node, as on two hosts.
+            std::fs::write(dir.join("node.xml"), "<node/>\n").expect("test driver file");
+            let libvirt =
+                LibvirtHypervisor::connect(format!("test://{}", dir.join("node.xml").display()))
+                    .await
+                    .expect("libvirt test driver");
+            self.nodes.push(Node {
+                name: name.clone(),
+                network_node: i == 0,
+                mesh_address: net.mesh_address,
+                storage: dir,
+                libvirt,
+                host: HostLog::default(),
+                agent: None,
+            });
+        }
+        self.fabric = fabric;
+        self.storage = Some(storage);
+        for i in 0..count {
+            self.start_agent(i, opts.clone());
+        }
+        self.wait_nodes_ready().await;
+    }
+
+    /// Starts the agent of node `i` (it must not be running).
+    pub fn start_agent(&mut self, i: usize, opts: AgentOptions) {
+        let gateway_hosts = self.gateway_hosts.clone();
+        let node = &mut self.nodes[i];
+        assert!(node.agent.is_none(), "the agent of {} runs", node.name);
+        let config = node.agent_config(&gateway_hosts, &opts);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("agent-{}", node.name))
+            .enable_all()
+            .build()
+            .expect("agent runtime");
+        let shutdown = Shutdown::new();
+        let metrics = AgentMetrics::default();
+        let task = runtime.spawn(run_agent(
+            config,
+            node.libvirt.clone(),
+            node.host.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        node.agent = Some(RunningAgent {
+            runtime,
+            shutdown,
+            task,
+            metrics,
+        });
+    }
+
+    /// Stops the agent of node `i` as SIGTERM would: no new claims, in-flight work
+    /// drained or released; waits for it.
+    pub async fn stop_agent(&mut self, i: usize) {
+        let Some(a) = self.nodes[i].agent.take() else {
+            return;
+        };
+        a.shutdown.trigger();
+        let r = tokio::time::timeout(Duration::from_secs(30), a.task)
+            .await
+            .expect("the agent stops within 30 s")
+            .expect("agent task");
+        a.runtime.shutdown_background();
+        if let Err(e) = r {
+            panic!("the agent of {} failed: {e}", self.nodes[i].name);
+        }
+    }
+
+    /// Kills the agent of node `i` as SIGKILL would.
+    pub fn kill_agent(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Waits until every node's Node is `created`, with a capacity and a check-in.
+    pub async fn wait_nodes_ready(&self) {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        self.eventually(
+            "every node registered and created",
+            Duration::from_secs(60),
+            || {
+                let names = names.clone();
+                async move {
+                    let nodes = self.nodes_api().list(&ListParams::default()).await.ok()?;
+                    let ready = names.iter().all(|name| {
+                        nodes.items.iter().any(|n| {
+                            n.metadata.name.as_deref() == Some(name.as_str())
+                                && n.status.as_ref().is_some_and(|s| {
+                                    s.state.as_str() == "created"
+                                        && s.capacity.is_some()
+                                        && s.last_seen.is_some()
+                                })
+                        })
+                    });
+                    ready.then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The capacity node `i` reported.
+    pub async fn capacity(&self, i: usize) -> NodeCapacity {
+        self.nodes_api()
+            .get(&self.nodes[i].name)
+            .await
+            .expect("get node")
+            .status
+            .and_then(|s| s.capacity)
+            .expect("capacity reported")
+    }
+
+    /// Waits until node `i`'s agent is executing an operation it claimed after
+    /// `claims_before` claims.
+    pub async fn wait_claimed(&self, i: usize, claims_before: u64, what: &str) {
+        let node = &self.nodes[i];
+        self.eventually(what, Duration::from_secs(30), || async {
+            (node.claims() > claims_before && node.in_flight() >= 1).then_some(())
+        })
+        .await;
+    }
 }
