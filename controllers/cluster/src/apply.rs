@@ -10,10 +10,15 @@
 //!   same intent, created before a crash or by an earlier reconcile; the batch is then
 //!   retried one operation at a time so the others are still created. Each operation
 //!   carries the labels of [`crate::context`] (owner uid, kind and name; target uid).
-//! - `ReserveAddress` creates the NetworkInterface (owned by the instance) when it is
-//!   missing, reserves with the interface's uid as the lease owner and writes the
+//! - `ReserveAddress` creates the NetworkInterface (owned by the instance, `float`
+//!   as the instance's `spec.networks` entry asks) when it is missing, reserves with the interface's uid as the lease owner and writes the
 //!   address and a MAC (spec's, else one derived from the interface uid) to the
 //!   interface's status. `ReleaseAddresses` releases into the halo as that owner.
+//! - `ReserveFloating` reserves (type `floating`, owner = the reconciled Network or
+//!   NetworkInterface) on the floating network ([`crate::floating::uid`]) and writes
+//!   `status.floatingGateway` / `status.floatingAddress` at once, so the agent sees
+//!   it before any operation of the plan runs; `ReleaseFloating` releases into the
+//!   halo as that owner and clears the field (with the status stage).
 //! - Status actions are folded into one merge patch of `/status`, holding only the
 //!   top-level fields that changed (so fields other writers own, such as the agent's
 //!   `powerState` or a Node's `lastSeen`, are never overwritten); `Schedule` is
@@ -296,6 +301,8 @@ where
                     self.release(a).await?;
                 }
             }
+            Action::ReserveFloating => self.reserve_floating().await?,
+            Action::ReleaseFloating { address } => self.release_floating(address).await?,
             Action::AbortOperations { reason, .. } => {
                 let request = pb::AbortRequest {
                     target_uid: self.uid(),
@@ -555,6 +562,21 @@ where
         Ok(fresh.and_then(|n| n.uid()))
     }
 
+    /// `spec.networks[order].float` of the Instance being applied (a boot interface
+    /// floats as its instance asked); false for other kinds.
+    fn boot_float(&self, order: Option<u32>) -> bool {
+        let Some(order) = order.filter(|_| K::kind(&()) == "Instance") else {
+            return false;
+        };
+        serde_json::to_value(self.obj)
+            .ok()
+            .and_then(|v| {
+                v.pointer(&format!("/spec/networks/{order}/float"))
+                    .and_then(Value::as_bool)
+            })
+            .unwrap_or(false)
+    }
+
     /// The NetworkInterface `name`, created (owned by this instance) when missing.
     async fn ensure_interface(
         &self,
@@ -588,7 +610,7 @@ where
                 address: address.map(str::to_owned),
                 macaddr: None,
                 model: Default::default(),
-                float: false,
+                float: self.boot_float(order),
                 order,
             },
         );
@@ -674,6 +696,80 @@ where
                 written.metadata.resource_version.clone(),
             );
         }
+        Ok(())
+    }
+
+    /// The status field holding this kind's floating address.
+    fn floating_field(&self) -> Result<&'static str, ReconcileError> {
+        match K::kind(&()).as_ref() {
+            "Network" => Ok("floatingGateway"),
+            "NetworkInterface" => Ok("floatingAddress"),
+            other => Err(ReconcileError::Missing(format!(
+                "{other} holds no floating address"
+            ))),
+        }
+    }
+
+    /// `ReserveFloating`: an address on the floating network owned by this object,
+    /// written to its status at once (before the plan's operations are created).
+    async fn reserve_floating(&mut self) -> Result<(), ReconcileError> {
+        let field = self.floating_field()?;
+        let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? else {
+            return Err(ReconcileError::Missing("the floating network".into()));
+        };
+        let request = pb::ReserveAddressRequest {
+            network_uid,
+            address: String::new(),
+            reservation_type: "floating".into(),
+            owner_kind: self.kind(),
+            owner_uid: self.uid(),
+            owner_name: self.name(),
+            comment: String::new(),
+        };
+        let reply = self
+            .ctx
+            .gateway
+            .call("reserve_address", |mut g| {
+                let request = request.clone();
+                async move { g.reserve_address(request).await }
+            })
+            .await
+            .map_err(ReconcileError::gateway(format!(
+                "ReserveAddress (floating) for {}",
+                self.name()
+            )))?;
+        self.status.insert(field.into(), json!(reply.address));
+        self.write_status(false).await
+    }
+
+    /// `ReleaseFloating`: into the halo as this object, then the status field goes.
+    async fn release_floating(&mut self, address: &str) -> Result<(), ReconcileError> {
+        let field = self.floating_field()?;
+        if let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? {
+            let request = pb::ReleaseAddressRequest {
+                network_uid,
+                address: address.to_owned(),
+                owner_uid: self.uid(),
+            };
+            let result = self
+                .ctx
+                .gateway
+                .call("release_address", |mut g| {
+                    let request = request.clone();
+                    async move { g.release_address(request).await }
+                })
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(Code::NotFound) => {}
+                Err(e) => {
+                    return Err(ReconcileError::gateway(format!(
+                        "ReleaseAddress (floating) {address}"
+                    ))(e));
+                }
+            }
+        }
+        self.status.insert(field.into(), Value::Null);
         Ok(())
     }
 

@@ -649,9 +649,10 @@ pub async fn run(
         let iface_map = move |i: Arc<NetworkInterface>| -> Vec<ObjectRef<Network>> {
             let status = i.status.clone().unwrap_or_default();
             let fp = format!(
-                "{:?} {:?} {}",
+                "{:?} {:?} {:?} {}",
                 status.ipv4,
                 status.macaddr,
+                status.floating_address,
                 i.metadata.deletion_timestamp.is_some()
             );
             let key = object_key(i.namespace().as_deref(), &i.name_any());

@@ -7,7 +7,11 @@
 //! has no cluster-scoped Network path). The gateway assigns uids itself, so a network
 //! created here does NOT carry the well-known uid: DESIGN assigns that to
 //! `sf-ctl ensure-mariadb-schema`, which should run first; [`ensure`] then finds it
-//! and does nothing. The outcome says which case happened.
+//! and does nothing. The outcome says which case happened. Either way [`ensure`] then
+//! prepares it (PrepareNetwork, idempotent): its network, broadcast and gateway
+//! addresses are reserved, so no floating address or NAT gateway is ever given `.1`,
+//! the default route of the network nodes' namespaces. [`uid`] is the same look-up
+//! without the create, for the controllers' floating reservations.
 
 use serde_json::json;
 use sf_database_client::GatewayClient;
@@ -42,8 +46,19 @@ fn uid_of(bytes: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Ensures the floating network exists (see the module contract).
-pub async fn ensure(gateway: &GatewayClient, netblock: &str) -> Result<Floating, ReconcileError> {
+/// The floating network's uid: the well-known one, else that of the network named
+/// `floating`; `None` when neither exists. The floating addresses of the controllers
+/// ([`sf_plan::Action::ReserveFloating`]) are reserved on it.
+pub async fn uid(gateway: &GatewayClient) -> Result<Option<String>, ReconcileError> {
+    Ok(match find(gateway).await? {
+        Some(Floating::WellKnown) => Some(FLOATING_NETWORK_UID.to_owned()),
+        Some(Floating::ByName(uid) | Floating::Created(uid)) if !uid.is_empty() => Some(uid),
+        _ => None,
+    })
+}
+
+/// Looks the floating network up by its well-known uid, then by name.
+async fn find(gateway: &GatewayClient) -> Result<Option<Floating>, ReconcileError> {
     let key = pb::ObjectKey {
         kind: "Network".into(),
         namespace: String::new(),
@@ -60,7 +75,7 @@ pub async fn ensure(gateway: &GatewayClient, netblock: &str) -> Result<Floating,
         })
         .await
     {
-        Ok(_) => return Ok(Floating::WellKnown),
+        Ok(_) => return Ok(Some(Floating::WellKnown)),
         Err(e) if e.code() == Some(Code::NotFound) => {}
         Err(e) => return Err(ReconcileError::gateway("GetResource floating network")(e)),
     }
@@ -75,9 +90,37 @@ pub async fn ensure(gateway: &GatewayClient, netblock: &str) -> Result<Floating,
         })
         .await
     {
-        Ok(reply) => return Ok(Floating::ByName(uid_of(&reply.object))),
-        Err(e) if e.code() == Some(Code::NotFound) => {}
-        Err(e) => return Err(ReconcileError::gateway("GetResource floating network")(e)),
+        Ok(reply) => Ok(Some(Floating::ByName(uid_of(&reply.object)))),
+        Err(e) if e.code() == Some(Code::NotFound) => Ok(None),
+        Err(e) => Err(ReconcileError::gateway("GetResource floating network")(e)),
+    }
+}
+
+/// Ensures the floating network exists (see the module contract).
+pub async fn ensure(gateway: &GatewayClient, netblock: &str) -> Result<Floating, ReconcileError> {
+    let outcome = create_unless_found(gateway, netblock).await?;
+    // The network controller skips the namespace-less floating network, so its
+    // network, broadcast and gateway (.1: the default route out of every network
+    // node namespace) are reserved here, or a floating address could take them.
+    if let Some(uid) = uid(gateway).await? {
+        let request = pb::PrepareNetworkRequest { network_uid: uid };
+        gateway
+            .call("prepare_network", |mut g| {
+                let r = request.clone();
+                async move { g.prepare_network(r).await }
+            })
+            .await
+            .map_err(ReconcileError::gateway("PrepareNetwork floating network"))?;
+    }
+    Ok(outcome)
+}
+
+async fn create_unless_found(
+    gateway: &GatewayClient,
+    netblock: &str,
+) -> Result<Floating, ReconcileError> {
+    if let Some(found) = find(gateway).await? {
+        return Ok(found);
     }
     let object = json!({
         "apiVersion": sf_schema::API_VERSION,

@@ -468,6 +468,7 @@ pub async fn observe_network(
                 node: istatus.node,
                 macaddr: status.macaddr,
                 ipv4: status.ipv4,
+                floating_address: status.floating_address,
             })
         })
         .collect();

@@ -1104,3 +1104,244 @@ fn op_like(name: &str, prefix: &str, short: &str) -> bool {
             !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) && rest == short
         })
 }
+
+/// The NAT ruleset of network `vxid` on node `node` (empty when none is loaded).
+fn nat_rules(node: &str, vxid: u32) -> String {
+    let ns = sf_hostnet::network_namespace_name(node, vxid);
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "list", "table", "ip", "sf_nat"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_floated_interface_gets_a_floating_address_and_dnat_on_the_network_node() {
+    let Some(mut env) = start_with_nodes(
+        "a_floated_interface_gets_a_floating_address_and_dnat_on_the_network_node",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    let nn = env.node_name(0); // Node 0 is the network node.
+    let mut cluster = env.start_cluster(&[]).await;
+    cluster.wait_leader(WAIT).await;
+    env.keep(cluster);
+    // The lease holder prepared the floating network: its gateway (.1) and the
+    // network and broadcast addresses can never be handed out as floating addresses.
+    let floating_reserved = env
+        .eventually(
+            "the floating network's own addresses reserved",
+            WAIT,
+            || async {
+                let network = env
+                    .gateway
+                    .call("get_resource", |mut g| async move {
+                        g.get_resource(sf_proto::v1::GetResourceRequest {
+                            key: Some(sf_proto::v1::ObjectKey {
+                                kind: "Network".into(),
+                                namespace: String::new(),
+                                name: "floating".into(),
+                            }),
+                            uid: String::new(),
+                        })
+                        .await
+                    })
+                    .await
+                    .ok()?;
+                let network: serde_json::Value = serde_json::from_slice(&network.object).ok()?;
+                let uid = network["metadata"]["uid"].as_str()?.to_owned();
+                let reply = env
+                    .gateway
+                    .call("list_reservations", |mut g| {
+                        let uid = uid.clone();
+                        async move {
+                            g.list_reservations(sf_proto::v1::ListReservationsRequest {
+                                network_uid: uid,
+                            })
+                            .await
+                        }
+                    })
+                    .await
+                    .ok()?;
+                let addresses: Vec<String> =
+                    reply.reservations.into_iter().map(|r| r.address).collect();
+                addresses
+                    .iter()
+                    .any(|a| a == "192.168.20.1")
+                    .then_some(addresses)
+            },
+        )
+        .await;
+    for a in ["192.168.20.0", "192.168.20.1", "192.168.20.255"] {
+        assert!(
+            floating_reserved.iter().any(|r| r == a),
+            "{a} reserved on the floating network: {floating_reserved:?}"
+        );
+    }
+    env.create_network("lan", "10.5.0.0/24").await;
+    let instance: sf_schema::Instance = serde_json::from_value(serde_json::json!({
+        "apiVersion": "shakenfist.io/v1alpha1",
+        "kind": "Instance",
+        "metadata": {"name": "web", "namespace": common::NS},
+        "spec": {"cpus": 1, "memory": 512, "disks": [{"size": 8}],
+                 "networks": [{"network": "lan", "float": true}], "powerState": "on"},
+    }))
+    .expect("instance");
+    env.instances()
+        .create(&Default::default(), &instance)
+        .await
+        .expect("create instance");
+    env.instance_when("web", "created and running", WAIT, created_and_running)
+        .await;
+
+    // The boot interface floats: an address from the floating network's netblock
+    // (sf-cluster's default FLOATING_NETWORK, 192.168.20.0/24).
+    let ifaces: kube::Api<sf_schema::NetworkInterface> =
+        kube::Api::namespaced(env.client.clone(), common::NS);
+    let (inner, floating) = env
+        .eventually("web-0 floated", WAIT, || async {
+            let s = ifaces.get("web-0").await.ok()?.status?;
+            Some((s.ipv4?, s.floating_address?))
+        })
+        .await;
+    assert!(floating.starts_with("192.168.20."), "{floating}");
+    assert!(inner.starts_with("10.5.0."), "{inner}");
+    let vxid = env
+        .networks()
+        .get("lan")
+        .await
+        .expect("lan")
+        .status
+        .and_then(|s| s.vxid)
+        .expect("vxid");
+
+    // The network node applies the DNAT (a re-plumb of the network node).
+    let dnat = format!("ip daddr {floating} dnat to {inner}");
+    env.eventually("the DNAT on the network node", WAIT, || async {
+        nat_rules(&nn, vxid).contains(&dnat).then_some(())
+    })
+    .await;
+    let replumbs: Vec<ClusterOperation> = env
+        .all_operations()
+        .await
+        .into_iter()
+        .filter(|o| {
+            o.spec.operation_type.as_str() == "network_create_on_node"
+                && o.spec.node.as_deref() == Some(nn.as_str())
+                && o.spec.payload["floating"].is_string()
+        })
+        .collect();
+    assert!(
+        !replumbs.is_empty(),
+        "no network-node create carried the floats"
+    );
+    for op in &replumbs {
+        assert_completed_on(op, &nn);
+    }
+
+    // Nothing changed: nothing more is emitted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = env.all_operations().await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.all_operations().await.len(),
+        before,
+        "a steady float emitted operations"
+    );
+
+    // Unfloat: the address goes and so does the DNAT.
+    ifaces
+        .patch(
+            "web-0",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"float": false}})),
+        )
+        .await
+        .expect("unfloat");
+    env.eventually("web-0 unfloated", WAIT, || async {
+        let s = ifaces.get("web-0").await.ok()?.status?;
+        s.floating_address.is_none().then_some(())
+    })
+    .await;
+    env.eventually("the DNAT gone from the network node", WAIT, || async {
+        (!nat_rules(&nn, vxid).contains(&dnat)).then_some(())
+    })
+    .await;
+    assert!(
+        floating_phase(&env, &floating).await.as_deref() == Some("halo"),
+        "{floating} not in the halo"
+    );
+
+    // NAT on: the network gets its gateway on the floating network, on the network
+    // node's egress veth.
+    env.networks()
+        .patch(
+            "lan",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"provideNat": true}})),
+        )
+        .await
+        .expect("NAT on");
+    let gateway = env
+        .eventually("lan's floating gateway", WAIT, || async {
+            env.networks()
+                .get("lan")
+                .await
+                .ok()?
+                .status?
+                .floating_gateway
+        })
+        .await;
+    assert!(gateway.starts_with("192.168.20."), "{gateway}");
+    let ns = sf_hostnet::network_namespace_name(&nn, vxid);
+    let egress = sf_hostnet::egress_inner_name(vxid);
+    env.eventually("the gateway on the egress veth", WAIT, || async {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns, "-4", "addr", "show", "dev", &egress])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("inet {gateway}/"))
+            .then_some(())
+    })
+    .await;
+
+    // The network goes: its gateway rests in the halo.
+    env.instances()
+        .delete("web", &Default::default())
+        .await
+        .expect("delete instance");
+    env.networks()
+        .delete("lan", &Default::default())
+        .await
+        .expect("delete network");
+    env.eventually("lan gone", WAIT, || async {
+        env.networks()
+            .get_opt("lan")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        floating_phase(&env, &gateway).await.as_deref(),
+        Some("halo"),
+        "{gateway}"
+    );
+}
+
+/// The phase of the lease of `address` on the floating network (cluster scoped).
+async fn floating_phase(env: &common::Env, address: &str) -> Option<String> {
+    let api: kube::Api<sf_schema::IPAMLease> = kube::Api::all(env.client.clone());
+    api.list(&Default::default())
+        .await
+        .expect("list leases")
+        .items
+        .into_iter()
+        .find(|l| l.spec.network == "floating" && l.spec.address == address)
+        .and_then(|l| l.status.map(|s| s.phase.as_str().to_string()))
+}

@@ -2,7 +2,7 @@
 //!
 //! Contract:
 //! - A plan is a `Vec<Action>` already in apply order (see [`Action::phase`]): the
-//!   finalizer first, then placement, addresses, aborts, new operations, releases
+//!   finalizer first, then placement, addresses (floating ones too), aborts, new operations, releases
 //!   and writes of other objects (Blobs), status writes, finalizer removal and
 //!   finally a requeue hint. Apply executes the
 //!   actions in order and stops at the first failure; the next reconcile re-plans from
@@ -89,6 +89,18 @@ pub enum Action {
         network: String,
         /// A fixed address; `None` for the next free one.
         address: Option<String>,
+    },
+    /// Reserve an address on the floating network (sf-database `ReserveAddress`, type
+    /// `floating`, owner = the reconciled object, so a repeat returns the same
+    /// address) and write it at once, before any operation of the plan is created:
+    /// a Network's `status.floatingGateway` (its NAT gateway), a NetworkInterface's
+    /// `status.floatingAddress`.
+    ReserveFloating,
+    /// Release the reconciled object's floating address into the deletion halo and
+    /// clear the status field [`Action::ReserveFloating`] wrote.
+    ReleaseFloating {
+        /// The floating address held.
+        address: String,
     },
     /// Release addresses into the deletion halo (sf-database `ReleaseAddress`).
     ReleaseAddresses {
@@ -208,11 +220,13 @@ impl Action {
             Self::EnsureFinalizer => 0,
             Self::PrepareNetwork => 1,
             Self::Schedule { .. } | Self::Unschedulable { .. } => 2,
-            Self::ReserveAddress { .. } => 3,
+            Self::ReserveAddress { .. } | Self::ReserveFloating => 3,
             Self::AbortOperations { .. } => 4,
             Self::EnqueueOperation { .. } => 5,
             Self::MarkInstancesError { .. } => 6,
-            Self::ReleaseAddresses { .. } | Self::WriteBlob { .. } => 7,
+            Self::ReleaseAddresses { .. }
+            | Self::ReleaseFloating { .. }
+            | Self::WriteBlob { .. } => 7,
             Self::BumpIntentSeq { .. } => 8,
             Self::SetState { .. } => 9,
             Self::SetNodes { .. } | Self::SetVersions { .. } => 10,

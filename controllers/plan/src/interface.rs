@@ -12,10 +12,19 @@
 //!   network create and on the instance's last outstanding operation, so it runs
 //!   after whatever the instance is doing. Completed → `created`; failed → `error`
 //!   (not retried: delete and re-create the interface).
+//! - Floating (any interface, boot or hot-plugged, once it holds its address and
+//!   while it is `initial` or `created`): `spec.float` without
+//!   `status.floatingAddress` → [`Action::ReserveFloating`] (an address on the
+//!   floating network, owner = the interface); a `status.floatingAddress` without
+//!   `spec.float` → [`Action::ReleaseFloating`] (into the halo). The network node's
+//!   DNAT follows through the network plan: the floating addresses are part of its
+//!   floating fingerprint, and a change re-plumbs the network node
+//!   ([`crate::network`]).
 //! - NetworkInterface status has no intent sequence: the sequence is the highest in
 //!   the names of its observed operations, so a repeat after a crash reproduces the
 //!   same names; no `BumpIntentSeq` is emitted.
-//! - Delete: release the address into the halo, `deleted`, remove the finalizer. (Hot
+//! - Delete: release the address (and the floating address) into the halo,
+//!   `deleted`, remove the finalizer. (Hot
 //!   unplug from a running instance is not planned yet.)
 
 use serde::{Deserialize, Serialize};
@@ -129,14 +138,44 @@ impl Ctx<'_> {
                 }],
             });
         }
+        if let Some(address) = self.floating_address() {
+            self.plan.push(Action::ReleaseFloating { address });
+        }
         self.set_state(ResourceState::Deleted, None);
         self.plan.push(Action::RemoveFinalizer);
+    }
+
+    fn floating_address(&self) -> Option<String> {
+        self.desired
+            .status
+            .as_ref()
+            .and_then(|s| s.floating_address.clone())
+    }
+
+    /// Reserve or release the floating address (see the module contract).
+    fn plan_float(&mut self) {
+        if !matches!(self.state, ResourceState::Initial | ResourceState::Created) {
+            return;
+        }
+        let held = self.floating_address();
+        let has_address = self.observed.address.is_some()
+            || self
+                .desired
+                .status
+                .as_ref()
+                .is_some_and(|s| s.ipv4.is_some());
+        match (self.desired.spec.float, held) {
+            (true, None) if has_address => self.plan.push(Action::ReserveFloating),
+            (false, Some(address)) => self.plan.push(Action::ReleaseFloating { address }),
+            _ => {}
+        }
     }
 
     fn plan_live(&mut self) {
         if !has_finalizer(self.desired.metadata.finalizers.as_ref()) {
             self.plan.push(Action::EnsureFinalizer);
         }
+        self.plan_float();
         if self.state != ResourceState::Initial {
             return;
         }
@@ -545,6 +584,90 @@ mod tests {
             s.conditions = vec![cond("Ready", "True", "Attached", "")];
         }
         assert_eq!(plan_interface(&done, &obs, &ctx()), vec![]);
+    }
+
+    #[test]
+    fn floating_follows_spec_float() {
+        let obs = InterfaceObservation {
+            instance: Some(running(None)),
+            boot_interface: true,
+            address: Some("10.1.0.9".into()),
+            ..InterfaceObservation::default()
+        };
+        let settled = |float: bool, floating: Option<&str>, ipv4: bool| {
+            let mut n = iface(ResourceState::Created);
+            n.spec.float = float;
+            if let Some(s) = n.status.as_mut() {
+                s.conditions = vec![cond("Ready", "True", "Attached", "")];
+                s.floating_address = floating.map(str::to_owned);
+                s.ipv4 = ipv4.then(|| "10.1.0.9".to_owned());
+            }
+            n
+        };
+        let no_address = InterfaceObservation {
+            address: None,
+            ..obs.clone()
+        };
+        let table = [
+            (
+                "float requested: reserve",
+                settled(true, None, true),
+                &obs,
+                vec![Action::ReserveFloating],
+            ),
+            (
+                "already floated: nothing",
+                settled(true, Some("192.168.20.7"), true),
+                &obs,
+                vec![],
+            ),
+            (
+                "unfloat: release",
+                settled(false, Some("192.168.20.7"), true),
+                &obs,
+                vec![Action::ReleaseFloating {
+                    address: "192.168.20.7".into(),
+                }],
+            ),
+            (
+                "no inner address yet: wait",
+                settled(true, None, false),
+                &no_address,
+                vec![],
+            ),
+            (
+                "never floated: nothing",
+                settled(false, None, true),
+                &obs,
+                vec![],
+            ),
+        ];
+        for (what, desired, obs, want) in table {
+            assert_eq!(plan_interface(&desired, obs, &ctx()), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn delete_releases_the_floating_address_too() {
+        let mut n = iface(ResourceState::Created);
+        n.spec.float = true;
+        if let Some(s) = n.status.as_mut() {
+            s.floating_address = Some("192.168.20.7".into());
+        }
+        let plan = plan_interface(&with_deletion(n), &InterfaceObservation::default(), &ctx());
+        assert_eq!(
+            plan,
+            vec![
+                Action::ReleaseFloating {
+                    address: "192.168.20.7".into()
+                },
+                Action::SetState {
+                    state: StateValue::Resource(ResourceState::Deleted),
+                    message: None
+                },
+                Action::RemoveFinalizer,
+            ]
+        );
     }
 
     #[test]

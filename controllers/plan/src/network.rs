@@ -10,6 +10,25 @@
 //!   create adds its node to `status.nodes` ([`Action::SetNodes`]). The payload carries
 //!   the vxid, the netblock and the DHCP/NAT/DNS switches; when the switches change,
 //!   the network node is re-plumbed (the agent's create is an idempotent ensure).
+//! - A network providing NAT holds an address on the floating network, its NAT
+//!   gateway: once prepared, `status.floatingGateway` is reserved when missing
+//!   ([`Action::ReserveFloating`], owner = the network, written at once) and nothing
+//!   is plumbed in that plan, so every create on the network node sees it; released
+//!   into the halo ([`Action::ReleaseFloating`]) when NAT is turned off and when the
+//!   network goes.
+//! - Floating addresses are applied by the network node's create (the agent's
+//!   `ensure_network` sets the egress addresses and the DNAT/SNAT ruleset from the
+//!   interfaces' `status.floatingAddress` and the gateway; its `network_update_dhcp`
+//!   only rewrites dnsmasq). The network node's create payload carries `floating`,
+//!   the [`floating_fingerprint`] (absent when nothing floats and there is no
+//!   gateway). The fingerprint applied is recorded in the condition `Floating`
+//!   (reason `Applied`, the fingerprint as message; no condition = nothing floats),
+//!   which outlives purged operations. When the current fingerprint differs from the
+//!   recorded one and no network-node create is outstanding or new in the plan: a
+//!   completed network-node create carrying it → record it; a failed one → retry
+//!   after `retry_backoff_secs`; else re-plumb the network node (a
+//!   `network_create_on_node` with `networkNode: true`). A float, an unfloat or a
+//!   floated interface going costs one create; a repeat with nothing changed none.
 //! - `network_update_dhcp` is coalescible: at most one queued per network. It runs on
 //!   the network node when DHCP or DNS is provided, whenever the fingerprint of the
 //!   interfaces (name, MAC, address) and switches differs from the last one issued; the
@@ -19,8 +38,8 @@
 //!   have passed since it failed.
 //! - Delete: wait until no interface uses the network (condition `InUse`), abort
 //!   outstanding creates and updates, then `network_delete` on every node it is
-//!   plumbed on; when all completed: `deleted` and the finalizer goes (sf-database
-//!   drops its IPAM with the object).
+//!   plumbed on; when all completed: the floating gateway is released, `deleted` and
+//!   the finalizer goes (sf-database drops its IPAM with the object).
 //! - States (shakenfist.md §2): initial → created (prepared and on the network node);
 //!   created → delete_wait → deleted; initial → deleted.
 
@@ -38,6 +57,9 @@ use crate::ops::{Namer, ObservedOperation, latest, pin_intent_seq};
 
 /// The kind name used in operation names and targets.
 pub const NETWORK_KIND: &str = "Network";
+
+/// The condition recording the floating fingerprint applied on the network node.
+pub const FLOATING_CONDITION: &str = "Floating";
 
 /// A network's create operation that is queued or executing on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +200,9 @@ pub struct NetworkMember {
     /// The reserved address, once known.
     #[serde(default)]
     pub ipv4: Option<String>,
+    /// `status.floatingAddress`, when floated.
+    #[serde(default)]
+    pub floating_address: Option<String>,
 }
 
 /// What observe() gathers for a network.
@@ -224,6 +249,27 @@ pub fn dhcp_fingerprint(network: &Network, members: &[NetworkMember]) -> String 
         network.spec.provide_dhcp, network.spec.provide_dns
     ));
     fnv1a(&lines.join("\n"))
+}
+
+/// The fingerprint of the network node's floating plumbing: the NAT gateway and each
+/// member's floating address with its inner address; `None` when there is neither.
+pub fn floating_fingerprint(gateway: Option<&str>, members: &[NetworkMember]) -> Option<String> {
+    let mut lines: Vec<String> = members
+        .iter()
+        .filter_map(|m| {
+            Some(format!(
+                "{} {}",
+                m.floating_address.as_deref()?,
+                m.ipv4.as_deref()?
+            ))
+        })
+        .collect();
+    if lines.is_empty() && gateway.is_none() {
+        return None;
+    }
+    lines.sort();
+    lines.push(format!("gateway={}", gateway.unwrap_or("-")));
+    Some(fnv1a(&lines.join("\n")))
 }
 
 /// A failed operation may be retried once the backoff has passed; otherwise how many
@@ -393,7 +439,11 @@ impl Ctx<'_> {
                 _ => {}
             }
         }
-        let payload = self.view.create_payload(is_network_node);
+        let payload = if is_network_node {
+            self.network_node_payload()
+        } else {
+            self.view.create_payload(false)
+        };
         Some(self.enqueue(
             OperationType::NetworkCreateOnNode,
             format!("netcreate-{node}"),
@@ -471,6 +521,104 @@ impl Ctx<'_> {
         );
     }
 
+    fn floating_gateway(&self) -> Option<String> {
+        self.network
+            .status
+            .as_ref()
+            .and_then(|s| s.floating_gateway.clone())
+    }
+
+    /// Reserve the NAT gateway on the floating network (then plumb nothing: true),
+    /// or release it once NAT is off.
+    fn plan_gateway(&mut self) -> bool {
+        match (self.network.spec.provide_nat, self.floating_gateway()) {
+            (true, None) => {
+                self.plan.push(Action::ReserveFloating);
+                true
+            }
+            (false, Some(address)) => {
+                self.plan.push(Action::ReleaseFloating { address });
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Re-plumb the network node until the floating fingerprint is applied (see the
+    /// module contract).
+    fn plan_floating(&mut self, nn: &str, nn_create: Option<&str>) {
+        let current = self
+            .floating_payload()
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let applied = sf_schema::common::find_condition(&self.conditions, FLOATING_CONDITION)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        // Only once the network node's plumbing is recorded (`status.nodes`).
+        let plumbed = self.view.nodes.iter().any(|n| n == nn);
+        if current == applied || nn_create.is_some() || !plumbed {
+            return;
+        }
+        let last = latest(
+            NETWORK_KIND,
+            &self.view.name,
+            &self.observed.operations,
+            |op| {
+                op.operation_type == OperationType::NetworkCreateOnNode
+                    && op.node.as_deref() == Some(nn)
+                    && op.payload["networkNode"] == json!(true)
+            },
+        )
+        .cloned();
+        if let Some(op) = &last {
+            let carried = op.payload["floating"].as_str().unwrap_or_default();
+            if op.state == sf_schema::operation::OperationState::Complete && carried == current {
+                self.condition(
+                    FLOATING_CONDITION,
+                    ConditionStatus::True,
+                    "Applied",
+                    current,
+                );
+                return;
+            }
+            if op.failed()
+                && let Some(wait) = backoff_remaining(op, self.ctx)
+            {
+                self.requeue_in(wait);
+                return;
+            }
+        }
+        let payload = self.network_node_payload();
+        self.enqueue(
+            OperationType::NetworkCreateOnNode,
+            format!("netcreate-{nn}"),
+            nn,
+            Vec::new(),
+            payload,
+        );
+    }
+
+    /// The payload of a network-node create, with the floating fingerprint.
+    fn network_node_payload(&self) -> serde_json::Value {
+        let mut payload = self.view.create_payload(true);
+        let floating = self.floating_payload();
+        if !floating.is_null() {
+            payload["floating"] = floating;
+        }
+        payload
+    }
+
+    /// The `floating` of a network-node create: the fingerprint of what the agent's
+    /// NAT applies, or null.
+    fn floating_payload(&self) -> serde_json::Value {
+        let gateway = self
+            .floating_gateway()
+            .filter(|_| self.network.spec.provide_nat);
+        floating_fingerprint(gateway.as_deref(), &self.observed.members)
+            .map_or(serde_json::Value::Null, serde_json::Value::String)
+    }
+
     fn plan_live(&mut self) {
         if !has_finalizer(self.network.metadata.finalizers.as_ref()) {
             self.plan.push(Action::EnsureFinalizer);
@@ -483,6 +631,9 @@ impl Ctx<'_> {
                 "Preparing",
                 "allocating the VXLAN id and reserved addresses".into(),
             );
+            return;
+        }
+        if self.plan_gateway() {
             return;
         }
         let network_node = self.observed.network_node.clone();
@@ -508,6 +659,7 @@ impl Ctx<'_> {
             });
         }
         if let Some(nn) = &network_node {
+            self.plan_floating(nn, nn_create.as_deref());
             self.plan_dhcp(nn, &recorded, nn_create);
         }
         let on_network_node = network_node.as_ref().is_none_or(|nn| recorded.contains(nn));
@@ -594,6 +746,9 @@ impl Ctx<'_> {
             }
         }
         if all_done {
+            if let Some(address) = self.floating_gateway() {
+                self.plan.push(Action::ReleaseFloating { address });
+            }
             self.set_state(ResourceState::Deleted);
             self.plan.push(Action::RemoveFinalizer);
         } else {
@@ -680,6 +835,7 @@ mod tests {
             observed_generation: Some(1),
             state,
             vxid,
+            floating_gateway: vxid.map(|_| "192.168.20.2".into()),
             nodes: nodes.iter().map(|s| (*s).to_owned()).collect(),
             intent_seq: seq,
             ..NetworkStatus::default()
@@ -694,6 +850,7 @@ mod tests {
             node: Some(node.into()),
             macaddr: Some("02:00:00:00:00:01".into()),
             ipv4: Some(ip.into()),
+            floating_address: None,
         }
     }
 
@@ -722,6 +879,8 @@ mod tests {
         );
         nn_create.node = Some("net-1".into());
         nn_create.payload = NetworkView::from_network(&net, vec![]).create_payload(true);
+        let applied = floating_fingerprint(Some("192.168.20.2"), &members).unwrap_or_default();
+        nn_create.payload["floating"] = json!(applied);
         let obs = NetworkObservation {
             operations: vec![nn_create, dhcp_done(&net, &members, "network-web-3-dhcp")],
             members,
@@ -729,7 +888,10 @@ mod tests {
         };
         let mut net = net;
         if let Some(s) = net.status.as_mut() {
-            s.conditions = vec![crate::testutil::cond("Ready", "True", "Created", "")];
+            s.conditions = vec![
+                crate::testutil::cond("Ready", "True", "Created", ""),
+                crate::testutil::cond(FLOATING_CONDITION, "True", "Applied", &applied),
+            ];
         }
         (net, obs)
     }
@@ -959,6 +1121,9 @@ mod tests {
         assert_eq!(
             plan,
             vec![
+                Action::ReleaseFloating {
+                    address: "192.168.20.2".into()
+                },
                 Action::BumpIntentSeq { to: 4 },
                 Action::SetState {
                     state: StateValue::Resource(ResourceState::Deleted),
@@ -967,6 +1132,159 @@ mod tests {
                 Action::RemoveFinalizer,
             ]
         );
+    }
+
+    #[test]
+    fn floating_addresses_replumb_the_network_node() {
+        let (net, obs) = steady();
+        let gw = Some("192.168.20.2");
+        let members = |float: bool| {
+            let mut members = obs.members.clone();
+            if float {
+                members[0].floating_address = Some("192.168.20.9".into());
+            }
+            members
+        };
+        let fp = |float: bool| floating_fingerprint(gw, &members(float)).unwrap_or_default();
+        // The network with `applied` recorded; `obs` with the members and the network
+        // node's last create (carrying `carried`) in `state`.
+        let case = |float: bool, applied: bool, carried: bool, state: S| {
+            let mut n = net.clone();
+            if let Some(s) = n.status.as_mut() {
+                s.conditions[1].message = fp(applied);
+            }
+            let mut o = obs.clone();
+            o.members = members(float);
+            o.operations[0].state = state;
+            o.operations[0].payload["floating"] = json!(fp(carried));
+            (n, o)
+        };
+        let replumb = |float: bool| {
+            vec![Action::EnqueueOperation {
+                name: "network-web-4-netcreate-net-1".into(),
+                operation_type: T::NetworkCreateOnNode,
+                target: NetworkView::from_network(&net, vec![]).target(),
+                node: Some("net-1".into()),
+                depends_on: vec![],
+                priority: Priority::Normal,
+                payload: {
+                    let mut p = NetworkView::from_network(&net, vec![]).create_payload(true);
+                    p["floating"] = json!(fp(float));
+                    p
+                },
+            }]
+        };
+        let record = |float: bool| {
+            vec![Action::SetCondition {
+                type_: FLOATING_CONDITION.into(),
+                status: ConditionStatus::True,
+                reason: "Applied".into(),
+                message: fp(float),
+            }]
+        };
+        let table = [
+            (
+                "float requested: one re-plumb of the network node",
+                case(true, false, false, S::Complete),
+                replumb(true),
+            ),
+            (
+                "the re-plumb outstanding: nothing new",
+                case(true, false, true, S::Executing),
+                vec![],
+            ),
+            (
+                "the re-plumb completed: recorded",
+                case(true, false, true, S::Complete),
+                record(true),
+            ),
+            (
+                "already floated: nothing",
+                case(true, true, true, S::Complete),
+                vec![],
+            ),
+            (
+                "unfloat: one re-plumb",
+                case(false, true, true, S::Complete),
+                replumb(false),
+            ),
+            (
+                "creates purged, floats recorded: nothing",
+                {
+                    let (n, mut o) = case(true, true, true, S::Complete);
+                    o.operations.remove(0);
+                    (n, o)
+                },
+                vec![],
+            ),
+        ];
+        for (what, (n, o), want) in table {
+            let mut plan = plan_network(&n, &o, &ctx());
+            plan.retain(|a| !matches!(a, Action::BumpIntentSeq { .. }));
+            assert_eq!(plan, want, "{what}");
+        }
+        // A network without NAT nor floats, plumbed before floats existed: nothing.
+        let mut plain = net.clone();
+        plain.spec.provide_nat = false;
+        if let Some(s) = plain.status.as_mut() {
+            s.floating_gateway = None;
+            s.conditions.truncate(1);
+        }
+        let mut old = obs.clone();
+        old.operations[0].payload = NetworkView::from_network(&plain, vec![]).create_payload(true);
+        assert_eq!(plan_network(&plain, &old, &ctx()), vec![]);
+    }
+
+    #[test]
+    fn a_nat_network_holds_a_floating_gateway() {
+        let (net, obs) = steady();
+        let mut bare = net.clone();
+        if let Some(s) = bare.status.as_mut() {
+            s.floating_gateway = None;
+        }
+        // Reserved alone: nothing is plumbed before the gateway is written.
+        assert_eq!(
+            plan_network(&bare, &obs, &ctx()),
+            vec![Action::ReserveFloating]
+        );
+        let mut fresh = network(Some(77), &[], ResourceState::Initial, 1);
+        if let Some(s) = fresh.status.as_mut() {
+            s.floating_gateway = None;
+        }
+        let nn = NetworkObservation {
+            network_node: Some("net-1".into()),
+            ..NetworkObservation::default()
+        };
+        assert_eq!(
+            plan_network(&fresh, &nn, &ctx()),
+            vec![Action::ReserveFloating]
+        );
+        // With it, the network node's create carries it.
+        let fresh = network(Some(77), &[], ResourceState::Initial, 1);
+        let plan = plan_network(&fresh, &nn, &ctx());
+        let payload = plan.iter().find_map(|a| match a {
+            Action::EnqueueOperation { payload, .. } => Some(payload.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            payload.map(|p| p["floating"].clone()),
+            Some(json!(floating_fingerprint(Some("192.168.20.2"), &[]))),
+            "{plan:?}"
+        );
+
+        // NAT off: released.
+        let mut off = net.clone();
+        off.spec.provide_nat = false;
+        let plan = plan_network(&off, &obs, &ctx());
+        assert!(
+            plan.contains(&Action::ReleaseFloating {
+                address: "192.168.20.2".into()
+            }),
+            "{plan:?}"
+        );
+
+        // Already held: nothing (the steady plan is empty).
+        assert_eq!(plan_network(&net, &obs, &ctx()), vec![]);
     }
 
     #[test]
