@@ -196,10 +196,10 @@ impl Gateway for GatewayService {
             let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
             let (items, revision) = self
                 .store
-                .list(&r.kind, namespace, &labels, &fields)
+                .list_raw(&r.kind, namespace, &labels, &fields)
                 .await?;
             Ok(pb::ListResourcesReply {
-                objects: items.iter().map(json_bytes).collect(),
+                objects: items.into_iter().map(String::into_bytes).collect(),
                 revision,
             })
         })

@@ -796,6 +796,27 @@ impl Store {
         labels: &LabelSelector,
         fields: &FieldSelector,
     ) -> Result<(Vec<Value>, u64), StoreError> {
+        let (texts, revision) = self.list_raw(kind, namespace, labels, fields).await?;
+        let items = texts
+            .iter()
+            .map(|t| parse_json(t, "resources.object"))
+            .collect::<Result<_, _>>()?;
+        Ok((items, revision))
+    }
+
+    /// [`Store::list`] as the stored JSON texts, for callers that only pass them on
+    /// (the gateway's ListResources): an object is parsed only when a selector must
+    /// be evaluated on it, so an unfiltered list of 10,000 objects costs no JSON work.
+    pub async fn list_raw(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        // SQL narrows by namespace and an exact name; any selector is still checked
+        // here in full.
+        let filter = !labels.is_empty() || !fields.is_empty();
         let mut sql = String::from(
             "SELECT c.revision, r.object FROM revision_counter c \
              LEFT JOIN resources r ON r.kind = ?",
@@ -829,10 +850,13 @@ impl Store {
                 .try_get(1)
                 .map_err(|e| StoreError::Corrupt(format!("resources.object: {e}")))?;
             if let Some(text) = text {
-                let object = parse_json(&text, "resources.object")?;
-                if labels.matches(&object) && fields.matches(&object) {
-                    items.push(object);
+                if filter {
+                    let object = parse_json(&text, "resources.object")?;
+                    if !(labels.matches(&object) && fields.matches(&object)) {
+                        continue;
+                    }
                 }
+                items.push(text);
             }
         }
         if rows.is_empty() {
