@@ -90,10 +90,15 @@ async fn get_phase(env: &common::Env, rate: u32, seconds: u64, workers: u32) -> 
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..workers {
+    for w in 0..workers {
         let client = env.client.clone();
         let path = path.clone();
+        // Each worker starts its ticker `w/workers` of an interval later, so the
+        // requests arrive evenly spaced at `rate` (all tickers in phase would send
+        // bursts of `workers` requests at once and measure the burst's queueing).
+        let phase = interval.mul_f64(f64::from(w) / f64::from(workers));
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(phase).await;
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut samples = Vec::new();
