@@ -26,6 +26,15 @@
 //!   is for `system` only, 403). Artifacts are answered with v0.8's `blobs` (version
 //!   index → blob `uuid`, `size`), `index` and `blob_uuid` of the newest version.
 //!
+//! - `POST /networks/{ref}/route` asks for one more routed address (increments
+//!   `spec.routedAddressCount`, admitted as an update with the read resourceVersion
+//!   as precondition) and answers 202 with the network; the address appears in
+//!   `routed_addresses` once the network controller reserved it. `DELETE
+//!   /networks/{ref}/route/{addr}` decrements it when `addr` is the most recent routed
+//!   address (the controller releases the last ones first); another held address, or
+//!   a count the controller has not caught up with yet, is 409; an address not routed
+//!   to the network 404.
+//!
 //! Not served: the other v0.8 paths (sub-resources, blobs, nodes, artifact upload,
 //! share/unshare, metadata, ...).
 
@@ -63,6 +72,14 @@ pub fn routes() -> Router<Arc<App>> {
         .route(
             "/networks/{reference}",
             get(get_network).delete(delete_network),
+        )
+        .route(
+            "/networks/{reference}/route",
+            axum::routing::post(route_network),
+        )
+        .route(
+            "/networks/{reference}/route/{address}",
+            axum::routing::delete(unroute_network),
         )
         .route("/artifacts", get(list_artifacts).post(create_artifact))
         .route(
@@ -492,6 +509,111 @@ async fn create_instance(
         )
         .await,
     )
+}
+
+async fn route_network(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(reference): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    done(set_routes(&app, &caller, &reference, query.as_deref(), None).await)
+}
+
+async fn unroute_network(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((reference, address)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    done(set_routes(&app, &caller, &reference, query.as_deref(), Some(&address)).await)
+}
+
+/// One more routed address (`release` None), or one fewer when `release` is the
+/// most recent one (see the module contract).
+async fn set_routes(
+    app: &App,
+    caller: &Caller,
+    reference: &str,
+    query: Option<&str>,
+    release: Option<&str>,
+) -> Result<Response, Response> {
+    let ns = lookup_namespace(caller, param(query, &Value::Null, "namespace"))?;
+    let mut object = resolve(app, "Network", ns, reference).await?;
+    let count = object
+        .pointer("/spec/routedAddressCount")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let count = match release {
+        None => count + 1,
+        Some(address) => {
+            let held: Vec<&str> = object
+                .pointer("/status/routedAddresses")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let Some(position) = held.iter().position(|a| *a == address) else {
+                return Err(sf_error(
+                    StatusCode::NOT_FOUND,
+                    format!("{address} is not routed to network {reference}"),
+                ));
+            };
+            let wanted = usize::try_from(count).unwrap_or(usize::MAX);
+            if wanted != held.len() {
+                return Err(sf_error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "network {reference} is still reserving or releasing routed \
+                         addresses; retry"
+                    ),
+                ));
+            }
+            if position + 1 != held.len() {
+                return Err(sf_error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "only the most recent routed address of network {reference} can be \
+                         released; {address} is not it"
+                    ),
+                ));
+            }
+            count - 1
+        }
+    };
+    let resource_version = object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("routedAddressCount".into(), json!(count));
+    }
+    if let Some(o) = object.as_object_mut() {
+        o.remove("status");
+    }
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let info = app
+        .kinds
+        .by_kind("Network")
+        .cloned()
+        .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
+    let subject = crate::error::Subject {
+        group: sf_schema::GROUP.into(),
+        plural: info.plural.clone(),
+        kind: "Network".into(),
+        name,
+    };
+    let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
+        .map_err(|e| error_response(&e.into_api(&subject)))?;
+    let updated = app
+        .gateway
+        .update(&admitted.object, resource_version, Part::Main, false)
+        .await
+        .map_err(|e| error_response(&ApiError::from_gateway(&e, &subject)))?;
+    Ok(json_response(StatusCode::ACCEPTED, &flatten(&updated)))
 }
 
 async fn create_network(

@@ -98,6 +98,17 @@ async fn instances_and_networks_on_v08_paths() {
         .json();
     assert_eq!(in_b, json!([]));
 
+    // Routed addresses: each POST asks for one more; nothing routed yet is 404.
+    for want in [1, 2] {
+        let routed = raw_on(&a, "POST", "/networks/web/route", &[], None).await;
+        assert_eq!(routed.status, 202, "{}", routed.text());
+        assert_eq!(routed.json()["routed_address_count"], want);
+    }
+    let hidden = raw_on(&b, "POST", "/networks/web/route", &[], None).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+    let unrouted = raw_on(&a, "DELETE", "/networks/web/route/192.0.2.9", &[], None).await;
+    assert_eq!(unrouted.status, 404, "{}", unrouted.text());
+
     let deleted = raw_on(&a, "DELETE", "/instances/web-1", &[], None).await;
     assert_eq!(deleted.status, 200, "{}", deleted.text());
     let gone = raw_on(&a, "DELETE", "/networks/web", &[], None).await;

@@ -910,6 +910,15 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             }
         }
         dhcp_hosts.sort_by_key(|h| h.ipv4);
+        // Routed addresses: those the network holds, up to the count it still wants
+        // (an extra one may linger in status until its release is written).
+        let wanted = usize::try_from(network.spec.routed_address_count).unwrap_or(usize::MAX);
+        let routed_ips: Vec<Ipv4Addr> = status
+            .routed_addresses
+            .iter()
+            .take(wanted)
+            .filter_map(|a| a.parse().ok())
+            .collect();
         Ok(NetworkPlumbing {
             uid,
             name,
@@ -929,7 +938,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 .as_deref()
                 .and_then(|a| a.parse().ok()),
             floating_ips,
-            routed_ips: Vec::new(),
+            routed_ips,
         })
     }
 

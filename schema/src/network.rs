@@ -1,14 +1,19 @@
 //! The `Network` kind (namespaced, short name `net`): a VXLAN virtual network.
 //!
-//! Contract: users write `spec` (the netblock, which is immutable, and the
-//! dhcp/nat/dns switches); the network controller writes `status` (the VXLAN id, the
-//! floating gateway address, the nodes the network is plumbed on, the state).
+//! Contract: users write `spec` (the netblock, which is immutable, the
+//! dhcp/nat/dns switches and how many routed addresses, at most
+//! [`MAX_ROUTED_ADDRESSES`]); the network controller writes `status` (the VXLAN id,
+//! the floating gateway address, the routed addresses, the nodes the network is
+//! plumbed on, the state).
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, ResourceState};
+
+/// The most routed addresses a network may ask for (`spec.routedAddressCount`).
+pub const MAX_ROUTED_ADDRESSES: u32 = 64;
 
 /// The desired state of a network.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -39,6 +44,14 @@ pub struct NetworkSpec {
     /// Serve DNS (dnsmasq) for the network's instances.
     #[serde(default)]
     pub provide_dns: bool,
+    /// How many addresses of the floating network to route to this network
+    /// (Shaken Fist's `POST /networks/<ref>/route`); at most 64.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub routed_address_count: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The observed state of a network.
@@ -60,10 +73,54 @@ pub struct NetworkStatus {
     /// The network's address on the floating network (its NAT gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floating_gateway: Option<String>,
+    /// The addresses of the floating network routed to this network, in reservation
+    /// order (entry i is held by the IPAM owner `routed_owner_uid(uid, i)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed_addresses: Vec<String>,
     /// The Nodes the network is plumbed on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
     /// The per-target intent sequence used to name operations.
     #[serde(default)]
     pub intent_seq: u64,
+}
+
+/// The IPAM owner uid of a network's `index`th routed address: the floating network's
+/// reserve is idempotent per (owner, type), so each routed address has its own owner.
+/// A UUID (version 8, from two FNV-1a hashes of the network uid and the index), as
+/// sf-database takes owner uids of at most 36 characters; the same inputs always
+/// give the same uid.
+pub fn routed_owner_uid(network_uid: &str, index: usize) -> String {
+    fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(seed, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+    let input = format!("{network_uid}/routed/{index}");
+    let hi = fnv1a(0xcbf2_9ce4_8422_2325, input.as_bytes());
+    let lo = fnv1a(0x8422_2325_cbf2_9ce4 ^ hi, input.as_bytes());
+    format!(
+        "{:08x}-{:04x}-8{:03x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0x0fff,
+        0x8000 | ((lo >> 48) & 0x3fff),
+        lo & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::routed_owner_uid;
+
+    #[test]
+    fn routed_owner_uids_are_stable_distinct_uuids() {
+        let uid = "0cc135c1-db1d-4e3b-b393-5d29b65f3324";
+        let a = routed_owner_uid(uid, 0);
+        assert_eq!(a, routed_owner_uid(uid, 0));
+        assert_ne!(a, routed_owner_uid(uid, 1));
+        assert_ne!(a, routed_owner_uid("another", 0));
+        assert_eq!(a.len(), 36, "{a}");
+        assert_eq!(a.matches('-').count(), 4, "{a}");
+    }
 }

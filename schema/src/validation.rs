@@ -544,6 +544,15 @@ pub fn validate_network(network: &Network) -> Vec<FieldError> {
     } else if let Err(why) = parse_netblock(&network.spec.netblock) {
         errors.invalid("spec.netblock", "netblock", &network.spec.netblock, &why);
     }
+    let count = network.spec.routed_address_count;
+    if count > crate::network::MAX_ROUTED_ADDRESSES {
+        errors.invalid(
+            "spec.routedAddressCount",
+            "count",
+            count,
+            &format!("at most {}", crate::network::MAX_ROUTED_ADDRESSES),
+        );
+    }
     errors.0
 }
 

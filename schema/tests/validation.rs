@@ -508,6 +508,25 @@ fn an_instance_with_many_errors_reports_them_all() {
 }
 
 #[test]
+fn routed_address_count_is_at_most_64() {
+    let check = |count: u32| {
+        validate_network(&parse::<Network>(
+            "Network",
+            json!({"name": "web"}),
+            json!({"netblock": "10.0.0.0/24", "routedAddressCount": count}),
+        ))
+    };
+    assert_eq!(check(0), vec![]);
+    assert_eq!(check(64), vec![]);
+    assert_only(
+        &check(65),
+        "spec.routedAddressCount",
+        Invalid,
+        "invalid count '65' at spec.routedAddressCount: at most 64",
+    );
+}
+
+#[test]
 fn netblock_is_an_ipv4_cidr_with_prefix_8_to_30_and_no_host_bits() {
     let check = |netblock: &str| {
         validate_network(&parse::<Network>(

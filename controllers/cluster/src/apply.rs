@@ -19,6 +19,11 @@
 //!   `status.floatingGateway` / `status.floatingAddress` at once, so the agent sees
 //!   it before any operation of the plan runs; `ReleaseFloating` releases into the
 //!   halo as that owner and clears the field (with the status stage).
+//! - `ReserveRouted { index }` reserves (type `routed`, owner
+//!   `sf_schema::network::routed_owner_uid(network uid, index)`: one owner per address,
+//!   as reserve is idempotent per owner) on the floating network and writes
+//!   `status.routedAddresses` (its first `index` entries plus the new one) at once;
+//!   `ReleaseRouted` releases as that owner and truncates the list to `index` entries.
 //! - Status actions are folded into one merge patch of `/status`, holding only the
 //!   top-level fields that changed (so fields other writers own, such as the agent's
 //!   `powerState` or a Node's `lastSeen`, are never overwritten); `Schedule` is
@@ -303,6 +308,10 @@ where
             }
             Action::ReserveFloating => self.reserve_floating().await?,
             Action::ReleaseFloating { address } => self.release_floating(address).await?,
+            Action::ReserveRouted { index } => self.reserve_routed(*index).await?,
+            Action::ReleaseRouted { index, address } => {
+                self.release_routed(*index, address).await?;
+            }
             Action::AbortOperations { reason, .. } => {
                 let request = pb::AbortRequest {
                     target_uid: self.uid(),
@@ -745,31 +754,102 @@ where
     /// `ReleaseFloating`: into the halo as this object, then the status field goes.
     async fn release_floating(&mut self, address: &str) -> Result<(), ReconcileError> {
         let field = self.floating_field()?;
-        if let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? {
-            let request = pb::ReleaseAddressRequest {
-                network_uid,
-                address: address.to_owned(),
-                owner_uid: self.uid(),
-            };
-            let result = self
-                .ctx
-                .gateway
-                .call("release_address", |mut g| {
-                    let request = request.clone();
-                    async move { g.release_address(request).await }
-                })
-                .await;
-            match result {
-                Ok(_) => {}
-                Err(e) if e.code() == Some(Code::NotFound) => {}
-                Err(e) => {
-                    return Err(ReconcileError::gateway(format!(
-                        "ReleaseAddress (floating) {address}"
-                    ))(e));
-                }
-            }
-        }
+        self.release_on_floating_network(address, self.uid(), "floating")
+            .await?;
         self.status.insert(field.into(), Value::Null);
+        Ok(())
+    }
+
+    /// Releases `address` of the floating network into the halo as `owner_uid`; an
+    /// address (or floating network) already gone is fine.
+    async fn release_on_floating_network(
+        &self,
+        address: &str,
+        owner_uid: String,
+        what: &str,
+    ) -> Result<(), ReconcileError> {
+        let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? else {
+            return Ok(());
+        };
+        let request = pb::ReleaseAddressRequest {
+            network_uid,
+            address: address.to_owned(),
+            owner_uid,
+        };
+        let result = self
+            .ctx
+            .gateway
+            .call("release_address", |mut g| {
+                let request = request.clone();
+                async move { g.release_address(request).await }
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
+            Err(e) => Err(ReconcileError::gateway(format!(
+                "ReleaseAddress ({what}) {address}"
+            ))(e)),
+        }
+    }
+
+    /// `status.routedAddresses` with its first `keep` entries, then `then`, if any.
+    fn set_routed(&mut self, keep: u32, then: Option<String>) {
+        let mut routed: Vec<Value> = self
+            .status
+            .get("routedAddresses")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        routed.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+        routed.extend(then.map(Value::String));
+        let value = if routed.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(routed)
+        };
+        self.status.insert("routedAddresses".into(), value);
+    }
+
+    /// `ReserveRouted`: the Network's `index`th routed address on the floating network
+    /// (type `routed`, its own owner uid), appended to its status at once.
+    async fn reserve_routed(&mut self, index: u32) -> Result<(), ReconcileError> {
+        let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? else {
+            return Err(ReconcileError::Missing("the floating network".into()));
+        };
+        let position = usize::try_from(index).unwrap_or(usize::MAX);
+        let request = pb::ReserveAddressRequest {
+            network_uid,
+            address: String::new(),
+            reservation_type: "routed".into(),
+            owner_kind: self.kind(),
+            owner_uid: sf_schema::network::routed_owner_uid(&self.uid(), position),
+            owner_name: self.name(),
+            comment: format!("routed address {index} of {}", self.name()),
+        };
+        let reply = self
+            .ctx
+            .gateway
+            .call("reserve_address", |mut g| {
+                let request = request.clone();
+                async move { g.reserve_address(request).await }
+            })
+            .await
+            .map_err(ReconcileError::gateway(format!(
+                "ReserveAddress (routed {index}) for {}",
+                self.name()
+            )))?;
+        self.set_routed(index, Some(reply.address));
+        self.write_status(false).await
+    }
+
+    /// `ReleaseRouted`: into the halo as its owner, then dropped from the status.
+    async fn release_routed(&mut self, index: u32, address: &str) -> Result<(), ReconcileError> {
+        let position = usize::try_from(index).unwrap_or(usize::MAX);
+        let owner = sf_schema::network::routed_owner_uid(&self.uid(), position);
+        self.release_on_floating_network(address, owner, "routed")
+            .await?;
+        self.set_routed(index, None);
         Ok(())
     }
 

@@ -1335,6 +1335,96 @@ async fn a_floated_interface_gets_a_floating_address_and_dnat_on_the_network_nod
 }
 
 /// The phase of the lease of `address` on the floating network (cluster scoped).
+/// The `/32` routes of the network namespace of `vxid` on node `nn`.
+fn routes_in(nn: &str, vxid: u32) -> String {
+    let ns = sf_hostnet::network_namespace_name(nn, vxid);
+    std::process::Command::new("ip")
+        .args(["-n", &ns, "-4", "route", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_routed_address_is_reserved_and_routed_on_the_network_node() {
+    let Some(mut env) = start_with_nodes(
+        "a_routed_address_is_reserved_and_routed_on_the_network_node",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    let nn = env.node_name(0); // Node 0 is the network node.
+    let mut cluster = env.start_cluster(&[]).await;
+    cluster.wait_leader(WAIT).await;
+    env.keep(cluster);
+    env.create_network("lan", "10.6.0.0/24").await;
+    let vxid = env
+        .eventually("lan plumbed on the network node", WAIT, || async {
+            let s = env.networks().get("lan").await.ok()?.status?;
+            s.nodes.contains(&nn).then_some(s.vxid?)
+        })
+        .await;
+
+    // One routed address: reserved on the floating network (type routed) and routed
+    // (/32) in the network's namespace on the network node.
+    env.networks()
+        .patch(
+            "lan",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"routedAddressCount": 1}})),
+        )
+        .await
+        .expect("route one");
+    let routed = env
+        .eventually("lan's routed address", WAIT, || async {
+            let s = env.networks().get("lan").await.ok()?.status?;
+            s.routed_addresses.first().cloned()
+        })
+        .await;
+    assert!(routed.starts_with("192.168.20."), "{routed}");
+    let leases: kube::Api<sf_schema::IPAMLease> = kube::Api::all(env.client.clone());
+    let lease = leases
+        .list(&Default::default())
+        .await
+        .expect("list leases")
+        .items
+        .into_iter()
+        .find(|l| l.spec.network == "floating" && l.spec.address == routed)
+        .expect("the routed address's lease");
+    assert_eq!(lease.spec.reservation_type.as_str(), "routed");
+    let route = format!("{routed} dev ");
+    env.eventually("the /32 route on the network node", WAIT, || async {
+        routes_in(&nn, vxid).contains(&route).then_some(())
+    })
+    .await;
+
+    // Back to none: released into the halo and the route goes.
+    env.networks()
+        .patch(
+            "lan",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"routedAddressCount": 0}})),
+        )
+        .await
+        .expect("route none");
+    env.eventually("the /32 route gone", WAIT, || async {
+        (!routes_in(&nn, vxid).contains(&route)).then_some(())
+    })
+    .await;
+    env.eventually("lan's routed address released", WAIT, || async {
+        let s = env.networks().get("lan").await.ok()?.status?;
+        s.routed_addresses.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        floating_phase(&env, &routed).await.as_deref(),
+        Some("halo"),
+        "{routed}"
+    );
+}
+
 async fn floating_phase(env: &common::Env, address: &str) -> Option<String> {
     let api: kube::Api<sf_schema::IPAMLease> = kube::Api::all(env.client.clone());
     api.list(&Default::default())

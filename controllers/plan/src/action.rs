@@ -102,6 +102,21 @@ pub enum Action {
         /// The floating address held.
         address: String,
     },
+    /// Reserve the Network's `index`th routed address on the floating network (type
+    /// `routed`, owner [`sf_schema::network::routed_owner_uid`], so a repeat returns
+    /// the same address) and append it to `status.routedAddresses` at once.
+    ReserveRouted {
+        /// Its position in `status.routedAddresses` (= the entries already held).
+        index: u32,
+    },
+    /// Release the Network's `index`th routed address into the deletion halo and drop
+    /// it (the last entry) from `status.routedAddresses`.
+    ReleaseRouted {
+        /// Its position in `status.routedAddresses`.
+        index: u32,
+        /// The address held.
+        address: String,
+    },
     /// Release addresses into the deletion halo (sf-database `ReleaseAddress`).
     ReleaseAddresses {
         /// What to release.
@@ -220,12 +235,13 @@ impl Action {
             Self::EnsureFinalizer => 0,
             Self::PrepareNetwork => 1,
             Self::Schedule { .. } | Self::Unschedulable { .. } => 2,
-            Self::ReserveAddress { .. } | Self::ReserveFloating => 3,
+            Self::ReserveAddress { .. } | Self::ReserveFloating | Self::ReserveRouted { .. } => 3,
             Self::AbortOperations { .. } => 4,
             Self::EnqueueOperation { .. } => 5,
             Self::MarkInstancesError { .. } => 6,
             Self::ReleaseAddresses { .. }
             | Self::ReleaseFloating { .. }
+            | Self::ReleaseRouted { .. }
             | Self::WriteBlob { .. } => 7,
             Self::BumpIntentSeq { .. } => 8,
             Self::SetState { .. } => 9,

@@ -16,6 +16,15 @@
 //!   is plumbed in that plan, so every create on the network node sees it; released
 //!   into the halo ([`Action::ReleaseFloating`]) when NAT is turned off and when the
 //!   network goes.
+//! - Routed addresses (Shaken Fist's `POST /networks/<ref>/route`): while
+//!   `status.routedAddresses` holds fewer than `spec.routedAddressCount` (capped at
+//!   64), each missing one is reserved ([`Action::ReserveRouted`], type `routed`,
+//!   owner [`sf_schema::network::routed_owner_uid`] of the network uid and the index,
+//!   appended at once) and nothing is plumbed in that plan; extra ones are released
+//!   into the halo, last first ([`Action::ReleaseRouted`]), and all of them when the
+//!   network goes. The agent routes each (`/32` to the network) in the network node's
+//!   namespace; they are part of the `floating` fingerprint
+//!   ([`routed_fingerprint`]), so a change re-plumbs the network node once.
 //! - Floating addresses are applied by the network node's create (the agent's
 //!   `ensure_network` sets the egress addresses and the DNAT/SNAT ruleset from the
 //!   interfaces' `status.floatingAddress` and the gateway; its `network_update_dhcp`
@@ -38,7 +47,8 @@
 //!   have passed since it failed.
 //! - Delete: wait until no interface uses the network (condition `InUse`), abort
 //!   outstanding creates and updates, then `network_delete` on every node it is
-//!   plumbed on; when all completed: the floating gateway is released, `deleted` and
+//!   plumbed on; when all completed: the floating gateway and the routed addresses
+//!   are released, `deleted` and
 //!   the finalizer goes (sf-database drops its IPAM with the object).
 //! - States (shakenfist.md §2): initial → created (prepared and on the network node);
 //!   created → delete_wait → deleted; initial → deleted.
@@ -270,6 +280,17 @@ pub fn floating_fingerprint(gateway: Option<&str>, members: &[NetworkMember]) ->
     lines.sort();
     lines.push(format!("gateway={}", gateway.unwrap_or("-")));
     Some(fnv1a(&lines.join("\n")))
+}
+
+/// The floating fingerprint extended by the routed addresses the network node routes
+/// (`status.routedAddresses` up to `spec.routedAddressCount`); without any it is
+/// `floating` unchanged, so networks without routes keep their recorded fingerprint.
+pub fn routed_fingerprint(floating: Option<String>, routed: &[String]) -> Option<String> {
+    if routed.is_empty() {
+        return floating;
+    }
+    let floating = floating.unwrap_or_else(|| "-".into());
+    Some(fnv1a(&format!("{floating}\nrouted={}", routed.join(","))))
 }
 
 /// A failed operation may be retried once the backoff has passed; otherwise how many
@@ -544,6 +565,50 @@ impl Ctx<'_> {
         }
     }
 
+    /// The routed addresses held (`status.routedAddresses`, in reservation order).
+    fn routed_held(&self) -> Vec<String> {
+        self.network
+            .status
+            .as_ref()
+            .map(|s| s.routed_addresses.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many routed addresses are wanted (`spec.routedAddressCount`, capped).
+    fn routed_wanted(&self) -> usize {
+        let count = self
+            .network
+            .spec
+            .routed_address_count
+            .min(sf_schema::network::MAX_ROUTED_ADDRESSES);
+        usize::try_from(count).unwrap_or(0)
+    }
+
+    /// Reserve the missing routed addresses (then plumb nothing: true), or release
+    /// the extra ones, highest index first.
+    fn plan_routed(&mut self) -> bool {
+        let held = self.routed_held();
+        let wanted = self.routed_wanted();
+        if wanted > held.len() {
+            for index in held.len()..wanted {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                self.plan.push(Action::ReserveRouted { index });
+            }
+            return true;
+        }
+        self.release_routed(wanted);
+        false
+    }
+
+    /// [`Action::ReleaseRouted`] for every held entry from `keep` on, last first.
+    fn release_routed(&mut self, keep: usize) {
+        let held = self.routed_held();
+        for (index, address) in held.into_iter().enumerate().skip(keep).rev() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            self.plan.push(Action::ReleaseRouted { index, address });
+        }
+    }
+
     /// Re-plumb the network node until the floating fingerprint is applied (see the
     /// module contract).
     fn plan_floating(&mut self, nn: &str, nn_create: Option<&str>) {
@@ -552,12 +617,12 @@ impl Ctx<'_> {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let applied = sf_schema::common::find_condition(&self.conditions, FLOATING_CONDITION)
+        let recorded = sf_schema::common::find_condition(&self.conditions, FLOATING_CONDITION)
             .map(|c| c.message.clone())
             .unwrap_or_default();
         // Only once the network node's plumbing is recorded (`status.nodes`).
         let plumbed = self.view.nodes.iter().any(|n| n == nn);
-        if current == applied || nn_create.is_some() || !plumbed {
+        if nn_create.is_some() || !plumbed {
             return;
         }
         let last = latest(
@@ -571,23 +636,37 @@ impl Ctx<'_> {
             },
         )
         .cloned();
-        if let Some(op) = &last {
-            let carried = op.payload["floating"].as_str().unwrap_or_default();
-            if op.state == sf_schema::operation::OperationState::Complete && carried == current {
+        // What the network node has: what its latest completed create carried, else
+        // (those operations purged) what the condition recorded. The condition can
+        // lag behind a completed create (the spec may change again before it is
+        // written), so the operation wins.
+        let by_operation = last
+            .as_ref()
+            .filter(|op| op.state == sf_schema::operation::OperationState::Complete)
+            .map(|op| {
+                op.payload["floating"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            });
+        let applied = by_operation.clone().unwrap_or_else(|| recorded.clone());
+        if current == applied {
+            if by_operation.is_some() && recorded != current {
                 self.condition(
                     FLOATING_CONDITION,
                     ConditionStatus::True,
                     "Applied",
                     current,
                 );
-                return;
             }
-            if op.failed()
-                && let Some(wait) = backoff_remaining(op, self.ctx)
-            {
-                self.requeue_in(wait);
-                return;
-            }
+            return;
+        }
+        if let Some(op) = &last
+            && op.failed()
+            && let Some(wait) = backoff_remaining(op, self.ctx)
+        {
+            self.requeue_in(wait);
+            return;
         }
         let payload = self.network_node_payload();
         self.enqueue(
@@ -610,13 +689,18 @@ impl Ctx<'_> {
     }
 
     /// The `floating` of a network-node create: the fingerprint of what the agent's
-    /// NAT applies, or null.
+    /// NAT and routes apply, or null.
     fn floating_payload(&self) -> serde_json::Value {
         let gateway = self
             .floating_gateway()
             .filter(|_| self.network.spec.provide_nat);
-        floating_fingerprint(gateway.as_deref(), &self.observed.members)
-            .map_or(serde_json::Value::Null, serde_json::Value::String)
+        let mut routed = self.routed_held();
+        routed.truncate(self.routed_wanted());
+        routed_fingerprint(
+            floating_fingerprint(gateway.as_deref(), &self.observed.members),
+            &routed,
+        )
+        .map_or(serde_json::Value::Null, serde_json::Value::String)
     }
 
     fn plan_live(&mut self) {
@@ -633,7 +717,8 @@ impl Ctx<'_> {
             );
             return;
         }
-        if self.plan_gateway() {
+        // Both run: `|`, not `||`.
+        if self.plan_gateway() | self.plan_routed() {
             return;
         }
         let network_node = self.observed.network_node.clone();
@@ -749,6 +834,7 @@ impl Ctx<'_> {
             if let Some(address) = self.floating_gateway() {
                 self.plan.push(Action::ReleaseFloating { address });
             }
+            self.release_routed(0);
             self.set_state(ResourceState::Deleted);
             self.plan.push(Action::RemoveFinalizer);
         } else {
@@ -825,6 +911,7 @@ mod tests {
                 provide_dhcp: true,
                 provide_nat: true,
                 provide_dns: false,
+                routed_address_count: 0,
             },
         );
         n.metadata.namespace = Some("demo".into());
@@ -1233,6 +1320,149 @@ mod tests {
         let mut old = obs.clone();
         old.operations[0].payload = NetworkView::from_network(&plain, vec![]).create_payload(true);
         assert_eq!(plan_network(&plain, &old, &ctx()), vec![]);
+    }
+
+    #[test]
+    fn routed_addresses_are_reserved_released_and_replumbed() {
+        let (net, obs) = steady();
+        let with = |count: u32, held: &[&str]| {
+            let mut n = net.clone();
+            n.spec.routed_address_count = count;
+            if let Some(s) = n.status.as_mut() {
+                s.routed_addresses = held.iter().map(|a| (*a).to_owned()).collect();
+            }
+            n
+        };
+        let plan_of = |n: &Network, o: &NetworkObservation| {
+            let mut plan = plan_network(n, o, &ctx());
+            plan.retain(|a| !matches!(a, Action::BumpIntentSeq { .. }));
+            plan
+        };
+        // Count 1, none held: reserved alone (nothing plumbed in that plan).
+        assert_eq!(
+            plan_of(&with(1, &[]), &obs),
+            vec![Action::ReserveRouted { index: 0 }]
+        );
+        // Count 2, one held: the second.
+        assert_eq!(
+            plan_of(&with(2, &["192.168.20.7"]), &obs),
+            vec![Action::ReserveRouted { index: 1 }]
+        );
+        // Held but not yet routed: one re-plumb of the network node carrying it.
+        let floating = floating_fingerprint(Some("192.168.20.2"), &obs.members);
+        let routed_fp =
+            routed_fingerprint(floating.clone(), &["192.168.20.7".into()]).unwrap_or_default();
+        assert_ne!(Some(routed_fp.clone()), floating);
+        let held = with(1, &["192.168.20.7"]);
+        let plan = plan_of(&held, &obs);
+        let creates: Vec<_> = plan
+            .iter()
+            .filter_map(|a| match a {
+                Action::EnqueueOperation {
+                    name,
+                    node,
+                    payload,
+                    ..
+                } => Some((name.clone(), node.clone(), payload["floating"].clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            creates,
+            vec![(
+                "network-web-4-netcreate-net-1".to_owned(),
+                Some("net-1".to_owned()),
+                json!(routed_fp)
+            )],
+            "{plan:?}"
+        );
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        // The re-plumb completed: recorded; once recorded: nothing.
+        let mut done = obs.clone();
+        done.operations[0].payload["floating"] = json!(routed_fp);
+        assert_eq!(
+            plan_of(&held, &done),
+            vec![Action::SetCondition {
+                type_: FLOATING_CONDITION.into(),
+                status: ConditionStatus::True,
+                reason: "Applied".into(),
+                message: routed_fp.clone(),
+            }]
+        );
+        let mut recorded = held.clone();
+        if let Some(s) = recorded.status.as_mut() {
+            s.conditions[1].message = routed_fp.clone();
+        }
+        assert_eq!(plan_of(&recorded, &done), vec![]);
+        // Count down to 0: released last first, and the network node re-plumbed
+        // without them.
+        let mut down = with(0, &["192.168.20.7", "192.168.20.8"]);
+        if let Some(s) = down.status.as_mut() {
+            s.conditions[1].message = routed_fp.clone();
+        }
+        let plan = plan_of(&down, &done);
+        let releases: Vec<_> = plan
+            .iter()
+            .filter(|a| matches!(a, Action::ReleaseRouted { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(
+            releases,
+            vec![
+                Action::ReleaseRouted {
+                    index: 1,
+                    address: "192.168.20.8".into()
+                },
+                Action::ReleaseRouted {
+                    index: 0,
+                    address: "192.168.20.7".into()
+                },
+            ]
+        );
+        assert!(
+            plan.iter().any(|a| matches!(
+                a,
+                Action::EnqueueOperation { payload, .. }
+                    if payload["floating"] == json!(floating.clone().unwrap_or_default())
+            )),
+            "{plan:?}"
+        );
+        // The same, when the count dropped before the condition was recorded (the
+        // completed create is what the node has): still re-plumbed.
+        let mut raced = with(0, &["192.168.20.7"]);
+        if let Some(s) = raced.status.as_mut() {
+            s.conditions[1].message = floating.clone().unwrap_or_default();
+        }
+        let plan = plan_of(&raced, &done);
+        assert!(
+            plan.iter().any(|a| matches!(
+                a,
+                Action::EnqueueOperation { payload, .. }
+                    if payload["floating"] == json!(floating.clone().unwrap_or_default())
+            )),
+            "a removal racing the condition still re-plumbs: {plan:?}"
+        );
+        // Delete: every routed address goes with the gateway.
+        let mut gone = obs.clone();
+        gone.members.clear();
+        for node in ["hv-1", "net-1"] {
+            let mut d = op(
+                &format!("network-web-4-netdelete-{node}"),
+                T::NetworkDelete,
+                S::Complete,
+            );
+            d.node = Some(node.into());
+            gone.operations.push(d);
+        }
+        let plan = plan_of(&with_deletion(with(1, &["192.168.20.7"])), &gone);
+        assert!(
+            plan.contains(&Action::ReleaseRouted {
+                index: 0,
+                address: "192.168.20.7".into()
+            }),
+            "{plan:?}"
+        );
+        assert!(plan.contains(&Action::RemoveFinalizer), "{plan:?}");
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn network() -> Network {
             provide_dhcp: true,
             provide_nat: true,
             provide_dns: true,
+            routed_address_count: 1,
         },
         status: Some(NetworkStatus {
             observed_generation: Some(1),
@@ -131,6 +132,7 @@ pub fn network() -> Network {
             state: ResourceState::Created,
             vxid: Some(4242),
             floating_gateway: Some("192.0.2.1".into()),
+            routed_addresses: vec!["192.0.2.7".into()],
             nodes: vec!["hv-1".into()],
             intent_seq: 1,
         }),
