@@ -723,17 +723,32 @@ where
     /// written to its status at once (before the plan's operations are created).
     async fn reserve_floating(&mut self) -> Result<(), ReconcileError> {
         let field = self.floating_field()?;
+        let address = self
+            .reserve_on_floating_network("floating", self.uid(), String::new())
+            .await?;
+        self.status.insert(field.into(), json!(address));
+        self.write_status(false).await
+    }
+
+    /// Reserves the next free address of the floating network, of `reservation_type`,
+    /// for `owner_uid` (idempotent per owner); returns it.
+    async fn reserve_on_floating_network(
+        &self,
+        reservation_type: &str,
+        owner_uid: String,
+        comment: String,
+    ) -> Result<String, ReconcileError> {
         let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? else {
             return Err(ReconcileError::Missing("the floating network".into()));
         };
         let request = pb::ReserveAddressRequest {
             network_uid,
             address: String::new(),
-            reservation_type: "floating".into(),
+            reservation_type: reservation_type.into(),
             owner_kind: self.kind(),
-            owner_uid: self.uid(),
+            owner_uid,
             owner_name: self.name(),
-            comment: String::new(),
+            comment,
         };
         let reply = self
             .ctx
@@ -744,11 +759,10 @@ where
             })
             .await
             .map_err(ReconcileError::gateway(format!(
-                "ReserveAddress (floating) for {}",
+                "ReserveAddress ({reservation_type}) for {}",
                 self.name()
             )))?;
-        self.status.insert(field.into(), json!(reply.address));
-        self.write_status(false).await
+        Ok(reply.address)
     }
 
     /// `ReleaseFloating`: into the halo as this object, then the status field goes.
@@ -771,6 +785,24 @@ where
         let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? else {
             return Ok(());
         };
+        self.release_address(
+            network_uid,
+            address,
+            owner_uid,
+            &format!("({what}) {address}"),
+        )
+        .await
+    }
+
+    /// ReleaseAddress of `address` on `network_uid` as `owner_uid` (into the halo); an
+    /// address already released is fine. `what` names it in the error.
+    async fn release_address(
+        &self,
+        network_uid: String,
+        address: &str,
+        owner_uid: String,
+        what: &str,
+    ) -> Result<(), ReconcileError> {
         let request = pb::ReleaseAddressRequest {
             network_uid,
             address: address.to_owned(),
@@ -787,9 +819,7 @@ where
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
-            Err(e) => Err(ReconcileError::gateway(format!(
-                "ReleaseAddress ({what}) {address}"
-            ))(e)),
+            Err(e) => Err(ReconcileError::gateway(format!("ReleaseAddress {what}"))(e)),
         }
     }
 
@@ -814,32 +844,13 @@ where
     /// `ReserveRouted`: the Network's `index`th routed address on the floating network
     /// (type `routed`, its own owner uid), appended to its status at once.
     async fn reserve_routed(&mut self, index: u32) -> Result<(), ReconcileError> {
-        let Some(network_uid) = crate::floating::uid(&self.ctx.gateway).await? else {
-            return Err(ReconcileError::Missing("the floating network".into()));
-        };
         let position = usize::try_from(index).unwrap_or(usize::MAX);
-        let request = pb::ReserveAddressRequest {
-            network_uid,
-            address: String::new(),
-            reservation_type: "routed".into(),
-            owner_kind: self.kind(),
-            owner_uid: sf_schema::network::routed_owner_uid(&self.uid(), position),
-            owner_name: self.name(),
-            comment: format!("routed address {index} of {}", self.name()),
-        };
-        let reply = self
-            .ctx
-            .gateway
-            .call("reserve_address", |mut g| {
-                let request = request.clone();
-                async move { g.reserve_address(request).await }
-            })
-            .await
-            .map_err(ReconcileError::gateway(format!(
-                "ReserveAddress (routed {index}) for {}",
-                self.name()
-            )))?;
-        self.set_routed(index, Some(reply.address));
+        let owner = sf_schema::network::routed_owner_uid(&self.uid(), position);
+        let comment = format!("routed address {index} of {}", self.name());
+        let address = self
+            .reserve_on_floating_network("routed", owner, comment)
+            .await?;
+        self.set_routed(index, Some(address));
         self.write_status(false).await
     }
 
@@ -865,27 +876,8 @@ where
                 .and_then(|i| i.uid())
                 .unwrap_or_default()
         };
-        let request = pb::ReleaseAddressRequest {
-            network_uid,
-            address: a.address.clone(),
-            owner_uid,
-        };
-        let result = self
-            .ctx
-            .gateway
-            .call("release_address", |mut g| {
-                let request = request.clone();
-                async move { g.release_address(request).await }
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
-            Err(e) => Err(ReconcileError::gateway(format!(
-                "ReleaseAddress {}",
-                a.address
-            ))(e)),
-        }
+        self.release_address(network_uid, &a.address, owner_uid, &a.address)
+            .await
     }
 
     /// Records a `status` event on the object (v0.8 object type: the kind in lower
