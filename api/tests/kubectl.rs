@@ -42,6 +42,11 @@ async fn kubectl_applies_gets_and_deletes() {
         .output()
         .is_err()
     {
+        // CI (SF_REQUIRE_PRIVILEGED=1) must run it: tools/install-deps.sh installs it.
+        assert!(
+            std::env::var("SF_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "kubectl is not installed (tools/install-deps.sh installs it)"
+        );
         println!("kubectl is not installed: test skipped");
         return;
     }
