@@ -6,15 +6,18 @@
 //! other daemons do. Every loop is bounded in count and time. Figures:
 //! - create+claim+complete throughput with 16 claimers, unbatched (one op per call) and
 //!   batched (100 per call);
-//! - enqueue→claim latency p50/p99 (one long-polling claimer);
+//! - enqueue→claim latency p50/p99 (one long-polling claimer), on the gateway that
+//!   took the create and on another one;
 //! - watch delivery latency p50/p99 (write acknowledged → event received), on the same
 //!   instance and across instances;
 //! - event batch insert rate.
 //!
-//! `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
+//! `SF_BENCH_PRODUCERS` (default 4) sets the concurrent creators of the throughput
+//! phases. `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
 //! unbatched, batched, claim, watch, events, baseline; default all) picks phases.
-//! `SF_BENCH_LOCKMON=1` prints InnoDB's lock-wait graph (every transaction, and who
-//! waits for whom on which record) to stderr whenever a lock wait passes 2 s: the tool
+//! `SF_BENCH_LOCKMON=<ms>` prints InnoDB's lock-wait graph (every transaction, and who
+//! waits for whom on which record) to stderr whenever a lock wait passes <ms> (2000 if
+//! not a number): the tool
 //! that found the full-scan locking behind multi-second completion stalls.
 
 use std::collections::HashMap;
@@ -35,6 +38,15 @@ use tokio::sync::Mutex;
 
 const SECRET: &str = "bench-secret-0123456789";
 const CLAIMERS: usize = 16;
+
+/// Concurrent producers in the throughput phases (`SF_BENCH_PRODUCERS`, default 4).
+fn producers() -> usize {
+    std::env::var("SF_BENCH_PRODUCERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4)
+}
 
 /// CPU seconds (user + system) a process has used, from /proc.
 fn cpu_seconds(pid: &str) -> f64 {
@@ -80,6 +92,56 @@ impl CpuProbe {
             "machine_busy_percent": ((own + db) / (wall * 2.0) * 100.0).round(),
         })
     }
+}
+
+/// MariaDB's statement counters (`SHOW GLOBAL STATUS`), to report statements per job.
+async fn server_counters(pool: &sea_orm::sqlx::MySqlPool) -> HashMap<String, f64> {
+    use sea_orm::sqlx::{self, Row};
+    let rows = sqlx::query("SHOW GLOBAL STATUS")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    rows.iter()
+        .filter_map(|r| {
+            let name: String = r.try_get(0).ok()?;
+            let value: String = r.try_get(1).ok()?;
+            Some((name, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Per-job deltas of the counters that tell where MariaDB's time goes.
+fn counters_per_job(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    jobs: f64,
+) -> Value {
+    let keys = [
+        "Questions",
+        "Com_select",
+        "Com_insert",
+        "Com_update",
+        "Com_delete",
+        "Com_begin",
+        "Com_commit",
+        "Com_rollback",
+        "Com_stmt_execute",
+        "Handler_read_next",
+        "Handler_read_key",
+        "Innodb_row_lock_waits",
+        "Innodb_row_lock_time",
+        "Innodb_data_fsyncs",
+        "Innodb_os_log_fsyncs",
+    ];
+    let mut out = serde_json::Map::new();
+    for k in keys {
+        let d = after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+        out.insert(
+            k.to_string(),
+            json!((d / jobs.max(1.0) * 100.0).round() / 100.0),
+        );
+    }
+    Value::Object(out)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -183,20 +245,27 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(300);
     let mut tasks = Vec::new();
-    // 4 producers.
-    for p in 0..4 {
+    let producers = producers();
+    let create_ms: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let claim_ms: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let complete_ms: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let empty_claims = Arc::new(AtomicU64::new(0));
+    let claim_wait_ms = Arc::new(AtomicU64::new(0));
+    for p in 0..producers {
         let c = c.clone();
         let run = run.to_string();
+        let create_ms = create_ms.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = p;
             while i < jobs {
+                let call = Instant::now();
                 let mut ops = Vec::new();
                 while ops.len() < batch && i < jobs {
                     ops.push(pb::CreateOperationRequest {
                         object: operation(&run, i, nodes[i % nodes.len()]),
                         delay_ms: 0,
                     });
-                    i += 4;
+                    i += producers;
                 }
                 if batch == 1 {
                     let op = ops.pop().expect("one");
@@ -217,6 +286,10 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                     .await
                     .expect("create batch");
                 }
+                create_ms
+                    .lock()
+                    .await
+                    .push(call.elapsed().as_secs_f64() * 1000.0);
             }
         }));
     }
@@ -225,6 +298,10 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
         let done = done.clone();
         let errors = errors.clone();
         let slowest = slowest.clone();
+        let claim_ms = claim_ms.clone();
+        let complete_ms = complete_ms.clone();
+        let empty_claims = empty_claims.clone();
+        let claim_wait_ms = claim_wait_ms.clone();
         let node = nodes[w % nodes.len()].to_string();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
@@ -232,6 +309,7 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                 n += 1;
                 let claim_id = format!("{node}-{w}-{n}");
                 let node = node.clone();
+                let call = Instant::now();
                 let claimed = c
                     .call("claim", |mut g| {
                         let (node, claim_id) = (node.clone(), claim_id.clone());
@@ -256,8 +334,11 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                     }
                 };
                 if claimed.is_empty() {
+                    empty_claims.fetch_add(1, Ordering::Relaxed);
+                    claim_wait_ms.fetch_add(call.elapsed().as_millis() as u64, Ordering::Relaxed);
                     continue;
                 }
+                claim_ms.lock().await.push(call.elapsed().as_secs_f64() * 1000.0);
                 let k = claimed.len() as u64;
                 let call = Instant::now();
                 if batch == 1 {
@@ -297,6 +378,7 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                         Err(e) => errors.lock().await.push(format!("complete_batch: {e}")),
                     }
                 }
+                complete_ms.lock().await.push(call.elapsed().as_secs_f64() * 1000.0);
                 let took = call.elapsed().as_millis() as u64;
                 slowest.fetch_max(took, Ordering::Relaxed);
                 done.fetch_add(k, Ordering::Relaxed);
@@ -315,8 +397,14 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
         "errors": errors.len(),
         "first_errors": errors.iter().take(3).collect::<Vec<_>>(),
         "slowest_completion_call_ms": slowest.load(Ordering::Relaxed),
+        "create_call_ms": summary(create_ms.lock().await.clone()),
+        "successful_claim_call_ms": summary(claim_ms.lock().await.clone()),
+        "completion_calls_ms": summary(complete_ms.lock().await.clone()),
+        "empty_claim_calls": empty_claims.load(Ordering::Relaxed),
+        "empty_claim_calls_total_ms": claim_wait_ms.load(Ordering::Relaxed),
         "batch": batch,
         "claimers": CLAIMERS,
+        "producers": producers,
         "seconds": (secs * 100.0).round() / 100.0,
         "jobs_per_second": (completed as f64 / secs).round(),
     })
@@ -324,12 +412,22 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
 
 /// One claimer long-polls; ops are enqueued one at a time; latency from the create
 /// call to the claim's return.
-async fn claim_latency(c: &GatewayClient, samples: usize) -> Value {
+/// One claimer long-polls through `claims`; operations are created through `creates`
+/// (the same gateway, or another one: then the claimer learns of the work through its
+/// gateway's change feed, so the feed's poll interval bounds the latency).
+async fn claim_latency(
+    creates: &GatewayClient,
+    claims: &GatewayClient,
+    run: &str,
+    samples: usize,
+) -> Value {
+    let c = claims;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut lat = Vec::new();
     let claimer = {
         let c = c.clone();
         let sent = sent.clone();
+        let node = run.to_string();
         tokio::spawn(async move {
             let mut lat = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -337,16 +435,19 @@ async fn claim_latency(c: &GatewayClient, samples: usize) -> Value {
             while lat.len() < samples && Instant::now() < deadline {
                 n += 1;
                 let claimed = c
-                    .call("claim", |mut g| async move {
-                        g.claim(pb::ClaimRequest {
-                            node: "lat".into(),
-                            max: 1,
-                            claim_id: format!("lat-{n}"),
-                            wait_seconds: 2,
-                            claimer: "lat".into(),
-                            node_only: false,
-                        })
-                        .await
+                    .call("claim", |mut g| {
+                        let node = node.clone();
+                        async move {
+                            g.claim(pb::ClaimRequest {
+                                node: node.clone(),
+                                max: 1,
+                                claim_id: format!("{node}-{n}"),
+                                wait_seconds: 2,
+                                claimer: "lat".into(),
+                                node_only: false,
+                            })
+                            .await
+                        }
                     })
                     .await
                     .expect("claim")
@@ -377,21 +478,22 @@ async fn claim_latency(c: &GatewayClient, samples: usize) -> Value {
         })
     };
     for i in 0..samples {
-        let name = format!("lat-{i}");
-        let object = operation("lat", i, "lat");
+        let name = format!("{run}-{i}");
+        let object = operation(run, i, run);
         sent.lock().await.insert(name, Instant::now());
-        c.call("create_operation", |mut g| {
-            let object = object.clone();
-            async move {
-                g.create_operation(pb::CreateOperationRequest {
-                    object,
-                    delay_ms: 0,
-                })
-                .await
-            }
-        })
-        .await
-        .expect("create");
+        creates
+            .call("create_operation", |mut g| {
+                let object = object.clone();
+                async move {
+                    g.create_operation(pb::CreateOperationRequest {
+                        object,
+                        delay_ms: 0,
+                    })
+                    .await
+                }
+            })
+            .await
+            .expect("create");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     lat.extend(claimer.await.expect("claimer"));
@@ -653,13 +755,15 @@ async fn main() {
         .map(|p| p.trim().to_string())
         .unwrap_or_default();
     let mut report = serde_json::Map::new();
-    if run("unbatched") {
-        let probe = CpuProbe::start(&mariadbd);
-        let mut v = throughput(&both, "u", n(4_000), 1).await;
-        v["cpu"] = probe.finish();
-        report.insert("create_claim_complete_unbatched".into(), v);
-    }
-    if std::env::var("SF_BENCH_LOCKMON").is_ok() {
+    let status_pool = sea_orm::sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("mysql://root@127.0.0.1:{}/{}", tdb.port, tdb.name))
+        .await
+        .expect("status pool");
+    if let Some(threshold_ms) = std::env::var("SF_BENCH_LOCKMON")
+        .ok()
+        .map(|v| v.parse::<i64>().unwrap_or(2000))
+    {
         let url = format!("mysql://root@127.0.0.1:{}/{}", tdb.port, tdb.name);
         tokio::spawn(async move {
             use sqlx::Row;
@@ -669,9 +773,9 @@ async fn main() {
                 .await
                 .expect("mon");
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let long: Option<i64> = sqlx::query_scalar("SELECT MAX(TIMESTAMPDIFF(MICROSECOND, trx_wait_started, NOW(6))) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'").fetch_one(&pool).await.ok().flatten();
-                if long.unwrap_or(0) < 2_000_000 {
+                if long.unwrap_or(0) < threshold_ms * 1000 {
                     continue;
                 }
                 eprintln!("=== GRAPH max wait {long:?}us");
@@ -691,6 +795,15 @@ async fn main() {
                         waited / 1000
                     );
                 }
+                let procs = sqlx::query("SELECT ID, COMMAND, IFNULL(STATE,'') AS st, TIME_MS, IFNULL(LEFT(INFO, 60),'') AS q FROM information_schema.PROCESSLIST WHERE COMMAND <> 'Sleep' OR TIME_MS > 100").fetch_all(&pool).await.unwrap_or_default();
+                for r in procs {
+                    let id: u64 = r.try_get("ID").unwrap_or(0);
+                    let cmd: String = r.try_get("COMMAND").unwrap_or_default();
+                    let st: String = r.try_get("st").unwrap_or_default();
+                    let t: f64 = r.try_get::<f64, _>("TIME_MS").unwrap_or(0.0);
+                    let q: String = r.try_get("q").unwrap_or_default();
+                    eprintln!("PROC th={id} {cmd} state=[{st}] {t:.0}ms q=[{q}]");
+                }
                 let waits = sqlx::query("SELECT CAST(w.requesting_trx_id AS CHAR) AS rq, CAST(w.blocking_trx_id AS CHAR) AS bl, CONCAT(l.lock_mode,' ',l.lock_table,' ',IFNULL(l.lock_index,''),' ',IFNULL(l.lock_data,'')) AS lk FROM information_schema.INNODB_LOCK_WAITS w JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id").fetch_all(&pool).await.unwrap_or_default();
                 for r in waits {
                     let rq: String = r.try_get("rq").unwrap_or_default();
@@ -702,16 +815,34 @@ async fn main() {
             }
         });
     }
+    if run("unbatched") {
+        let probe = CpuProbe::start(&mariadbd);
+        let before = server_counters(&status_pool).await;
+        let mut v = throughput(&both, "u", n(4_000), 1).await;
+        v["cpu"] = probe.finish();
+        let jobs = v["completed"].as_f64().unwrap_or(0.0);
+        v["mariadb_per_job"] =
+            counters_per_job(&before, &server_counters(&status_pool).await, jobs);
+        report.insert("create_claim_complete_unbatched".into(), v);
+    }
     if run("batched") {
         let probe = CpuProbe::start(&mariadbd);
+        let before = server_counters(&status_pool).await;
         let mut v = throughput(&both, "b", n(40_000), 100).await;
         v["cpu"] = probe.finish();
+        let jobs = v["completed"].as_f64().unwrap_or(0.0);
+        v["mariadb_per_job"] =
+            counters_per_job(&before, &server_counters(&status_pool).await, jobs);
         report.insert("create_claim_complete_batched".into(), v);
     }
     if run("claim") {
         report.insert(
             "enqueue_to_claim_latency".into(),
-            claim_latency(&both, n(500)).await,
+            claim_latency(&only_a, &only_a, "lat-same", n(500)).await,
+        );
+        report.insert(
+            "enqueue_to_claim_latency_across_instances".into(),
+            claim_latency(&only_a, &only_b, "lat-across", n(500)).await,
         );
     }
     if run("watch") {

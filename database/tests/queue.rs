@@ -1152,3 +1152,89 @@ async fn twenty_thousand_operations_drain_through_sixteen_claimers_on_two_gatewa
         .await
         .expect("the 20,000-operation drain finished within 240 s");
 }
+
+/// Concurrent calls share transactions (the store's write combiner), yet each call gets
+/// the outcome it would have had alone: a duplicate name fails only its own call, a
+/// stale lease only its own slot, and nothing else is lost or doubled.
+#[tokio::test]
+async fn concurrent_calls_are_combined_but_keep_their_own_outcomes() {
+    let (_tdb, store) = common::store().await;
+    // 24 creates at once; two of them share a name.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let store = store.clone();
+        let name = if i == 23 {
+            "c-0".to_string()
+        } else {
+            format!("c-{i}")
+        };
+        let target = format!("00000000-0000-0000-0000-{i:012}");
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_operation(on_node(op(&name, &target), "hv-c"), Duration::ZERO)
+                .await
+        }));
+    }
+    let mut created = 0;
+    let mut duplicates = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => created += 1,
+            Err(StoreError::AlreadyExists { name, .. }) => {
+                assert_eq!(name, "c-0");
+                duplicates += 1;
+            }
+            Err(e) => panic!("unexpected outcome: {e}"),
+        }
+    }
+    assert_eq!((created, duplicates), (23, 1));
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM work_queue").await,
+        23,
+        "one queue row per created operation"
+    );
+
+    // Claim them all, then complete them concurrently, one call per lease, plus a
+    // call with a lease that was never issued.
+    let claimed = claim_now(&store, "hv-c", 100).await;
+    assert_eq!(claimed.len(), 23);
+    let mut tasks = Vec::new();
+    for c in &claimed {
+        let store = store.clone();
+        let lease = c.lease;
+        tasks.push(tokio::spawn(async move {
+            store.complete(lease, json!({"ok": true})).await
+        }));
+    }
+    let bogus = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .complete(
+                    Lease {
+                        id: 999_999,
+                        attempt: 1,
+                    },
+                    json!({}),
+                )
+                .await
+        })
+    };
+    for t in tasks {
+        let stored = t.await.expect("task").expect("complete");
+        assert_eq!(stored.object["status"]["state"], "complete");
+    }
+    assert!(
+        is_stale(&bogus.await.expect("task")),
+        "only the bogus call fails"
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM work_queue").await, 0);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM cluster_operations WHERE state = 'complete'"
+        )
+        .await,
+        23
+    );
+}

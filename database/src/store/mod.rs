@@ -23,12 +23,14 @@
 //!   completions stalled up to 15 s behind each other that way.
 
 pub mod blobs;
+mod combine;
 pub mod events;
 pub mod ipam;
 pub mod locks;
 pub mod namespaces;
 pub mod queue;
 pub mod resources;
+mod wakes;
 pub mod watch;
 
 use std::future::Future;
@@ -199,6 +201,15 @@ impl StoreError {
 pub struct Store {
     pool: MySqlPool,
     committed: Arc<Notify>,
+    wakes: Arc<wakes::Wakes>,
+    combiners: Arc<Combiners>,
+}
+
+/// The write combiners of one store (see [`combine`]).
+#[derive(Default)]
+struct Combiners {
+    completions: combine::Combiner<queue::Completions>,
+    creates: combine::Combiner<queue::Creates>,
 }
 
 /// An open write transaction.
@@ -210,6 +221,19 @@ impl Store {
         Self {
             pool,
             committed: Arc::new(Notify::new()),
+            wakes: Arc::default(),
+            combiners: Arc::default(),
+        }
+    }
+
+    /// The same store without its combiners, for their workers: a worker holding its
+    /// own combiner would keep itself alive after the last caller's clone is gone.
+    fn detached(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            committed: self.committed.clone(),
+            wakes: self.wakes.clone(),
+            combiners: Arc::default(),
         }
     }
 

@@ -78,16 +78,14 @@
 //!   revision counter, then only `resources`/`change_log` writes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use sea_orm::sqlx::{self, Row, mysql::MySqlRow};
 use serde_json::{Map, Value, json};
 use sf_schema::operation::{ClusterOperation, ClusterOperationSpec, Priority};
 use sf_schema::validation::validate_cluster_operation;
-use tokio::sync::Notify;
 
+use super::combine::Combine;
 use super::resources::{
     NewObject, Replacement, Row0, insert_objects, prepare_new, remove_object, replace_objects,
 };
@@ -107,9 +105,8 @@ const KIND: &str = "ClusterOperation";
 /// The operation type abort() keeps.
 const SNAPSHOT: &str = "instance_snapshot";
 /// How often a waiting claim looks again without being woken: a safety net for rows
-/// whose `scheduled_at` arrives (backoff, delay). Work enqueued through this process
-/// wakes claimers at once; work enqueued through other gateways wakes them through
-/// the change feed (see [`wake_claimers`]), so claimers do not poll MariaDB in a loop.
+/// whose `scheduled_at` arrives (backoff, delay). Wakes ([`super::wakes`]) cover work
+/// enqueued or freed through this gateway or, through the change feed, through others.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// The first retry backoff, doubled per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -117,84 +114,6 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// Rows per statement or transaction in bulk paths.
 const CHUNK: usize = 500;
-
-/// Wakes every waiting claim of this process: after completions that released
-/// dependents, failures, aborts, re-queues, and cluster-queue work.
-static QUEUE_CHANGED: Notify = Notify::const_new();
-
-/// One [`Notify`] per node queue, for waking only the claimers of the node that got
-/// new work (one claimer per new operation), not every claimer of the process.
-static NODE_QUEUES: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// When the change feed last woke every claimer (ms since [`FEED_EPOCH`]), and whether
-/// a deferred wake is already scheduled.
-static FEED_LAST_WAKE_MS: AtomicU64 = AtomicU64::new(0);
-static FEED_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
-static FEED_EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
-/// The change feed wakes every claimer at most this often; a wake inside the window is
-/// deferred to its end, never dropped.
-const FEED_WAKE_WINDOW: Duration = Duration::from_millis(20);
-
-/// Wakes every waiting claim of this process.
-pub(crate) fn wake_claimers() {
-    QUEUE_CHANGED.notify_waiters();
-}
-
-fn node_queue(node: &str) -> Arc<Notify> {
-    let mut map = NODE_QUEUES.lock().unwrap_or_else(|p| p.into_inner());
-    map.entry(node.to_owned()).or_default().clone()
-}
-
-/// Wakes claimers for new work: one claimer of `node` per operation on a node queue,
-/// every claimer for cluster-queue work (`None`), which any node may claim.
-pub(crate) fn wake_for_new_work<'a>(nodes: impl IntoIterator<Item = Option<&'a str>>) {
-    let mut per_node: HashMap<&str, usize> = HashMap::new();
-    for node in nodes {
-        match node {
-            Some(n) => *per_node.entry(n).or_default() += 1,
-            None => {
-                wake_claimers();
-                return;
-            }
-        }
-    }
-    for (node, count) in per_node {
-        let notify = node_queue(node);
-        // A claim takes a batch, so a few wakes cover many operations.
-        for _ in 0..count.min(8) {
-            notify.notify_one();
-        }
-    }
-}
-
-/// Wakes every claimer after a change that may have freed work somewhere (a completion
-/// frees its target; one elsewhere may have released dependents), at most once per [`FEED_WAKE_WINDOW`]: a wake inside the
-/// window runs at its end instead, so none is lost and a burst costs one scan each.
-pub(crate) fn wake_claimers_coalesced() {
-    let now = u64::try_from(FEED_EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let last = FEED_LAST_WAKE_MS.load(Ordering::Acquire);
-    let window = u64::try_from(FEED_WAKE_WINDOW.as_millis()).unwrap_or(20);
-    if now.saturating_sub(last) >= window
-        && FEED_LAST_WAKE_MS
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    {
-        wake_claimers();
-        return;
-    }
-    if FEED_WAKE_PENDING.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let delay = Duration::from_millis(window.saturating_sub(now.saturating_sub(last)).max(1));
-    tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        FEED_WAKE_PENDING.store(false, Ordering::Release);
-        let now = u64::try_from(FEED_EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX);
-        FEED_LAST_WAKE_MS.store(now, Ordering::Release);
-        wake_claimers();
-    });
-}
 
 /// A claim on one work_queue row: valid while the row exists, is claimed, and its
 /// attempts counter still equals `attempt`.
@@ -707,6 +626,8 @@ struct Finished {
     cascaded: Vec<String>,
     /// How many dependents had a dependency released (they may be ready now).
     released: usize,
+    /// The revisions written: (first, count).
+    revisions: Option<(u64, u64)>,
 }
 
 /// Finishes `items` (whose queue and projection rows the caller locked, in that order):
@@ -813,9 +734,11 @@ async fn finish(
         }
     }
     let mut stored: Vec<Option<Stored>> = vec![None; items.len()];
+    let mut revisions = None;
     if !writes.is_empty() {
         let count = u64::try_from(writes.len()).unwrap_or(u64::MAX);
         let first = allocate_revisions(tx, count).await?;
+        revisions = Some((first, count));
         let indexes: Vec<usize> = writes.iter().map(|(index, _, _)| *index).collect();
         let mut replacements: Vec<Replacement<'_>> = writes
             .into_iter()
@@ -842,6 +765,7 @@ async fn finish(
         stored,
         cascaded: names,
         released,
+        revisions,
     })
 }
 
@@ -849,7 +773,7 @@ async fn finish(
 // Create.
 
 /// A validated new operation.
-struct NewOp {
+pub(crate) struct NewOp {
     key: ObjectKey,
     uid: String,
     object: Value,
@@ -1255,6 +1179,38 @@ fn claimed_view(q: &QueueRow, mut object: Value) -> Claimed {
     }
 }
 
+/// The readiness condition of a work_queue row `w` (on `ix_work_queue_ready`): ready,
+/// due, unclaimed, and its target not claimed (a non-locking read of
+/// `ux_work_queue_claimed_target`).
+const READY: &str = "w.queue_name = ? AND w.waiting_on = 0 AND w.claimed_at IS NULL \
+     AND w.scheduled_at <= NOW(6) \
+     AND NOT EXISTS (SELECT 1 FROM work_queue b WHERE b.claimed_target = w.target_uid)";
+
+/// Which of `queues` have a ready row now, read without locks (a row another claim is
+/// taking still counts: the locking scan then finds nothing, which is rare and safe).
+async fn queues_with_ready_rows(
+    pool: &sqlx::MySqlPool,
+    queues: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let text = queues
+        .iter()
+        .map(|_| {
+            format!(
+                "(SELECT w.queue_name FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
+                 WHERE {READY} LIMIT 1)"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut q = sqlx::query_scalar::<_, String>(sql(text));
+    for queue in queues {
+        q = q.bind(queue);
+    }
+    q.fetch_all(pool)
+        .await
+        .map_err(StoreError::query("look for ready work"))
+}
+
 /// Ready, unclaimed rows of one queue, locked (SKIP LOCKED), in claim order.
 async fn ready_rows(tx: &mut Tx, queue: &str, max: u32) -> Result<Vec<QueueRow>, StoreError> {
     // The equality prefix (queue_name, waiting_on, claimed_at IS NULL) of
@@ -1263,10 +1219,7 @@ async fn ready_rows(tx: &mut Tx, queue: &str, max: u32) -> Result<Vec<QueueRow>,
     // ux_work_queue_claimed_target without locking (InnoDB locks only the outer rows).
     let text = format!(
         "SELECT {QUEUE_COLUMNS} FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
-         WHERE w.queue_name = ? AND w.waiting_on = 0 AND w.claimed_at IS NULL \
-         AND w.scheduled_at <= NOW(6) \
-         AND NOT EXISTS (SELECT 1 FROM work_queue b WHERE b.claimed_target = w.target_uid) \
-         ORDER BY w.priority, w.scheduled_at, w.id LIMIT ? FOR UPDATE SKIP LOCKED"
+         WHERE {READY} ORDER BY w.priority, w.scheduled_at, w.id LIMIT ? FOR UPDATE SKIP LOCKED"
     );
     let rows = sqlx::query(sql(text))
         .bind(queue)
@@ -1416,7 +1369,8 @@ impl Store {
     }
 
     /// Creates operations in one transaction (all or none), with consecutive revisions in
-    /// input order. A `dependsOn` may name an earlier item of the batch.
+    /// input order. A `dependsOn` may name an earlier item of the batch. Concurrent
+    /// calls share a transaction ([`super::combine`]); each gets its own outcome.
     pub async fn create_operations(
         &self,
         items: Vec<(Value, Duration)>,
@@ -1433,8 +1387,13 @@ impl Store {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let ops = &ops;
-        let stored = self
+        self.combiners.creates.submit(self, ops).await
+    }
+
+    /// One create transaction over prepared operations; records their revisions as
+    /// local (the caller wakes claimers).
+    async fn create_now(&self, ops: &[NewOp]) -> Result<Vec<Stored>, StoreError> {
+        let (stored, first) = self
             .with_retry("create operation", || async move {
                 let mut tx = self.begin("create operation").await?;
                 let deps = resolve_dependencies(&mut tx, ops).await?;
@@ -1474,10 +1433,11 @@ impl Store {
                     })
                     .collect();
                 self.commit(tx, "create operation").await?;
-                Ok(stored)
+                Ok((stored, first))
             })
             .await?;
-        wake_for_new_work(ops.iter().map(|op| op.node.as_deref()));
+        self.wakes
+            .record_local(first, u64::try_from(ops.len()).unwrap_or(u64::MAX));
         Ok(stored)
     }
 
@@ -1530,30 +1490,30 @@ impl Store {
         }
         let max = max.min(MAX_CLAIM_BATCH);
         let deadline = tokio::time::Instant::now() + wait;
-        let mine = (!node.is_empty()).then(|| node_queue(node));
+        let mine = self.wakes.queue(node);
+        let _active = self.wakes.claim_started();
         loop {
-            let notified = QUEUE_CHANGED.notified();
+            let notified = self.wakes.everyone().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let claimed = self
                 .claim_once(node, include_cluster, max, claim_id, claimer)
                 .await?;
+            if claimed.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
+                // A full batch: more may be ready (a backlog has no wake of its own), so
+                // the next claim of this queue looks; its first look is one cheap read.
+                mine.notify_one();
+            }
             let now = tokio::time::Instant::now();
             if !claimed.is_empty() || now >= deadline {
                 return Ok(claimed);
             }
             let nap = POLL_INTERVAL.min(deadline - now);
-            // `notify_one` stores a permit when nobody waits, so a node wake sent
+            // `notify_one` stores a permit when nobody waits, so a queue wake sent
             // between the scan and this point is not lost.
-            let node_wake = async {
-                match &mine {
-                    Some(n) => n.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = &mut notified => {}
-                () = node_wake => {}
+                () = mine.notified() => {}
                 () = tokio::time::sleep(nap) => {}
             }
         }
@@ -1575,11 +1535,18 @@ impl Store {
         if include_cluster || node.is_empty() {
             queues.push("cluster".to_string());
         }
+        // A cheap look without locks first: most wake-ups that find nothing (another
+        // claim was quicker) then cost one statement instead of a locking transaction.
+        let queues = queues_with_ready_rows(&self.pool, &queues).await?;
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queues = &queues;
         let (claimed, orphans) = self
-            .with_retry("claim work", || async {
+            .with_retry("claim work", || async move {
                 let mut tx = self.begin("claim work").await?;
                 let mut candidates = Vec::new();
-                for queue in &queues {
+                for queue in queues {
                     candidates.extend(ready_rows(&mut tx, queue, max).await?);
                 }
                 if candidates.is_empty() {
@@ -1619,7 +1586,7 @@ impl Store {
             })
             .await?;
         if orphans > 0 {
-            wake_claimers();
+            self.wakes.wake_everyone();
         }
         Ok(claimed)
     }
@@ -1672,13 +1639,24 @@ impl Store {
 
     /// Completes many claimed operations in one transaction (one revision each, allocated
     /// together). The outcome of each lease is in its slot: a stale one is
-    /// [`StoreError::StaleLease`] and changes nothing, the others complete.
+    /// [`StoreError::StaleLease`] and changes nothing, the others complete. Concurrent
+    /// calls share a transaction ([`super::combine`]); each gets its own outcomes.
     pub async fn complete_batch(
         &self,
         items: Vec<(Lease, Value)>,
     ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
-        let items = &items;
-        let out = self
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.combiners.completions.submit(self, items).await
+    }
+
+    /// One completion transaction; then wakes the claims its completions made ready.
+    async fn complete_now(
+        &self,
+        items: &[(Lease, Value)],
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let (out, targets, uids, revisions) = self
             .with_retry("complete work", || async move {
                 let mut tx = self.begin("complete work").await?;
                 let leases: Vec<Lease> = items.iter().map(|(l, _)| *l).collect();
@@ -1710,6 +1688,11 @@ impl Store {
                     .iter()
                     .map(|f| ObjectKey::new(KIND, f.op.namespace.clone(), f.op.name.clone()))
                     .collect();
+                let targets: Vec<String> = finishing
+                    .iter()
+                    .filter_map(|f| f.queue.as_ref().map(|q| q.target_uid.clone()))
+                    .collect();
+                let mut uids: Vec<String> = finishing.iter().map(|f| f.op.uid.clone()).collect();
                 let finished = finish(&mut tx, finishing, &HashSet::new()).await?;
                 for ((i, stored), key) in index.into_iter().zip(finished.stored).zip(missing) {
                     slots[i] = Some(stored.ok_or_else(|| key.not_found()));
@@ -1719,18 +1702,36 @@ impl Store {
                     .into_iter()
                     .map(|s| s.unwrap_or_else(|| Err(StoreError::Corrupt("lost a slot".into()))))
                     .collect::<Vec<_>>();
-                Ok((slots, finished.released))
+                if finished.released == 0 {
+                    // Nothing depends on these: no dependents to look for.
+                    uids.clear();
+                }
+                Ok((slots, targets, uids, finished.revisions))
             })
             .await?;
-        let (out, released) = out;
-        if released > 0 {
-            // Dependents may be ready now, on any node.
-            wake_claimers();
-        } else {
-            // A completion frees its target for the next operation on it.
-            wake_claimers_coalesced();
+        if let Some((first, count)) = revisions {
+            self.wakes.record_local(first, count);
+        }
+        if !targets.is_empty() {
+            // Completions free their targets and release dependents: wake the queues of
+            // the work that became ready. Read after the commit, so work enqueued
+            // meanwhile is either seen here or woke its claimers itself after this
+            // completion freed the target.
+            self.wake_freed_work(&targets, &uids).await;
         }
         Ok(out)
+    }
+
+    /// Wakes one claim per ready row that waits on `targets` or depends on the
+    /// operations `uids` (which just finished, here or through another gateway).
+    pub(crate) async fn wake_freed_work(&self, targets: &[String], uids: &[String]) {
+        match freed_work_queues(&self.pool, targets, uids).await {
+            Ok(queues) => self.wakes.queues_ready(&queues),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading work freed by completions; waking every claim");
+                self.wakes.wake_everyone();
+            }
+        }
     }
 
     /// Fails a claimed operation. A retryable report below [`CLUSTER_OP_MAX_ATTEMPTS`]
@@ -1784,7 +1785,7 @@ impl Store {
                     .ok_or_else(|| key.not_found())
             })
             .await;
-        wake_claimers();
+        self.wakes.wake_everyone();
         stored
     }
 
@@ -1842,7 +1843,7 @@ impl Store {
                 Ok((aborted, kept))
             })
             .await?;
-        wake_claimers();
+        self.wakes.wake_everyone();
         Ok(result)
     }
 
@@ -1922,7 +1923,7 @@ impl Store {
             requeued_total += u64::try_from(requeued).unwrap_or(u64::MAX);
             rejected_total += u64::try_from(rejected).unwrap_or(u64::MAX);
             if requeued > 0 {
-                wake_claimers();
+                self.wakes.wake_everyone();
             }
             if seen < CHUNK {
                 break;
@@ -2042,6 +2043,163 @@ async fn abort_orphans(tx: &mut Tx, orphans: Vec<QueueRow>) -> Result<(), StoreE
     delete_queue_rows(tx, &lost).await?;
     finish(tx, finishing, &HashSet::new()).await?;
     Ok(())
+}
+
+/// The `queue_name` of each ready, unclaimed row that waits on one of `targets` or
+/// depends on one of the operations `uids` (read without locks; at most 64 rows per
+/// chunk: a wake per row, and a few wakes cover a batch claim).
+async fn freed_work_queues(
+    pool: &sqlx::MySqlPool,
+    targets: &[String],
+    uids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut queues = Vec::new();
+    for chunk in targets.chunks(CHUNK) {
+        let text = format!(
+            "SELECT queue_name FROM work_queue FORCE INDEX (ix_work_queue_target) \
+             WHERE target_uid IN ({}) AND claimed_at IS NULL AND waiting_on = 0 LIMIT 64",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sql(text));
+        for t in chunk {
+            q = q.bind(t);
+        }
+        queues.extend(
+            q.fetch_all(pool)
+                .await
+                .map_err(StoreError::query("read freed work"))?,
+        );
+    }
+    for chunk in uids.chunks(CHUNK) {
+        let text = format!(
+            "SELECT w.queue_name FROM operation_dependencies d \
+             FORCE INDEX (ix_operation_dependencies_on) \
+             JOIN work_queue w ON w.op_uid = d.op_uid \
+             WHERE d.depends_on_uid IN ({}) AND w.claimed_at IS NULL AND w.waiting_on = 0 LIMIT 64",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sql(text));
+        for u in chunk {
+            q = q.bind(u);
+        }
+        queues.extend(
+            q.fetch_all(pool)
+                .await
+                .map_err(StoreError::query("read freed work"))?,
+        );
+    }
+    Ok(queues)
+}
+
+/// Splits `flat` back into calls of `sizes` items.
+fn split_by<T>(flat: Vec<T>, sizes: &[usize]) -> Vec<Vec<T>> {
+    let mut rest = flat.into_iter();
+    sizes
+        .iter()
+        .map(|n| rest.by_ref().take(*n).collect())
+        .collect()
+}
+
+/// Concurrent [`Store::complete_batch`] calls, combined.
+pub(crate) struct Completions;
+
+impl Combine for Completions {
+    type Req = Vec<(Lease, Value)>;
+    type Out = Result<Vec<Result<Stored, StoreError>>, StoreError>;
+    const MAX_WEIGHT: usize = CHUNK;
+
+    fn weight(req: &Self::Req) -> usize {
+        req.len()
+    }
+
+    fn keys(req: &Self::Req) -> Vec<String> {
+        req.iter().map(|(l, _)| l.id.to_string()).collect()
+    }
+
+    async fn run(store: &Store, reqs: Vec<Self::Req>) -> Vec<Self::Out> {
+        if reqs.len() == 1 {
+            let mut out = Vec::with_capacity(1);
+            for req in reqs {
+                out.push(store.complete_now(&req).await);
+            }
+            return out;
+        }
+        let sizes: Vec<usize> = reqs.iter().map(Vec::len).collect();
+        let flat: Vec<(Lease, Value)> = reqs.into_iter().flatten().collect();
+        match store.complete_now(&flat).await {
+            Ok(results) => split_by(results, &sizes).into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, calls = sizes.len(), "combined completion failed; running each call alone");
+                let mut out = Vec::with_capacity(sizes.len());
+                for req in split_by(flat, &sizes) {
+                    out.push(store.complete_now(&req).await);
+                }
+                out
+            }
+        }
+    }
+
+    fn worker_lost() -> Self::Out {
+        Err(StoreError::Unavailable {
+            operation: "complete work",
+            source: sqlx::Error::WorkerCrashed,
+        })
+    }
+}
+
+/// Concurrent [`Store::create_operations`] calls (validated), combined.
+pub(crate) struct Creates;
+
+impl Combine for Creates {
+    type Req = Vec<NewOp>;
+    type Out = Result<Vec<Stored>, StoreError>;
+    const MAX_WEIGHT: usize = CHUNK;
+
+    fn weight(req: &Self::Req) -> usize {
+        req.len()
+    }
+
+    fn keys(req: &Self::Req) -> Vec<String> {
+        req.iter()
+            .map(|op| format!("{}/{}", op.key.namespace, op.key.name))
+            .collect()
+    }
+
+    async fn run(store: &Store, reqs: Vec<Self::Req>) -> Vec<Self::Out> {
+        let sizes: Vec<usize> = reqs.iter().map(Vec::len).collect();
+        let flat: Vec<NewOp> = reqs.into_iter().flatten().collect();
+        let out = match store.create_now(&flat).await {
+            Ok(stored) => split_by(stored, &sizes).into_iter().map(Ok).collect(),
+            Err(e) if sizes.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::debug!(error = %e, calls = sizes.len(), "combined create failed; running each call alone");
+                let mut out = Vec::with_capacity(sizes.len());
+                for req in split_by(flat, &sizes) {
+                    let result = store.create_now(&req).await;
+                    if result.is_ok() {
+                        store
+                            .wakes
+                            .new_work(req.iter().map(|op| op.node.as_deref()));
+                    }
+                    out.push(result);
+                }
+                return out;
+            }
+        };
+        if out.iter().any(Result::is_ok) {
+            store
+                .wakes
+                .new_work(flat.iter().map(|op| op.node.as_deref()));
+        }
+        out
+    }
+
+    fn worker_lost() -> Self::Out {
+        Err(StoreError::Unavailable {
+            operation: "create operation",
+            source: sqlx::Error::WorkerCrashed,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -310,28 +310,47 @@ impl ChangeFeed {
             }
         }
         let n = changes.len();
-        // Work created or finished, possibly through another gateway: waiting claims of
-        // this process look again now instead of polling MariaDB. New work wakes one
-        // claimer of its node per operation; anything else (a completion may free a
-        // target or release dependents) wakes every claimer, coalesced.
-        let mut other_change = false;
-        super::queue::wake_for_new_work(
+        // Work created or finished through ANOTHER gateway: waiting claims of this
+        // process look again now instead of polling MariaDB (this gateway's own
+        // operation writes woke them already). New work wakes one claim of its node
+        // per operation; a finished operation (complete, error, abort) may have freed
+        // its target or released dependents: while claims of this gateway run, read
+        // which ready rows that made, off the feed's path, and wake their queues.
+        let wakes = &self.store.wakes;
+        let mut finished_targets = Vec::new();
+        let mut finished_uids = Vec::new();
+        wakes.new_work(
             changes
                 .iter()
-                .filter(|c| c.key.kind == "ClusterOperation")
+                .filter(|c| c.key.kind == "ClusterOperation" && !wakes.is_local(c.revision))
                 .filter_map(|c| {
                     let object = &c.object;
-                    if object["status"]["state"] == "queued" {
-                        Some(object["spec"]["node"].as_str())
-                    } else {
-                        other_change = true;
-                        None
+                    match object["status"]["state"].as_str() {
+                        Some("queued") => Some(object["spec"]["node"].as_str()),
+                        Some("complete" | "error" | "abort") => {
+                            if let Some(t) = object["spec"]["target"]["uid"].as_str() {
+                                finished_targets.push(t.to_string());
+                            }
+                            if let Some(u) = object["metadata"]["uid"].as_str() {
+                                finished_uids.push(u.to_string());
+                            }
+                            None
+                        }
+                        _ => None,
                     }
                 })
                 .collect::<Vec<_>>(),
         );
-        if other_change {
-            super::queue::wake_claimers_coalesced();
+        if !finished_uids.is_empty() && wakes.claims_active() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                store
+                    .wake_freed_work(&finished_targets, &finished_uids)
+                    .await;
+            });
+        }
+        if let Some(last) = changes.last() {
+            wakes.forget_through(last.revision);
         }
         for change in changes {
             let revision = change.revision;
