@@ -1220,15 +1220,37 @@ async fn concurrent_calls_are_combined_but_keep_their_own_outcomes() {
                 .await
         })
     };
+    // Creates in the same burst share transactions with the completions.
+    let mut creates = Vec::new();
+    for i in 0..5 {
+        let store = store.clone();
+        let target = format!("00000000-0000-0000-0001-{i:012}");
+        creates.push(tokio::spawn(async move {
+            store
+                .create_operation(
+                    on_node(op(&format!("d-{i}"), &target), "hv-d"),
+                    Duration::ZERO,
+                )
+                .await
+        }));
+    }
     for t in tasks {
         let stored = t.await.expect("task").expect("complete");
         assert_eq!(stored.object["status"]["state"], "complete");
+    }
+    for t in creates {
+        let stored = t.await.expect("task").expect("create");
+        assert_eq!(stored.object["status"]["state"], "queued");
     }
     assert!(
         is_stale(&bogus.await.expect("task")),
         "only the bogus call fails"
     );
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM work_queue").await, 0);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM work_queue").await,
+        5,
+        "only the new operations are queued"
+    );
     assert_eq!(
         count(
             &store,

@@ -3,11 +3,11 @@
 //! Contract:
 //! - Every write that changes a resource holds the revision counter from its allocation
 //!   to its COMMIT (store contract, invariant 1), so such writes commit one at a time
-//!   and each pays a commit (an fsync) under the counter. A [`Combiner`] gives one kind
-//!   of write (queue completions, operation creates) a single worker per store: calls
-//!   that arrive while a batch runs form the next batch, which runs as one transaction
-//!   with one revision allocation. A call that finds the worker idle runs at once, so a
-//!   lone call waits for nobody.
+//!   and each pays a commit (an fsync) under the counter. A [`Combiner`] gives a kind of
+//!   write a single worker per store (the queue's creates and completions share one:
+//!   [`super::queue::Writes`]): calls that arrive while a batch runs form the next
+//!   batch, which runs as one transaction with one revision allocation. A call that
+//!   finds the worker idle runs at once, so a lone call waits for nobody.
 //! - A batch never holds two calls that touch the same key (a lease, an operation
 //!   name): the later call waits for the next batch, so each call sees the outcome it
 //!   would have seen alone.

@@ -208,8 +208,7 @@ pub struct Store {
 /// The write combiners of one store (see [`combine`]).
 #[derive(Default)]
 struct Combiners {
-    completions: combine::Combiner<queue::Completions>,
-    creates: combine::Combiner<queue::Creates>,
+    writes: combine::Combiner<queue::Writes>,
 }
 
 /// An open write transaction.

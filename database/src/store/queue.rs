@@ -73,6 +73,11 @@
 //! - **Retention** ([`Store::purge_terminal_operations`]) removes complete/error/abort
 //!   operations older than a threshold: projection, dependency edges and the resource
 //!   (through the resources building blocks, so watchers see DELETED).
+//! - **Combining**: concurrent [`Store::create_operations`] and [`Store::complete_batch`]
+//!   calls of one store run as one transaction ([`Writes`], see [`super::combine`]):
+//!   the creates' rows, then the completions' locks, then ONE revision allocation for
+//!   both. Each call gets its own outcome; a combined transaction that fails as a whole
+//!   (a duplicate name, an unknown dependency) is rerun call by call.
 //! - Lock order, as the store contract requires: `work_queue` rows, then
 //!   `cluster_operations` rows, then dependents' rows, then `resources` rows, then the
 //!   revision counter, then only `resources`/`change_log` writes.
@@ -624,10 +629,6 @@ struct Finished {
     stored: Vec<Option<Stored>>,
     /// Names (`namespace/name`) of dependents aborted because a dependency failed.
     cascaded: Vec<String>,
-    /// How many dependents had a dependency released (they may be ready now).
-    released: usize,
-    /// The revisions written: (first, count).
-    revisions: Option<(u64, u64)>,
 }
 
 /// Finishes `items` (whose queue and projection rows the caller locked, in that order):
@@ -639,6 +640,39 @@ async fn finish(
     items: Vec<Finishing>,
     keep: &HashSet<String>,
 ) -> Result<Finished, StoreError> {
+    let prepared = finish_prepare(tx, items, keep).await?;
+    let first = match prepared.revision_count() {
+        0 => 0,
+        n => allocate_revisions(tx, n).await?,
+    };
+    finish_write(tx, prepared, first).await
+}
+
+/// What [`finish_prepare`] decided: the resource writes that remain, after the counter.
+struct PreparedFinish {
+    /// How many primary items there were.
+    items: usize,
+    /// The locked resource rows, by uid.
+    rows: HashMap<String, Row0>,
+    /// (item index, uid, next object) per resource write, in revision order.
+    writes: Vec<(usize, String, Value)>,
+    cascaded: Vec<String>,
+    released: usize,
+}
+
+impl PreparedFinish {
+    fn revision_count(&self) -> u64 {
+        u64::try_from(self.writes.len()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Everything of [`finish`] before the revision counter: queue rows, projection states,
+/// dependents, and the locked resources with their next objects.
+async fn finish_prepare(
+    tx: &mut Tx,
+    items: Vec<Finishing>,
+    keep: &HashSet<String>,
+) -> Result<PreparedFinish, StoreError> {
     write_queue_side(tx, &items).await?;
 
     // Completion releases dependents.
@@ -727,30 +761,54 @@ async fn finish(
     for (index, item) in all.iter().enumerate() {
         if let Some(row) = rows.get(&item.op.uid) {
             let next = next_object(&row.object, item)?;
-            writes.push((index, row, next));
+            writes.push((index, item.op.uid.clone(), next));
         } else {
             tracing::warn!(operation = %item.op.display(), uid = %item.op.uid,
                 "cluster operation has no resource; finished its queue rows only");
         }
     }
-    let mut stored: Vec<Option<Stored>> = vec![None; items.len()];
-    let mut revisions = None;
+    let mut names: Vec<String> = cascaded.iter().map(|c| c.op.display()).collect();
+    names.sort();
+    Ok(PreparedFinish {
+        items: items.len(),
+        rows,
+        writes,
+        cascaded: names,
+        released,
+    })
+}
+
+/// The rest of [`finish`], after the counter: the resource writes at consecutive
+/// revisions from `first` (unused when there are none).
+async fn finish_write(
+    tx: &mut Tx,
+    prepared: PreparedFinish,
+    first: u64,
+) -> Result<Finished, StoreError> {
+    let PreparedFinish {
+        items,
+        rows,
+        writes,
+        cascaded,
+        ..
+    } = prepared;
+    let mut stored: Vec<Option<Stored>> = vec![None; items];
     if !writes.is_empty() {
-        let count = u64::try_from(writes.len()).unwrap_or(u64::MAX);
-        let first = allocate_revisions(tx, count).await?;
-        revisions = Some((first, count));
         let indexes: Vec<usize> = writes.iter().map(|(index, _, _)| *index).collect();
-        let mut replacements: Vec<Replacement<'_>> = writes
-            .into_iter()
-            .map(|(_, row, next)| Replacement {
+        let mut replacements = Vec::with_capacity(writes.len());
+        for (_, uid, next) in writes {
+            let row = rows
+                .get(&uid)
+                .ok_or_else(|| StoreError::Corrupt(format!("lost the locked row of {uid}")))?;
+            replacements.push(Replacement {
                 row,
                 object: next,
                 generation: row.generation,
-            })
-            .collect();
+            });
+        }
         replace_objects(tx, first, &mut replacements).await?;
         for ((revision, index), r) in (first..).zip(indexes).zip(replacements) {
-            if index < items.len() {
+            if index < items {
                 stored[index] = Some(Stored {
                     object: r.object,
                     resource_version: revision,
@@ -759,14 +817,158 @@ async fn finish(
             }
         }
     }
-    let mut names: Vec<String> = cascaded.iter().map(|c| c.op.display()).collect();
-    names.sort();
-    Ok(Finished {
-        stored,
-        cascaded: names,
-        released,
-        revisions,
+    Ok(Finished { stored, cascaded })
+}
+
+/// The create half of a write, before the revision counter: projection, name check,
+/// dependencies and queue rows.
+async fn create_prepare(tx: &mut Tx, ops: &[NewOp]) -> Result<(), StoreError> {
+    let deps = resolve_dependencies(tx, ops).await?;
+    insert_projection(tx, ops).await?;
+    check_resources_free(tx, ops).await?;
+    let mut edges = Vec::new();
+    let mut waiting = Vec::with_capacity(ops.len());
+    for (op, deps) in ops.iter().zip(&deps) {
+        let mut wait = 0u32;
+        for dep in deps {
+            edges.push((op.uid.as_str(), dep.uid.as_str()));
+            if !dep.complete {
+                wait += 1;
+            }
+        }
+        waiting.push(wait);
+    }
+    insert_dependencies(tx, &edges).await?;
+    insert_queue_rows(tx, ops, &waiting).await
+}
+
+/// The create half after the counter: the resources at revisions from `first`.
+async fn create_write(tx: &mut Tx, ops: &[NewOp], first: u64) -> Result<Vec<Stored>, StoreError> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut objects: Vec<NewObject> = ops
+        .iter()
+        .map(|op| NewObject {
+            key: op.key.clone(),
+            uid: op.uid.clone(),
+            object: op.object.clone(),
+        })
+        .collect();
+    insert_objects(tx, first, &mut objects).await?;
+    Ok((first..)
+        .zip(objects)
+        .map(|(revision, o)| Stored {
+            object: o.object,
+            resource_version: revision,
+            changed: true,
+        })
+        .collect())
+}
+
+/// The completion half of a write, before the revision counter.
+struct PreparedCompletion {
+    /// One slot per lease: decided already (stale, invalid) or filled after the write.
+    slots: Vec<Option<Result<Stored, StoreError>>>,
+    /// The slot of each finishing item, and its key (for a vanished resource).
+    index: Vec<(usize, ObjectKey)>,
+    /// Targets the completions free, and (when dependents were released) their uids.
+    targets: Vec<String>,
+    uids: Vec<String>,
+    prepared: PreparedFinish,
+}
+
+async fn complete_prepare(
+    tx: &mut Tx,
+    items: &[(Lease, Value)],
+) -> Result<PreparedCompletion, StoreError> {
+    let leases: Vec<Lease> = items.iter().map(|(l, _)| *l).collect();
+    let checked = if leases.is_empty() {
+        Vec::new()
+    } else {
+        check_leases(tx, &leases).await?
+    };
+    let mut slots = Vec::with_capacity(items.len());
+    let mut finishing = Vec::new();
+    let mut index = Vec::new();
+    for (i, (check, (_, result))) in checked.into_iter().zip(items).enumerate() {
+        match check {
+            Checked::Stale(e) => slots.push(Some(Err(e))),
+            Checked::Valid(_, _) if !(result.is_object() || result.is_null()) => {
+                slots.push(Some(Err(invalid("result must be a JSON object"))));
+            }
+            Checked::Valid(op, queue) => {
+                slots.push(None);
+                index.push((
+                    i,
+                    ObjectKey::new(KIND, op.namespace.clone(), op.name.clone()),
+                ));
+                finishing.push(Finishing {
+                    op,
+                    queue: Some(queue),
+                    outcome: Outcome::Complete(Some(result.clone()).filter(|r| !r.is_null())),
+                });
+            }
+        }
+    }
+    let targets: Vec<String> = finishing
+        .iter()
+        .filter_map(|f| f.queue.as_ref().map(|q| q.target_uid.clone()))
+        .collect();
+    let mut uids: Vec<String> = finishing.iter().map(|f| f.op.uid.clone()).collect();
+    let prepared = if finishing.is_empty() {
+        PreparedFinish {
+            items: 0,
+            rows: HashMap::new(),
+            writes: Vec::new(),
+            cascaded: Vec::new(),
+            released: 0,
+        }
+    } else {
+        finish_prepare(tx, finishing, &HashSet::new()).await?
+    };
+    if prepared.released == 0 {
+        // Nothing depends on these: no dependents to look for.
+        uids.clear();
+    }
+    Ok(PreparedCompletion {
+        slots,
+        index,
+        targets,
+        uids,
+        prepared,
     })
+}
+
+/// The completion half after the counter, at revisions from `first`: the outcome of each
+/// lease, the freed targets and the uids whose dependents were released.
+async fn complete_write(
+    tx: &mut Tx,
+    completion: PreparedCompletion,
+    first: u64,
+) -> Result<(Vec<Result<Stored, StoreError>>, Vec<String>, Vec<String>), StoreError> {
+    let PreparedCompletion {
+        mut slots,
+        index,
+        targets,
+        uids,
+        prepared,
+    } = completion;
+    let finished = finish_write(tx, prepared, first).await?;
+    for ((i, key), stored) in index.into_iter().zip(finished.stored) {
+        slots[i] = Some(stored.ok_or_else(|| key.not_found()));
+    }
+    let out = slots
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| Err(StoreError::Corrupt("lost a slot".into()))))
+        .collect();
+    Ok((out, targets, uids))
+}
+
+/// What one write transaction did.
+struct WriteDone {
+    created: Vec<Stored>,
+    completed: Vec<Result<Stored, StoreError>>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -1387,58 +1589,67 @@ impl Store {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.combiners.creates.submit(self, ops).await
+        match self
+            .combiners
+            .writes
+            .submit(self, WriteCall::Create(ops))
+            .await?
+        {
+            WriteOk::Created(stored) => Ok(stored),
+            WriteOk::Completed(_) => Err(StoreError::Corrupt(
+                "a create got a completion's outcome".into(),
+            )),
+        }
     }
 
-    /// One create transaction over prepared operations; records their revisions as
-    /// local (the caller wakes claimers).
-    async fn create_now(&self, ops: &[NewOp]) -> Result<Vec<Stored>, StoreError> {
-        let (stored, first) = self
-            .with_retry("create operation", || async move {
-                let mut tx = self.begin("create operation").await?;
-                let deps = resolve_dependencies(&mut tx, ops).await?;
-                insert_projection(&mut tx, ops).await?;
-                check_resources_free(&mut tx, ops).await?;
-                let mut edges = Vec::new();
-                let mut waiting = Vec::with_capacity(ops.len());
-                for (op, deps) in ops.iter().zip(&deps) {
-                    let mut wait = 0u32;
-                    for dep in deps {
-                        edges.push((op.uid.as_str(), dep.uid.as_str()));
-                        if !dep.complete {
-                            wait += 1;
-                        }
-                    }
-                    waiting.push(wait);
+    /// One write transaction: `creates` (validated operations) and `completes` (leases
+    /// with results), their revisions allocated together, LAST, after every row lock of
+    /// both halves. Records the revisions as local and wakes the claims the writes made
+    /// work for. A failed create fails the whole transaction; a stale lease fails only
+    /// its slot.
+    async fn write_now(
+        &self,
+        creates: &[NewOp],
+        completes: &[(Lease, Value)],
+    ) -> Result<WriteDone, StoreError> {
+        let (done, revisions, targets, uids) = self
+            .with_retry("write operations", || async move {
+                let mut tx = self.begin("write operations").await?;
+                if !creates.is_empty() {
+                    create_prepare(&mut tx, creates).await?;
                 }
-                insert_dependencies(&mut tx, &edges).await?;
-                insert_queue_rows(&mut tx, ops, &waiting).await?;
-                let count = u64::try_from(ops.len()).unwrap_or(u64::MAX);
-                let first = allocate_revisions(&mut tx, count).await?;
-                let mut objects: Vec<NewObject> = ops
-                    .iter()
-                    .map(|op| NewObject {
-                        key: op.key.clone(),
-                        uid: op.uid.clone(),
-                        object: op.object.clone(),
-                    })
-                    .collect();
-                insert_objects(&mut tx, first, &mut objects).await?;
-                let stored: Vec<Stored> = (first..)
-                    .zip(objects)
-                    .map(|(revision, o)| Stored {
-                        object: o.object,
-                        resource_version: revision,
-                        changed: true,
-                    })
-                    .collect();
-                self.commit(tx, "create operation").await?;
-                Ok((stored, first))
+                let completion = complete_prepare(&mut tx, completes).await?;
+                let n_creates = u64::try_from(creates.len()).unwrap_or(u64::MAX);
+                let count = n_creates + completion.prepared.revision_count();
+                let first = match count {
+                    0 => 0,
+                    n => allocate_revisions(&mut tx, n).await?,
+                };
+                let created = create_write(&mut tx, creates, first).await?;
+                let (completed, targets, uids) =
+                    complete_write(&mut tx, completion, first + n_creates).await?;
+                self.commit(tx, "write operations").await?;
+                Ok((
+                    WriteDone { created, completed },
+                    (first, count),
+                    targets,
+                    uids,
+                ))
             })
             .await?;
-        self.wakes
-            .record_local(first, u64::try_from(ops.len()).unwrap_or(u64::MAX));
-        Ok(stored)
+        self.wakes.record_local(revisions.0, revisions.1);
+        if !creates.is_empty() {
+            self.wakes
+                .new_work(creates.iter().map(|op| op.node.as_deref()));
+        }
+        if !targets.is_empty() {
+            // Completions free their targets and release dependents: wake the queues of
+            // the work that became ready. Read after the commit, so work enqueued
+            // meanwhile is either seen here or woke its claimers itself after this
+            // completion freed the target.
+            self.wake_freed_work(&targets, &uids).await;
+        }
+        Ok(done)
     }
 
     /// Claims up to `max` ready operations of `node:<node>` and the cluster queue (only
@@ -1648,78 +1859,17 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.combiners.completions.submit(self, items).await
-    }
-
-    /// One completion transaction; then wakes the claims its completions made ready.
-    async fn complete_now(
-        &self,
-        items: &[(Lease, Value)],
-    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
-        let (out, targets, uids, revisions) = self
-            .with_retry("complete work", || async move {
-                let mut tx = self.begin("complete work").await?;
-                let leases: Vec<Lease> = items.iter().map(|(l, _)| *l).collect();
-                let checked = check_leases(&mut tx, &leases).await?;
-                let mut slots: Vec<Option<Result<Stored, StoreError>>> =
-                    Vec::with_capacity(items.len());
-                let mut finishing = Vec::new();
-                let mut index = Vec::new();
-                for (i, (check, (_, result))) in checked.into_iter().zip(items).enumerate() {
-                    match check {
-                        Checked::Stale(e) => slots.push(Some(Err(e))),
-                        Checked::Valid(_, _) if !(result.is_object() || result.is_null()) => {
-                            slots.push(Some(Err(invalid("result must be a JSON object"))));
-                        }
-                        Checked::Valid(op, queue) => {
-                            slots.push(None);
-                            index.push(i);
-                            finishing.push(Finishing {
-                                op,
-                                queue: Some(queue),
-                                outcome: Outcome::Complete(
-                                    Some(result.clone()).filter(|r| !r.is_null()),
-                                ),
-                            });
-                        }
-                    }
-                }
-                let missing: Vec<ObjectKey> = finishing
-                    .iter()
-                    .map(|f| ObjectKey::new(KIND, f.op.namespace.clone(), f.op.name.clone()))
-                    .collect();
-                let targets: Vec<String> = finishing
-                    .iter()
-                    .filter_map(|f| f.queue.as_ref().map(|q| q.target_uid.clone()))
-                    .collect();
-                let mut uids: Vec<String> = finishing.iter().map(|f| f.op.uid.clone()).collect();
-                let finished = finish(&mut tx, finishing, &HashSet::new()).await?;
-                for ((i, stored), key) in index.into_iter().zip(finished.stored).zip(missing) {
-                    slots[i] = Some(stored.ok_or_else(|| key.not_found()));
-                }
-                self.commit(tx, "complete work").await?;
-                let slots = slots
-                    .into_iter()
-                    .map(|s| s.unwrap_or_else(|| Err(StoreError::Corrupt("lost a slot".into()))))
-                    .collect::<Vec<_>>();
-                if finished.released == 0 {
-                    // Nothing depends on these: no dependents to look for.
-                    uids.clear();
-                }
-                Ok((slots, targets, uids, finished.revisions))
-            })
-            .await?;
-        if let Some((first, count)) = revisions {
-            self.wakes.record_local(first, count);
+        match self
+            .combiners
+            .writes
+            .submit(self, WriteCall::Complete(items))
+            .await?
+        {
+            WriteOk::Completed(out) => Ok(out),
+            WriteOk::Created(_) => Err(StoreError::Corrupt(
+                "a completion got a create's outcome".into(),
+            )),
         }
-        if !targets.is_empty() {
-            // Completions free their targets and release dependents: wake the queues of
-            // the work that became ready. Read after the commit, so work enqueued
-            // meanwhile is either seen here or woke its claimers itself after this
-            // completion freed the target.
-            self.wake_freed_work(&targets, &uids).await;
-        }
-        Ok(out)
     }
 
     /// Wakes one claim per ready row that waits on `targets` or depends on the
@@ -2100,39 +2250,103 @@ fn split_by<T>(flat: Vec<T>, sizes: &[usize]) -> Vec<Vec<T>> {
         .collect()
 }
 
-/// Concurrent [`Store::complete_batch`] calls, combined.
-pub(crate) struct Completions;
+/// One call to the write combiner.
+pub(crate) enum WriteCall {
+    /// [`Store::create_operations`] (validated).
+    Create(Vec<NewOp>),
+    /// [`Store::complete_batch`].
+    Complete(Vec<(Lease, Value)>),
+}
 
-impl Combine for Completions {
-    type Req = Vec<(Lease, Value)>;
-    type Out = Result<Vec<Result<Stored, StoreError>>, StoreError>;
+/// One call's outcome.
+pub(crate) enum WriteOk {
+    Created(Vec<Stored>),
+    Completed(Vec<Result<Stored, StoreError>>),
+}
+
+/// Concurrent creates and completions of one store, combined into one transaction.
+pub(crate) struct Writes;
+
+impl Combine for Writes {
+    type Req = WriteCall;
+    type Out = Result<WriteOk, StoreError>;
     const MAX_WEIGHT: usize = CHUNK;
 
     fn weight(req: &Self::Req) -> usize {
-        req.len()
+        match req {
+            WriteCall::Create(ops) => ops.len(),
+            WriteCall::Complete(items) => items.len(),
+        }
     }
 
     fn keys(req: &Self::Req) -> Vec<String> {
-        req.iter().map(|(l, _)| l.id.to_string()).collect()
+        match req {
+            WriteCall::Create(ops) => ops
+                .iter()
+                .map(|op| format!("op:{}/{}", op.key.namespace, op.key.name))
+                .collect(),
+            WriteCall::Complete(items) => items
+                .iter()
+                .map(|(l, _)| format!("lease:{}", l.id))
+                .collect(),
+        }
     }
 
     async fn run(store: &Store, reqs: Vec<Self::Req>) -> Vec<Self::Out> {
-        if reqs.len() == 1 {
-            let mut out = Vec::with_capacity(1);
-            for req in reqs {
-                out.push(store.complete_now(&req).await);
+        let mut kinds = Vec::with_capacity(reqs.len());
+        let (mut creates, mut completes) = (Vec::new(), Vec::new());
+        let (mut create_sizes, mut complete_sizes) = (Vec::new(), Vec::new());
+        for req in reqs {
+            match req {
+                WriteCall::Create(ops) => {
+                    kinds.push(true);
+                    create_sizes.push(ops.len());
+                    creates.extend(ops);
+                }
+                WriteCall::Complete(items) => {
+                    kinds.push(false);
+                    complete_sizes.push(items.len());
+                    completes.extend(items);
+                }
             }
-            return out;
         }
-        let sizes: Vec<usize> = reqs.iter().map(Vec::len).collect();
-        let flat: Vec<(Lease, Value)> = reqs.into_iter().flatten().collect();
-        match store.complete_now(&flat).await {
-            Ok(results) => split_by(results, &sizes).into_iter().map(Ok).collect(),
+        match store.write_now(&creates, &completes).await {
+            Ok(done) => {
+                let mut created = split_by(done.created, &create_sizes).into_iter();
+                let mut completed = split_by(done.completed, &complete_sizes).into_iter();
+                kinds
+                    .into_iter()
+                    .map(|is_create| {
+                        if is_create {
+                            created.next().map(WriteOk::Created)
+                        } else {
+                            completed.next().map(WriteOk::Completed)
+                        }
+                        .ok_or_else(|| StoreError::Corrupt("lost a combined outcome".into()))
+                    })
+                    .collect()
+            }
+            Err(e) if kinds.len() == 1 => vec![Err(e)],
             Err(e) => {
-                tracing::debug!(error = %e, calls = sizes.len(), "combined completion failed; running each call alone");
-                let mut out = Vec::with_capacity(sizes.len());
-                for req in split_by(flat, &sizes) {
-                    out.push(store.complete_now(&req).await);
+                tracing::debug!(error = %e, calls = kinds.len(), "combined write failed; running each call alone");
+                let mut creates = split_by(creates, &create_sizes).into_iter();
+                let mut completes = split_by(completes, &complete_sizes).into_iter();
+                let mut out = Vec::with_capacity(kinds.len());
+                for is_create in kinds {
+                    let result = if is_create {
+                        let ops = creates.next().unwrap_or_default();
+                        store
+                            .write_now(&ops, &[])
+                            .await
+                            .map(|d| WriteOk::Created(d.created))
+                    } else {
+                        let items = completes.next().unwrap_or_default();
+                        store
+                            .write_now(&[], &items)
+                            .await
+                            .map(|d| WriteOk::Completed(d.completed))
+                    };
+                    out.push(result);
                 }
                 out
             }
@@ -2141,62 +2355,7 @@ impl Combine for Completions {
 
     fn worker_lost() -> Self::Out {
         Err(StoreError::Unavailable {
-            operation: "complete work",
-            source: sqlx::Error::WorkerCrashed,
-        })
-    }
-}
-
-/// Concurrent [`Store::create_operations`] calls (validated), combined.
-pub(crate) struct Creates;
-
-impl Combine for Creates {
-    type Req = Vec<NewOp>;
-    type Out = Result<Vec<Stored>, StoreError>;
-    const MAX_WEIGHT: usize = CHUNK;
-
-    fn weight(req: &Self::Req) -> usize {
-        req.len()
-    }
-
-    fn keys(req: &Self::Req) -> Vec<String> {
-        req.iter()
-            .map(|op| format!("{}/{}", op.key.namespace, op.key.name))
-            .collect()
-    }
-
-    async fn run(store: &Store, reqs: Vec<Self::Req>) -> Vec<Self::Out> {
-        let sizes: Vec<usize> = reqs.iter().map(Vec::len).collect();
-        let flat: Vec<NewOp> = reqs.into_iter().flatten().collect();
-        let out = match store.create_now(&flat).await {
-            Ok(stored) => split_by(stored, &sizes).into_iter().map(Ok).collect(),
-            Err(e) if sizes.len() == 1 => vec![Err(e)],
-            Err(e) => {
-                tracing::debug!(error = %e, calls = sizes.len(), "combined create failed; running each call alone");
-                let mut out = Vec::with_capacity(sizes.len());
-                for req in split_by(flat, &sizes) {
-                    let result = store.create_now(&req).await;
-                    if result.is_ok() {
-                        store
-                            .wakes
-                            .new_work(req.iter().map(|op| op.node.as_deref()));
-                    }
-                    out.push(result);
-                }
-                return out;
-            }
-        };
-        if out.iter().any(Result::is_ok) {
-            store
-                .wakes
-                .new_work(flat.iter().map(|op| op.node.as_deref()));
-        }
-        out
-    }
-
-    fn worker_lost() -> Self::Out {
-        Err(StoreError::Unavailable {
-            operation: "create operation",
+            operation: "write operations",
             source: sqlx::Error::WorkerCrashed,
         })
     }
