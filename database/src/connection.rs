@@ -272,7 +272,7 @@ async fn statement_cache_capacity(args: &MariaDbArgs, opts: &MySqlConnectOptions
     };
     let pool = u64::from(args.pool_size.max(1));
     let capacity = statement_cache_size(limit.unwrap_or(16_382), pool);
-    if capacity < 256 {
+    if capacity < 100 {
         tracing::warn!(
             capacity,
             max_prepared_stmt_count = ?limit,
