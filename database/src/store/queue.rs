@@ -2203,34 +2203,40 @@ async fn freed_work_queues(
     targets: &[String],
     uids: &[String],
 ) -> Result<Vec<String>, StoreError> {
-    let mut queues = Vec::new();
-    for chunk in targets.chunks(CHUNK) {
-        let text = format!(
-            "SELECT queue_name FROM work_queue FORCE INDEX (ix_work_queue_target) \
-             WHERE target_uid IN ({}) AND claimed_at IS NULL AND waiting_on = 0 LIMIT 64",
-            marks(chunk.len())
-        );
-        let mut q = sqlx::query_scalar::<_, String>(sql(text));
-        for t in chunk {
-            q = q.bind(t);
-        }
-        queues.extend(
-            q.fetch_all(pool)
-                .await
-                .map_err(StoreError::query("read freed work"))?,
-        );
-    }
-    for chunk in uids.chunks(CHUNK) {
-        let text = format!(
+    let mut queues = queue_names_for(
+        pool,
+        targets,
+        "SELECT queue_name FROM work_queue FORCE INDEX (ix_work_queue_target) \
+         WHERE target_uid IN ({}) AND claimed_at IS NULL AND waiting_on = 0 LIMIT 64",
+    )
+    .await?;
+    queues.extend(
+        queue_names_for(
+            pool,
+            uids,
             "SELECT w.queue_name FROM operation_dependencies d \
              FORCE INDEX (ix_operation_dependencies_on) \
              JOIN work_queue w ON w.op_uid = d.op_uid \
              WHERE d.depends_on_uid IN ({}) AND w.claimed_at IS NULL AND w.waiting_on = 0 LIMIT 64",
-            marks(chunk.len())
-        );
-        let mut q = sqlx::query_scalar::<_, String>(sql(text));
-        for u in chunk {
-            q = q.bind(u);
+        )
+        .await?,
+    );
+    Ok(queues)
+}
+
+/// Runs `template` (one `{}` for the key placeholders) over `keys` in chunks of
+/// [`CHUNK`], without locks, and returns the queue names it selects.
+async fn queue_names_for(
+    pool: &sqlx::MySqlPool,
+    keys: &[String],
+    template: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut queues = Vec::new();
+    for chunk in keys.chunks(CHUNK) {
+        let mut q =
+            sqlx::query_scalar::<_, String>(sql(template.replacen("{}", &marks(chunk.len()), 1)));
+        for key in chunk {
+            q = q.bind(key);
         }
         queues.extend(
             q.fetch_all(pool)
