@@ -5,7 +5,7 @@
 //!   to its COMMIT (store contract, invariant 1), so such writes commit one at a time
 //!   and each pays a commit (an fsync) under the counter. A [`Combiner`] gives a kind of
 //!   write a single worker per store (the queue's creates and completions share one:
-//!   [`super::queue::Writes`]): calls that arrive while a batch runs form the next
+//!   `queue::Writes`): calls that arrive while a batch runs form the next
 //!   batch, which runs as one transaction with one revision allocation. A call that
 //!   finds the worker idle runs at once, so a lone call waits for nobody.
 //! - A batch never holds two calls that touch the same key (a lease, an operation

@@ -23,16 +23,16 @@
 //!   later change). A claim that names a `claim_id` whose rows are still claimed gets
 //!   the same rows again: a claimer whose response was lost (or whose call was
 //!   cancelled after the commit, Shaken Fist #3605) retries with the same id and loses
-//!   nothing. When nothing is ready the claim long-polls up to `wait`: it retries every
-//!   250 ms, and at once when woken. Wakes are targeted so that new work does not
-//!   stampede every claimer into a locking scan: a new operation on `node:<n>` wakes
-//!   one claimer of node `n` (a per-node [`Notify`] permit, never lost); cluster-queue
-//!   work, completions that release dependents, failures, aborts and re-queues wake
-//!   every claimer of the process; a completion that releases nothing (it frees its
-//!   target) wakes every claimer at most once per 20 ms window (deferred, not
-//!   dropped). Writes made through other gateway instances wake claimers the same way
-//!   when this process's change feed reads them (≤ its poll interval), so idle
-//!   claimers cost MariaDB nothing.
+//!   nothing. Each look starts with one lock-free statement (which queues have a ready
+//!   row; on the first look also whether the `claim_id` still holds rows), and only a
+//!   queue that has one gets the locking scan. When nothing is ready the claim
+//!   long-polls up to `wait`: it looks again every 250 ms, and at once when woken.
+//!   Wakes are aimed (`store/wakes.rs`) so that work does not stampede every claimer
+//!   into a scan: new work wakes one claim of its node per operation, a completion
+//!   wakes the queues of the work it made ready, failures, aborts and re-queues wake
+//!   every claim of the gateway, and other gateways' writes arrive through this
+//!   gateway's change feed (≤ its poll interval), so idle claimers cost MariaDB
+//!   nothing.
 //! - **Per-target exclusion**: no two operations on one target are claimed at once. The
 //!   generated column `work_queue.claimed_target` (the target uid while claimed, else
 //!   NULL) has a UNIQUE key, so InnoDB itself refuses a second claimed row per target,
@@ -74,7 +74,7 @@
 //!   operations older than a threshold: projection, dependency edges and the resource
 //!   (through the resources building blocks, so watchers see DELETED).
 //! - **Combining**: concurrent [`Store::create_operations`] and [`Store::complete_batch`]
-//!   calls of one store run as one transaction ([`Writes`], see [`super::combine`]):
+//!   calls of one store run as one transaction (`Writes`, see `store/combine.rs`):
 //!   the creates' rows, then the completions' locks, then ONE revision allocation for
 //!   both. Each call gets its own outcome; a combined transaction that fails as a whole
 //!   (a duplicate name, an unknown dependency) is rerun call by call.
@@ -110,7 +110,7 @@ const KIND: &str = "ClusterOperation";
 /// The operation type abort() keeps.
 const SNAPSHOT: &str = "instance_snapshot";
 /// How often a waiting claim looks again without being woken: a safety net for rows
-/// whose `scheduled_at` arrives (backoff, delay). Wakes ([`super::wakes`]) cover work
+/// whose `scheduled_at` arrives (backoff, delay). Wakes (`store/wakes.rs`) cover work
 /// enqueued or freed through this gateway or, through the change feed, through others.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// The first retry backoff, doubled per attempt up to [`BACKOFF_CAP`].
@@ -1604,7 +1604,7 @@ impl Store {
 
     /// Creates operations in one transaction (all or none), with consecutive revisions in
     /// input order. A `dependsOn` may name an earlier item of the batch. Concurrent
-    /// calls share a transaction ([`super::combine`]); each gets its own outcome.
+    /// calls share a transaction (`store/combine.rs`); each gets its own outcome.
     pub async fn create_operations(
         &self,
         items: Vec<(Value, Duration)>,
@@ -1882,7 +1882,7 @@ impl Store {
     /// Completes many claimed operations in one transaction (one revision each, allocated
     /// together). The outcome of each lease is in its slot: a stale one is
     /// [`StoreError::StaleLease`] and changes nothing, the others complete. Concurrent
-    /// calls share a transaction ([`super::combine`]); each gets its own outcomes.
+    /// calls share a transaction (`store/combine.rs`); each gets its own outcomes.
     pub async fn complete_batch(
         &self,
         items: Vec<(Lease, Value)>,
