@@ -1260,3 +1260,50 @@ async fn concurrent_calls_are_combined_but_keep_their_own_outcomes() {
         23
     );
 }
+
+/// A combined transaction that fails as a whole (an unknown dependency, a name that
+/// exists already) is rerun call by call: only the bad calls fail.
+#[tokio::test]
+async fn a_bad_call_in_a_combined_batch_fails_alone() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(
+            op("exists", "00000000-0000-0000-0002-000000000000"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("first create");
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let store = store.clone();
+        let target = format!("00000000-0000-0000-0002-{:012}", i + 1);
+        let object = match i {
+            4 => depends(op("e-4", &target), &["no-such-operation"]),
+            7 => op("exists", &target),
+            _ => op(&format!("e-{i}"), &target),
+        };
+        tasks.push(tokio::spawn(async move {
+            store.create_operation(object, Duration::ZERO).await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.expect("task"));
+    }
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match (i, outcome) {
+            (4, Err(StoreError::Invalid(message))) => {
+                assert!(message.contains("no-such-operation"), "{message}");
+            }
+            (7, Err(StoreError::AlreadyExists { name, .. })) => assert_eq!(name, "exists"),
+            (4 | 7, other) => panic!("call {i} should fail alone, got {other:?}"),
+            (_, Ok(stored)) => assert_eq!(stored.object["status"]["state"], "queued"),
+            (_, Err(e)) => panic!("call {i} failed with its neighbours: {e}"),
+        }
+    }
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM work_queue").await,
+        11,
+        "the first operation and the ten good calls"
+    );
+}
