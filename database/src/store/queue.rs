@@ -1393,6 +1393,8 @@ struct Look {
     /// The queues with a ready row now (a row another claim is taking still counts: the
     /// locking scan then finds nothing, which is rare and safe).
     ready: Vec<String>,
+    /// Ready rows seen over all queues, each queue counted up to the claim's max + 1.
+    ready_rows: u64,
     /// The replayed `claim_id` still holds claimed rows.
     replay: bool,
 }
@@ -1403,26 +1405,31 @@ async fn look_for_work(
     pool: &sqlx::MySqlPool,
     queues: &[String],
     replay: Option<&str>,
+    max: u32,
 ) -> Result<Look, StoreError> {
+    // Per queue, how many ready rows there are, counted up to max + 1: more than `max`
+    // means a full claim leaves work behind (see the chain wake in `claim_queues`).
     let mut parts: Vec<String> = queues
         .iter()
         .map(|_| {
             format!(
-                "(SELECT 0 AS replay, w.queue_name FROM work_queue w \
-                 FORCE INDEX (ix_work_queue_ready) WHERE {READY} LIMIT 1)"
+                "(SELECT 0 AS replay, ? AS queue_name, COUNT(*) AS n FROM \
+                 (SELECT 1 FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
+                 WHERE {READY} LIMIT ?) t)"
             )
         })
         .collect();
     if replay.is_some() {
         parts.push(
-            "(SELECT 1 AS replay, '' FROM work_queue w FORCE INDEX (ix_work_queue_claim) \
+            "(SELECT 1 AS replay, '' AS queue_name, 1 AS n FROM work_queue w \
+             FORCE INDEX (ix_work_queue_claim) \
              WHERE w.claim_id = ? AND w.claimed_at IS NOT NULL LIMIT 1)"
                 .to_string(),
         );
     }
     let mut q = sqlx::query(sql(parts.join(" UNION ALL ")));
     for queue in queues {
-        q = q.bind(queue);
+        q = q.bind(queue).bind(queue).bind(max.saturating_add(1));
     }
     if let Some(claim_id) = replay {
         q = q.bind(claim_id);
@@ -1433,13 +1440,18 @@ async fn look_for_work(
         .map_err(StoreError::query("look for ready work"))?;
     let mut look = Look {
         ready: Vec::new(),
+        ready_rows: 0,
         replay: false,
     };
     for row in &rows {
         if col::<i32>(row, "replay")? == 1 {
             look.replay = true;
-        } else {
+            continue;
+        }
+        let n: i64 = col(row, "n")?;
+        if n > 0 {
             look.ready.push(col(row, "queue_name")?);
+            look.ready_rows += u64::try_from(n).unwrap_or(0);
         }
     }
     Ok(look)
@@ -1679,7 +1691,7 @@ impl Store {
             // the work that became ready. Read after the commit, so work enqueued
             // meanwhile is either seen here or woke its claimers itself after this
             // completion freed the target.
-            self.wake_freed_work(&targets, &uids).await;
+            self.wake_freed_work(targets, uids);
         }
         Ok(done)
     }
@@ -1739,7 +1751,7 @@ impl Store {
             notified.as_mut().enable();
             // A cheap look without locks first: most wake-ups that find nothing
             // (another claim was quicker) then cost one statement, not a transaction.
-            let look = look_for_work(&self.pool, &queues, replay.take()).await?;
+            let look = look_for_work(&self.pool, &queues, replay.take(), max).await?;
             if look.replay {
                 return Ok(read_claimed(
                     &self.pool,
@@ -1756,9 +1768,11 @@ impl Store {
             } else {
                 self.claim_once(&look.ready, max, claim_id, claimer).await?
             };
-            if claimed.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
-                // A full batch: more may be ready (a backlog has no wake of its own), so
-                // the next claim of this queue looks; its first look is one cheap read.
+            if claimed.len() >= usize::try_from(max).unwrap_or(usize::MAX)
+                && look.ready_rows > u64::from(max)
+            {
+                // A full batch that left ready work behind (a backlog has no wake of its
+                // own): the next claim of this queue looks.
                 mine.notify_one();
             }
             let now = tokio::time::Instant::now();
@@ -1904,15 +1918,26 @@ impl Store {
     }
 
     /// Wakes one claim per ready row that waits on `targets` or depends on the
-    /// operations `uids` (which just finished, here or through another gateway).
-    pub(crate) async fn wake_freed_work(&self, targets: &[String], uids: &[String]) {
-        match freed_work_queues(&self.pool, targets, uids).await {
-            Ok(queues) => self.wakes.queues_ready(&queues),
-            Err(e) => {
-                tracing::debug!(error = %e, "reading work freed by completions; waking every claim");
-                self.wakes.wake_everyone();
-            }
+    /// operations `uids` (which just finished, here or through another gateway). The
+    /// read runs in the background, one at a time per store: finished work that arrives
+    /// while one runs is read together by the next, so a busy gateway pays one read per
+    /// round, not one per write.
+    pub(crate) fn wake_freed_work(&self, targets: Vec<String>, uids: Vec<String>) {
+        if !self.wakes.queue_freed(targets, uids) {
+            return;
         }
+        let store = self.clone();
+        tokio::spawn(async move {
+            while let Some((targets, uids)) = store.wakes.take_freed() {
+                match freed_work_queues(&store.pool, &targets, &uids).await {
+                    Ok(queues) => store.wakes.queues_ready(&queues),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading work freed by completions; waking every claim");
+                        store.wakes.wake_everyone();
+                    }
+                }
+            }
+        });
     }
 
     /// Fails a claimed operation. A retryable report below [`CLUSTER_OP_MAX_ATTEMPTS`]

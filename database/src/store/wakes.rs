@@ -10,13 +10,15 @@
 //!   one claim of `n` per operation (at most 8: a claim takes a batch); cluster-queue
 //!   work wakes everyone; a completion wakes the queues that hold rows it made ready
 //!   (a freed target, released dependents), one claim per ready row; a claim that got
-//!   a full batch wakes the next claim of its queue, since more may be ready (a
-//!   backlog has no wake of its own). `notify_one` keeps a permit
+//!   a full batch while its look saw more ready rows than it could take wakes the next
+//!   claim of its queue (a backlog has no wake of its own). `notify_one` keeps a permit
 //!   when nobody waits, so a wake sent between a claim's scan and its wait is not lost.
 //! - Changes made through OTHER gateways arrive through this gateway's change feed:
 //!   a queued operation wakes one claim of its node; an operation that finished
 //!   (complete, error, abort) makes the feed read which ready rows wait on its target
 //!   or depend on it (only while a claim of this gateway runs) and wake their queues.
+//!   These freed-work reads (local and remote) run in the background, one at a time per
+//!   store; what finishes meanwhile is read together in the next round.
 //!   The feed recognises this gateway's own operation writes by their revisions
 //!   ([`Wakes::record_local`]) and skips them: they woke claims already.
 //! - State is per [`super::Store`], so two gateways in one process (tests, benchmarks)
@@ -39,6 +41,16 @@ pub(crate) struct Wakes {
     active_claims: AtomicUsize,
     /// ClusterOperation revision ranges this store committed: first → end (exclusive).
     local: Mutex<BTreeMap<u64, u64>>,
+    /// Finished work whose freed rows are still to be read (see [`Wakes::queue_freed`]).
+    freed: Mutex<Freed>,
+}
+
+/// Targets and operation uids waiting for the freed-work read, and whether a reader runs.
+#[derive(Default)]
+struct Freed {
+    targets: Vec<String>,
+    uids: Vec<String>,
+    reading: bool,
 }
 
 /// Marks one running claim call of a store (see [`Wakes::claim_started`]).
@@ -57,6 +69,7 @@ impl Default for Wakes {
             queues: Mutex::new(HashMap::new()),
             active_claims: AtomicUsize::new(0),
             local: Mutex::new(BTreeMap::new()),
+            freed: Mutex::new(Freed::default()),
         }
     }
 }
@@ -123,6 +136,30 @@ impl Wakes {
         self.active_claims.load(Ordering::Acquire) > 0
     }
 
+    /// Adds finished work for the freed-work read. True when the caller must start the
+    /// reader (none runs); otherwise the running one picks this up in its next round.
+    pub(crate) fn queue_freed(&self, targets: Vec<String>, uids: Vec<String>) -> bool {
+        let mut f = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+        f.targets.extend(targets);
+        f.uids.extend(uids);
+        if f.reading {
+            false
+        } else {
+            f.reading = true;
+            true
+        }
+    }
+
+    /// The next round for the reader, or None (and the reader stops) when nothing waits.
+    pub(crate) fn take_freed(&self) -> Option<(Vec<String>, Vec<String>)> {
+        let mut f = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.targets.is_empty() && f.uids.is_empty() {
+            f.reading = false;
+            return None;
+        }
+        Some((std::mem::take(&mut f.targets), std::mem::take(&mut f.uids)))
+    }
+
     /// Remembers that this store committed ClusterOperation revisions
     /// `first..first + count` (and woke claims for them itself).
     pub(crate) fn record_local(&self, first: u64, count: u64) {
@@ -175,6 +212,32 @@ mod tests {
         w.forget_through(12);
         assert!(!w.is_local(12), "a passed range is forgotten");
         assert!(w.is_local(20), "a later one is kept");
+    }
+
+    #[test]
+    fn freed_work_is_read_by_one_reader_in_rounds() {
+        let w = Wakes::default();
+        assert!(
+            w.queue_freed(vec!["t1".into()], vec![]),
+            "the first starts the reader"
+        );
+        assert!(
+            !w.queue_freed(vec!["t2".into()], vec!["u2".into()]),
+            "one reader at a time"
+        );
+        let (targets, uids) = w.take_freed().expect("a round");
+        assert_eq!(
+            (targets, uids),
+            (
+                vec!["t1".to_string(), "t2".to_string()],
+                vec!["u2".to_string()]
+            )
+        );
+        assert!(w.take_freed().is_none(), "nothing left: the reader stops");
+        assert!(
+            w.queue_freed(vec!["t3".into()], vec![]),
+            "and the next one starts it again"
+        );
     }
 
     #[test]

@@ -342,12 +342,7 @@ impl ChangeFeed {
                 .collect::<Vec<_>>(),
         );
         if !finished_uids.is_empty() && wakes.claims_active() {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                store
-                    .wake_freed_work(&finished_targets, &finished_uids)
-                    .await;
-            });
+            self.store.wake_freed_work(finished_targets, finished_uids);
         }
         if let Some(last) = changes.last() {
             wakes.forget_through(last.revision);
