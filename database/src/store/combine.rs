@@ -13,7 +13,9 @@
 //!   would have seen alone.
 //! - [`Combine::run`] returns one outcome per call, in order. When the combined
 //!   transaction fails as a whole, it reruns each call alone, so a call's error is its
-//!   own and one bad call never fails its neighbours.
+//!   own and one bad call never fails its neighbours; except when MariaDB is
+//!   unavailable, which every call of the batch is told at once (rerunning would wait
+//!   for the pool once per call).
 //! - A batch is bounded by [`Combine::MAX_WEIGHT`] items; a call larger than that runs
 //!   alone.
 //! - [`WORKERS`] workers share the queue, so one batch takes its row locks while the

@@ -2389,6 +2389,22 @@ impl Combine for Writes {
                     .collect()
             }
             Err(e) if kinds.len() == 1 => vec![Err(e)],
+            Err(e @ StoreError::Unavailable { .. }) => {
+                // MariaDB is out of reach: rerunning each call alone would only wait
+                // for the pool again, once per call. Every call gets the error now and
+                // its client retries (through another gateway if need be).
+                let reason = e.to_string();
+                let mut first = Some(e);
+                kinds
+                    .iter()
+                    .map(|_| {
+                        Err(first.take().unwrap_or_else(|| StoreError::Unavailable {
+                            operation: "write operations",
+                            source: sqlx::Error::Protocol(reason.clone()),
+                        }))
+                    })
+                    .collect()
+            }
             Err(e) => {
                 tracing::debug!(error = %e, calls = kinds.len(), "combined write failed; running each call alone");
                 let mut creates = split_by(creates, &create_sizes).into_iter();
