@@ -275,10 +275,12 @@ impl Action {
     }
 }
 
-/// Collects actions; [`Plan::finish`] sorts them into apply order.
+/// Collects actions; [`Plan::finish`] sorts them into apply order, with one
+/// [`Action::Requeue`] at the soonest time asked for by [`Plan::requeue_in`].
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     actions: Vec<Action>,
+    requeue: Option<u64>,
 }
 
 impl Plan {
@@ -301,7 +303,15 @@ impl Plan {
         self.actions.iter().any(|a| a.operation().is_some())
     }
 
+    /// Asks for a reconcile again in `secs` (the soonest of all asks wins).
+    pub(crate) fn requeue_in(&mut self, secs: u64) {
+        self.requeue = Some(self.requeue.map_or(secs, |r| r.min(secs)));
+    }
+
     pub(crate) fn finish(mut self) -> Vec<Action> {
+        if let Some(after_secs) = self.requeue {
+            self.actions.push(Action::Requeue { after_secs });
+        }
         self.actions.sort_by_key(Action::phase);
         self.actions
     }

@@ -366,7 +366,6 @@ struct Ctx<'a> {
     namer: Namer,
     plan: Plan,
     state_set: bool,
-    requeue: Option<u64>,
 }
 
 impl Ctx<'_> {
@@ -384,10 +383,6 @@ impl Ctx<'_> {
     fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: String) {
         let action = condition(&self.status.conditions, type_, status, reason, message);
         self.plan.push_opt(action);
-    }
-
-    fn requeue_in(&mut self, secs: u64) {
-        self.requeue = Some(self.requeue.map_or(secs, |r| r.min(secs)));
     }
 
     fn target(&self) -> ObjectRef {
@@ -482,7 +477,7 @@ impl Ctx<'_> {
     fn fetch(&mut self) -> FetchStatus {
         let url = self.artifact.spec.source_url.clone();
         let Some(node) = self.fetch_node() else {
-            self.requeue_in(self.ctx.wait_secs);
+            self.plan.requeue_in(self.ctx.wait_secs);
             return FetchStatus::new(
                 ConditionStatus::False,
                 "NoNode",
@@ -756,7 +751,6 @@ pub fn plan_artifact(
         namer,
         plan: Plan::default(),
         state_set: false,
-        requeue: None,
     };
     if deleting {
         c.plan_delete();
@@ -769,9 +763,6 @@ pub fn plan_artifact(
     }
     let bump = c.namer.bump(c.plan.enqueues());
     c.plan.push_opt(bump);
-    if let Some(after_secs) = c.requeue {
-        c.plan.push(Action::Requeue { after_secs });
-    }
     c.plan.finish()
 }
 

@@ -166,7 +166,6 @@ struct Ctx<'a> {
     namer: Namer,
     plan: Plan,
     state_set: bool,
-    requeue: Option<u64>,
 }
 
 impl<'a> Ctx<'a> {
@@ -184,10 +183,6 @@ impl<'a> Ctx<'a> {
     fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: String) {
         let action = condition(&self.status.conditions, type_, status, reason, message);
         self.plan.push_opt(action);
-    }
-
-    fn requeue_in(&mut self, secs: u64) {
-        self.requeue = Some(self.requeue.map_or(secs, |r| r.min(secs)));
     }
 
     fn target(&self) -> ObjectRef {
@@ -285,7 +280,7 @@ impl<'a> Ctx<'a> {
                         "NodeUnavailable",
                         format!("placed on {node}, which is {state}; waiting (instances are never moved)"),
                     );
-                    self.requeue_in(self.ctx.wait_secs);
+                    self.plan.requeue_in(self.ctx.wait_secs);
                     return;
                 }
                 node
@@ -315,7 +310,7 @@ impl<'a> Ctx<'a> {
                             });
                             self.plan.push(changed);
                         }
-                        self.requeue_in(self.ctx.unschedulable_retry_secs);
+                        self.plan.requeue_in(self.ctx.unschedulable_retry_secs);
                         return;
                     }
                 }
@@ -360,7 +355,7 @@ impl<'a> Ctx<'a> {
                 "WaitingForArtifacts",
                 message,
             );
-            self.requeue_in(self.ctx.wait_secs);
+            self.plan.requeue_in(self.ctx.wait_secs);
             return;
         }
 
@@ -385,7 +380,7 @@ impl<'a> Ctx<'a> {
                     "WaitingForNetwork",
                     message,
                 );
-                self.requeue_in(self.ctx.wait_secs);
+                self.plan.requeue_in(self.ctx.wait_secs);
                 return;
             };
             let name_if_new = self.namer.next(&format!("netcreate-{}", view.name));
@@ -398,7 +393,7 @@ impl<'a> Ctx<'a> {
                         "WaitingForNetwork",
                         message,
                     );
-                    self.requeue_in(self.ctx.wait_secs);
+                    self.plan.requeue_in(self.ctx.wait_secs);
                     return;
                 }
                 OnNode::Ready => {}
@@ -457,7 +452,7 @@ impl<'a> Ctx<'a> {
                 "Creating",
                 "waiting for the instance_create operation to be observed".into(),
             );
-            self.requeue_in(self.ctx.wait_secs);
+            self.plan.requeue_in(self.ctx.wait_secs);
             return;
         };
         if create.state == OperationState::Complete {
@@ -505,7 +500,8 @@ impl<'a> Ctx<'a> {
                     .completed_at
                     .map_or(settle, |t| (self.ctx.now - t).num_seconds());
                 if elapsed < settle {
-                    self.requeue_in(u64::try_from(settle - elapsed).unwrap_or(1));
+                    self.plan
+                        .requeue_in(u64::try_from(settle - elapsed).unwrap_or(1));
                     return;
                 }
             }
@@ -661,7 +657,6 @@ pub fn plan_instance(
         namer,
         plan: Plan::default(),
         state_set: false,
-        requeue: None,
     };
     if desired.metadata.deletion_timestamp.is_some() {
         c.plan_delete();
@@ -670,9 +665,6 @@ pub fn plan_instance(
     }
     let bump = c.namer.bump(c.plan.enqueues());
     c.plan.push_opt(bump);
-    if let Some(after_secs) = c.requeue {
-        c.plan.push(Action::Requeue { after_secs });
-    }
     c.plan.finish()
 }
 

@@ -332,7 +332,6 @@ struct Ctx<'a> {
     state: ResourceState,
     conditions: Vec<sf_schema::Condition>,
     plan: Plan,
-    requeue: Option<u64>,
 }
 
 impl Ctx<'_> {
@@ -348,10 +347,6 @@ impl Ctx<'_> {
     fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: String) {
         let action = condition(&self.conditions, type_, status, reason, message);
         self.plan.push_opt(action);
-    }
-
-    fn requeue_in(&mut self, secs: u64) {
-        self.requeue = Some(self.requeue.map_or(secs, |r| r.min(secs)));
     }
 
     fn ops_on<'o>(
@@ -453,7 +448,7 @@ impl Ctx<'_> {
                                 op.error.as_deref().unwrap_or("no error report")
                             ),
                         );
-                        self.requeue_in(wait);
+                        self.plan.requeue_in(wait);
                         return None;
                     }
                 }
@@ -509,7 +504,7 @@ impl Ctx<'_> {
         .filter(|op| op.failed())
         .and_then(|op| backoff_remaining(op, self.ctx));
         if let Some(wait) = newest_failed {
-            self.requeue_in(wait);
+            self.plan.requeue_in(wait);
             return;
         }
         let issued = latest(
@@ -665,7 +660,7 @@ impl Ctx<'_> {
             && op.failed()
             && let Some(wait) = backoff_remaining(op, self.ctx)
         {
-            self.requeue_in(wait);
+            self.plan.requeue_in(wait);
             return;
         }
         let payload = self.network_node_payload();
@@ -810,7 +805,7 @@ impl Ctx<'_> {
                 Some(op) if op.failed() && backoff_remaining(&op, self.ctx).is_some() => {
                     all_done = false;
                     if let Some(wait) = backoff_remaining(&op, self.ctx) {
-                        self.requeue_in(wait);
+                        self.plan.requeue_in(wait);
                     }
                 }
                 _ => {
@@ -876,7 +871,6 @@ pub fn plan_network(
         state: status.state.clone(),
         conditions: status.conditions.clone(),
         plan: Plan::default(),
-        requeue: None,
     };
     if matches!(c.state, ResourceState::Deleted | ResourceState::Other(_)) {
         return Vec::new();
@@ -889,9 +883,6 @@ pub fn plan_network(
     let enqueues = c.plan.enqueues();
     let bump = c.namer.bump(enqueues);
     c.plan.push_opt(bump);
-    if let Some(after_secs) = c.requeue {
-        c.plan.push(Action::Requeue { after_secs });
-    }
     c.plan.finish()
 }
 
