@@ -669,16 +669,8 @@ where
             comment: String::new(),
         };
         let reply = self
-            .ctx
-            .gateway
-            .call("reserve_address", |mut g| {
-                let request = request.clone();
-                async move { g.reserve_address(request).await }
-            })
-            .await
-            .map_err(ReconcileError::gateway(format!(
-                "ReserveAddress for {interface}"
-            )))?;
+            .reserve_address(request, format!("ReserveAddress for {interface}"))
+            .await?;
         let status = iface.status.clone().unwrap_or_default();
         let mac = iface
             .spec
@@ -751,17 +743,11 @@ where
             comment,
         };
         let reply = self
-            .ctx
-            .gateway
-            .call("reserve_address", |mut g| {
-                let request = request.clone();
-                async move { g.reserve_address(request).await }
-            })
-            .await
-            .map_err(ReconcileError::gateway(format!(
-                "ReserveAddress ({reservation_type}) for {}",
-                self.name()
-            )))?;
+            .reserve_address(
+                request,
+                format!("ReserveAddress ({reservation_type}) for {}", self.name()),
+            )
+            .await?;
         Ok(reply.address)
     }
 
@@ -796,6 +782,22 @@ where
 
     /// ReleaseAddress of `address` on `network_uid` as `owner_uid` (into the halo); an
     /// address already released is fine. `what` names it in the error.
+    /// Reserves an address through the gateway; `what` names the call in errors.
+    async fn reserve_address(
+        &self,
+        request: pb::ReserveAddressRequest,
+        what: String,
+    ) -> Result<pb::ReserveAddressReply, ReconcileError> {
+        self.ctx
+            .gateway
+            .call("reserve_address", |mut g| {
+                let request = request.clone();
+                async move { g.reserve_address(request).await }
+            })
+            .await
+            .map_err(ReconcileError::gateway(what))
+    }
+
     async fn release_address(
         &self,
         network_uid: String,
