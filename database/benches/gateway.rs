@@ -659,14 +659,18 @@ async fn naive_sql_queue(port: u16, database: &str, jobs: usize, batch: usize) -
                 }
                 let ids: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
                 let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                // Text protocol (raw_sql), as sysbench sends it: each id list is a new
+                // statement text, and preparing it would churn sqlx's statement cache into
+                // the COM_STMT_CLOSE + Nagle stall (docs/mariadb.md), which is not the
+                // queue's cost.
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "UPDATE naive_queue SET claimed_at = UNIX_TIMESTAMP(NOW(6)), claimed_by = 'w{w}', attempts = attempts + 1 WHERE id IN ({list})"
                 )))
                 .execute(&mut *tx)
                 .await
                 .expect("mark");
                 tx.commit().await.expect("commit");
-                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM naive_queue WHERE id IN ({list})")))
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM naive_queue WHERE id IN ({list})")))
                     .execute(&pool)
                     .await
                     .expect("complete");

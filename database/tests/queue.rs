@@ -1348,3 +1348,173 @@ async fn a_lost_database_fails_every_call_of_a_batch_at_once() {
         started.elapsed()
     );
 }
+
+/// Concurrent claims of one node share a look and a locking transaction, but each gets
+/// at most its max, under its own claim_id (a replay returns exactly its rows), and no
+/// row goes to two claims.
+#[tokio::test]
+async fn concurrent_claims_are_combined_but_each_keeps_its_own_rows() {
+    let (_tdb, store) = common::store().await;
+    for i in 0..40 {
+        let target = format!("00000000-0000-0000-0002-{i:012}");
+        store
+            .create_operation(
+                on_node(op(&format!("k-{i}"), &target), "hv-k"),
+                Duration::ZERO,
+            )
+            .await
+            .expect("create");
+    }
+    // 12 claims at once, max 1, 2 or 3 (24 rows asked for, 40 ready).
+    let mut tasks = Vec::new();
+    for i in 0..12u32 {
+        let store = store.clone();
+        let claim_id = format!("combined-{i}");
+        let max = 1 + i % 3;
+        tasks.push(tokio::spawn(async move {
+            let claimed = store
+                .claim_queues(
+                    "hv-k",
+                    false,
+                    max,
+                    &claim_id,
+                    &format!("claimer-{i}"),
+                    Duration::ZERO,
+                )
+                .await
+                .expect("claim");
+            (claim_id, max, claimed)
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for t in tasks {
+        let (claim_id, max, claimed) = t.await.expect("task");
+        assert!(
+            !claimed.is_empty(),
+            "{claim_id} got nothing with work ready"
+        );
+        assert!(
+            claimed.len() <= max as usize,
+            "{claim_id} got more than its max"
+        );
+        for c in &claimed {
+            assert!(seen.insert(c.lease.id), "row {} claimed twice", c.lease.id);
+            assert_eq!(c.object["status"]["state"], "executing");
+        }
+        total += claimed.len();
+        // Each claim's rows are stored under its own claim_id and claimer.
+        let again = store
+            .claim_queues(
+                "hv-k",
+                false,
+                max,
+                &claim_id,
+                "someone-else",
+                Duration::ZERO,
+            )
+            .await
+            .expect("replay");
+        let mut a: Vec<u64> = claimed.iter().map(|c| c.lease.id).collect();
+        let mut b: Vec<u64> = again.iter().map(|c| c.lease.id).collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "the replay of {claim_id} returns its rows, no others");
+        let by = claimed[0].object["status"]["claimedBy"]
+            .as_str()
+            .map(str::to_string);
+        assert_eq!(
+            by,
+            Some(format!(
+                "claimer-{}",
+                claim_id.trim_start_matches("combined-")
+            )),
+            "claimedBy is the claim's own claimer"
+        );
+    }
+    assert_eq!(total, 24, "every claim got its full max (40 were ready)");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM work_queue WHERE claimed_at IS NOT NULL"
+        )
+        .await,
+        24
+    );
+}
+
+/// A claim whose caller goes away while its attempt runs (here: held up by a table lock)
+/// puts its rows back, with the attempt undone, instead of stranding them until the
+/// reaper's threshold.
+#[tokio::test]
+async fn a_claim_whose_caller_went_away_puts_its_rows_back() {
+    let (_tdb, store) = common::store().await;
+    store
+        .create_operation(
+            on_node(op("gone-1", "00000000-0000-0000-0003-000000000001"), "hv-g"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("create");
+    let mut blocker = store.pool().acquire().await.expect("connection");
+    sqlx::query("LOCK TABLES work_queue WRITE, work_queue AS w WRITE, work_queue AS b WRITE, resources AS r READ")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock tables");
+    let claim = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .claim_queues(
+                    "hv-g",
+                    false,
+                    1,
+                    "gone-claim",
+                    "vanishing",
+                    Duration::from_secs(30),
+                )
+                .await
+        })
+    };
+    // Wait until the attempt is held up by the lock inside the claim combiner.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(
+        &store,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE LIKE 'Waiting for table%'",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the claim never reached the table lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    claim.abort();
+    assert!(claim.await.is_err(), "the claim was cancelled");
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut *blocker)
+        .await
+        .expect("unlock");
+    drop(blocker);
+    // The attempt runs after the caller left: it claims the row, finds nobody to give
+    // it to and puts it back. Until then the row is claimed and nobody else gets it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        let next = claim_now(&store, "hv-g", 1).await;
+        if !next.is_empty() {
+            break next;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the undelivered claim was not put back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(names(&next), vec!["gone-1"]);
+    assert_eq!(
+        next[0].lease.attempt, 1,
+        "the undelivered attempt does not count"
+    );
+}

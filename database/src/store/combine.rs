@@ -1,11 +1,12 @@
-//! Write combining: concurrent calls of one kind run as ONE transaction (group commit).
+//! Combining: concurrent calls of one kind run as ONE transaction (group commit for
+//! writes; one look and one locking scan for claims).
 //!
 //! Contract:
 //! - Every write that changes a resource holds the revision counter from its allocation
 //!   to its COMMIT (store contract, invariant 1), so such writes commit one at a time
 //!   and each pays a commit (an fsync) under the counter. A [`Combiner`] gives a kind of
 //!   write a single worker per store (the queue's creates and completions share one:
-//!   `queue::Writes`): calls that arrive while a batch runs form the next
+//!   `queue::Writes`; claims have their own, `queue::Claims`): calls that arrive while a batch runs form the next
 //!   batch, which runs as one transaction with one revision allocation. A call that
 //!   finds the worker idle runs at once, so a lone call waits for nobody.
 //! - A batch never holds two calls that touch the same key (a lease, an operation
@@ -23,7 +24,8 @@
 //! - The workers start on the first call (on the caller's Tokio runtime) and end when
 //!   the last clone of its [`super::Store`] is dropped. A caller whose worker is gone
 //!   runs its call directly. Cancelling a call does not withdraw it: like a call
-//!   cancelled after its COMMIT, it may still happen.
+//!   cancelled after its COMMIT, it may still happen; a kind that can undo an outcome
+//!   nobody received does so in [`Combine::undelivered`] (claims put their rows back).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -33,7 +35,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::Store;
+use super::{Store, StoreError};
 
 /// Batches of one combiner in flight at once: while one holds the revision counter, the
 /// next takes its row locks.
@@ -55,6 +57,30 @@ pub(crate) trait Combine: Send + Sync + 'static {
     fn run(store: &Store, reqs: Vec<Self::Req>) -> impl Future<Output = Vec<Self::Out>> + Send;
     /// The outcome of a call whose worker died before answering.
     fn worker_lost() -> Self::Out;
+    /// Called with the outcome of a call whose caller went away before it was
+    /// delivered (its future was dropped): undo what nobody will use, if anything.
+    fn undelivered(_store: &Store, _out: Self::Out) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `e` (MariaDB unavailable) for each of `n` calls of a failed combined transaction:
+/// `e` itself for the first, the same reason for the rest.
+pub(crate) fn unavailable_for_all(
+    e: StoreError,
+    n: usize,
+    operation: &'static str,
+) -> Vec<StoreError> {
+    let reason = e.to_string();
+    let mut first = Some(e);
+    (0..n)
+        .map(|_| {
+            first.take().unwrap_or_else(|| StoreError::Unavailable {
+                operation,
+                source: sqlx::Error::Protocol(reason.clone()),
+            })
+        })
+        .collect()
 }
 
 type Job<C> = (<C as Combine>::Req, oneshot::Sender<<C as Combine>::Out>);
@@ -150,8 +176,11 @@ async fn worker<C: Combine>(store: Store, inbox: Arc<Mutex<Inbox<C>>>) {
             batch.into_iter().unzip();
         let outs = C::run(&store, reqs).await;
         for (reply, out) in replies.into_iter().zip(outs) {
-            // A caller that went away gets nothing; what ran, ran.
-            let _ = reply.send(out);
+            // A caller that went away gets nothing; what ran, ran, unless its kind
+            // can undo it.
+            if let Err(out) = reply.send(out) {
+                C::undelivered(&store, out).await;
+            }
         }
     }
 }

@@ -209,6 +209,7 @@ pub struct Store {
 #[derive(Default)]
 struct Combiners {
     writes: combine::Combiner<queue::Writes>,
+    claims: combine::Combiner<queue::Claims>,
 }
 
 /// An open write transaction.
