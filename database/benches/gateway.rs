@@ -686,6 +686,195 @@ async fn naive_sql_queue(port: u16, database: &str, jobs: usize, batch: usize) -
     json!({"jobs": n, "batch": batch, "claimers": CLAIMERS, "seconds": (secs * 100.0).round() / 100.0, "jobs_per_second": (n as f64 / secs).round()})
 }
 
+/// Runs `attempt` (one transaction) until it does not end in a deadlock (1213); any
+/// other error ends the bench.
+async fn retry_deadlocks<T, F, Fut>(mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sea_orm::sqlx::Error>>,
+{
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(sea_orm::sqlx::Error::Database(e)) if e.code().as_deref() == Some("40001") => {}
+            Err(e) => panic!("naive pipeline: {e}"),
+        }
+    }
+}
+
+/// Same-run ceiling: the rows every create+claim+complete must write under DESIGN's
+/// invariants (the queue row; the resource, its revision and its change-log entry at
+/// create and again at complete; the claim's update; the claimed objects read back),
+/// in hand-written SQL straight on MariaDB: `producers()` producers creating `batch`
+/// per transaction and 16 claimers claiming and completing up to `batch` at once. No
+/// gateway, gRPC, projection table, dependencies, change feed or wake-ups. What this
+/// reaches bounds what any gateway over this MariaDB can reach on this machine.
+async fn naive_full_pipeline(port: u16, database: &str, jobs: usize, batch: usize) -> Value {
+    use sea_orm::sqlx::{self, Row, mysql::MySqlPoolOptions};
+    let url = format!("mysql://root@127.0.0.1:{port}/{database}");
+    let producers = producers();
+    // READ COMMITTED, like the gateway's sessions (REPEATABLE READ's gap locks make
+    // concurrent inserts and SKIP LOCKED scans deadlock).
+    let pool = MySqlPoolOptions::new()
+        .max_connections((CLAIMERS + producers + 2) as u32)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect(&url)
+        .await
+        .expect("pool");
+    for ddl in [
+        "DROP TABLE IF EXISTS naive_q, naive_res, naive_log, naive_rev",
+        "CREATE TABLE naive_rev (id TINYINT PRIMARY KEY, revision BIGINT UNSIGNED NOT NULL)",
+        "INSERT INTO naive_rev VALUES (1, 0)",
+        "CREATE TABLE naive_q (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, queue_name VARCHAR(64) NOT NULL, \
+         priority TINYINT NOT NULL, scheduled_at DATETIME(6) NOT NULL, claimed_at DATETIME(6) NULL, \
+         claimed_by VARCHAR(64) NULL, attempts INT NOT NULL DEFAULT 0, uid CHAR(36) NOT NULL, \
+         KEY ix_ready (queue_name, claimed_at, priority, scheduled_at))",
+        "CREATE TABLE naive_res (kind VARCHAR(63) NOT NULL, namespace VARCHAR(63) NOT NULL, name VARCHAR(253) NOT NULL, \
+         uid CHAR(36) NOT NULL, resource_version BIGINT UNSIGNED NOT NULL, object JSON NOT NULL, \
+         PRIMARY KEY (kind, namespace, name), UNIQUE KEY ux_uid (uid), KEY ix_rv (resource_version))",
+        "CREATE TABLE naive_log (revision BIGINT UNSIGNED PRIMARY KEY, kind VARCHAR(63) NOT NULL, uid CHAR(36) NOT NULL, \
+         object JSON NOT NULL, created_at DATETIME(6) NOT NULL, KEY ix_kind (kind, revision), KEY ix_created (created_at))",
+    ] {
+        sqlx::raw_sql(ddl).execute(&pool).await.expect("naive ddl");
+    }
+    // Values are the bench's own (names, uuids, JSON without quotes to escape).
+    let lit = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
+    let nodes = ["hv-1", "hv-2", "hv-3", "hv-4"];
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = p;
+            while i < jobs && Instant::now() < deadline {
+                let mut items = Vec::new();
+                while items.len() < batch && i < jobs {
+                    let uid = uuid::Uuid::new_v4().to_string();
+                    let object = String::from_utf8(operation("n", i, nodes[i % nodes.len()])).expect("utf8");
+                    items.push((format!("n-{i}"), uid, object, nodes[i % nodes.len()]));
+                    i += producers;
+                }
+                retry_deadlocks(|| async {
+                let mut tx = pool.begin().await?;
+                let first: u64 = sqlx::query("UPDATE naive_rev SET revision = LAST_INSERT_ID(revision + ?) WHERE id = 1")
+                    .bind(items.len() as u64)
+                    .execute(&mut *tx)
+                    .await?
+                    .last_insert_id()
+                    - items.len() as u64
+                    + 1;
+                let q = items.iter().map(|(_, uid, _, node)| format!("('node:{node}', 1, NOW(6), {})", lit(uid))).collect::<Vec<_>>().join(",");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO naive_q (queue_name, priority, scheduled_at, uid) VALUES {q}")))
+                    .execute(&mut *tx).await?;
+                let r = items.iter().enumerate().map(|(k, (name, uid, obj, _))| format!("('ClusterOperation', 'bench', {}, {}, {}, {})", lit(name), lit(uid), first + k as u64, lit(obj))).collect::<Vec<_>>().join(",");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO naive_res (kind, namespace, name, uid, resource_version, object) VALUES {r}")))
+                    .execute(&mut *tx).await?;
+                let l = items.iter().enumerate().map(|(k, (_, uid, obj, _))| format!("({}, 'ClusterOperation', {}, {}, NOW(6))", first + k as u64, lit(uid), lit(obj))).collect::<Vec<_>>().join(",");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO naive_log (revision, kind, uid, object, created_at) VALUES {l}")))
+                    .execute(&mut *tx).await?;
+                tx.commit().await
+                }).await;
+            }
+        }));
+    }
+    for w in 0..CLAIMERS {
+        let pool = pool.clone();
+        let done = done.clone();
+        let node = nodes[w % nodes.len()];
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::Relaxed) < jobs as u64 && Instant::now() < deadline {
+                // Claim: lock ready rows, mark them, read their objects.
+                let claimed = retry_deadlocks(|| async {
+                let mut tx = pool.begin().await?;
+                let rows = sqlx::query(
+                    "SELECT id, uid FROM naive_q WHERE queue_name = ? AND claimed_at IS NULL \
+                     AND scheduled_at <= NOW(6) ORDER BY priority, scheduled_at LIMIT ? FOR UPDATE SKIP LOCKED",
+                )
+                .bind(format!("node:{node}"))
+                .bind(batch as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+                if rows.is_empty() {
+                    tx.commit().await?;
+                    return Ok(None);
+                }
+                let ids: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
+                let uids: Vec<String> = rows.iter().map(|r| r.get::<String, _>(1)).collect();
+                let idl = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                let uidl = uids.iter().map(|u| lit(u)).collect::<Vec<_>>().join(",");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "UPDATE naive_q SET claimed_at = NOW(6), claimed_by = 'w{w}', attempts = attempts + 1 WHERE id IN ({idl})"
+                )))
+                .execute(&mut *tx).await?;
+                let objects = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SELECT name, uid, object FROM naive_res WHERE uid IN ({uidl})")))
+                    .fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(Some((ids, objects)))
+                }).await;
+                let Some((ids, objects)) = claimed else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                let idl = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                // Complete: check the leases under lock, one revision per job, the
+                // queue rows go, the resources and the log get the new status.
+                retry_deadlocks(|| async {
+                let mut tx = pool.begin().await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SELECT id, attempts FROM naive_q WHERE id IN ({idl}) FOR UPDATE")))
+                    .fetch_all(&mut *tx).await?;
+                let first: u64 = sqlx::query("UPDATE naive_rev SET revision = LAST_INSERT_ID(revision + ?) WHERE id = 1")
+                    .bind(ids.len() as u64)
+                    .execute(&mut *tx)
+                    .await?
+                    .last_insert_id()
+                    - ids.len() as u64
+                    + 1;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM naive_q WHERE id IN ({idl})")))
+                    .execute(&mut *tx).await?;
+                let mut res = Vec::new();
+                let mut log = Vec::new();
+                for (k, row) in objects.iter().enumerate() {
+                    let name: String = row.get(0);
+                    let uid: String = row.get(1);
+                    let object: String = row.get(2);
+                    let mut v: Value = serde_json::from_str(&object).expect("object");
+                    v["status"] = json!({"state": "complete", "attempts": 1, "result": {}});
+                    let text = v.to_string();
+                    let rev = first + k as u64;
+                    res.push(format!("('ClusterOperation', 'bench', {}, {}, {rev}, {})", lit(&name), lit(&uid), lit(&text)));
+                    log.push(format!("({rev}, 'ClusterOperation', {}, {}, NOW(6))", lit(&uid), lit(&text)));
+                }
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO naive_res (kind, namespace, name, uid, resource_version, object) VALUES {} \
+                     ON DUPLICATE KEY UPDATE resource_version = VALUES(resource_version), object = VALUES(object)",
+                    res.join(",")
+                )))
+                .execute(&mut *tx).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO naive_log (revision, kind, uid, object, created_at) VALUES {}", log.join(","))))
+                    .execute(&mut *tx).await?;
+                tx.commit().await
+                }).await;
+                done.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    json!({"jobs": n, "batch": batch, "claimers": CLAIMERS, "producers": producers, "seconds": (secs * 100.0).round() / 100.0, "jobs_per_second": (n as f64 / secs).round()})
+}
+
 async fn event_rate(c: &GatewayClient, total: usize) -> Value {
     let per_call = 1000;
     let started = Instant::now();
@@ -865,6 +1054,14 @@ async fn main() {
         let mut v = naive_sql_queue(tdb.port, &tdb.name, n(20_000), 1).await;
         v["cpu"] = probe.finish();
         report.insert("baseline_naive_sql_queue_claim1".into(), v);
+        let probe = CpuProbe::start(&mariadbd);
+        let mut v = naive_full_pipeline(tdb.port, &tdb.name, n(4_000), 1).await;
+        v["cpu"] = probe.finish();
+        report.insert("ceiling_naive_full_pipeline_unbatched".into(), v);
+        let probe = CpuProbe::start(&mariadbd);
+        let mut v = naive_full_pipeline(tdb.port, &tdb.name, n(40_000), 100).await;
+        v["cpu"] = probe.finish();
+        report.insert("ceiling_naive_full_pipeline_batched".into(), v);
         let probe = CpuProbe::start(&mariadbd);
         let mut v = naive_sql_queue(tdb.port, &tdb.name, n(100_000), 50).await;
         v["cpu"] = probe.finish();
