@@ -1420,6 +1420,19 @@ async fn concurrent_claims_are_combined_but_each_keeps_its_own_rows() {
         a.sort_unstable();
         b.sort_unstable();
         assert_eq!(a, b, "the replay of {claim_id} returns its rows, no others");
+        // The replay stamped their heartbeat: a put-back of an undelivered attempt
+        // (which only takes rows never heartbeated) can no longer take them.
+        assert_eq!(
+            count(
+                &store,
+                &format!(
+                    "SELECT COUNT(*) FROM work_queue WHERE claim_id = '{claim_id}' AND heartbeat_at > claimed_at"
+                )
+            )
+            .await,
+            a.len() as i64,
+            "the replay of {claim_id} stamps its rows' heartbeat"
+        );
         let by = claimed[0].object["status"]["claimedBy"]
             .as_str()
             .map(str::to_string);

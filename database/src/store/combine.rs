@@ -5,13 +5,16 @@
 //! - Every write that changes a resource holds the revision counter from its allocation
 //!   to its COMMIT (store contract, invariant 1), so such writes commit one at a time
 //!   and each pays a commit (an fsync) under the counter. A [`Combiner`] gives a kind of
-//!   write a single worker per store (the queue's creates and completions share one:
-//!   `queue::Writes`; claims have their own, `queue::Claims`): calls that arrive while a batch runs form the next
-//!   batch, which runs as one transaction with one revision allocation. A call that
-//!   finds the worker idle runs at once, so a lone call waits for nobody.
-//! - A batch never holds two calls that touch the same key (a lease, an operation
-//!   name): the later call waits for the next batch, so each call sees the outcome it
-//!   would have seen alone.
+//!   call workers of its own per store: calls that arrive while a batch runs form the
+//!   next batch. For `queue::Writes` (the queue's creates and completions) a batch is
+//!   one transaction with one revision allocation; for `queue::Claims` it is one look
+//!   and one locking transaction per queue set, and no revision. A call that finds a
+//!   worker idle runs at once, so a lone call waits for nobody.
+//! - A batch never holds two calls that share a key (a lease, an operation name, a
+//!   claim_id): the later call waits for a later batch. Two workers may still run two
+//!   such calls at once (one in each batch); each kind's transactions serialise them
+//!   on their rows (leases and names by row locks; a claim replay against a put-back
+//!   by the heartbeat stamp, see `queue.rs`).
 //! - [`Combine::run`] returns one outcome per call, in order. When the combined
 //!   transaction fails as a whole, it reruns each call alone, so a call's error is its
 //!   own and one bad call never fails its neighbours; except when MariaDB is
@@ -57,9 +60,10 @@ pub(crate) trait Combine: Send + Sync + 'static {
     fn run(store: &Store, reqs: Vec<Self::Req>) -> impl Future<Output = Vec<Self::Out>> + Send;
     /// The outcome of a call whose worker died before answering.
     fn worker_lost() -> Self::Out;
-    /// Called with the outcome of a call whose caller went away before it was
-    /// delivered (its future was dropped): undo what nobody will use, if anything.
-    fn undelivered(_store: &Store, _out: Self::Out) -> impl Future<Output = ()> + Send {
+    /// Called, on a task of its own, with the outcome of a call whose caller went away
+    /// before it was delivered (its future was dropped): undo what nobody will use, if
+    /// anything.
+    fn undelivered(_store: Store, _out: Self::Out) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
@@ -179,7 +183,9 @@ async fn worker<C: Combine>(store: Store, inbox: Arc<Mutex<Inbox<C>>>) {
             // A caller that went away gets nothing; what ran, ran, unless its kind
             // can undo it.
             if let Err(out) = reply.send(out) {
-                C::undelivered(&store, out).await;
+                // Not awaited here: the batch's other callers and the next batch do not
+                // wait for the undo.
+                tokio::spawn(C::undelivered(store.clone(), out));
             }
         }
     }

@@ -23,14 +23,16 @@
 //!   later change). A claim that names a `claim_id` whose rows are still claimed gets
 //!   the same rows again: a claimer whose response was lost (or whose call was
 //!   cancelled after the commit, Shaken Fist #3605) retries with the same id and loses
-//!   nothing. Each look starts with one lock-free statement (which queues have a ready
+//!   nothing (a replay stamps the rows' heartbeat first, so they are never put back
+//!   under it, see below). Each look starts with one lock-free statement (which queues have a ready
 //!   row; on the first look also whether the `claim_id` still holds rows), and only a
 //!   queue that has one gets the locking scan. Concurrent claims of one gateway over
 //!   the same queues are combined (`Claims`, see `store/combine.rs`): one look and one
 //!   locking transaction for all of them, its rows shared out in arrival order, each
 //!   claim up to its max and under its own `claim_id` and claimer. A claim whose caller
-//!   went away while its attempt ran puts the rows back (attempt undone) rather than
-//!   leaving them to the reaper. When nothing is ready the claim
+//!   went away while its attempt ran puts the rows back (attempt undone, in the
+//!   background) rather than leaving them to the reaper, unless they were heartbeated
+//!   or replayed since. When nothing is ready the claim
 //!   long-polls up to `wait`: it looks again every 250 ms, and at once when woken.
 //!   Wakes are aimed (`store/wakes.rs`) so that work does not stampede every claimer
 //!   into a scan: new work wakes one claim of its node per operation, a completion
@@ -1876,6 +1878,18 @@ impl Store {
         let mut wants = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             if call.replay && look.replayed.contains(&call.claim_id) {
+                // A replay is a sign of life: it stamps the heartbeat BEFORE reading, so
+                // an undelivered-claim put-back of the same rows (`unclaim`, which only
+                // takes rows never heartbeated since their claim) either commits first
+                // (and this read finds nothing) or no longer matches.
+                sqlx::query(
+                    "UPDATE work_queue FORCE INDEX (ix_work_queue_claim) SET heartbeat_at = NOW(6) \
+                     WHERE claim_id = ? AND claimed_at IS NOT NULL",
+                )
+                .bind(&call.claim_id)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::query("replay a claim"))?;
                 let rows = read_claimed(
                     &self.pool,
                     "w.claim_id = ? AND w.claimed_at IS NOT NULL",
@@ -2000,7 +2014,9 @@ impl Store {
 
     /// Puts back rows claimed for a caller that went away before it got them (its
     /// long-poll was cancelled while its attempt ran): unclaimed, with the attempt
-    /// undone, unless they changed since.
+    /// undone, unless they changed since: re-claimed, or heartbeated (a replay of the
+    /// same claim_id stamps the heartbeat before it hands the rows out, so rows a
+    /// retrying caller got are never put back under it).
     async fn unclaim(&self, claim_id: &str, leases: &[Lease]) {
         let res = self
             .with_retry("put back undelivered claims", || async {
@@ -2009,7 +2025,8 @@ impl Store {
                     sqlx::query(
                         "UPDATE work_queue SET claimed_at = NULL, claimed_by = NULL, claim_id = NULL, \
                          heartbeat_at = NULL, attempts = attempts - 1 \
-                         WHERE id = ? AND attempts = ? AND claim_id = ? AND claimed_at IS NOT NULL",
+                         WHERE id = ? AND attempts = ? AND claim_id = ? AND claimed_at IS NOT NULL \
+                         AND heartbeat_at = claimed_at",
                     )
                     .bind(lease.id)
                     .bind(lease.attempt)
@@ -2580,7 +2597,7 @@ impl Combine for Claims {
             .collect()
     }
 
-    async fn undelivered(store: &Store, out: Self::Out) {
+    async fn undelivered(store: Store, out: Self::Out) {
         if let Ok(attempt) = out
             && !attempt.replayed
             && !attempt.claimed.is_empty()
