@@ -15,7 +15,8 @@
 //! `SF_BENCH_PRODUCERS` (default 4) sets the concurrent creators of the throughput
 //! phases. `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
 //! unbatched, batched, claim, watch, events, baseline; default all) picks phases.
-//! `SF_BENCH_LOCKMON=<ms>` prints InnoDB's lock-wait graph (every transaction, and who
+//! `SF_BENCH_MARIADB_ARGS` adds mariadbd options (whitespace-separated) for tuning
+//! experiments. `SF_BENCH_LOCKMON=<ms>` prints InnoDB's lock-wait graph (every transaction, and who
 //! waits for whom on which record) to stderr whenever a lock wait passes <ms> (2000 if
 //! not a number): the tool
 //! that found the full-scan locking behind multi-second completion stalls.
@@ -929,7 +930,14 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     let n = |x: usize| ((x as f64 * scale) as usize).max(100);
-    let server = MariaDb::start(&ServerOptions::durable()).expect("private MariaDB");
+    let mut options = ServerOptions::durable();
+    // Extra mariadbd options for tuning experiments (whitespace-separated).
+    if let Ok(extra) = std::env::var("SF_BENCH_MARIADB_ARGS") {
+        options
+            .extra_args
+            .extend(extra.split_whitespace().map(str::to_string));
+    }
+    let server = MariaDb::start(&options).expect("private MariaDB");
     let tdb = server.create_database().expect("database");
     let db = connect(&MariaDbArgs::local_root(tdb.port, &tdb.name))
         .await
