@@ -10,7 +10,10 @@
 //!   took the create and on another one;
 //! - watch delivery latency p50/p99 (write acknowledged → event received), on the same
 //!   instance and across instances;
-//! - event batch insert rate.
+//! - event batch insert rate;
+//! - same-run comparisons (phase `baseline`): the naive SQL queue of
+//!   research/queue-baselines.md, and the ceiling: the same rows as a job, written in
+//!   hand-written SQL without a gateway.
 //!
 //! `SF_BENCH_PRODUCERS` (default 4) sets the concurrent creators of the throughput
 //! phases. `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
