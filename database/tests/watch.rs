@@ -71,7 +71,8 @@ async fn a_watch_replays_then_follows_and_filters() {
     assert_eq!(second.change_type, ChangeType::Modified);
     assert_eq!(second.revision, upd.resource_version);
     assert_eq!(
-        second.prev_object, None,
+        second.prev_object(),
+        None,
         "a change that leaves the labels alone logs no previous object"
     );
     let del = store
@@ -125,8 +126,7 @@ async fn selectors_see_objects_that_stop_matching() {
         "the change that made it stop matching is delivered"
     );
     assert_eq!(
-        c.prev_object
-            .as_ref()
+        c.prev_object()
             .map(|p| p["metadata"]["labels"]["parity"].clone()),
         Some(json!("even"))
     );

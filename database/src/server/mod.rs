@@ -310,11 +310,11 @@ impl Gateway for GatewayService {
                             ChangeType::Deleted => pb::watch_event::Type::Deleted,
                         } as i32,
                         revision: change.revision,
-                        object: json_bytes(&change.object),
+                        // The stored text as it is: no parse, no re-encoding.
+                        object: change.object_json().as_bytes().to_vec(),
                         prev_object: change
-                            .prev_object
-                            .as_ref()
-                            .map(json_bytes)
+                            .prev_object_json()
+                            .map(|p| p.as_bytes().to_vec())
                             .unwrap_or_default(),
                     },
                 };

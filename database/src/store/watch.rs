@@ -15,8 +15,8 @@
 //!   does a start from a revision older than the compacted one.
 //! - Progress events carry a revision up to which every change has been delivered.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sea_orm::sqlx::{self, Row};
@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
 use super::resources::ObjectKey;
-use super::{Store, StoreError, parse_json};
+use super::{Store, StoreError};
 use sf_schema::selector::{FieldSelector, LabelSelector};
 
 /// The longest a change made through another gateway instance waits to be seen.
@@ -57,8 +57,10 @@ impl ChangeType {
     }
 }
 
-/// One change.
-#[derive(Debug, Clone, PartialEq)]
+/// One change. The objects are kept as the JSON text the change log holds (checked
+/// to be JSON when read) and parsed only when something asks for them: a watch is
+/// sent the text as it is, and a gateway's feed reads every change of the cluster.
+#[derive(Debug, Clone)]
 pub struct Change {
     /// Its revision.
     pub revision: u64,
@@ -66,10 +68,120 @@ pub struct Change {
     pub change_type: ChangeType,
     /// Which object.
     pub key: ObjectKey,
-    /// The object after the change (its final state for a deletion).
-    pub object: Value,
-    /// The object before the change (none for an addition).
-    pub prev_object: Option<Value>,
+    object_json: String,
+    prev_json: Option<String>,
+    object: OnceLock<Value>,
+    prev_object: OnceLock<Option<Value>>,
+}
+
+impl PartialEq for Change {
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision
+            && self.change_type == other.change_type
+            && self.key == other.key
+            && self.object_json == other.object_json
+            && self.prev_json == other.prev_json
+    }
+}
+
+impl Change {
+    /// A change whose objects are `object_json` and `prev_json`, which must be JSON
+    /// ([`StoreError::Corrupt`] naming `source` if not).
+    fn from_json(
+        revision: u64,
+        change_type: ChangeType,
+        key: ObjectKey,
+        object_json: String,
+        prev_json: Option<String>,
+    ) -> Result<Self, StoreError> {
+        // Validates without building the tree (no allocation per value).
+        let check = |text: &str, what: &str| {
+            serde_json::from_str::<serde::de::IgnoredAny>(text)
+                .map(|_| ())
+                .map_err(|e| StoreError::Corrupt(format!("{what} at revision {revision}: {e}")))
+        };
+        check(&object_json, "change_log.object")?;
+        if let Some(prev) = &prev_json {
+            check(prev, "change_log.prev_object")?;
+        }
+        Ok(Self {
+            revision,
+            change_type,
+            key,
+            object_json,
+            prev_json,
+            object: OnceLock::new(),
+            prev_object: OnceLock::new(),
+        })
+    }
+
+    /// The object after the change (its final state for a deletion), parsed on first
+    /// use.
+    pub fn object(&self) -> &Value {
+        self.object
+            .get_or_init(|| serde_json::from_str(&self.object_json).unwrap_or(Value::Null))
+    }
+
+    /// The object before the change (none for an addition), parsed on first use.
+    pub fn prev_object(&self) -> Option<&Value> {
+        self.prev_object
+            .get_or_init(|| {
+                self.prev_json
+                    .as_deref()
+                    .map(|p| serde_json::from_str(p).unwrap_or(Value::Null))
+            })
+            .as_ref()
+    }
+
+    /// The object after the change, as stored.
+    pub fn object_json(&self) -> &str {
+        &self.object_json
+    }
+
+    /// The object before the change, as stored.
+    pub fn prev_object_json(&self) -> Option<&str> {
+        self.prev_json.as_deref()
+    }
+
+    /// What the queue's wake-ups need of a ClusterOperation change, read from its JSON
+    /// without building the object.
+    fn operation_facts(&self) -> Option<OperationFacts> {
+        serde_json::from_str(&self.object_json).ok()
+    }
+}
+
+/// The fields of a ClusterOperation the change feed's claim wake-ups read.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct OperationFacts {
+    metadata: FactsMetadata,
+    spec: FactsSpec,
+    status: FactsStatus,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct FactsMetadata {
+    uid: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct FactsSpec {
+    node: Option<String>,
+    target: FactsTarget,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct FactsTarget {
+    uid: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct FactsStatus {
+    state: Option<String>,
 }
 
 /// What a watch delivers.
@@ -106,8 +218,12 @@ impl WatchFilter {
         {
             return false;
         }
+        if self.labels.is_empty() && self.fields.is_empty() {
+            // Kind and namespace decide: the objects need not be parsed.
+            return true;
+        }
         let selects = |o: &Value| self.labels.matches(o) && self.fields.matches(o);
-        selects(&change.object) || change.prev_object.as_ref().is_some_and(selects)
+        selects(change.object()) || change.prev_object().is_some_and(selects)
     }
 }
 
@@ -128,19 +244,17 @@ async fn read_changes(store: &Store, after: u64, limit: i64) -> Result<Vec<Chang
             let object: String = r.try_get("object").map_err(corrupt)?;
             let prev: Option<String> = r.try_get("prev_object").map_err(corrupt)?;
             let event_type: String = r.try_get("event_type").map_err(corrupt)?;
-            Ok(Change {
-                revision: r.try_get("revision").map_err(corrupt)?,
-                change_type: ChangeType::parse(&event_type)?,
-                key: ObjectKey::new(
+            Change::from_json(
+                r.try_get("revision").map_err(corrupt)?,
+                ChangeType::parse(&event_type)?,
+                ObjectKey::new(
                     r.try_get::<String, _>("kind").map_err(corrupt)?,
                     r.try_get::<String, _>("namespace").map_err(corrupt)?,
                     r.try_get::<String, _>("name").map_err(corrupt)?,
                 ),
-                object: parse_json(&object, "change_log.object")?,
-                prev_object: prev
-                    .map(|p| parse_json(&p, "change_log.prev_object"))
-                    .transpose()?,
-            })
+                object,
+                prev,
+            )
         })
         .collect()
 }
@@ -319,28 +433,21 @@ impl ChangeFeed {
         let wakes = &self.store.wakes;
         let mut finished_targets = Vec::new();
         let mut finished_uids = Vec::new();
-        wakes.new_work(
-            changes
-                .iter()
-                .filter(|c| c.key.kind == "ClusterOperation" && !wakes.is_local(c.revision))
-                .filter_map(|c| {
-                    let object = &c.object;
-                    match object["status"]["state"].as_str() {
-                        Some("queued") => Some(object["spec"]["node"].as_str()),
-                        Some("complete" | "error" | "abort") => {
-                            if let Some(t) = object["spec"]["target"]["uid"].as_str() {
-                                finished_targets.push(t.to_string());
-                            }
-                            if let Some(u) = object["metadata"]["uid"].as_str() {
-                                finished_uids.push(u.to_string());
-                            }
-                            None
-                        }
-                        _ => None,
-                    }
-                })
-                .collect::<Vec<_>>(),
-        );
+        let new_work: Vec<Option<String>> = changes
+            .iter()
+            .filter(|c| c.key.kind == "ClusterOperation" && !wakes.is_local(c.revision))
+            .filter_map(|c| c.operation_facts())
+            .filter_map(|facts| match facts.status.state.as_deref() {
+                Some("queued") => Some(facts.spec.node),
+                Some("complete" | "error" | "abort") => {
+                    finished_targets.extend(facts.spec.target.uid);
+                    finished_uids.extend(facts.metadata.uid);
+                    None
+                }
+                _ => None,
+            })
+            .collect();
+        wakes.new_work(new_work.iter().map(Option::as_deref));
         if !finished_uids.is_empty() && wakes.claims_active() {
             self.store.wake_freed_work(finished_targets, finished_uids);
         }
