@@ -99,7 +99,8 @@ use sf_schema::validation::validate_cluster_operation;
 
 use super::combine::{self, Combine};
 use super::resources::{
-    NewObject, Replacement, Row0, insert_objects, prepare_new, remove_object, replace_objects,
+    ChangeRow, NewObject, Replacement, Row0, append_changes, insert_objects_log_later, prepare_new,
+    remove_object, replace_objects_log_later,
 };
 use super::{ObjectKey, Store, StoreError, Stored, Tx, allocate_revisions, parse_json, rfc3339};
 
@@ -636,6 +637,8 @@ struct Finished {
     stored: Vec<Option<Stored>>,
     /// Names (`namespace/name`) of dependents aborted because a dependency failed.
     cascaded: Vec<String>,
+    /// The change-log rows of the resource writes, still to append before COMMIT.
+    changes: Vec<ChangeRow>,
 }
 
 /// Finishes `items` (whose queue and projection rows the caller locked, in that order):
@@ -652,7 +655,9 @@ async fn finish(
         0 => 0,
         n => allocate_revisions(tx, n).await?,
     };
-    finish_write(tx, prepared, first).await
+    let finished = finish_write(tx, prepared, first).await?;
+    append_changes(tx, &finished.changes).await?;
+    Ok(finished)
 }
 
 /// What [`finish_prepare`] decided: the resource writes that remain, after the counter.
@@ -800,6 +805,7 @@ async fn finish_write(
         ..
     } = prepared;
     let mut stored: Vec<Option<Stored>> = vec![None; items];
+    let mut changes = Vec::new();
     if !writes.is_empty() {
         let indexes: Vec<usize> = writes.iter().map(|(index, _, _)| *index).collect();
         let mut replacements = Vec::with_capacity(writes.len());
@@ -813,7 +819,7 @@ async fn finish_write(
                 generation: row.generation,
             });
         }
-        replace_objects(tx, first, &mut replacements).await?;
+        changes = replace_objects_log_later(tx, first, &mut replacements).await?;
         for ((revision, index), r) in (first..).zip(indexes).zip(replacements) {
             if index < items {
                 stored[index] = Some(Stored {
@@ -824,7 +830,11 @@ async fn finish_write(
             }
         }
     }
-    Ok(Finished { stored, cascaded })
+    Ok(Finished {
+        stored,
+        cascaded,
+        changes,
+    })
 }
 
 /// The create half of a write, before the revision counter: projection, name check,
@@ -849,10 +859,15 @@ async fn create_prepare(tx: &mut Tx, ops: &[NewOp]) -> Result<(), StoreError> {
     insert_queue_rows(tx, ops, &waiting).await
 }
 
-/// The create half after the counter: the resources at revisions from `first`.
-async fn create_write(tx: &mut Tx, ops: &[NewOp], first: u64) -> Result<Vec<Stored>, StoreError> {
+/// The create half after the counter: the resources at revisions from `first`, and
+/// their change-log rows (to append before COMMIT).
+async fn create_write(
+    tx: &mut Tx,
+    ops: &[NewOp],
+    first: u64,
+) -> Result<(Vec<Stored>, Vec<ChangeRow>), StoreError> {
     if ops.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut objects: Vec<NewObject> = ops
         .iter()
@@ -862,15 +877,16 @@ async fn create_write(tx: &mut Tx, ops: &[NewOp], first: u64) -> Result<Vec<Stor
             object: op.object.clone(),
         })
         .collect();
-    insert_objects(tx, first, &mut objects).await?;
-    Ok((first..)
+    let changes = insert_objects_log_later(tx, first, &mut objects).await?;
+    let stored = (first..)
         .zip(objects)
         .map(|(revision, o)| Stored {
             object: o.object,
             resource_version: revision,
             changed: true,
         })
-        .collect())
+        .collect();
+    Ok((stored, changes))
 }
 
 /// The completion half of a write, before the revision counter.
@@ -947,13 +963,21 @@ async fn complete_prepare(
     })
 }
 
-/// The completion half after the counter, at revisions from `first`: the outcome of each
-/// lease, the freed targets and the uids whose dependents were released.
+/// What [`complete_write`] did: each lease's outcome, the freed targets, the uids whose
+/// dependents were released, and the change-log rows still to append before COMMIT.
+struct CompleteWritten {
+    outcomes: Vec<Result<Stored, StoreError>>,
+    targets: Vec<String>,
+    uids: Vec<String>,
+    changes: Vec<ChangeRow>,
+}
+
+/// The completion half after the counter, at revisions from `first`.
 async fn complete_write(
     tx: &mut Tx,
     completion: PreparedCompletion,
     first: u64,
-) -> Result<(Vec<Result<Stored, StoreError>>, Vec<String>, Vec<String>), StoreError> {
+) -> Result<CompleteWritten, StoreError> {
     let PreparedCompletion {
         mut slots,
         index,
@@ -965,11 +989,16 @@ async fn complete_write(
     for ((i, key), stored) in index.into_iter().zip(finished.stored) {
         slots[i] = Some(stored.ok_or_else(|| key.not_found()));
     }
-    let out = slots
+    let outcomes = slots
         .into_iter()
         .map(|s| s.unwrap_or_else(|| Err(StoreError::Corrupt("lost a slot".into()))))
         .collect();
-    Ok((out, targets, uids))
+    Ok(CompleteWritten {
+        outcomes,
+        targets,
+        uids,
+        changes: finished.changes,
+    })
 }
 
 /// What one write transaction did.
@@ -1735,9 +1764,17 @@ impl Store {
                     0 => 0,
                     n => allocate_revisions(&mut tx, n).await?,
                 };
-                let created = create_write(&mut tx, creates, first).await?;
-                let (completed, targets, uids) =
-                    complete_write(&mut tx, completion, first + n_creates).await?;
+                let (created, mut changes) = create_write(&mut tx, creates, first).await?;
+                let CompleteWritten {
+                    outcomes: completed,
+                    targets,
+                    uids,
+                    changes: completed_changes,
+                } = complete_write(&mut tx, completion, first + n_creates).await?;
+                // Both halves' change-log rows in one statement (the counter is held
+                // until COMMIT: one round trip fewer under it).
+                changes.extend(completed_changes);
+                append_changes(&mut tx, &changes).await?;
                 self.commit(tx, "write operations").await?;
                 Ok((
                     WriteDone { created, completed },

@@ -241,11 +241,11 @@ fn decode_row(key: ObjectKey, r: &sqlx::mysql::MySqlRow) -> Result<Row0, StoreEr
 }
 
 /// One change-log row to append.
-struct ChangeRow<'a> {
+pub(crate) struct ChangeRow {
     revision: u64,
     event_type: &'static str,
-    key: &'a ObjectKey,
-    uid: &'a str,
+    key: ObjectKey,
+    uid: String,
     object: String,
     prev: Option<String>,
 }
@@ -255,7 +255,7 @@ const ROWS_PER_STATEMENT: usize = 200;
 
 /// Appends change-log rows with one multi-row INSERT per [`ROWS_PER_STATEMENT`]: the
 /// fewer round trips under the revision counter's lock, the more writes per second.
-async fn append_changes(tx: &mut Tx, rows: &[ChangeRow<'_>]) -> Result<(), StoreError> {
+pub(crate) async fn append_changes(tx: &mut Tx, rows: &[ChangeRow]) -> Result<(), StoreError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from(
             "INSERT INTO change_log (revision, event_type, kind, namespace, name, uid, object, prev_object, created_at) VALUES ",
@@ -270,7 +270,7 @@ async fn append_changes(tx: &mut Tx, rows: &[ChangeRow<'_>]) -> Result<(), Store
                 .bind(&r.key.kind)
                 .bind(&r.key.namespace)
                 .bind(&r.key.name)
-                .bind(r.uid)
+                .bind(&r.uid)
                 .bind(&r.object)
                 .bind(&r.prev);
         }
@@ -295,8 +295,8 @@ async fn append_change(
         &[ChangeRow {
             revision,
             event_type,
-            key,
-            uid,
+            key: key.clone(),
+            uid: uid.to_owned(),
             object: object.to_string(),
             prev: prev.map(str::to_owned),
         }],
@@ -321,6 +321,18 @@ pub(crate) async fn insert_objects(
     first_revision: u64,
     items: &mut [NewObject],
 ) -> Result<(), StoreError> {
+    let changes = insert_objects_log_later(tx, first_revision, items).await?;
+    append_changes(tx, &changes).await
+}
+
+/// [`insert_objects`] without the change log: returns the change-log rows, which the
+/// caller MUST append ([`append_changes`]) in the same transaction, so that several
+/// writes of one transaction log in one statement.
+pub(crate) async fn insert_objects_log_later(
+    tx: &mut Tx,
+    first_revision: u64,
+    items: &mut [NewObject],
+) -> Result<Vec<ChangeRow>, StoreError> {
     let mut texts = Vec::with_capacity(items.len());
     for (revision, item) in (first_revision..).zip(items.iter_mut()) {
         set_versions(&mut item.object, revision, 1)?;
@@ -376,18 +388,17 @@ pub(crate) async fn insert_objects(
             Ok(_) => {}
         }
     }
-    let changes: Vec<ChangeRow<'_>> = indexed
+    Ok(indexed
         .iter()
         .map(|(revision, item, text)| ChangeRow {
             revision: *revision,
             event_type: "ADDED",
-            key: &item.key,
-            uid: &item.uid,
+            key: item.key.clone(),
+            uid: item.uid.clone(),
             object: (*text).clone(),
             prev: None,
         })
-        .collect();
-    append_changes(tx, &changes).await
+        .collect())
 }
 
 /// A replacement for [`replace_objects`]: the locked row, the new body, its generation.
@@ -407,6 +418,17 @@ pub(crate) async fn replace_objects(
     first_revision: u64,
     items: &mut [Replacement<'_>],
 ) -> Result<(), StoreError> {
+    let changes = replace_objects_log_later(tx, first_revision, items).await?;
+    append_changes(tx, &changes).await
+}
+
+/// [`replace_objects`] without the change log: returns the change-log rows, which the
+/// caller MUST append ([`append_changes`]) in the same transaction.
+pub(crate) async fn replace_objects_log_later(
+    tx: &mut Tx,
+    first_revision: u64,
+    items: &mut [Replacement<'_>],
+) -> Result<Vec<ChangeRow>, StoreError> {
     let mut texts = Vec::with_capacity(items.len());
     for (revision, item) in (first_revision..).zip(items.iter_mut()) {
         set_versions(&mut item.object, revision, item.generation)?;
@@ -446,18 +468,17 @@ pub(crate) async fn replace_objects(
             .await
             .map_err(StoreError::query("update resource"))?;
     }
-    let changes: Vec<ChangeRow<'_>> = indexed
+    Ok(indexed
         .iter()
         .map(|(revision, item, text)| ChangeRow {
             revision: *revision,
             event_type: "MODIFIED",
-            key: &item.row.key,
-            uid: &item.row.uid,
+            key: item.row.key.clone(),
+            uid: item.row.uid.clone(),
             object: (*text).clone(),
             prev: selector_prev(&item.row.object, &item.object),
         })
-        .collect();
-    append_changes(tx, &changes).await
+        .collect())
 }
 
 /// Prepares a new object for insertion: uid, timestamps, generation 1. Returns its key
