@@ -16,7 +16,7 @@
 //!   hand-written SQL without a gateway.
 //!
 //! `SF_BENCH_PRODUCERS` (default 4) sets the concurrent creators of the throughput
-//! phases. `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
+//! phases, `SF_BENCH_BATCH` (default 100) the operations per call when batched. `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
 //! unbatched, batched, claim, watch, events, baseline; default all) picks phases.
 //! `SF_BENCH_MARIADB_ARGS` adds mariadbd options (whitespace-separated) for tuning
 //! experiments. `SF_BENCH_LOCKMON=<ms>` prints InnoDB's lock-wait graph (every transaction, and who
@@ -42,6 +42,16 @@ use tokio::sync::Mutex;
 
 const SECRET: &str = "bench-secret-0123456789";
 const CLAIMERS: usize = 16;
+
+/// Operations per create call, per claim and per completion call in the batched
+/// phases (`SF_BENCH_BATCH`, default 100, at most 500: the gateway's claim limit).
+fn batch() -> usize {
+    std::env::var("SF_BENCH_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| (2..=500).contains(n))
+        .unwrap_or(100)
+}
 
 /// Concurrent producers in the throughput phases (`SF_BENCH_PRODUCERS`, default 4).
 fn producers() -> usize {
@@ -1032,7 +1042,7 @@ async fn main() {
     if run("batched") {
         let probe = CpuProbe::start(&mariadbd);
         let before = server_counters(&status_pool).await;
-        let mut v = throughput(&both, "b", n(40_000), 100).await;
+        let mut v = throughput(&both, "b", n(40_000), batch()).await;
         v["cpu"] = probe.finish();
         let jobs = v["completed"].as_f64().unwrap_or(0.0);
         v["mariadb_per_job"] =
@@ -1070,7 +1080,7 @@ async fn main() {
         v["cpu"] = probe.finish();
         report.insert("ceiling_naive_full_pipeline_unbatched".into(), v);
         let probe = CpuProbe::start(&mariadbd);
-        let mut v = naive_full_pipeline(tdb.port, &tdb.name, n(40_000), 100).await;
+        let mut v = naive_full_pipeline(tdb.port, &tdb.name, n(40_000), batch()).await;
         v["cpu"] = probe.finish();
         report.insert("ceiling_naive_full_pipeline_batched".into(), v);
         let probe = CpuProbe::start(&mariadbd);

@@ -14,6 +14,10 @@
 //!   and a hole means compaction raced it: it ends with [`StoreError::Expired`], as
 //!   does a start from a revision older than the compacted one.
 //! - Progress events carry a revision up to which every change has been delivered.
+//! - A [`Change`] holds its objects as the change log's JSON text (checked to be JSON
+//!   when read; a row that is not is [`StoreError::Corrupt`]). Watches are sent that
+//!   text unchanged; [`Change::object`] parses it once, on first use (selectors, the
+//!   claim wake-ups' few fields).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
