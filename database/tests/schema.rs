@@ -42,8 +42,21 @@ async fn schema_is_created_from_empty_with_innodb_utf8mb4_tables() {
     let report = ensure_schema(&db).await.expect("ensure");
     assert_eq!(
         report.applied,
-        vec!["m0001_initial".to_string(), "m0002_blob_data".to_string()]
+        vec![
+            "m0001_initial".to_string(),
+            "m0002_blob_data".to_string(),
+            "m0003_fewer_queue_indexes".to_string()
+        ]
     );
+    // Migration 3 dropped the two indexes no statement used.
+    let indexes = tdb
+        .query(&format!(
+            "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA='{}' \
+             AND INDEX_NAME IN ('ix_work_queue_heartbeat', 'ix_cluster_operations_type')",
+            tdb.name
+        ))
+        .expect("indexes");
+    assert_eq!(indexes.trim(), "", "dropped indexes remain: {indexes}");
     let tables = tdb
         .query(&format!(
             "SELECT TABLE_NAME, ENGINE, TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA='{}'",
@@ -104,7 +117,7 @@ async fn a_changed_version_is_refused_with_the_fix() {
     let err = check_schema_versions(&db).await.expect_err("mismatch");
     let text = err.to_string();
     assert!(
-        text.contains("table work_queue: version 0, expected 1"),
+        text.contains("table work_queue: version 0, expected 2"),
         "{text}"
     );
     assert!(text.contains("table events: version 99 is NEWER"), "{text}");

@@ -1,6 +1,6 @@
 //! sea-orm entities, one module per table created by the migrations.
 //!
-//! Contract: column names and types mirror the migrations (`migration::m0001_initial`, `m0002_blob_data`) exactly (a test
+//! Contract: column names and types mirror the migrations (`migration::m0001_initial`, `m0002_blob_data`; `m0003` drops only indexes) exactly (a test
 //! compares them with information_schema); entities carry no behaviour. Enum columns are
 //! plain strings here: their meaning lives in `sf-schema`.
 

@@ -2306,7 +2306,10 @@ impl Store {
                 .with_retry("reap stuck work", || async {
                     let mut tx = self.begin("reap stuck work").await?;
                     let text = format!(
-                        "SELECT {QUEUE_COLUMNS} FROM work_queue w WHERE w.claimed_at IS NOT NULL \
+                        // The claimed rows, through the claimed-target key (non-NULL
+                        // exactly while claimed; there is no heartbeat index).
+                        "SELECT {QUEUE_COLUMNS} FROM work_queue w FORCE INDEX (ux_work_queue_claimed_target) \
+                         WHERE w.claimed_target IS NOT NULL AND w.claimed_at IS NOT NULL \
                          AND COALESCE(w.heartbeat_at, w.claimed_at) < NOW(6) - INTERVAL ? MICROSECOND \
                          LIMIT {CHUNK} FOR UPDATE SKIP LOCKED"
                     );
