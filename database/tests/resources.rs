@@ -382,3 +382,40 @@ async fn the_floating_network_is_created_once_with_its_well_known_uid() {
         "the second run changes nothing"
     );
 }
+
+/// An object nested past what readers parse is refused with the reason, and nothing is
+/// stored; one at the limit is stored and reads back (GET and the change feed).
+#[tokio::test]
+async fn an_object_nested_too_deep_to_read_back_is_refused() {
+    use sf_database::store::resources::MAX_OBJECT_DEPTH;
+    let (_db, store) = common::store().await;
+    // `nested(n)` is n levels of arrays inside spec (itself 2 levels deep).
+    let nested = |n: usize| {
+        let mut v = json!(1);
+        for _ in 0..n {
+            v = json!([v]);
+        }
+        v
+    };
+    let before = store.current_revision().await.expect("rev");
+    let mut deep = instance("deep", 1);
+    deep["spec"]["x"] = nested(MAX_OBJECT_DEPTH - 1);
+    let err = store.create(deep, false).await.expect_err("too deep");
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("deeper than")),
+        "{err}"
+    );
+    assert_eq!(
+        store.current_revision().await.expect("rev"),
+        before,
+        "nothing stored"
+    );
+    let mut ok = instance("at-limit", 1);
+    ok["spec"]["x"] = nested(MAX_OBJECT_DEPTH - 2);
+    let created = store.create(ok, false).await.expect("at the limit");
+    let got = store
+        .get(&ObjectKey::new("Instance", "demo", "at-limit"))
+        .await
+        .expect("reads back");
+    assert_eq!(got.object, created.object);
+}

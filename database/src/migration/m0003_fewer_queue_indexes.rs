@@ -1,4 +1,4 @@
-//! Migration 3: drops two indexes that every queue write maintained and no query used.
+//! Migration 3: drops two indexes that every queue write maintained and no query needs.
 //!
 //! Contract: idempotent like every migration (`DROP INDEX IF EXISTS`). Leaves
 //! `work_queue` and `cluster_operations` at version 2.
@@ -6,7 +6,9 @@
 //!   condition on `COALESCE(heartbeat_at, claimed_at)` cannot use it beyond "claimed",
 //!   which `ux_work_queue_claimed_target` already answers (non-NULL exactly while
 //!   claimed); yet every enqueue, claim, heartbeat and completion updated it. Without
-//!   it a heartbeat touches no secondary index at all.
+//!   it a heartbeat touches no secondary index at all. (The queue-depth gauge's count
+//!   of unclaimed rows read it too; that is most of the table, so scanning another
+//!   index costs the same.)
 //! - `cluster_operations.ix_cluster_operations_type (operation_type, created_at)`: no
 //!   statement filters or orders on the operation type.
 //!

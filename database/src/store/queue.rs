@@ -637,7 +637,8 @@ struct Finished {
     stored: Vec<Option<Stored>>,
     /// Names (`namespace/name`) of dependents aborted because a dependency failed.
     cascaded: Vec<String>,
-    /// The change-log rows of the resource writes, still to append before COMMIT.
+    /// The change-log rows of the resource writes: [`finish_write`] leaves them to its
+    /// caller to append before COMMIT; [`finish`] has appended them already.
     changes: Vec<ChangeRow>,
 }
 

@@ -178,7 +178,35 @@ fn spec_part(object: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// The deepest nesting of arrays and objects a stored object may have: what MariaDB's
+/// JSON columns accept (their `JSON_VALID` check refuses 32 levels or more, which
+/// would otherwise surface as an opaque constraint failure after the revision was
+/// taken). Well under serde_json's 128, so whatever is stored also parses back.
+pub const MAX_OBJECT_DEPTH: usize = 31;
+
+/// [`StoreError::Invalid`] when `object` nests deeper than [`MAX_OBJECT_DEPTH`].
+fn check_depth(object: &Value) -> Result<(), StoreError> {
+    let mut stack: Vec<(&Value, usize)> = vec![(object, 1)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > MAX_OBJECT_DEPTH {
+            return Err(StoreError::Invalid(format!(
+                "the object nests arrays and objects deeper than {MAX_OBJECT_DEPTH} levels"
+            )));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(())
+}
+
+/// Sets the versions of an object about to be written, after checking it can be read
+/// back ([`check_depth`]): every resource write passes here.
 fn set_versions(object: &mut Value, revision: u64, generation: i64) -> Result<(), StoreError> {
+    check_depth(object)?;
     let meta = metadata_mut(object)?;
     meta.insert("resourceVersion".into(), json!(revision.to_string()));
     meta.insert("generation".into(), json!(generation));

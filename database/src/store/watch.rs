@@ -16,8 +16,8 @@
 //! - Progress events carry a revision up to which every change has been delivered.
 //! - A [`Change`] holds its objects as the change log's JSON text (checked to be JSON
 //!   when read; a row that is not is [`StoreError::Corrupt`]). Watches are sent that
-//!   text unchanged; [`Change::object`] parses it once, on first use (selectors, the
-//!   claim wake-ups' few fields).
+//!   text unchanged; [`Change::object`] parses it once, on first use (selectors), and
+//!   the claim wake-ups deserialize only the four fields they read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -123,7 +123,7 @@ impl Change {
     /// use.
     pub fn object(&self) -> &Value {
         self.object
-            .get_or_init(|| serde_json::from_str(&self.object_json).unwrap_or(Value::Null))
+            .get_or_init(|| parse_logged(&self.object_json, self.revision, "object"))
     }
 
     /// The object before the change (none for an addition), parsed on first use.
@@ -132,7 +132,7 @@ impl Change {
             .get_or_init(|| {
                 self.prev_json
                     .as_deref()
-                    .map(|p| serde_json::from_str(p).unwrap_or(Value::Null))
+                    .map(|p| parse_logged(p, self.revision, "prev_object"))
             })
             .as_ref()
     }
@@ -148,10 +148,40 @@ impl Change {
     }
 
     /// What the queue's wake-ups need of a ClusterOperation change, read from its JSON
-    /// without building the object.
-    fn operation_facts(&self) -> Option<OperationFacts> {
-        serde_json::from_str(&self.object_json).ok()
+    /// without building the object; an object whose fields have unexpected types
+    /// falls back to the parsed object, reading what it can.
+    fn operation_facts(&self) -> OperationFacts {
+        serde_json::from_str(&self.object_json).unwrap_or_else(|_| {
+            let o = self.object();
+            let text = |p: &str| o.pointer(p).and_then(Value::as_str).map(str::to_owned);
+            OperationFacts {
+                metadata: FactsMetadata {
+                    uid: text("/metadata/uid"),
+                },
+                spec: FactsSpec {
+                    node: text("/spec/node"),
+                    target: FactsTarget {
+                        uid: text("/spec/target/uid"),
+                    },
+                },
+                status: FactsStatus {
+                    state: text("/status/state"),
+                },
+            }
+        })
     }
+}
+
+/// Parses a change-log object that was checked to be JSON when read. The check does
+/// not bound nesting the way a parse does (serde_json stops at 128 levels); stored
+/// objects never come near that (MariaDB's JSON columns and
+/// `resources::MAX_OBJECT_DEPTH` stop at 31), but should a parse fail, it is logged
+/// and the object reads as null rather than stalling the feed.
+fn parse_logged(text: &str, revision: u64, what: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::error!(revision, what, error = %e, "change log: an object does not parse");
+        Value::Null
+    })
 }
 
 /// The fields of a ClusterOperation the change feed's claim wake-ups read.
@@ -440,7 +470,7 @@ impl ChangeFeed {
         let new_work: Vec<Option<String>> = changes
             .iter()
             .filter(|c| c.key.kind == "ClusterOperation" && !wakes.is_local(c.revision))
-            .filter_map(|c| c.operation_facts())
+            .map(|c| c.operation_facts())
             .filter_map(|facts| match facts.status.state.as_deref() {
                 Some("queued") => Some(facts.spec.node),
                 Some("complete" | "error" | "abort") => {
