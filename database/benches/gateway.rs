@@ -658,36 +658,44 @@ async fn naive_sql_queue(port: u16, database: &str, jobs: usize, batch: usize) -
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             while done.load(Ordering::Relaxed) < jobs as u64 && Instant::now() < deadline {
-                let mut tx = pool.begin().await.expect("begin");
-                let rows = sqlx::query(
-                    "SELECT id FROM naive_queue WHERE queue_name = 'q' AND claimed_at IS NULL \
-                     AND scheduled_at <= UNIX_TIMESTAMP(NOW(6)) ORDER BY scheduled_at LIMIT ? FOR UPDATE SKIP LOCKED",
-                )
-                .bind(batch as i64)
-                .fetch_all(&mut *tx)
-                .await
-                .expect("claim");
-                if rows.is_empty() {
-                    tx.commit().await.expect("commit");
-                    break;
-                }
-                let ids: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
-                let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-                // Text protocol (raw_sql), as sysbench sends it: each id list is a new
-                // statement text, and preparing it would churn sqlx's statement cache into
-                // the COM_STMT_CLOSE + Nagle stall (docs/mariadb.md), which is not the
-                // queue's cost.
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "UPDATE naive_queue SET claimed_at = UNIX_TIMESTAMP(NOW(6)), claimed_by = 'w{w}', attempts = attempts + 1 WHERE id IN ({list})"
-                )))
-                .execute(&mut *tx)
-                .await
-                .expect("mark");
-                tx.commit().await.expect("commit");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM naive_queue WHERE id IN ({list})")))
-                    .execute(&pool)
-                    .await
-                    .expect("complete");
+                // Deadlocks (REPEATABLE READ's gap locks) are retried, as a real client
+                // would; anything else ends the bench.
+                let claimed = retry_deadlocks(|| async {
+                    let mut tx = pool.begin().await?;
+                    let rows = sqlx::query(
+                        "SELECT id FROM naive_queue WHERE queue_name = 'q' AND claimed_at IS NULL \
+                         AND scheduled_at <= UNIX_TIMESTAMP(NOW(6)) ORDER BY scheduled_at LIMIT ? FOR UPDATE SKIP LOCKED",
+                    )
+                    .bind(batch as i64)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if rows.is_empty() {
+                        tx.commit().await?;
+                        return Ok(None);
+                    }
+                    let ids: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
+                    let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                    // Text protocol (raw_sql), as sysbench sends it: each id list is a new
+                    // statement text, and preparing it would churn sqlx's statement cache
+                    // into the COM_STMT_CLOSE + Nagle stall (docs/mariadb.md), which is not
+                    // the queue's cost.
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "UPDATE naive_queue SET claimed_at = UNIX_TIMESTAMP(NOW(6)), claimed_by = 'w{w}', attempts = attempts + 1 WHERE id IN ({list})"
+                    )))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(Some((ids, list)))
+                })
+                .await;
+                let Some((ids, list)) = claimed else { break };
+                retry_deadlocks(|| async {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM naive_queue WHERE id IN ({list})")))
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                })
+                .await;
                 done.fetch_add(ids.len() as u64, Ordering::Relaxed);
             }
         }));
@@ -700,8 +708,8 @@ async fn naive_sql_queue(port: u16, database: &str, jobs: usize, batch: usize) -
     json!({"jobs": n, "batch": batch, "claimers": CLAIMERS, "seconds": (secs * 100.0).round() / 100.0, "jobs_per_second": (n as f64 / secs).round()})
 }
 
-/// Runs `attempt` (one transaction) until it does not end in a deadlock (1213); any
-/// other error ends the bench.
+/// Runs `attempt` (one transaction) until it does not end in a deadlock (1213) or a
+/// lock wait timeout (1205); any other error ends the bench.
 async fn retry_deadlocks<T, F, Fut>(mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
@@ -710,7 +718,10 @@ where
     loop {
         match attempt().await {
             Ok(v) => return v,
-            Err(sea_orm::sqlx::Error::Database(e)) if e.code().as_deref() == Some("40001") => {}
+            // Deadlock (40001) or lock wait timeout (1205, HY000).
+            Err(sea_orm::sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("40001")
+                    || e.message().contains("Lock wait timeout") => {}
             Err(e) => panic!("naive pipeline: {e}"),
         }
     }
