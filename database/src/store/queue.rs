@@ -1729,17 +1729,11 @@ impl Store {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        match self
-            .combiners
+        self.combiners
             .writes
             .submit(self, WriteCall::Create(ops))
             .await?
-        {
-            WriteOk::Created(stored) => Ok(stored),
-            WriteOk::Completed(_) => Err(StoreError::Corrupt(
-                "a create got a completion's outcome".into(),
-            )),
-        }
+            .created()
     }
 
     /// One write transaction: `creates` (validated operations) and `completes` (leases
@@ -1901,11 +1895,7 @@ impl Store {
         queues: &[String],
         calls: &[&ClaimCall],
     ) -> Result<Vec<ClaimAttempt>, StoreError> {
-        let total = calls
-            .iter()
-            .map(|c| c.max)
-            .fold(0u32, u32::saturating_add)
-            .min(MAX_CLAIM_BATCH);
+        let total = batch_max(calls);
         let replays: Vec<&str> = calls
             .iter()
             .filter(|c| c.replay)
@@ -1916,30 +1906,9 @@ impl Store {
         let mut wants = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             if call.replay && look.replayed.contains(&call.claim_id) {
-                // A replay is a sign of life: it stamps the heartbeat BEFORE reading, so
-                // an undelivered-claim put-back of the same rows (`unclaim`, which only
-                // takes rows never heartbeated since their claim) either commits first
-                // (and this read finds nothing) or no longer matches.
-                sqlx::query(
-                    "UPDATE work_queue FORCE INDEX (ix_work_queue_claim) SET heartbeat_at = NOW(6) \
-                     WHERE claim_id = ? AND claimed_at IS NOT NULL",
-                )
-                .bind(&call.claim_id)
-                .execute(&self.pool)
-                .await
-                .map_err(StoreError::query("replay a claim"))?;
-                let rows = read_claimed(
-                    &self.pool,
-                    "w.claim_id = ? AND w.claimed_at IS NOT NULL",
-                    vec![BindValue::Text(call.claim_id.clone())],
-                )
-                .await?;
                 out.push(ClaimAttempt {
                     claim_id: call.claim_id.clone(),
-                    claimed: rows
-                        .into_iter()
-                        .filter_map(|(q, object)| object.map(|o| claimed_view(&q, o)))
-                        .collect(),
+                    claimed: self.replay_claim(&call.claim_id).await?,
                     replayed: true,
                     backlog: false,
                 });
@@ -1957,11 +1926,7 @@ impl Store {
             return Ok(out);
         }
         let asked: Vec<&ClaimCall> = wants.iter().map(|&i| calls[i]).collect();
-        let wanted = asked
-            .iter()
-            .map(|c| c.max)
-            .fold(0u32, u32::saturating_add)
-            .min(MAX_CLAIM_BATCH);
+        let wanted = batch_max(&asked);
         let got = self.claim_once(&look.ready, &asked, wanted).await?;
         let taken: usize = got.iter().map(Vec::len).sum();
         for (&i, claimed) in wants.iter().zip(got) {
@@ -1974,6 +1939,31 @@ impl Store {
             out[*first].backlog = true;
         }
         Ok(out)
+    }
+
+    /// The rows `claim_id` still holds, handed out again. A replay is a sign of life: it
+    /// stamps the heartbeat BEFORE reading, so an undelivered-claim put-back of the same
+    /// rows (`unclaim`, which only takes rows never heartbeated since their claim)
+    /// either commits first (and this read finds nothing) or no longer matches.
+    async fn replay_claim(&self, claim_id: &str) -> Result<Vec<Claimed>, StoreError> {
+        sqlx::query(
+            "UPDATE work_queue FORCE INDEX (ix_work_queue_claim) SET heartbeat_at = NOW(6) \
+             WHERE claim_id = ? AND claimed_at IS NOT NULL",
+        )
+        .bind(claim_id)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::query("replay a claim"))?;
+        let rows = read_claimed(
+            &self.pool,
+            "w.claim_id = ? AND w.claimed_at IS NOT NULL",
+            vec![BindValue::Text(claim_id.to_string())],
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(q, object)| object.map(|o| claimed_view(&q, o)))
+            .collect())
     }
 
     /// One claim transaction over `queues` (which the look found ready) for `calls`:
@@ -2142,17 +2132,11 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        match self
-            .combiners
+        self.combiners
             .writes
             .submit(self, WriteCall::Complete(items))
             .await?
-        {
-            WriteOk::Completed(out) => Ok(out),
-            WriteOk::Created(_) => Err(StoreError::Corrupt(
-                "a completion got a create's outcome".into(),
-            )),
-        }
+            .completed()
     }
 
     /// Wakes one claim per ready row that waits on `targets` or depends on the
@@ -2563,6 +2547,15 @@ pub(crate) struct ClaimCall {
     replay: bool,
 }
 
+/// The rows a round of `calls` asks for: their maxes summed, at most [`MAX_CLAIM_BATCH`].
+fn batch_max(calls: &[&ClaimCall]) -> u32 {
+    calls
+        .iter()
+        .map(|c| c.max)
+        .fold(0u32, u32::saturating_add)
+        .min(MAX_CLAIM_BATCH)
+}
+
 /// What one claim attempt got.
 pub(crate) struct ClaimAttempt {
     claim_id: String,
@@ -2668,6 +2661,28 @@ pub(crate) enum WriteCall {
 pub(crate) enum WriteOk {
     Created(Vec<Stored>),
     Completed(Vec<Result<Stored, StoreError>>),
+}
+
+impl WriteOk {
+    /// A create call's outcome (the combiner answers each call with its own kind).
+    fn created(self) -> Result<Vec<Stored>, StoreError> {
+        match self {
+            Self::Created(stored) => Ok(stored),
+            Self::Completed(_) => Err(StoreError::Corrupt(
+                "a create got a completion's outcome".into(),
+            )),
+        }
+    }
+
+    /// A completion call's outcome.
+    fn completed(self) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        match self {
+            Self::Completed(out) => Ok(out),
+            Self::Created(_) => Err(StoreError::Corrupt(
+                "a completion got a create's outcome".into(),
+            )),
+        }
+    }
 }
 
 /// Concurrent creates and completions of one store, combined into one transaction.

@@ -188,17 +188,19 @@ pub const MAX_OBJECT_DEPTH: usize = 31;
 fn check_depth(object: &Value) -> Result<(), StoreError> {
     let mut stack: Vec<(&Value, usize)> = vec![(object, 1)];
     while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
+        if !(value.is_array() || value.is_object()) {
+            continue;
+        }
         if depth > MAX_OBJECT_DEPTH {
             return Err(StoreError::Invalid(format!(
                 "the object nests arrays and objects deeper than {MAX_OBJECT_DEPTH} levels"
             )));
         }
-        stack.extend(children.map(|c| (c, depth + 1)));
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth + 1))),
+            _ => {}
+        }
     }
     Ok(())
 }
