@@ -24,7 +24,7 @@
 //! not a number): the tool
 //! that found the full-scan locking behind multi-second completion stalls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,7 +176,79 @@ fn summary(mut ms: Vec<f64>) -> Value {
     })
 }
 
-async fn start_gateway(port: u16, database: &str) -> (SocketAddr, Shutdown) {
+/// The gateway's combining counters, scraped from its metrics endpoint: per `kind`,
+/// (batches, calls).
+async fn combining(metrics: SocketAddr) -> BTreeMap<String, (f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = BTreeMap::new();
+    let Ok(mut s) = tokio::net::TcpStream::connect(metrics).await else {
+        return out;
+    };
+    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return out;
+    }
+    let mut text = String::new();
+    if s.read_to_string(&mut text).await.is_err() {
+        return out;
+    }
+    for line in text.lines() {
+        for (name, second) in [
+            ("database_combined_batches_total{kind=\"", false),
+            ("database_combined_calls_total{kind=\"", true),
+        ] {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let Some((kind, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let value: f64 = value.trim().parse().unwrap_or(0.0);
+            let e = out.entry(kind.to_string()).or_insert((0.0, 0.0));
+            if second { e.1 += value } else { e.0 += value }
+        }
+    }
+    out
+}
+
+/// Calls per combined transaction between two scrapes of every gateway, by kind.
+fn calls_per_batch(
+    before: &[BTreeMap<String, (f64, f64)>],
+    after: &[BTreeMap<String, (f64, f64)>],
+) -> Value {
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (b, a) in before.iter().zip(after) {
+        for (kind, (batches, calls)) in a {
+            let (b0, c0) = b.get(kind).copied().unwrap_or((0.0, 0.0));
+            let e = sums.entry(kind.clone()).or_insert((0.0, 0.0));
+            e.0 += batches - b0;
+            e.1 += calls - c0;
+        }
+    }
+    let mut v = serde_json::Map::new();
+    for (kind, (batches, calls)) in sums {
+        v.insert(
+            kind,
+            json!({
+                "batches": batches,
+                "calls_per_batch": if batches > 0.0 { (calls / batches * 100.0).round() / 100.0 } else { 0.0 },
+            }),
+        );
+    }
+    Value::Object(v)
+}
+
+async fn scrape_all(metrics: &[SocketAddr]) -> Vec<BTreeMap<String, (f64, f64)>> {
+    let mut out = Vec::new();
+    for m in metrics {
+        out.push(combining(*m).await);
+    }
+    out
+}
+
+async fn start_gateway(port: u16, database: &str) -> (SocketAddr, SocketAddr, Shutdown) {
     let config = Config::parse_from([
         "sf-database",
         "--mariadb-host=127.0.0.1",
@@ -194,6 +266,7 @@ async fn start_gateway(port: u16, database: &str) -> (SocketAddr, Shutdown) {
         .await
         .expect("bind");
     let addr = grpc.local_addr().expect("addr");
+    let metrics_addr = metrics.local_addr().expect("addr");
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -201,7 +274,7 @@ async fn start_gateway(port: u16, database: &str) -> (SocketAddr, Shutdown) {
             eprintln!("gateway: {e}");
         }
     });
-    (addr, shutdown)
+    (addr, metrics_addr, shutdown)
 }
 
 fn client(addrs: &[SocketAddr]) -> GatewayClient {
@@ -967,8 +1040,9 @@ async fn main() {
         .await
         .expect("connect");
     ensure_schema(&db).await.expect("schema");
-    let (a, _sa) = start_gateway(tdb.port, &tdb.name).await;
-    let (b, _sb) = start_gateway(tdb.port, &tdb.name).await;
+    let (a, ma, _sa) = start_gateway(tdb.port, &tdb.name).await;
+    let (b, mb, _sb) = start_gateway(tdb.port, &tdb.name).await;
+    let gateway_metrics = [ma, mb];
     let both = client(&[a, b]);
     let only_a = client(&[a]);
     let only_b = client(&[b]);
@@ -1043,8 +1117,10 @@ async fn main() {
     if run("unbatched") {
         let probe = CpuProbe::start(&mariadbd);
         let before = server_counters(&status_pool).await;
+        let combined = scrape_all(&gateway_metrics).await;
         let mut v = throughput(&both, "u", n(4_000), 1).await;
         v["cpu"] = probe.finish();
+        v["combining"] = calls_per_batch(&combined, &scrape_all(&gateway_metrics).await);
         let jobs = v["completed"].as_f64().unwrap_or(0.0);
         v["mariadb_per_job"] =
             counters_per_job(&before, &server_counters(&status_pool).await, jobs);
@@ -1053,8 +1129,10 @@ async fn main() {
     if run("batched") {
         let probe = CpuProbe::start(&mariadbd);
         let before = server_counters(&status_pool).await;
+        let combined = scrape_all(&gateway_metrics).await;
         let mut v = throughput(&both, "b", n(40_000), batch()).await;
         v["cpu"] = probe.finish();
+        v["combining"] = calls_per_batch(&combined, &scrape_all(&gateway_metrics).await);
         let jobs = v["completed"].as_f64().unwrap_or(0.0);
         v["mariadb_per_job"] =
             counters_per_job(&before, &server_counters(&status_pool).await, jobs);

@@ -59,6 +59,14 @@ pub struct MariaDbArgs {
         default_value_t = 32
     )]
     pub pool_size: u32,
+    /// Seconds a call waits for a pooled connection (while MariaDB is unreachable or
+    /// every connection is busy) before it fails as unavailable.
+    #[arg(
+        long = "mariadb-acquire-timeout",
+        env = "SHAKENFIST_MARIADB_ACQUIRE_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub acquire_timeout_secs: u64,
 }
 
 impl fmt::Debug for MariaDbArgs {
@@ -77,6 +85,7 @@ impl fmt::Debug for MariaDbArgs {
             )
             .field("database", &self.database)
             .field("pool_size", &self.pool_size)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
             .finish()
     }
 }
@@ -91,6 +100,7 @@ impl MariaDbArgs {
             password: String::new(),
             database: database.into(),
             pool_size: 8,
+            acquire_timeout_secs: 30,
         }
     }
 
@@ -170,7 +180,7 @@ pub async fn connect(args: &MariaDbArgs) -> Result<DatabaseConnection, ConnectEr
     opts.max_connections(args.pool_size)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(Duration::from_secs(args.acquire_timeout_secs))
         .sqlx_logging(false);
     Database::connect(opts)
         .await
@@ -215,7 +225,7 @@ pub async fn connect_pool(args: &MariaDbArgs) -> Result<MySqlPool, PoolError> {
     MySqlPoolOptions::new()
         .max_connections(args.pool_size)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(Duration::from_secs(args.acquire_timeout_secs))
         // No ping before every checkout (sqlx's default): it is a round trip per
         // transaction. A connection that died meanwhile fails its first statement as
         // `Unavailable`, which callers retry (on another gateway if need be).

@@ -229,6 +229,7 @@ pub async fn serve(
 
     let mut metrics = Metrics::new("sf-database", env!("CARGO_PKG_VERSION"));
     let gateway_metrics = Arc::new(GatewayMetrics::register(metrics.registry_mut()));
+    GatewayMetrics::register_combining(metrics.registry_mut(), store.combining());
     let registry = metrics.into_shared();
     let metrics_task = tokio::spawn(sf_daemon::metrics::serve(
         registry,

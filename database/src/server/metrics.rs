@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::store::CombineStats;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
@@ -89,6 +91,28 @@ impl GatewayMetrics {
             m.feed_gaps.clone(),
         );
         m
+    }
+
+    /// Registers a store's combining counters (`database_combined_batches_total` and
+    /// `database_combined_calls_total`, labelled `kind`): calls per batch is how many
+    /// callers share one transaction.
+    pub fn register_combining(
+        registry: &mut Registry,
+        stats: impl IntoIterator<Item = (&'static str, CombineStats)>,
+    ) {
+        for (kind, stats) in stats {
+            let sub = registry.sub_registry_with_label(("kind".into(), kind.into()));
+            sub.register(
+                "database_combined_batches",
+                "Combined transactions run (creates+completions: writes; claims)",
+                stats.batches,
+            );
+            sub.register(
+                "database_combined_calls",
+                "Calls carried by the combined transactions",
+                stats.calls,
+            );
+        }
     }
 
     /// Records one call.

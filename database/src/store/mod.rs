@@ -24,6 +24,7 @@
 
 pub mod blobs;
 mod combine;
+pub use combine::CombineStats;
 pub mod events;
 pub mod ipam;
 pub mod locks;
@@ -235,6 +236,15 @@ impl Store {
             wakes: self.wakes.clone(),
             combiners: Arc::default(),
         }
+    }
+
+    /// The counters of this store's combiners, by kind (`writes`: the queue's creates
+    /// and completions; `claims`). Clones share the counts.
+    pub fn combining(&self) -> [(&'static str, CombineStats); 2] {
+        [
+            ("writes", self.combiners.writes.stats().clone()),
+            ("claims", self.combiners.claims.stats().clone()),
+        ]
     }
 
     /// The pool.

@@ -24,11 +24,13 @@
 //!   the same rows again: a claimer whose response was lost (or whose call was
 //!   cancelled after the commit, Shaken Fist #3605) retries with the same id and loses
 //!   nothing (a replay stamps the rows' heartbeat first, so they are never put back
-//!   under it, see below). Each look starts with one lock-free statement (which queues have a ready
-//!   row; on the first look also whether the `claim_id` still holds rows), and only a
-//!   queue that has one gets the locking scan. Concurrent claims of one gateway over
-//!   the same queues are combined (`Claims`, see `store/combine.rs`): one look and one
-//!   locking transaction for all of them, its rows shared out in arrival order, each
+//!   under it, see below). A claim is one transaction of two statements: one
+//!   scan locks ready rows of every queue (SKIP LOCKED) with their objects and, on a
+//!   call's first attempt, asks whether its `claim_id` still holds rows; one UPDATE
+//!   claims them. Only an idle re-poll (after a nap nothing woke) first looks without
+//!   locks whether any queue has a ready row. Concurrent claims of one gateway over
+//!   the same queues are combined (`Claims`, see `store/combine.rs`): one
+//!   transaction for all of them, its rows shared out in arrival order, each
 //!   claim up to its max and under its own `claim_id` and claimer. A claim whose caller
 //!   went away while its attempt ran puts the rows back (attempt undone, in the
 //!   background) rather than leaving them to the reaper, unless they were heartbeated
@@ -276,15 +278,6 @@ where
         }
     }
     Ok(out)
-}
-
-/// Locks work_queue rows by id, in id order.
-async fn lock_queue_rows(tx: &mut Tx, ids: &[u64]) -> Result<HashMap<u64, QueueRow>, StoreError> {
-    let template = format!(
-        "SELECT {QUEUE_COLUMNS} FROM work_queue w FORCE INDEX (PRIMARY) WHERE w.id IN ({{}}) ORDER BY w.id FOR UPDATE"
-    );
-    let rows = fetch_by_keys(tx, ids, &template, "lock work queue rows", QueueRow::decode).await?;
-    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }
 
 /// Locks work_queue rows by operation uid.
@@ -1432,94 +1425,130 @@ const READY: &str = "w.queue_name = ? AND w.waiting_on = 0 AND w.claimed_at IS N
 /// Per candidate row, one unique-key lookup is far cheaper.
 const PER_ROW_TARGET_CHECK: &str = "SET STATEMENT optimizer_switch='exists_to_in=off' FOR ";
 
-/// What a claim's lock-free look found.
-struct Look {
-    /// The queues with a ready row now (a row another claim is taking still counts: the
-    /// locking scan then finds nothing, which is rare and safe).
-    ready: Vec<String>,
-    /// Ready rows seen over all queues, each queue counted up to the claim's max + 1.
-    ready_rows: u64,
-    /// The asked `claim_id`s that still hold claimed rows.
-    replayed: HashSet<String>,
+/// One statement, no locks: which of `queues` have a ready row now. Only an idle retry
+/// (a claim re-polling after a nap, woken by nothing) looks first: in a quiet cluster
+/// most such polls find nothing, and a look is one statement where a locking round is
+/// three.
+async fn ready_queues(
+    pool: &sqlx::MySqlPool,
+    queues: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let parts: Vec<String> = queues
+        .iter()
+        .map(|_| {
+            format!(
+                "(SELECT ? AS queue_name FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
+                 WHERE {READY} LIMIT 1)"
+            )
+        })
+        .collect();
+    let mut q = sqlx::query(sql(format!(
+        "{PER_ROW_TARGET_CHECK}{}",
+        parts.join(" UNION ALL ")
+    )));
+    for queue in queues {
+        q = q.bind(queue).bind(queue);
+    }
+    let rows = q
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::query("look for ready work"))?;
+    rows.iter().map(|row| col(row, "queue_name")).collect()
 }
 
-/// One statement, no locks: which of `queues` have a ready row (counted up to `max` + 1
-/// each), and which of the `replays` (claim_ids) still hold claimed rows.
-async fn look_for_work(
-    pool: &sqlx::MySqlPool,
+/// What a claim round's locking scan found.
+struct Scan {
+    /// Ready, unclaimed rows of the queues, locked (SKIP LOCKED), each with its
+    /// operation's stored object (None: the resource is gone), in claim order.
+    candidates: Vec<(QueueRow, Option<String>)>,
+    /// Some queue had more ready rows than the scan took from it (its LIMIT was hit).
+    more: bool,
+    /// The asked `claim_id`s that still hold claimed rows (read, not locked).
+    replayed: HashSet<String>,
+    /// The statement's `NOW(6)`, as text (what the claim stores as `claimed_at`), and
+    /// in epoch µs (what the answer shows as `startedAt`).
+    now_text: String,
+    now_us: i64,
+}
+
+/// ONE statement of a claim round: per queue, up to `max` ready rows locked with SKIP
+/// LOCKED, each with its operation's object (a scalar subquery: resources are read, not
+/// locked); and which of `replays` (claim_ids) still hold claimed rows.
+async fn scan_ready(
+    tx: &mut Tx,
     queues: &[String],
     replays: &[&str],
     max: u32,
-) -> Result<Look, StoreError> {
-    // Per queue, how many ready rows there are, counted up to max + 1: more than `max`
-    // means a full claim leaves work behind (see the chain wake in `claim_queues`).
+) -> Result<Scan, StoreError> {
+    const NOW: &str = "CAST(NOW(6) AS CHAR) AS now_text, \
+                       CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED) AS now_us";
+    // The equality prefix (queue_name, waiting_on, claimed_at IS NULL) of
+    // ix_work_queue_ready gives rows in (priority, scheduled_at, id) order, so LIMIT stops
+    // the scan early and no filesort locks the whole ready set. The NOT EXISTS reads
+    // ux_work_queue_claimed_target without locking (InnoDB locks only the outer rows of
+    // a locking read, not those of its subqueries).
     let mut parts: Vec<String> = queues
         .iter()
         .map(|_| {
             format!(
-                "(SELECT 0 AS replay, ? AS queue_name, COUNT(*) AS n FROM \
-                 (SELECT 1 FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
-                 WHERE {READY} LIMIT ?) t)"
+                "(SELECT 0 AS replay, ? AS part, {QUEUE_COLUMNS}, \
+                 (SELECT r.object FROM resources r FORCE INDEX (ux_resources_uid) \
+                 WHERE r.uid = w.op_uid AND r.kind = '{KIND}') AS object, {NOW} \
+                 FROM work_queue w FORCE INDEX (ix_work_queue_ready) WHERE {READY} \
+                 ORDER BY w.priority, w.scheduled_at, w.id LIMIT ? FOR UPDATE SKIP LOCKED)"
             )
         })
         .collect();
-    // A replayed claim_id comes back in the queue_name column.
+    // A replayed claim_id comes back in the `part` column.
     parts.extend(replays.iter().map(|_| {
-        "(SELECT 1 AS replay, ? AS queue_name, 1 AS n FROM work_queue w \
-         FORCE INDEX (ix_work_queue_claim) \
-         WHERE w.claim_id = ? AND w.claimed_at IS NOT NULL LIMIT 1)"
-            .to_string()
+        format!(
+            "(SELECT 1 AS replay, ? AS part, {QUEUE_COLUMNS}, NULL AS object, {NOW} \
+             FROM work_queue w FORCE INDEX (ix_work_queue_claim) \
+             WHERE w.claim_id = ? AND w.claimed_at IS NOT NULL LIMIT 1)"
+        )
     }));
     let mut q = sqlx::query(sql(format!(
         "{PER_ROW_TARGET_CHECK}{}",
         parts.join(" UNION ALL ")
     )));
     for queue in queues {
-        q = q.bind(queue).bind(queue).bind(max.saturating_add(1));
+        q = q.bind(queue).bind(queue).bind(max);
     }
     for claim_id in replays {
         q = q.bind(*claim_id).bind(*claim_id);
     }
     let rows = q
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::query("look for ready work"))?;
-    let mut look = Look {
-        ready: Vec::new(),
-        ready_rows: 0,
-        replayed: HashSet::new(),
-    };
-    for row in &rows {
-        if col::<i32>(row, "replay")? == 1 {
-            look.replayed.insert(col(row, "queue_name")?);
-            continue;
-        }
-        let n: i64 = col(row, "n")?;
-        if n > 0 {
-            look.ready.push(col(row, "queue_name")?);
-            look.ready_rows += u64::try_from(n).unwrap_or(0);
-        }
-    }
-    Ok(look)
-}
-
-/// Ready, unclaimed rows of one queue, locked (SKIP LOCKED), in claim order.
-async fn ready_rows(tx: &mut Tx, queue: &str, max: u32) -> Result<Vec<QueueRow>, StoreError> {
-    // The equality prefix (queue_name, waiting_on, claimed_at IS NULL) of
-    // ix_work_queue_ready gives rows in (priority, scheduled_at, id) order, so LIMIT stops
-    // the scan early and no filesort locks the whole ready set. The NOT EXISTS reads
-    // ux_work_queue_claimed_target without locking (InnoDB locks only the outer rows).
-    let text = format!(
-        "{PER_ROW_TARGET_CHECK}SELECT {QUEUE_COLUMNS} FROM work_queue w FORCE INDEX (ix_work_queue_ready) \
-         WHERE {READY} ORDER BY w.priority, w.scheduled_at, w.id LIMIT ? FOR UPDATE SKIP LOCKED"
-    );
-    let rows = sqlx::query(sql(text))
-        .bind(queue)
-        .bind(max)
         .fetch_all(&mut **tx)
         .await
         .map_err(StoreError::query("claim work"))?;
-    rows.iter().map(QueueRow::decode).collect()
+    let mut scan = Scan {
+        candidates: Vec::with_capacity(rows.len()),
+        more: false,
+        replayed: HashSet::new(),
+        now_text: String::new(),
+        now_us: 0,
+    };
+    let mut per_queue: HashMap<String, u32> = HashMap::new();
+    for row in &rows {
+        if scan.now_text.is_empty() {
+            scan.now_text = col(row, "now_text")?;
+            scan.now_us = col(row, "now_us")?;
+        }
+        let part: String = col(row, "part")?;
+        if col::<i32>(row, "replay")? == 1 {
+            scan.replayed.insert(part);
+            continue;
+        }
+        let taken = per_queue.entry(part).or_default();
+        *taken += 1;
+        scan.more |= *taken >= max;
+        scan.candidates.push((
+            QueueRow::decode(row)?,
+            col::<Option<String>>(row, "object")?,
+        ));
+    }
+    scan.candidates.sort_by_key(|(q, _)| q.sort_key());
+    Ok(scan)
 }
 
 /// One claim's share of a combined claim transaction.
@@ -1532,9 +1561,13 @@ struct Share<'a> {
 /// Marks each share's rows claimed under its claim_id and claimer; returns, per share,
 /// the ids actually claimed (a row whose target another claimer took meanwhile is
 /// dropped).
-async fn mark_claimed(tx: &mut Tx, shares: &[Share<'_>]) -> Result<Vec<Vec<u64>>, StoreError> {
-    const SET: &str = "UPDATE work_queue FORCE INDEX (PRIMARY) SET claimed_at = NOW(6), claimed_by = ?, claim_id = ?, \
-                       heartbeat_at = NOW(6), attempts = attempts + 1";
+async fn mark_claimed(
+    tx: &mut Tx,
+    shares: &[Share<'_>],
+    now: &str,
+) -> Result<Vec<Vec<u64>>, StoreError> {
+    const SET: &str = "UPDATE work_queue FORCE INDEX (PRIMARY) SET claimed_by = ?, claim_id = ?, \
+                       claimed_at = ?, heartbeat_at = ?, attempts = attempts + 1";
     let ids: Vec<Vec<u64>> = shares
         .iter()
         .map(|s| s.rows.iter().map(|r| r.id).collect())
@@ -1552,7 +1585,9 @@ async fn mark_claimed(tx: &mut Tx, shares: &[Share<'_>]) -> Result<Vec<Vec<u64>>
         let text = format!("{SET} WHERE id IN ({})", marks(all.len()));
         let mut q = sqlx::query(sql(text))
             .bind(share.claimer)
-            .bind(share.claim_id);
+            .bind(share.claim_id)
+            .bind(now)
+            .bind(now);
         for id in &all {
             q = q.bind(id);
         }
@@ -1565,9 +1600,9 @@ async fn mark_claimed(tx: &mut Tx, shares: &[Share<'_>]) -> Result<Vec<Vec<u64>>
             .collect::<Vec<_>>()
             .join(" ");
         let text = format!(
-            "UPDATE work_queue FORCE INDEX (PRIMARY) SET claimed_at = NOW(6), \
+            "UPDATE work_queue FORCE INDEX (PRIMARY) SET \
              claimed_by = CASE {case} END, claim_id = CASE {case} END, \
-             heartbeat_at = NOW(6), attempts = attempts + 1 WHERE id IN ({})",
+             claimed_at = ?, heartbeat_at = ?, attempts = attempts + 1 WHERE id IN ({})",
             marks(all.len())
         );
         let mut q = sqlx::query(sql(text));
@@ -1583,6 +1618,7 @@ async fn mark_claimed(tx: &mut Tx, shares: &[Share<'_>]) -> Result<Vec<Vec<u64>>
             }
             q = q.bind(share.claim_id);
         }
+        q = q.bind(now).bind(now);
         for id in &all {
             q = q.bind(id);
         }
@@ -1606,6 +1642,8 @@ async fn mark_claimed(tx: &mut Tx, shares: &[Share<'_>]) -> Result<Vec<Vec<u64>>
         let res = sqlx::query(sql(format!("{SET} WHERE id = ?")))
             .bind(shares[i].claimer)
             .bind(shares[i].claim_id)
+            .bind(now)
+            .bind(now)
             .bind(row.id)
             .execute(&mut **tx)
             .await
@@ -1645,15 +1683,44 @@ enum Checked {
     Stale(StoreError),
 }
 
-/// Locks and checks `leases` (queue rows, then projection rows). Rows of aborted
+/// Locks work_queue rows by id with their projection rows, in one statement (each
+/// queue row, then its operation's row, in id order).
+async fn lock_leased(
+    tx: &mut Tx,
+    ids: &[u64],
+) -> Result<(HashMap<u64, QueueRow>, HashMap<String, OpRow>), StoreError> {
+    fn decode(row: &MySqlRow) -> Result<(QueueRow, Option<OpRow>), StoreError> {
+        let op = match col::<Option<String>>(row, "uid")? {
+            Some(_) => Some(OpRow::decode(row)?),
+            None => None,
+        };
+        Ok((QueueRow::decode(row)?, op))
+    }
+    let template = format!(
+        "SELECT {QUEUE_COLUMNS}, o.uid, o.namespace, o.name, o.operation_type, \
+         CAST(o.state AS CHAR) AS state FROM work_queue w FORCE INDEX (PRIMARY) \
+         LEFT JOIN cluster_operations o FORCE INDEX (PRIMARY) ON o.uid = w.op_uid \
+         WHERE w.id IN ({{}}) ORDER BY w.id FOR UPDATE"
+    );
+    let found = fetch_by_keys(tx, ids, &template, "lock work queue rows", decode).await?;
+    let mut rows = HashMap::with_capacity(found.len());
+    let mut ops = HashMap::with_capacity(found.len());
+    for (row, op) in found {
+        if let Some(op) = op {
+            ops.insert(op.uid.clone(), op);
+        }
+        rows.insert(row.id, row);
+    }
+    Ok((rows, ops))
+}
+
+/// Locks and checks `leases` (queue rows with their projection rows). Rows of aborted
 /// operations whose lease matched are deleted: their claimer is done with them.
 async fn check_leases(tx: &mut Tx, leases: &[Lease]) -> Result<Vec<Checked>, StoreError> {
     let mut ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = lock_queue_rows(tx, &ids).await?;
-    let uids: Vec<String> = rows.values().map(|r| r.op_uid.clone()).collect();
-    let ops = lock_ops(tx, &uids).await?;
+    let (rows, ops) = lock_leased(tx, &ids).await?;
     let mut seen = HashSet::new();
     let mut leftovers = Vec::new();
     let mut out = Vec::with_capacity(leases.len());
@@ -1843,12 +1910,13 @@ impl Store {
         // The first attempt also asks whether `claim_id` still holds rows (a repeated
         // call): then those rows are the answer.
         let mut replay = true;
+        let mut idle = false;
         loop {
             let notified = self.wakes.everyone().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // Concurrent attempts of this gateway run together (`Claims`): one look,
-            // and one locking transaction shared out between them.
+            // Concurrent attempts of this gateway run together (`Claims`): one locking
+            // transaction shared out between them.
             let attempt = self
                 .combiners
                 .claims
@@ -1860,6 +1928,7 @@ impl Store {
                         claim_id: claim_id.to_string(),
                         claimer: claimer.to_string(),
                         replay,
+                        idle,
                     },
                 )
                 .await?;
@@ -1879,64 +1948,56 @@ impl Store {
             let nap = POLL_INTERVAL.min(deadline - now);
             // `notify_one` stores a permit when nobody waits, so a queue wake sent
             // between the scan and this point is not lost.
-            tokio::select! {
-                () = &mut notified => {}
-                () = mine.notified() => {}
-                () = tokio::time::sleep(nap) => {}
-            }
+            idle = tokio::select! {
+                () = &mut notified => false,
+                () = mine.notified() => false,
+                () = tokio::time::sleep(nap) => true,
+            };
         }
     }
 
-    /// One round of claim attempts over the same `queues`: a lock-free look (which also
-    /// answers the replay questions), then, when it found work, ONE locking transaction
-    /// whose rows are shared out in call order, each call up to its max.
+    /// One round of claim attempts over the same `queues`: ONE locking transaction
+    /// (scan, claim, commit) whose rows are shared out in call order, each call up to
+    /// its max. A call whose `claim_id` still holds rows (a repeated call) gets those
+    /// instead. A round of idle retries only looks first (see [`ready_queues`]).
     async fn claim_attempts(
         &self,
         queues: &[String],
         calls: &[&ClaimCall],
     ) -> Result<Vec<ClaimAttempt>, StoreError> {
-        let total = batch_max(calls);
-        let replays: Vec<&str> = calls
+        let mut out: Vec<ClaimAttempt> = calls
             .iter()
-            .filter(|c| c.replay)
-            .map(|c| c.claim_id.as_str())
+            .map(|c| ClaimAttempt {
+                claim_id: c.claim_id.clone(),
+                claimed: Vec::new(),
+                replayed: false,
+                backlog: false,
+            })
             .collect();
-        let look = look_for_work(&self.pool, queues, &replays, total).await?;
-        let mut out = Vec::with_capacity(calls.len());
-        let mut wants = Vec::new();
-        for (i, call) in calls.iter().enumerate() {
-            if call.replay && look.replayed.contains(&call.claim_id) {
-                out.push(ClaimAttempt {
-                    claim_id: call.claim_id.clone(),
-                    claimed: self.replay_claim(&call.claim_id).await?,
-                    replayed: true,
-                    backlog: false,
-                });
-            } else {
-                out.push(ClaimAttempt {
-                    claim_id: call.claim_id.clone(),
-                    claimed: Vec::new(),
-                    replayed: false,
-                    backlog: false,
-                });
-                wants.push(i);
+        let ready;
+        let queues = if calls.iter().all(|c| c.idle) {
+            ready = ready_queues(&self.pool, queues).await?;
+            if ready.is_empty() {
+                return Ok(out);
+            }
+            ready.as_slice()
+        } else {
+            queues
+        };
+        let round = self.claim_once(queues, calls).await?;
+        for (attempt, claimed) in out.iter_mut().zip(round.claimed) {
+            attempt.claimed = claimed;
+        }
+        for (attempt, call) in out.iter_mut().zip(calls) {
+            if call.replay && round.replayed.contains(&call.claim_id) {
+                attempt.claimed = self.replay_claim(&call.claim_id).await?;
+                attempt.replayed = true;
             }
         }
-        if wants.is_empty() || look.ready.is_empty() {
-            return Ok(out);
-        }
-        let asked: Vec<&ClaimCall> = wants.iter().map(|&i| calls[i]).collect();
-        let wanted = batch_max(&asked);
-        let got = self.claim_once(&look.ready, &asked, wanted).await?;
-        let taken: usize = got.iter().map(Vec::len).sum();
-        for (&i, claimed) in wants.iter().zip(got) {
-            out[i].claimed = claimed;
-        }
-        if taken >= usize::try_from(wanted).unwrap_or(usize::MAX)
-            && look.ready_rows > u64::from(wanted)
-            && let Some(first) = wants.first()
+        if round.backlog
+            && let Some(first) = out.iter_mut().find(|a| !a.replayed)
         {
-            out[*first].backlog = true;
+            first.backlog = true;
         }
         Ok(out)
     }
@@ -1966,61 +2027,77 @@ impl Store {
             .collect())
     }
 
-    /// One claim transaction over `queues` (which the look found ready) for `calls`:
-    /// up to `wanted` rows, shared out in call order. Returns each call's claims.
+    /// One claim transaction over `queues` for `calls`: one statement scans (and
+    /// answers the replay questions), one claims, then COMMIT. Rows are shared out in
+    /// call order, up to each call's max; a replayed call gets none.
     async fn claim_once(
         &self,
         queues: &[String],
         calls: &[&ClaimCall],
-        wanted: u32,
-    ) -> Result<Vec<Vec<Claimed>>, StoreError> {
-        let (claimed, orphans) = self
+    ) -> Result<ClaimRound, StoreError> {
+        let wanted = batch_max(calls);
+        let replays: Vec<&str> = calls
+            .iter()
+            .filter(|c| c.replay)
+            .map(|c| c.claim_id.as_str())
+            .collect();
+        let replays = replays.as_slice();
+        let (round, orphans) = self
             .with_retry("claim work", || async move {
                 let mut tx = self.begin("claim work").await?;
-                let mut candidates = Vec::new();
-                for queue in queues {
-                    candidates.extend(ready_rows(&mut tx, queue, wanted).await?);
-                }
-                let mut out: Vec<Vec<Claimed>> = calls.iter().map(|_| Vec::new()).collect();
-                if candidates.is_empty() {
-                    return Ok((out, 0));
-                }
-                candidates.sort_by_key(QueueRow::sort_key);
+                let scan = scan_ready(&mut tx, queues, replays, wanted).await?;
+                let mut round = ClaimRound {
+                    claimed: calls.iter().map(|_| Vec::new()).collect(),
+                    replayed: scan.replayed,
+                    backlog: false,
+                };
+                // One row per target (the first in claim order).
                 let mut targets = HashSet::new();
-                candidates.retain(|r| targets.insert(r.target_uid.clone()));
-                let mut rest = candidates.into_iter();
+                let mut objects = HashMap::new();
+                let mut rows = Vec::new();
+                for (row, object) in scan.candidates {
+                    if targets.insert(row.target_uid.clone()) {
+                        objects.insert(row.id, object);
+                        rows.push(row);
+                    }
+                }
+                if rows.is_empty() {
+                    tx.commit().await.map_err(StoreError::query("claim work"))?;
+                    return Ok((round, 0));
+                }
+                let mut rest = rows.into_iter();
                 let shares: Vec<Share<'_>> = calls
                     .iter()
                     .map(|c| Share {
-                        rows: rest
-                            .by_ref()
-                            .take(usize::try_from(c.max).unwrap_or(usize::MAX))
-                            .collect(),
+                        rows: if c.replay && round.replayed.contains(&c.claim_id) {
+                            Vec::new()
+                        } else {
+                            rest.by_ref()
+                                .take(usize::try_from(c.max).unwrap_or(usize::MAX))
+                                .collect()
+                        },
                         claim_id: &c.claim_id,
                         claimer: &c.claimer,
                     })
                     .collect();
-                let ids = mark_claimed(&mut tx, &shares).await?;
-                let owner: HashMap<u64, usize> = ids
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, ids)| ids.iter().map(move |id| (*id, i)))
-                    .collect();
-                if owner.is_empty() {
-                    return Ok((out, 0));
-                }
-                let all: Vec<u64> = ids.into_iter().flatten().collect();
-                let rows = read_claimed(
-                    &mut *tx,
-                    &format!("w.id IN ({})", marks(all.len())),
-                    all.iter().map(|id| BindValue::Id(*id)).collect(),
-                )
-                .await?;
+                round.backlog = rest.len() > 0 || scan.more;
+                let ids = mark_claimed(&mut tx, &shares, &scan.now_text).await?;
                 let mut orphans = Vec::new();
-                for (q, object) in rows {
-                    match (object, owner.get(&q.id)) {
-                        (Some(o), Some(&i)) => out[i].push(claimed_view(&q, o)),
-                        _ => orphans.push(q),
+                for (i, (share, ids)) in shares.iter().zip(ids).enumerate() {
+                    let ids: HashSet<u64> = ids.into_iter().collect();
+                    for row in share.rows.iter().filter(|r| ids.contains(&r.id)) {
+                        // The row as the claim left it.
+                        let mut row = row.clone();
+                        row.attempts = row.attempts.saturating_add(1);
+                        row.claimed_by = Some(share.claimer.to_string());
+                        row.claimed_us = Some(scan.now_us);
+                        match objects.remove(&row.id).flatten() {
+                            Some(text) => {
+                                let object = parse_json(&text, "resources.object")?;
+                                round.claimed[i].push(claimed_view(&row, object));
+                            }
+                            None => orphans.push(row),
+                        }
                     }
                 }
                 let orphan_count = orphans.len();
@@ -2031,13 +2108,13 @@ impl Store {
                     abort_orphans(&mut tx, orphans).await?;
                     self.commit(tx, "claim work").await?;
                 }
-                Ok((out, orphan_count))
+                Ok((round, orphan_count))
             })
             .await?;
         if orphans > 0 {
             self.wakes.wake_everyone();
         }
-        Ok(claimed)
+        Ok(round)
     }
 
     /// Puts back rows claimed for a caller that went away before it got them (its
@@ -2545,6 +2622,18 @@ pub(crate) struct ClaimCall {
     claimer: String,
     /// The call's first attempt: rows its `claim_id` still holds are the answer.
     replay: bool,
+    /// A retry after a nap that nothing woke: likely nothing is ready.
+    idle: bool,
+}
+
+/// What one claim transaction did.
+struct ClaimRound {
+    /// Each call's claims, in call order (empty for a replayed call).
+    claimed: Vec<Vec<Claimed>>,
+    /// The asked `claim_id`s that still hold claimed rows.
+    replayed: HashSet<String>,
+    /// Ready work was left behind: wake the next claim of these queues.
+    backlog: bool,
 }
 
 /// The rows a round of `calls` asks for: their maxes summed, at most [`MAX_CLAIM_BATCH`].
@@ -2567,14 +2656,15 @@ pub(crate) struct ClaimAttempt {
     backlog: bool,
 }
 
-/// Concurrent claim attempts of one store: calls over the same queues share one look
-/// and one locking transaction.
+/// Concurrent claim attempts of one store: calls over the same queues share one
+/// locking transaction.
 pub(crate) struct Claims;
 
 impl Combine for Claims {
     type Req = ClaimCall;
     type Out = Result<ClaimAttempt, StoreError>;
     const MAX_WEIGHT: usize = MAX_CLAIM_BATCH as usize;
+    const WORKERS: usize = 2;
 
     fn weight(req: &Self::Req) -> usize {
         usize::try_from(req.max).unwrap_or(usize::MAX)
@@ -2692,6 +2782,7 @@ impl Combine for Writes {
     type Req = WriteCall;
     type Out = Result<WriteOk, StoreError>;
     const MAX_WEIGHT: usize = CHUNK;
+    const WORKERS: usize = 1;
 
     fn weight(req: &Self::Req) -> usize {
         match req {
