@@ -359,7 +359,39 @@ async fn metrics_count_requests_by_operation() {
     let gw = start_gateway(&db).await;
     let c = client(&[gw.port]);
     create(&c, "m").await.expect("create");
+    // One queue write: one combined round carrying one call.
+    let object = serde_json::to_vec(&json!({
+        "apiVersion": "shakenfist.io/v1alpha1", "kind": "ClusterOperation",
+        "metadata": {"name": "m-op", "namespace": "default"},
+        "spec": {
+            "operationType": "instance_power_on",
+            "target": {"kind": "Instance", "name": "i", "namespace": "default",
+                       "uid": "00000000-0000-0000-0000-0000000000aa"},
+            "priority": "normal",
+        }
+    }))
+    .expect("json");
+    c.call("create_operation", |mut g| {
+        let object = object.clone();
+        async move {
+            g.create_operation(pb::CreateOperationRequest {
+                object,
+                delay_ms: 0,
+            })
+            .await
+        }
+    })
+    .await
+    .expect("create operation");
     let text = http_get(gw.metrics_port, "/metrics").await;
+    assert!(
+        text.contains("database_combined_batches_total{kind=\"writes\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("database_combined_calls_total{kind=\"writes\"} 1"),
+        "{text}"
+    );
     assert!(
         text.contains("database_requests_total{operation=\"create_resource\",outcome=\"ok\"} 1"),
         "{text}"

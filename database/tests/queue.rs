@@ -1544,3 +1544,42 @@ async fn a_claim_whose_caller_went_away_puts_its_rows_back() {
         "the undelivered attempt does not count"
     );
 }
+
+/// Claimed work whose ClusterOperation resource is gone (removed behind the store's
+/// back) is aborted at once, not handed out; work whose resource is there is claimed
+/// in the same round as usual, with its object.
+#[tokio::test]
+async fn claimed_work_without_its_resource_is_aborted_not_handed_out() {
+    let (_tdb, store) = common::store().await;
+    for (name, target) in [("kept", "tk"), ("lost", "tl")] {
+        store
+            .create_operation(op(name, target), Duration::ZERO)
+            .await
+            .expect("create");
+    }
+    exec(
+        &store,
+        &format!("DELETE FROM resources WHERE kind = 'ClusterOperation' AND name = 'lost' AND namespace = '{NS}'"),
+    )
+    .await;
+    let claimed = claim_now(&store, "", 2).await;
+    assert_eq!(names(&claimed), ["kept"]);
+    assert_eq!(claimed[0].object["status"]["state"], "executing");
+    assert_eq!(
+        text(
+            &store,
+            "SELECT CAST(state AS CHAR) FROM cluster_operations WHERE name = 'lost'"
+        )
+        .await
+        .as_deref(),
+        Some("abort")
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM work_queue w JOIN cluster_operations o ON o.uid = w.op_uid WHERE o.name = 'lost'"
+        )
+        .await,
+        0
+    );
+}

@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::CombineStats;
+use crate::store::CombineMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
@@ -96,23 +96,17 @@ impl GatewayMetrics {
     /// Registers a store's combining counters (`database_combined_batches_total` and
     /// `database_combined_calls_total`, labelled `kind`): calls per batch is how many
     /// callers share one transaction.
-    pub fn register_combining(
-        registry: &mut Registry,
-        stats: impl IntoIterator<Item = (&'static str, CombineStats)>,
-    ) {
-        for (kind, stats) in stats {
-            let sub = registry.sub_registry_with_label(("kind".into(), kind.into()));
-            sub.register(
-                "database_combined_batches",
-                "Combined transactions run (creates+completions: writes; claims)",
-                stats.batches,
-            );
-            sub.register(
-                "database_combined_calls",
-                "Calls carried by the combined transactions",
-                stats.calls,
-            );
-        }
+    pub fn register_combining(registry: &mut Registry, combining: CombineMetrics) {
+        registry.register(
+            "database_combined_batches",
+            "Combined rounds run by the queue's combiners (writes: creates and completions; claims)",
+            combining.batches,
+        );
+        registry.register(
+            "database_combined_calls",
+            "Calls carried by those rounds",
+            combining.calls,
+        );
     }
 
     /// Records one call.

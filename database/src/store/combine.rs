@@ -32,7 +32,7 @@
 //!   runs its call directly. Cancelling a call does not withdraw it: like a call
 //!   cancelled after its COMMIT, it may still happen; a kind that can undo an outcome
 //!   nobody received does so in [`Combine::undelivered`] (claims put their rows back).
-//! - Each combiner counts its batches and the calls they carried ([`CombineStats`],
+//! - Each combiner counts its batches and the calls they carried ([`CombineMetrics`],
 //!   exported as `database_combined_{batches,calls}_total{kind}`): calls per batch is how
 //!   much the combining saves.
 
@@ -42,7 +42,9 @@ use std::sync::OnceLock;
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Store, StoreError};
@@ -94,14 +96,39 @@ pub(crate) fn unavailable_for_all(
 
 type Job<C> = (<C as Combine>::Req, oneshot::Sender<<C as Combine>::Out>);
 
-/// How much one combiner combined: batches run, and the calls they carried (a call
-/// that ran alone because its worker was gone counts as a batch of one).
+/// The label of the combining counters: which combiner (`writes`, `claims`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    kind: &'static str,
+}
+
+/// The combining counters of one store, by combiner kind: batches run, and the calls
+/// they carried. Clones share the counts (register a clone to export them).
 #[derive(Clone, Debug, Default)]
-pub struct CombineStats {
-    /// Combined transactions (batches) run.
-    pub batches: Counter,
+pub struct CombineMetrics {
+    /// Batches (combined rounds) run.
+    pub batches: Family<KindLabel, Counter>,
     /// Calls those batches carried.
-    pub calls: Counter,
+    pub calls: Family<KindLabel, Counter>,
+}
+
+impl CombineMetrics {
+    /// The counters of one kind.
+    pub(crate) fn stats(&self, kind: &'static str) -> CombineStats {
+        let label = KindLabel { kind };
+        CombineStats {
+            batches: self.batches.get_or_create(&label).clone(),
+            calls: self.calls.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// How much one combiner combined (a call that ran alone because its worker was gone
+/// counts as a batch of one).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CombineStats {
+    batches: Counter,
+    calls: Counter,
 }
 
 impl CombineStats {
@@ -119,17 +146,17 @@ pub(crate) struct Combiner<C: Combine> {
 
 impl<C: Combine> Default for Combiner<C> {
     fn default() -> Self {
-        Self {
-            sender: OnceLock::new(),
-            stats: CombineStats::default(),
-        }
+        Self::new(CombineStats::default())
     }
 }
 
 impl<C: Combine> Combiner<C> {
-    /// This combiner's counters (shared: clones count along).
-    pub(crate) fn stats(&self) -> &CombineStats {
-        &self.stats
+    /// A combiner counting into `stats`.
+    pub(crate) fn new(stats: CombineStats) -> Self {
+        Self {
+            sender: OnceLock::new(),
+            stats,
+        }
     }
 
     /// Runs `req` in the next batch of `store`'s worker.

@@ -24,7 +24,7 @@
 
 pub mod blobs;
 mod combine;
-pub use combine::CombineStats;
+pub use combine::{CombineMetrics, KindLabel};
 pub mod events;
 pub mod ipam;
 pub mod locks;
@@ -204,6 +204,7 @@ pub struct Store {
     committed: Arc<Notify>,
     wakes: Arc<wakes::Wakes>,
     combiners: Arc<Combiners>,
+    combine_metrics: CombineMetrics,
 }
 
 /// The write combiners of one store (see [`combine`]).
@@ -219,11 +220,16 @@ pub(crate) type Tx = Transaction<'static, MySql>;
 impl Store {
     /// A store over `pool` (see [`crate::connection::connect_pool`]).
     pub fn new(pool: MySqlPool) -> Self {
+        let combine_metrics = CombineMetrics::default();
         Self {
             pool,
             committed: Arc::new(Notify::new()),
             wakes: Arc::default(),
-            combiners: Arc::default(),
+            combiners: Arc::new(Combiners {
+                writes: combine::Combiner::new(combine_metrics.stats("writes")),
+                claims: combine::Combiner::new(combine_metrics.stats("claims")),
+            }),
+            combine_metrics,
         }
     }
 
@@ -235,16 +241,14 @@ impl Store {
             committed: self.committed.clone(),
             wakes: self.wakes.clone(),
             combiners: Arc::default(),
+            combine_metrics: self.combine_metrics.clone(),
         }
     }
 
     /// The counters of this store's combiners, by kind (`writes`: the queue's creates
     /// and completions; `claims`). Clones share the counts.
-    pub fn combining(&self) -> [(&'static str, CombineStats); 2] {
-        [
-            ("writes", self.combiners.writes.stats().clone()),
-            ("claims", self.combiners.claims.stats().clone()),
-        ]
+    pub fn combining(&self) -> CombineMetrics {
+        self.combine_metrics.clone()
     }
 
     /// The pool.

@@ -88,8 +88,10 @@
 //!   both. Each call gets its own outcome; a combined transaction that fails as a whole
 //!   (a duplicate name, an unknown dependency) is rerun call by call.
 //! - Lock order, as the store contract requires: `work_queue` rows, then
-//!   `cluster_operations` rows, then dependents' rows, then `resources` rows, then the
-//!   revision counter, then only `resources`/`change_log` writes.
+//!   `cluster_operations` rows (a completion locks each of its queue rows together
+//!   with that row's operation row, in id order), then dependents' rows, then
+//!   `resources` rows, then the revision counter, then only `resources`/`change_log`
+//!   writes. Deadlocks between these orders are retried (store contract).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -218,6 +220,9 @@ const QUEUE_COLUMNS: &str = "w.id, w.op_uid, w.target_uid, w.attempts, w.priorit
      CAST(UNIX_TIMESTAMP(w.claimed_at) * 1000000 AS SIGNED) AS claimed_us, \
      CAST(UNIX_TIMESTAMP(w.scheduled_at) * 1000000 AS SIGNED) AS scheduled_us";
 
+/// Where a row comes in claim order: (priority, scheduled_at µs, id).
+type ClaimOrder = (u8, i64, u64);
+
 /// A work_queue row (locked by the reader unless said otherwise).
 #[derive(Debug, Clone)]
 struct QueueRow {
@@ -246,7 +251,7 @@ impl QueueRow {
         })
     }
 
-    fn sort_key(&self) -> (u8, i64, u64) {
+    fn sort_key(&self) -> ClaimOrder {
         (self.priority, self.scheduled_us, self.id)
     }
 }
@@ -1461,7 +1466,8 @@ struct Scan {
     /// Ready, unclaimed rows of the queues, locked (SKIP LOCKED), each with its
     /// operation's stored object (None: the resource is gone), in claim order.
     candidates: Vec<(QueueRow, Option<String>)>,
-    /// Some queue had more ready rows than the scan took from it (its LIMIT was hit).
+    /// Some queue had more ready rows than the round asked for (the scan reads one
+    /// past the round's max per queue).
     more: bool,
     /// The asked `claim_id`s that still hold claimed rows (read, not locked).
     replayed: HashSet<String>,
@@ -1471,9 +1477,14 @@ struct Scan {
     now_us: i64,
 }
 
-/// ONE statement of a claim round: per queue, up to `max` ready rows locked with SKIP
-/// LOCKED, each with its operation's object (a scalar subquery: resources are read, not
-/// locked); and which of `replays` (claim_ids) still hold claimed rows.
+/// ONE statement of a claim round: per queue, up to `max` + 1 ready rows locked with
+/// SKIP LOCKED (one past the max tells whether work is left behind), each with its
+/// operation's object (a scalar subquery: resources are read, not locked); and which of
+/// `replays` (claim_ids) still hold claimed rows.
+///
+/// The subquery reads the statement's snapshot (READ COMMITTED opens it at the first
+/// plain read), while the locked rows are the latest committed: a create that commits
+/// during the scan comes back with no object. The caller reads such rows again.
 async fn scan_ready(
     tx: &mut Tx,
     queues: &[String],
@@ -1512,7 +1523,7 @@ async fn scan_ready(
         parts.join(" UNION ALL ")
     )));
     for queue in queues {
-        q = q.bind(queue).bind(queue).bind(max);
+        q = q.bind(queue).bind(queue).bind(max.saturating_add(1));
     }
     for claim_id in replays {
         q = q.bind(*claim_id).bind(*claim_id);
@@ -1541,7 +1552,7 @@ async fn scan_ready(
         }
         let taken = per_queue.entry(part).or_default();
         *taken += 1;
-        scan.more |= *taken >= max;
+        scan.more |= *taken > max;
         scan.candidates.push((
             QueueRow::decode(row)?,
             col::<Option<String>>(row, "object")?,
@@ -1933,13 +1944,13 @@ impl Store {
                 )
                 .await?;
             replay = false;
+            if attempt.backlog {
+                // The round left ready work behind (a backlog has no wake of its own):
+                // the next claim of this queue looks.
+                mine.notify_one();
+            }
             if attempt.replayed {
                 return Ok(attempt.claimed);
-            }
-            if attempt.backlog {
-                // A full batch that left ready work behind (a backlog has no wake of its
-                // own): the next claim of this queue looks.
-                mine.notify_one();
             }
             let now = tokio::time::Instant::now();
             if !attempt.claimed.is_empty() || now >= deadline {
@@ -1960,11 +1971,14 @@ impl Store {
     /// (scan, claim, commit) whose rows are shared out in call order, each call up to
     /// its max. A call whose `claim_id` still holds rows (a repeated call) gets those
     /// instead. A round of idle retries only looks first (see [`ready_queues`]).
+    ///
+    /// The outer error means nothing was claimed (the round may be rerun); an inner one
+    /// is a call's own, after the round committed (a replay that failed to read).
     async fn claim_attempts(
         &self,
         queues: &[String],
         calls: &[&ClaimCall],
-    ) -> Result<Vec<ClaimAttempt>, StoreError> {
+    ) -> Result<Vec<Result<ClaimAttempt, StoreError>>, StoreError> {
         let mut out: Vec<ClaimAttempt> = calls
             .iter()
             .map(|c| ClaimAttempt {
@@ -1978,7 +1992,7 @@ impl Store {
         let queues = if calls.iter().all(|c| c.idle) {
             ready = ready_queues(&self.pool, queues).await?;
             if ready.is_empty() {
-                return Ok(out);
+                return Ok(out.into_iter().map(Ok).collect());
             }
             ready.as_slice()
         } else {
@@ -1988,18 +2002,36 @@ impl Store {
         for (attempt, claimed) in out.iter_mut().zip(round.claimed) {
             attempt.claimed = claimed;
         }
-        for (attempt, call) in out.iter_mut().zip(calls) {
-            if call.replay && round.replayed.contains(&call.claim_id) {
-                attempt.claimed = self.replay_claim(&call.claim_id).await?;
-                attempt.replayed = true;
-            }
-        }
         if round.backlog
-            && let Some(first) = out.iter_mut().find(|a| !a.replayed)
+            && let Some(first) = out.first_mut()
         {
             first.backlog = true;
         }
-        Ok(out)
+        // The round has committed: from here a failure is the replayed call's alone.
+        let mut results = Vec::with_capacity(out.len());
+        for (mut attempt, call) in out.into_iter().zip(calls) {
+            if call.replay && round.replayed.contains(&call.claim_id) {
+                let replayed = self
+                    .with_retry("replay a claim", || self.replay_claim(&call.claim_id))
+                    .await;
+                match replayed {
+                    Ok(claimed) => {
+                        attempt.claimed = claimed;
+                        attempt.replayed = true;
+                    }
+                    Err(e) => {
+                        if attempt.backlog {
+                            // Its wake must not go with it.
+                            self.wakes.wake_everyone();
+                        }
+                        results.push(Err(e));
+                        continue;
+                    }
+                }
+            }
+            results.push(Ok(attempt));
+        }
+        Ok(results)
     }
 
     /// The rows `claim_id` still holds, handed out again. A replay is a sign of life: it
@@ -2082,7 +2114,12 @@ impl Store {
                     .collect();
                 round.backlog = rest.len() > 0 || scan.more;
                 let ids = mark_claimed(&mut tx, &shares, &scan.now_text).await?;
-                let mut orphans = Vec::new();
+                // Claimed rows whose object the scan's snapshot did not have, by id,
+                // with their call.
+                let mut unseen: HashMap<u64, usize> = HashMap::new();
+                // Each call's claims with their claim order.
+                let mut keyed: Vec<Vec<(ClaimOrder, Claimed)>> =
+                    calls.iter().map(|_| Vec::new()).collect();
                 for (i, (share, ids)) in shares.iter().zip(ids).enumerate() {
                     let ids: HashSet<u64> = ids.into_iter().collect();
                     for row in share.rows.iter().filter(|r| ids.contains(&r.id)) {
@@ -2094,11 +2131,37 @@ impl Store {
                         match objects.remove(&row.id).flatten() {
                             Some(text) => {
                                 let object = parse_json(&text, "resources.object")?;
-                                round.claimed[i].push(claimed_view(&row, object));
+                                keyed[i].push((row.sort_key(), claimed_view(&row, object)));
                             }
-                            None => orphans.push(row),
+                            None => {
+                                unseen.insert(row.id, i);
+                            }
                         }
                     }
+                }
+                // Read those again in a fresh statement: an operation created during
+                // the scan has its object now; only one still without is an orphan.
+                let mut orphans = Vec::new();
+                if !unseen.is_empty() {
+                    let ids: Vec<u64> = unseen.keys().copied().collect();
+                    let again = read_claimed(
+                        &mut *tx,
+                        &format!("w.id IN ({})", marks(ids.len())),
+                        ids.iter().map(|id| BindValue::Id(*id)).collect(),
+                    )
+                    .await?;
+                    for (row, object) in again {
+                        match (object, unseen.get(&row.id)) {
+                            (Some(o), Some(&i)) => {
+                                keyed[i].push((row.sort_key(), claimed_view(&row, o)));
+                            }
+                            _ => orphans.push(row),
+                        }
+                    }
+                }
+                for (claimed, mut keyed) in round.claimed.iter_mut().zip(keyed) {
+                    keyed.sort_by_key(|(key, _)| *key);
+                    *claimed = keyed.into_iter().map(|(_, c)| c).collect();
                 }
                 let orphan_count = orphans.len();
                 if orphans.is_empty() {
@@ -2651,8 +2714,9 @@ pub(crate) struct ClaimAttempt {
     claimed: Vec<Claimed>,
     /// `claimed` is the replay of the claim_id's earlier claim.
     replayed: bool,
-    /// The round took all it asked for and saw ready work left behind: the caller
-    /// wakes the next claim of its queue (set on one call of the round).
+    /// The round left ready work behind (locked but not shared out, or more than it
+    /// asked for): the caller wakes the next claim of its queue (set on the round's
+    /// first call).
     backlog: bool,
 }
 
@@ -2689,7 +2753,7 @@ impl Combine for Claims {
             match store.claim_attempts(queues, &calls).await {
                 Ok(attempts) => {
                     for (&i, attempt) in members.iter().zip(attempts) {
-                        outs[i] = Some(Ok(attempt));
+                        outs[i] = Some(attempt);
                     }
                 }
                 Err(e) if members.len() == 1 => outs[members[0]] = Some(Err(e)),
@@ -2707,8 +2771,8 @@ impl Combine for Claims {
                     for (&i, call) in members.iter().zip(calls) {
                         outs[i] = Some(store.claim_attempts(queues, &[call]).await.and_then(
                             |mut one| {
-                                one.pop().ok_or_else(|| {
-                                    StoreError::Corrupt("lost a claim outcome".into())
+                                one.pop().unwrap_or_else(|| {
+                                    Err(StoreError::Corrupt("lost a claim outcome".into()))
                                 })
                             },
                         ));

@@ -9,9 +9,9 @@
 //!   every claimer into a locking scan that finds nothing: new work on node `n` wakes
 //!   one claim of `n` per operation (at most 8: a claim takes a batch); cluster-queue
 //!   work wakes everyone; a completion wakes the queues that hold rows it made ready
-//!   (a freed target, released dependents), one claim per ready row; a claim that got
-//!   a full batch while its look saw more ready rows than it could take wakes the next
-//!   claim of its queue (a backlog has no wake of its own). `notify_one` keeps a permit
+//!   (a freed target, released dependents), one claim per ready row; a claim round that
+//!   left ready rows behind (its scan reads one row past what it asked for) wakes the
+//!   next claim of its queue (a backlog has no wake of its own). `notify_one` keeps a permit
 //!   when nobody waits, so a wake sent between a claim's scan and its wait is not lost.
 //! - Changes made through OTHER gateways arrive through this gateway's change feed:
 //!   a queued operation wakes one claim of its node; an operation that finished
