@@ -441,12 +441,9 @@ impl Gateway {
         let bytes = to_bytes(object);
         let reply = self
             .client
-            .call("create_operation", |mut g| {
-                let request = pb::CreateOperationRequest {
-                    object: bytes.clone(),
-                    delay_ms: 0,
-                };
-                async move { g.create_operation(request).await }
+            .create_operation(pb::CreateOperationRequest {
+                object: bytes,
+                delay_ms: 0,
             })
             .await?;
         parse(&reply.object)

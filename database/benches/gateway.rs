@@ -356,12 +356,7 @@ async fn throughput(c: &GatewayClient, run: &str, jobs: usize, batch: usize) -> 
                 }
                 if batch == 1 {
                     let op = ops.pop().expect("one");
-                    c.call("create_operation", |mut g| {
-                        let op = op.clone();
-                        async move { g.create_operation(op).await }
-                    })
-                    .await
-                    .expect("create");
+                    c.create_operation(op).await.expect("create");
                 } else {
                     c.call("create_operations", |mut g| {
                         let operations = ops.clone();
@@ -569,15 +564,9 @@ async fn claim_latency(
         let object = operation(run, i, run);
         sent.lock().await.insert(name, Instant::now());
         creates
-            .call("create_operation", |mut g| {
-                let object = object.clone();
-                async move {
-                    g.create_operation(pb::CreateOperationRequest {
-                        object,
-                        delay_ms: 0,
-                    })
-                    .await
-                }
+            .create_operation(pb::CreateOperationRequest {
+                object,
+                delay_ms: 0,
             })
             .await
             .expect("create");

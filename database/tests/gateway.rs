@@ -371,15 +371,9 @@ async fn metrics_count_requests_by_operation() {
         }
     }))
     .expect("json");
-    c.call("create_operation", |mut g| {
-        let object = object.clone();
-        async move {
-            g.create_operation(pb::CreateOperationRequest {
-                object,
-                delay_ms: 0,
-            })
-            .await
-        }
+    c.create_operation(pb::CreateOperationRequest {
+        object,
+        delay_ms: 0,
     })
     .await
     .expect("create operation");

@@ -525,14 +525,7 @@ where
                 // order, so dependencies within the batch still resolve.
                 let mut created = 0;
                 for op in requests {
-                    let result = self
-                        .ctx
-                        .gateway
-                        .call("create_operation", |mut g| {
-                            let op = op.clone();
-                            async move { g.create_operation(op).await }
-                        })
-                        .await;
+                    let result = self.ctx.gateway.create_operation(op).await;
                     match result {
                         Ok(reply) => {
                             self.remember(&reply.object);

@@ -297,6 +297,19 @@ impl GatewayClient {
             }
         }
     }
+
+    /// CreateOperation (the request is sent again as it is on a retry: a duplicate name
+    /// answers AlreadyExists, so a retry never queues the work twice).
+    pub async fn create_operation(
+        &self,
+        request: sf_proto::v1::CreateOperationRequest,
+    ) -> Result<sf_proto::v1::ResourceReply, ClientError> {
+        self.call("create_operation", |mut g| {
+            let request = request.clone();
+            async move { g.create_operation(request).await }
+        })
+        .await
+    }
 }
 
 /// UNAVAILABLE, or a transport failure surfaced as UNKNOWN/CANCELLED by a connection

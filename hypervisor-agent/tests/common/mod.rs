@@ -170,15 +170,9 @@ impl Env {
         let bytes = serde_json::to_vec(&object).expect("json");
         self.gateway
             .client()
-            .call("create_operation", |mut g| {
-                let object = bytes.clone();
-                async move {
-                    g.create_operation(pb::CreateOperationRequest {
-                        object,
-                        delay_ms: 0,
-                    })
-                    .await
-                }
+            .create_operation(pb::CreateOperationRequest {
+                object: bytes,
+                delay_ms: 0,
             })
             .await
             .expect("create operation");

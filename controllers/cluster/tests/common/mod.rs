@@ -507,10 +507,7 @@ pub async fn request_operation(env: &Env, instance: &Instance, name: &str, opera
         delay_ms: 0,
     };
     env.gateway
-        .call("create_operation", |mut g| {
-            let r = request.clone();
-            async move { g.create_operation(r).await }
-        })
+        .create_operation(request)
         .await
         .expect("create operation");
 }
