@@ -7,6 +7,7 @@
 //! the maintenance services take.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sf_daemon::config::{ConfigError, TelemetryArgs, Validate};
@@ -28,6 +29,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:13000"
     )]
     pub api_url: String,
+    /// A PEM CA file to trust for an `https://` sf-api (e.g. its self-signed
+    /// certificate) instead of the system's trust store.
+    #[arg(long, env = "SHAKENFIST_API_CA_FILE")]
+    pub api_ca_file: Option<PathBuf>,
     /// The namespace of the service key (the admin namespace).
     #[arg(long, env = "SHAKENFIST_CLUSTER_NAMESPACE", default_value = "system")]
     pub cluster_namespace: String,
@@ -147,6 +152,14 @@ impl Validate for Config {
                     format!("expected scheme://host[:port], got {:?}", self.api_url),
                 ));
             }
+        }
+        if let Some(path) = &self.api_ca_file
+            && !path.is_file()
+        {
+            return Err(ConfigError::invalid(
+                "SHAKENFIST_API_CA_FILE",
+                format!("{} is not a readable file", path.display()),
+            ));
         }
         if self.cluster_key.is_none() && self.cluster_token.is_none() {
             return Err(ConfigError::invalid(
@@ -312,6 +325,10 @@ mod tests {
     fn bad_values_name_their_key() {
         let table = [
             (vec!["--api-url=nope"], "SHAKENFIST_API_URL"),
+            (
+                vec!["--api-ca-file=/nonexistent/ca.pem"],
+                "SHAKENFIST_API_CA_FILE",
+            ),
             (
                 vec!["--cpu-overcommit-ratio=-1"],
                 "SHAKENFIST_CPU_OVERCOMMIT_RATIO",

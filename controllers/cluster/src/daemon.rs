@@ -43,7 +43,9 @@ pub enum DaemonError {
     Metrics(#[from] sf_daemon::MetricsError),
 }
 
-/// The `kube::Client` on sf-api for sf-cluster's service identity (C5 sf-client).
+/// The `kube::Client` on sf-api for sf-cluster's service identity (C5 sf-client); an
+/// `https://` sf-api is verified against `SHAKENFIST_API_CA_FILE` when set, else the
+/// system's trust store.
 pub async fn connect_api(config: &Config) -> Result<kube::Client, DaemonError> {
     let creds = sf_client::Credentials {
         url: config.api_url.clone(),
@@ -51,7 +53,9 @@ pub async fn connect_api(config: &Config) -> Result<kube::Client, DaemonError> {
         key: config.cluster_key.clone(),
         token: config.cluster_token.clone(),
     };
-    let client = sf_client::connect(creds).await.map_err(DaemonError::Api)?;
+    let client = sf_client::connect_with_ca(creds, config.api_ca_file.as_deref())
+        .await
+        .map_err(DaemonError::Api)?;
     Ok(client.kube())
 }
 

@@ -1435,3 +1435,45 @@ async fn floating_phase(env: &common::Env, address: &str) -> Option<String> {
         .find(|l| l.spec.network == "floating" && l.spec.address == address)
         .and_then(|l| l.status.map(|s| s.phase.as_str().to_string()))
 }
+
+/// sf-cluster reaches an `https://` sf-api whose certificate is self-signed when
+/// SHAKENFIST_API_CA_FILE names that certificate, and refuses it without (the system's
+/// trust store does not know it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_api_is_trusted_through_the_ca_file() {
+    let env = common::start().await;
+    let tls = tempfile::tempdir().expect("tempdir");
+    let (url, api) = env.start_https_api(tls.path()).await;
+    let cert = tls.path().join("cert.pem");
+    let config = |ca: Option<&std::path::Path>| {
+        let mut config = env.cluster_config(&[]);
+        config.api_url = url.clone();
+        config.api_ca_file = ca.map(std::path::Path::to_path_buf);
+        config
+    };
+    // The listener is up before serving starts: wait until the trusted login works.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match sf_cluster::daemon::connect_api(&config(Some(&cert))).await {
+            Ok(client) => break client,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "https sf-api with its CA: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let nodes: kube::Api<sf_schema::Node> = kube::Api::all(client);
+    nodes
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("list nodes over https");
+    let refused = sf_cluster::daemon::connect_api(&config(None)).await;
+    assert!(
+        refused.is_err(),
+        "a self-signed sf-api was trusted without its CA"
+    );
+    api.trigger();
+}

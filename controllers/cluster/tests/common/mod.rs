@@ -186,6 +186,46 @@ fn init_logging() {
     });
 }
 
+/// sf-api's configuration on `gateway_hosts` for these tests, plus `extra` flags.
+fn api_config(gateway_hosts: &str, extra: &[String]) -> sf_api::Config {
+    let mut argv = vec![
+        "sf-api".to_string(),
+        "--api-listen=127.0.0.1".to_string(),
+        "--api-port=0".to_string(),
+        format!("--mariadb-gateway-hosts={gateway_hosts}"),
+        format!("--mariadb-gateway-secret={SECRET}"),
+        format!("--auth-secret-seed={SEED}"),
+        "--log=warn".to_string(),
+    ];
+    argv.extend_from_slice(extra);
+    sf_daemon::config::try_parse_from(argv).expect("sf-api config")
+}
+
+/// Serves sf-api with `config` on a free port of 127.0.0.1 (HTTPS when the config
+/// names a certificate); returns its URL and its shutdown.
+async fn serve_api(config: &sf_api::Config) -> (String, Shutdown) {
+    let certs = config
+        .tls()
+        .map(|settings| sf_api::tls::CertStore::load(&settings).expect("TLS certificate"));
+    let listener = sf_api::bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind sf-api");
+    let scheme = if certs.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().expect("addr"));
+    let shutdown = Shutdown::new();
+    let app = sf_api::App::new(config, shutdown.clone()).expect("app");
+    tokio::spawn(async move {
+        let served = match certs {
+            Some(certs) => sf_api::serve_app_tls(app, listener, certs).await,
+            None => sf_api::serve_app(app, listener).await,
+        };
+        if let Err(e) = served {
+            eprintln!("sf-api: {e}");
+        }
+    });
+    (url, shutdown)
+}
+
 /// Starts MariaDB, sf-database and sf-api; namespaces `system` and `demo`; the
 /// service key. No sf-cluster and no agent yet.
 pub async fn start() -> Env {
@@ -211,27 +251,7 @@ pub async fn start() -> Env {
         .await
         .expect("put key");
 
-    let argv = vec![
-        "sf-api".to_string(),
-        "--api-listen=127.0.0.1".to_string(),
-        "--api-port=0".to_string(),
-        format!("--mariadb-gateway-hosts={gateway_hosts}"),
-        format!("--mariadb-gateway-secret={SECRET}"),
-        format!("--auth-secret-seed={SEED}"),
-        "--log=warn".to_string(),
-    ];
-    let config: sf_api::Config = sf_daemon::config::try_parse_from(argv).expect("sf-api config");
-    let listener = sf_api::bind("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("bind sf-api");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let api_shutdown = Shutdown::new();
-    let app = sf_api::App::new(&config, api_shutdown.clone()).expect("app");
-    tokio::spawn(async move {
-        if let Err(e) = sf_api::serve_app(app, listener).await {
-            eprintln!("sf-api: {e}");
-        }
-    });
+    let (url, api_shutdown) = serve_api(&api_config(&gateway_hosts, &[])).await;
     let client = {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -266,6 +286,21 @@ pub async fn start() -> Env {
 }
 
 impl Env {
+    /// A second sf-api on the same gateway, serving HTTPS with a self-signed
+    /// certificate written to `dir/cert.pem` (the CA to trust). Returns its URL and
+    /// its shutdown.
+    pub async fn start_https_api(&self, dir: &std::path::Path) -> (String, Shutdown) {
+        let config = api_config(
+            &self.gateway_hosts,
+            &[
+                format!("--api-tls-cert-path={}", dir.join("cert.pem").display()),
+                format!("--api-tls-key-path={}", dir.join("key.pem").display()),
+                "--api-tls-self-signed".to_string(),
+            ],
+        );
+        serve_api(&config).await
+    }
+
     /// sf-cluster's configuration for this system, plus `extra` flags; the
     /// [`ROOMY_SCHEDULER`] settings unless `extra` names them.
     pub fn cluster_config(&self, extra: &[&str]) -> sf_cluster::Config {
