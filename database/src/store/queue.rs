@@ -220,9 +220,6 @@ const QUEUE_COLUMNS: &str = "w.id, w.op_uid, w.target_uid, w.attempts, w.priorit
      CAST(UNIX_TIMESTAMP(w.claimed_at) * 1000000 AS SIGNED) AS claimed_us, \
      CAST(UNIX_TIMESTAMP(w.scheduled_at) * 1000000 AS SIGNED) AS scheduled_us";
 
-/// Where a row comes in claim order: (priority, scheduled_at µs, id).
-type ClaimOrder = (u8, i64, u64);
-
 /// A work_queue row (locked by the reader unless said otherwise).
 #[derive(Debug, Clone)]
 struct QueueRow {
@@ -251,7 +248,7 @@ impl QueueRow {
         })
     }
 
-    fn sort_key(&self) -> ClaimOrder {
+    fn sort_key(&self) -> (u8, i64, u64) {
         (self.priority, self.scheduled_us, self.id)
     }
 }
@@ -2114,54 +2111,59 @@ impl Store {
                     .collect();
                 round.backlog = rest.len() > 0 || scan.more;
                 let ids = mark_claimed(&mut tx, &shares, &scan.now_text).await?;
-                // Claimed rows whose object the scan's snapshot did not have, by id,
-                // with their call.
-                let mut unseen: HashMap<u64, usize> = HashMap::new();
-                // Each call's claims with their claim order.
-                let mut keyed: Vec<Vec<(ClaimOrder, Claimed)>> =
-                    calls.iter().map(|_| Vec::new()).collect();
-                for (i, (share, ids)) in shares.iter().zip(ids).enumerate() {
+                // Each call's claimed rows as the claim left them, in claim order.
+                let mut claimed: Vec<Vec<QueueRow>> = Vec::with_capacity(shares.len());
+                for (share, ids) in shares.iter().zip(ids) {
                     let ids: HashSet<u64> = ids.into_iter().collect();
-                    for row in share.rows.iter().filter(|r| ids.contains(&r.id)) {
-                        // The row as the claim left it.
-                        let mut row = row.clone();
-                        row.attempts = row.attempts.saturating_add(1);
-                        row.claimed_by = Some(share.claimer.to_string());
-                        row.claimed_us = Some(scan.now_us);
-                        match objects.remove(&row.id).flatten() {
-                            Some(text) => {
-                                let object = parse_json(&text, "resources.object")?;
-                                keyed[i].push((row.sort_key(), claimed_view(&row, object)));
-                            }
-                            None => {
-                                unseen.insert(row.id, i);
-                            }
-                        }
-                    }
+                    claimed.push(
+                        share
+                            .rows
+                            .iter()
+                            .filter(|r| ids.contains(&r.id))
+                            .map(|r| {
+                                let mut row = r.clone();
+                                row.attempts = row.attempts.saturating_add(1);
+                                row.claimed_by = Some(share.claimer.to_string());
+                                row.claimed_us = Some(scan.now_us);
+                                row
+                            })
+                            .collect(),
+                    );
                 }
-                // Read those again in a fresh statement: an operation created during
-                // the scan has its object now; only one still without is an orphan.
-                let mut orphans = Vec::new();
+                // Rows whose object the scan's snapshot did not have are read again in a
+                // fresh statement: an operation created during the scan has its object
+                // now; only one still without is an orphan.
+                let unseen: Vec<u64> = claimed
+                    .iter()
+                    .flatten()
+                    .filter(|r| matches!(objects.get(&r.id), Some(None)))
+                    .map(|r| r.id)
+                    .collect();
+                let mut again: HashMap<u64, Value> = HashMap::new();
                 if !unseen.is_empty() {
-                    let ids: Vec<u64> = unseen.keys().copied().collect();
-                    let again = read_claimed(
+                    let rows = read_claimed(
                         &mut *tx,
-                        &format!("w.id IN ({})", marks(ids.len())),
-                        ids.iter().map(|id| BindValue::Id(*id)).collect(),
+                        &format!("w.id IN ({})", marks(unseen.len())),
+                        unseen.iter().map(|id| BindValue::Id(*id)).collect(),
                     )
                     .await?;
-                    for (row, object) in again {
-                        match (object, unseen.get(&row.id)) {
-                            (Some(o), Some(&i)) => {
-                                keyed[i].push((row.sort_key(), claimed_view(&row, o)));
-                            }
-                            _ => orphans.push(row),
-                        }
-                    }
+                    again.extend(rows.into_iter().filter_map(|(q, o)| Some((q.id, o?))));
                 }
-                for (claimed, mut keyed) in round.claimed.iter_mut().zip(keyed) {
-                    keyed.sort_by_key(|(key, _)| *key);
-                    *claimed = keyed.into_iter().map(|(_, c)| c).collect();
+                let mut orphans = Vec::new();
+                for (out, rows) in round.claimed.iter_mut().zip(claimed) {
+                    for row in rows {
+                        let object = match objects.remove(&row.id).flatten() {
+                            Some(text) => parse_json(&text, "resources.object")?,
+                            None => match again.remove(&row.id) {
+                                Some(object) => object,
+                                None => {
+                                    orphans.push(row);
+                                    continue;
+                                }
+                            },
+                        };
+                        out.push(claimed_view(&row, object));
+                    }
                 }
                 let orphan_count = orphans.len();
                 if orphans.is_empty() {
