@@ -1469,6 +1469,82 @@ async fn concurrent_claims_are_combined_but_each_keeps_its_own_rows() {
     );
 }
 
+/// Agents of different nodes claiming at once share one locking transaction (one scan
+/// over every queue they ask for), yet each gets only its own node's work and the
+/// cluster queue's.
+#[tokio::test]
+async fn claims_of_different_nodes_share_a_round_but_take_only_their_own_queues() {
+    let (_tdb, store) = common::store().await;
+    let nodes = ["hv-x", "hv-y", "hv-z"];
+    let mut n = 0;
+    for node in nodes {
+        for i in 0..10 {
+            let target = format!("00000000-0000-0000-0003-{n:012}");
+            n += 1;
+            store
+                .create_operation(
+                    on_node(op(&format!("{node}-{i}"), &target), node),
+                    Duration::ZERO,
+                )
+                .await
+                .expect("create");
+        }
+    }
+    for i in 0..4 {
+        let target = format!("00000000-0000-0000-0003-{n:012}");
+        n += 1;
+        store
+            .create_operation(op(&format!("cluster-{i}"), &target), Duration::ZERO)
+            .await
+            .expect("create");
+    }
+    // 12 claims at once, 4 per node, max 2; only hv-x's also take the cluster queue.
+    let mut tasks = Vec::new();
+    for i in 0..12usize {
+        let store = store.clone();
+        let node = nodes[i % nodes.len()];
+        tasks.push(tokio::spawn(async move {
+            let claimed = store
+                .claim_queues(
+                    node,
+                    node == "hv-x",
+                    2,
+                    &format!("nodes-{i}"),
+                    &format!("agent-{node}"),
+                    Duration::ZERO,
+                )
+                .await
+                .expect("claim");
+            (node, claimed)
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut rounds: HashMap<String, HashSet<&str>> = HashMap::new();
+    for t in tasks {
+        let (node, claimed) = t.await.expect("task");
+        assert_eq!(claimed.len(), 2, "a claim of {node} got less than its max");
+        for c in &claimed {
+            assert!(seen.insert(c.lease.id), "row {} claimed twice", c.lease.id);
+            let from = c.object["spec"]["node"].as_str();
+            assert!(
+                from == Some(node) || (from.is_none() && node == "hv-x"),
+                "a claim of {node} got {} (node {from:?})",
+                name_of(c)
+            );
+            // Rows of one claim transaction share its claimed_at (its NOW(6)).
+            let started = c.object["status"]["startedAt"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            rounds.entry(started).or_default().insert(node);
+        }
+    }
+    assert!(
+        rounds.values().any(|nodes| nodes.len() > 1),
+        "no claim transaction served two nodes: {rounds:?}"
+    );
+}
+
 /// A claim whose caller goes away while its attempt runs (here: held up by a table lock)
 /// puts its rows back, with the attempt undone, instead of stranding them until the
 /// reaper's threshold.

@@ -8,7 +8,7 @@
 //!   call workers of its own per store: calls that arrive while a batch runs form the
 //!   next batch. For `queue::Writes` (the queue's creates and completions) a batch is
 //!   one transaction with one revision allocation; for `queue::Claims` it is one
-//!   locking transaction per queue set, and no revision. A call that finds a
+//!   locking transaction over every queue its calls ask for, and no revision. A call that finds a
 //!   worker idle runs at once, so a lone call waits for nobody.
 //! - A batch never holds two calls that share a key (a lease, an operation name, a
 //!   claim_id): the later call waits for a later batch. A kind with two workers may run two

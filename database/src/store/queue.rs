@@ -1458,14 +1458,23 @@ async fn ready_queues(
     rows.iter().map(|row| col(row, "queue_name")).collect()
 }
 
+/// A ready row a claim round's scan locked.
+struct Candidate {
+    row: QueueRow,
+    /// Its queue.
+    queue: String,
+    /// Its operation's stored object (None: the resource is gone, or the scan's
+    /// snapshot predates its create).
+    object: Option<String>,
+}
+
 /// What a claim round's locking scan found.
 struct Scan {
-    /// Ready, unclaimed rows of the queues, locked (SKIP LOCKED), each with its
-    /// operation's stored object (None: the resource is gone), in claim order.
-    candidates: Vec<(QueueRow, Option<String>)>,
-    /// Some queue had more ready rows than the round asked for (the scan reads one
-    /// past the round's max per queue).
-    more: bool,
+    /// Ready, unclaimed rows of the queues, locked (SKIP LOCKED), in claim order.
+    candidates: Vec<Candidate>,
+    /// The queues that had more ready rows than the round asked of them (the scan
+    /// reads one past each queue's limit).
+    more: HashSet<String>,
     /// The asked `claim_id`s that still hold claimed rows (read, not locked).
     replayed: HashSet<String>,
     /// The statement's `NOW(6)`, as text (what the claim stores as `claimed_at`), and
@@ -1474,8 +1483,8 @@ struct Scan {
     now_us: i64,
 }
 
-/// ONE statement of a claim round: per queue, up to `max` + 1 ready rows locked with
-/// SKIP LOCKED (one past the max tells whether work is left behind), each with its
+/// ONE statement of a claim round: per queue, up to its limit + 1 ready rows locked
+/// with SKIP LOCKED (one past the limit tells whether work is left behind), each with its
 /// operation's object (a scalar subquery: resources are read, not locked); and which of
 /// `replays` (claim_ids) still hold claimed rows.
 ///
@@ -1484,9 +1493,8 @@ struct Scan {
 /// during the scan comes back with no object. The caller reads such rows again.
 async fn scan_ready(
     tx: &mut Tx,
-    queues: &[String],
+    queues: &[(String, u32)],
     replays: &[&str],
-    max: u32,
 ) -> Result<Scan, StoreError> {
     const NOW: &str = "CAST(NOW(6) AS CHAR) AS now_text, \
                        CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED) AS now_us";
@@ -1519,8 +1527,8 @@ async fn scan_ready(
         "{PER_ROW_TARGET_CHECK}{}",
         parts.join(" UNION ALL ")
     )));
-    for queue in queues {
-        q = q.bind(queue).bind(queue).bind(max.saturating_add(1));
+    for (queue, limit) in queues {
+        q = q.bind(queue).bind(queue).bind(limit.saturating_add(1));
     }
     for claim_id in replays {
         q = q.bind(*claim_id).bind(*claim_id);
@@ -1531,7 +1539,7 @@ async fn scan_ready(
         .map_err(StoreError::query("claim work"))?;
     let mut scan = Scan {
         candidates: Vec::with_capacity(rows.len()),
-        more: false,
+        more: HashSet::new(),
         replayed: HashSet::new(),
         now_text: String::new(),
         now_us: 0,
@@ -1547,15 +1555,22 @@ async fn scan_ready(
             scan.replayed.insert(part);
             continue;
         }
-        let taken = per_queue.entry(part).or_default();
+        let taken = per_queue.entry(part.clone()).or_default();
         *taken += 1;
-        scan.more |= *taken > max;
-        scan.candidates.push((
-            QueueRow::decode(row)?,
-            col::<Option<String>>(row, "object")?,
-        ));
+        let limit = queues
+            .iter()
+            .find(|(q, _)| *q == part)
+            .map_or(0, |(_, l)| *l);
+        if *taken > limit {
+            scan.more.insert(part.clone());
+        }
+        scan.candidates.push(Candidate {
+            row: QueueRow::decode(row)?,
+            queue: part,
+            object: col(row, "object")?,
+        });
     }
-    scan.candidates.sort_by_key(|(q, _)| q.sort_key());
+    scan.candidates.sort_by_key(|c| c.row.sort_key());
     Ok(scan)
 }
 
@@ -1964,16 +1979,16 @@ impl Store {
         }
     }
 
-    /// One round of claim attempts over the same `queues`: ONE locking transaction
-    /// (scan, claim, commit) whose rows are shared out in call order, each call up to
-    /// its max. A call whose `claim_id` still holds rows (a repeated call) gets those
-    /// instead. A round of idle retries only looks first (see [`ready_queues`]).
+    /// One round of claim attempts: ONE locking transaction (scan, claim, commit) over
+    /// every queue the calls ask for, whose rows are shared out in call order, each call
+    /// up to its max and only from its own queues. A call whose `claim_id` still holds
+    /// rows (a repeated call) gets those instead. A round of idle retries only looks
+    /// first (see [`ready_queues`]), and then scans only the queues that had work.
     ///
     /// The outer error means nothing was claimed (the round may be rerun); an inner one
     /// is a call's own, after the round committed (a replay that failed to read).
     async fn claim_attempts(
         &self,
-        queues: &[String],
         calls: &[&ClaimCall],
     ) -> Result<Vec<Result<ClaimAttempt, StoreError>>, StoreError> {
         let mut out: Vec<ClaimAttempt> = calls
@@ -1985,24 +2000,23 @@ impl Store {
                 backlog: false,
             })
             .collect();
-        let ready;
-        let queues = if calls.iter().all(|c| c.idle) {
-            ready = ready_queues(&self.pool, queues).await?;
+        let mut sets: Vec<Vec<String>> = calls.iter().map(|c| c.queues.clone()).collect();
+        if calls.iter().all(|c| c.idle) {
+            let ready: HashSet<String> = ready_queues(&self.pool, &queues_of(&sets))
+                .await?
+                .into_iter()
+                .collect();
             if ready.is_empty() {
                 return Ok(out.into_iter().map(Ok).collect());
             }
-            ready.as_slice()
-        } else {
-            queues
-        };
-        let round = self.claim_once(queues, calls).await?;
-        for (attempt, claimed) in out.iter_mut().zip(round.claimed) {
-            attempt.claimed = claimed;
+            for set in &mut sets {
+                set.retain(|q| ready.contains(q));
+            }
         }
-        if round.backlog
-            && let Some(first) = out.first_mut()
-        {
-            first.backlog = true;
+        let round = self.claim_once(calls, &sets).await?;
+        for ((attempt, claimed), backlog) in out.iter_mut().zip(round.claimed).zip(round.backlog) {
+            attempt.claimed = claimed;
+            attempt.backlog = backlog;
         }
         // The round has committed: from here a failure is the replayed call's alone.
         let mut results = Vec::with_capacity(out.len());
@@ -2056,60 +2070,74 @@ impl Store {
             .collect())
     }
 
-    /// One claim transaction over `queues` for `calls`: one statement scans (and
-    /// answers the replay questions), one claims, then COMMIT. Rows are shared out in
-    /// call order, up to each call's max; a replayed call gets none.
+    /// One claim transaction for `calls`, each over its queue set in `sets`: one
+    /// statement scans every queue of the round (and answers the replay questions), one
+    /// claims, then COMMIT. Rows are shared out in call order, in claim order, up to
+    /// each call's max and from its own queues only; a replayed call gets none.
     async fn claim_once(
         &self,
-        queues: &[String],
         calls: &[&ClaimCall],
+        sets: &[Vec<String>],
     ) -> Result<ClaimRound, StoreError> {
-        let wanted = batch_max(calls);
+        let limits = queue_limits(calls, sets);
         let replays: Vec<&str> = calls
             .iter()
             .filter(|c| c.replay)
             .map(|c| c.claim_id.as_str())
             .collect();
-        let replays = replays.as_slice();
+        let (limits, replays) = (limits.as_slice(), replays.as_slice());
+        if limits.is_empty() && replays.is_empty() {
+            return Ok(ClaimRound {
+                claimed: calls.iter().map(|_| Vec::new()).collect(),
+                replayed: HashSet::new(),
+                backlog: vec![false; calls.len()],
+            });
+        }
         let (round, orphans) = self
             .with_retry("claim work", || async move {
                 let mut tx = self.begin("claim work").await?;
-                let scan = scan_ready(&mut tx, queues, replays, wanted).await?;
+                let scan = scan_ready(&mut tx, limits, replays).await?;
                 let mut round = ClaimRound {
                     claimed: calls.iter().map(|_| Vec::new()).collect(),
                     replayed: scan.replayed,
-                    backlog: false,
+                    backlog: vec![false; calls.len()],
                 };
                 // One row per target (the first in claim order).
                 let mut targets = HashSet::new();
                 let mut objects = HashMap::new();
-                let mut rows = Vec::new();
-                for (row, object) in scan.candidates {
-                    if targets.insert(row.target_uid.clone()) {
-                        objects.insert(row.id, object);
-                        rows.push(row);
+                let mut pool = Vec::new();
+                for c in scan.candidates {
+                    if targets.insert(c.row.target_uid.clone()) {
+                        objects.insert(c.row.id, c.object);
+                        pool.push(Some((c.row, c.queue)));
                     }
                 }
-                if rows.is_empty() {
+                if pool.is_empty() {
                     tx.commit().await.map_err(StoreError::query("claim work"))?;
                     return Ok((round, 0));
                 }
-                let mut rest = rows.into_iter();
                 let shares: Vec<Share<'_>> = calls
                     .iter()
-                    .map(|c| Share {
+                    .zip(sets)
+                    .map(|(c, set)| Share {
                         rows: if c.replay && round.replayed.contains(&c.claim_id) {
                             Vec::new()
                         } else {
-                            rest.by_ref()
-                                .take(usize::try_from(c.max).unwrap_or(usize::MAX))
-                                .collect()
+                            take_rows(&mut pool, set, c.max)
                         },
                         claim_id: &c.claim_id,
                         claimer: &c.claimer,
                     })
                     .collect();
-                round.backlog = rest.len() > 0 || scan.more;
+                // Work left behind wakes the next claim of its queue: flag the first
+                // call of the round that asked for that queue.
+                let mut left = scan.more;
+                left.extend(pool.into_iter().flatten().map(|(_, queue)| queue));
+                for queue in &left {
+                    if let Some(i) = sets.iter().position(|set| set.contains(queue)) {
+                        round.backlog[i] = true;
+                    }
+                }
                 let ids = mark_claimed(&mut tx, &shares, &scan.now_text).await?;
                 // Each call's claimed rows as the claim left them, in claim order.
                 let mut claimed: Vec<Vec<QueueRow>> = Vec::with_capacity(shares.len());
@@ -2697,17 +2725,53 @@ struct ClaimRound {
     claimed: Vec<Vec<Claimed>>,
     /// The asked `claim_id`s that still hold claimed rows.
     replayed: HashSet<String>,
-    /// Ready work was left behind: wake the next claim of these queues.
-    backlog: bool,
+    /// Per call: ready work of its queues was left behind, and it is the round's first
+    /// call of such a queue (it wakes the next claim).
+    backlog: Vec<bool>,
 }
 
-/// The rows a round of `calls` asks for: their maxes summed, at most [`MAX_CLAIM_BATCH`].
-fn batch_max(calls: &[&ClaimCall]) -> u32 {
-    calls
-        .iter()
-        .map(|c| c.max)
-        .fold(0u32, u32::saturating_add)
-        .min(MAX_CLAIM_BATCH)
+/// Every queue of a round's queue sets, in order of first appearance.
+fn queues_of(sets: &[Vec<String>]) -> Vec<String> {
+    let mut queues: Vec<String> = Vec::new();
+    for queue in sets.iter().flatten() {
+        if !queues.contains(queue) {
+            queues.push(queue.clone());
+        }
+    }
+    queues
+}
+
+/// The rows a round asks of each queue: the maxes of the calls whose set holds it,
+/// summed, at most [`MAX_CLAIM_BATCH`]; in order of first appearance.
+fn queue_limits(calls: &[&ClaimCall], sets: &[Vec<String>]) -> Vec<(String, u32)> {
+    let mut limits: Vec<(String, u32)> = Vec::new();
+    for (call, set) in calls.iter().zip(sets) {
+        for queue in set {
+            match limits.iter_mut().find(|(q, _)| q == queue) {
+                Some((_, limit)) => *limit = limit.saturating_add(call.max).min(MAX_CLAIM_BATCH),
+                None => limits.push((queue.clone(), call.max.min(MAX_CLAIM_BATCH))),
+            }
+        }
+    }
+    limits
+}
+
+/// Takes up to `max` rows of `set`'s queues from `pool` (in claim order), leaving the
+/// rest.
+fn take_rows(pool: &mut [Option<(QueueRow, String)>], set: &[String], max: u32) -> Vec<QueueRow> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut rows = Vec::new();
+    for slot in pool.iter_mut() {
+        if rows.len() >= max {
+            break;
+        }
+        if slot.as_ref().is_some_and(|(_, queue)| set.contains(queue))
+            && let Some((row, _)) = slot.take()
+        {
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 /// What one claim attempt got.
@@ -2716,14 +2780,14 @@ pub(crate) struct ClaimAttempt {
     claimed: Vec<Claimed>,
     /// `claimed` is the replay of the claim_id's earlier claim.
     replayed: bool,
-    /// The round left ready work behind (locked but not shared out, or more than it
-    /// asked for): the caller wakes the next claim of its queue (set on the round's
-    /// first call).
+    /// The round left ready work of this call's queues behind (locked but not shared
+    /// out, or more than it asked for): the caller wakes the next claim of its queue (set
+    /// on the round's first call of each such queue).
     backlog: bool,
 }
 
-/// Concurrent claim attempts of one store: calls over the same queues share one
-/// locking transaction.
+/// Concurrent claim attempts of one store: they share one locking transaction, whatever
+/// their queues (agents of different nodes included).
 pub(crate) struct Claims;
 
 impl Combine for Claims {
@@ -2741,50 +2805,29 @@ impl Combine for Claims {
     }
 
     async fn run(store: &Store, reqs: Vec<Self::Req>) -> Vec<Self::Out> {
-        // Rounds per queue set, in order of first arrival.
-        let mut rounds: Vec<(&[String], Vec<usize>)> = Vec::new();
-        for (i, req) in reqs.iter().enumerate() {
-            match rounds.iter_mut().find(|(q, _)| *q == req.queues.as_slice()) {
-                Some((_, members)) => members.push(i),
-                None => rounds.push((&req.queues, vec![i])),
+        let calls: Vec<&ClaimCall> = reqs.iter().collect();
+        match store.claim_attempts(&calls).await {
+            Ok(attempts) => attempts,
+            Err(e) if calls.len() == 1 => vec![Err(e)],
+            Err(e @ StoreError::Unavailable { .. }) => {
+                combine::unavailable_for_all(e, calls.len(), "claim work")
+                    .into_iter()
+                    .map(Err)
+                    .collect()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, calls = calls.len(), "combined claim failed; running each call alone");
+                let mut outs = Vec::with_capacity(calls.len());
+                for call in calls {
+                    outs.push(store.claim_attempts(&[call]).await.and_then(|mut one| {
+                        one.pop().unwrap_or_else(|| {
+                            Err(StoreError::Corrupt("lost a claim outcome".into()))
+                        })
+                    }));
+                }
+                outs
             }
         }
-        let mut outs: Vec<Option<Self::Out>> = reqs.iter().map(|_| None).collect();
-        for (queues, members) in rounds {
-            let calls: Vec<&ClaimCall> = members.iter().map(|&i| &reqs[i]).collect();
-            match store.claim_attempts(queues, &calls).await {
-                Ok(attempts) => {
-                    for (&i, attempt) in members.iter().zip(attempts) {
-                        outs[i] = Some(attempt);
-                    }
-                }
-                Err(e) if members.len() == 1 => outs[members[0]] = Some(Err(e)),
-                Err(e @ StoreError::Unavailable { .. }) => {
-                    for (&i, e) in members.iter().zip(combine::unavailable_for_all(
-                        e,
-                        members.len(),
-                        "claim work",
-                    )) {
-                        outs[i] = Some(Err(e));
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, calls = members.len(), "combined claim failed; running each call alone");
-                    for (&i, call) in members.iter().zip(calls) {
-                        outs[i] = Some(store.claim_attempts(queues, &[call]).await.and_then(
-                            |mut one| {
-                                one.pop().unwrap_or_else(|| {
-                                    Err(StoreError::Corrupt("lost a claim outcome".into()))
-                                })
-                            },
-                        ));
-                    }
-                }
-            }
-        }
-        outs.into_iter()
-            .map(|o| o.unwrap_or_else(Self::worker_lost))
-            .collect()
     }
 
     async fn undelivered(store: Store, out: Self::Out) {
@@ -2959,6 +3002,75 @@ mod tests {
         assert_eq!(retry_backoff(4), Duration::from_secs(8));
         assert_eq!(retry_backoff(40), BACKOFF_CAP);
         assert_eq!(retry_backoff(0), Duration::from_secs(1));
+    }
+
+    fn call(queues: &[&str], max: u32) -> ClaimCall {
+        ClaimCall {
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            max,
+            claim_id: format!("c-{}", queues.join("+")),
+            claimer: "t".into(),
+            replay: false,
+            idle: false,
+        }
+    }
+
+    fn row(id: u64, queue: &str) -> Option<(QueueRow, String)> {
+        Some((
+            QueueRow {
+                id,
+                op_uid: format!("op-{id}"),
+                target_uid: format!("t-{id}"),
+                attempts: 0,
+                priority: 1,
+                claimed_by: None,
+                claimed_us: None,
+                scheduled_us: 0,
+            },
+            queue.to_string(),
+        ))
+    }
+
+    #[test]
+    fn a_round_asks_each_queue_for_the_maxes_of_the_calls_that_want_it() {
+        let a = call(&["node:hv-1", "cluster"], 3);
+        let b = call(&["node:hv-2", "cluster"], 2);
+        let c = call(&["node:hv-1", "cluster"], MAX_CLAIM_BATCH);
+        let calls = [&a, &b, &c];
+        let sets: Vec<Vec<String>> = calls.iter().map(|c| c.queues.clone()).collect();
+        assert_eq!(queues_of(&sets), ["node:hv-1", "cluster", "node:hv-2"]);
+        let limits = queue_limits(&calls, &sets);
+        assert_eq!(
+            limits,
+            [
+                ("node:hv-1".to_string(), MAX_CLAIM_BATCH),
+                ("cluster".to_string(), MAX_CLAIM_BATCH),
+                ("node:hv-2".to_string(), 2),
+            ]
+        );
+        // A call whose queues had no work this round asks for nothing.
+        let sets = vec![vec!["node:hv-1".to_string()], Vec::new(), Vec::new()];
+        assert_eq!(queue_limits(&calls, &sets), [("node:hv-1".to_string(), 3)]);
+    }
+
+    #[test]
+    fn rows_go_only_to_calls_of_their_queue_in_claim_order() {
+        let mut pool = vec![
+            row(1, "node:hv-2"),
+            row(2, "cluster"),
+            row(3, "node:hv-1"),
+            row(4, "node:hv-1"),
+            row(5, "node:hv-2"),
+        ];
+        let hv1 = ["node:hv-1".to_string(), "cluster".to_string()];
+        let hv2 = ["node:hv-2".to_string()];
+        let ids = |rows: Vec<QueueRow>| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(take_rows(&mut pool, &hv1, 2)), [2, 3]);
+        assert_eq!(ids(take_rows(&mut pool, &hv2, 5)), [1, 5]);
+        assert_eq!(ids(take_rows(&mut pool, &hv1, 0)), Vec::<u64>::new());
+        // What no call took stays in the pool: the round's backlog.
+        let left: Vec<u64> = pool.iter().flatten().map(|(r, _)| r.id).collect();
+        assert_eq!(left, [4]);
     }
 
     #[test]
