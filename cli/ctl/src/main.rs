@@ -4,7 +4,9 @@
 //! (it refuses an incompatible server first); `check-mariadb` runs the same
 //! compatibility check every daemon runs at start and reports the schema state;
 //! `bootstrap-system-key` creates namespace `system` when missing and a key for it,
-//! printing the clear key once on stdout (one line; only its argon2 hash is stored);
+//! printing the clear key once on stdout (one line; only its argon2 hash is stored), or,
+//! given the key (`SHAKENFIST_SYSTEM_KEY`, e.g. from a Kubernetes Secret), stores that
+//! key's hash and prints nothing: idempotent, so an install hook can rerun it;
 //! `backup` and `restore` are retired in favour of `mariadb-dump` / `mariadb`. Exit
 //! codes: 0 success, 1 a check or operation failed, 64 bad usage or configuration.
 
@@ -43,7 +45,9 @@ enum Command {
     /// Create namespace `system` if missing and a key for it; print the clear key once.
     ///
     /// Only the key's argon2 hash is stored. An existing key of the same name is left
-    /// alone (exit 1) unless --replace is given (replacing revokes its tokens).
+    /// alone (exit 1) unless --replace is given (replacing revokes its tokens). With
+    /// SHAKENFIST_SYSTEM_KEY the key is that one and nothing is printed; an existing key
+    /// of the same name that it matches is success (exit 0, nothing changed).
     BootstrapSystemKey {
         /// The key's name.
         #[arg(long, default_value = "bootstrap")]
@@ -51,6 +55,10 @@ enum Command {
         /// Replace an existing key of that name.
         #[arg(long)]
         replace: bool,
+        /// Store this clear key (at least 32 printable ASCII characters, no spaces)
+        /// instead of generating one.
+        #[arg(long, env = "SHAKENFIST_SYSTEM_KEY", hide_env_values = true)]
+        key: Option<String>,
     },
     /// Retired: use mariadb-dump.
     Backup {
@@ -139,21 +147,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::BootstrapSystemKey { key_name, replace } => {
+        Command::BootstrapSystemKey {
+            key_name,
+            replace,
+            key,
+        } => {
             db.close().await?;
-            return bootstrap_system_key(&cli.mariadb, &key_name, replace).await;
+            return bootstrap_system_key(&cli.mariadb, &key_name, replace, key).await;
         }
         Command::Backup { .. } | Command::Restore { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bootstrap-system-key`: the clear key goes to stdout (one line) and nowhere else.
+/// Why a given system key is refused, if it is.
+fn bad_given_key(key: &str) -> Option<&'static str> {
+    if key.len() < 32 {
+        Some("must be at least 32 characters")
+    } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("must be printable ASCII without spaces")
+    } else {
+        None
+    }
+}
+
+/// `bootstrap-system-key`: a generated clear key goes to stdout (one line) and nowhere
+/// else; a given one (`given`) is never printed.
 async fn bootstrap_system_key(
     args: &MariaDbArgs,
     key_name: &str,
     replace: bool,
+    given: Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(reason) = given.as_deref().and_then(bad_given_key) {
+        eprintln!("sf-ctl: SHAKENFIST_SYSTEM_KEY (--key) {reason}");
+        return Ok(ExitCode::from(64));
+    }
     let store = Store::new(connect_pool(args).await?);
     match store.create_namespace(SYSTEM_NAMESPACE).await {
         Ok(_) => eprintln!("created namespace {SYSTEM_NAMESPACE}"),
@@ -161,6 +190,17 @@ async fn bootstrap_system_key(
         Err(e) => return Err(e.into()),
     }
     match store.get_key(SYSTEM_NAMESPACE, key_name).await {
+        Ok(stored)
+            if given
+                .as_deref()
+                .is_some_and(|k| sf_api::auth::verify_key(k, &stored.key_hash)) =>
+        {
+            eprintln!(
+                "namespace {SYSTEM_NAMESPACE} already has key {key_name}, and it is the given key: nothing to do"
+            );
+            store.pool().close().await;
+            return Ok(ExitCode::SUCCESS);
+        }
         Ok(_) if !replace => {
             eprintln!(
                 "namespace {SYSTEM_NAMESPACE} already has a key named {key_name}: pass --replace to replace it (its tokens stop working) or choose another --key-name"
@@ -170,14 +210,21 @@ async fn bootstrap_system_key(
         Ok(_) | Err(StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    let key = sf_api::auth::generate_key();
+    let generated = given.is_none();
+    let key = given.unwrap_or_else(sf_api::auth::generate_key);
     let hash = sf_api::auth::hash_key(&key)?;
     store.put_key(SYSTEM_NAMESPACE, key_name, &hash).await?;
     store.pool().close().await;
-    eprintln!(
-        "stored key {key_name} of namespace {SYSTEM_NAMESPACE} (only its hash is kept; this is the only time it is shown)"
-    );
-    println!("{key}");
+    if generated {
+        eprintln!(
+            "stored key {key_name} of namespace {SYSTEM_NAMESPACE} (only its hash is kept; this is the only time it is shown)"
+        );
+        println!("{key}");
+    } else {
+        eprintln!(
+            "stored the given key as {key_name} of namespace {SYSTEM_NAMESPACE} (only its hash is kept)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

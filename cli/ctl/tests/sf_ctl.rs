@@ -193,3 +193,71 @@ fn bootstrap_system_key_prints_the_key_once_and_stores_its_hash() {
     );
     assert!(other.status.success(), "{}", text(&other));
 }
+
+/// The Helm chart's install hook: the key comes from a Secret, is never printed, and a
+/// rerun (every upgrade) with the same key changes nothing.
+#[test]
+fn bootstrap_system_key_stores_a_given_key_idempotently() {
+    let tdb = TestDatabase::new().expect("db");
+    let schema = sf_ctl(tdb.port, &tdb.name, &["ensure-mariadb-schema"]);
+    assert!(schema.status.success(), "{}", text(&schema));
+    let given = |key: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sf-ctl"))
+            .env_clear()
+            .env("SHAKENFIST_MARIADB_HOST", "127.0.0.1")
+            .env("SHAKENFIST_MARIADB_PORT", tdb.port.to_string())
+            .env("SHAKENFIST_MARIADB_USER", "root")
+            .env("SHAKENFIST_MARIADB_DATABASE", &tdb.name)
+            .env("SHAKENFIST_SYSTEM_KEY", key)
+            .args(["bootstrap-system-key", "--key-name", "cluster"])
+            .args(extra)
+            .output()
+            .expect("run sf-ctl")
+    };
+    let hash = || {
+        tdb.query("SELECT key_hash FROM namespace_keys WHERE namespace = 'system' AND key_name = 'cluster'")
+            .expect("query")
+            .lines()
+            .find(|l| l.starts_with("$argon2id$"))
+            .map(str::to_string)
+    };
+    let key = "k".repeat(40);
+
+    // Refused before anything is stored, the variable named.
+    for bad in [
+        "short",
+        "with a space but long enough to pass the length rule",
+    ] {
+        let out = given(bad, &[]);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        assert!(
+            text(&out).contains("SHAKENFIST_SYSTEM_KEY"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(hash(), None, "nothing stored for a refused key");
+    }
+
+    let first = given(&key, &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(first.stdout.is_empty(), "a given key is never printed");
+    assert!(!text(&first).contains(&key), "{}", text(&first));
+    let stored = hash().expect("stored");
+    assert!(sf_api::auth::verify_key(&key, &stored));
+
+    // The rerun of an upgrade: success, the stored hash (and so its tokens) untouched.
+    let again = given(&key, &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(hash().as_deref(), Some(stored.as_str()));
+
+    // Another key under the same name is refused unless --replace.
+    let other = "o".repeat(40);
+    let refused = given(&other, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert_eq!(hash().as_deref(), Some(stored.as_str()));
+    let replaced = given(&other, &["--replace"]);
+    assert!(replaced.status.success(), "{}", text(&replaced));
+    let now = hash().expect("stored");
+    assert!(sf_api::auth::verify_key(&other, &now));
+    assert!(!sf_api::auth::verify_key(&key, &now));
+}
