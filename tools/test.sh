@@ -26,6 +26,9 @@ echo "== private MariaDB for this run"
 eval "export $("$harness" start "$run_dir/mariadb")"
 echo "SF_TEST_MARIADB_PORT=$SF_TEST_MARIADB_PORT (data in $run_dir/mariadb)"
 
+echo "== Helm chart (lint, Kubernetes schemas, and the control plane booted from its rendering)"
+tools/check-chart.sh
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
