@@ -63,7 +63,8 @@ def docs(rendered):
 BASE = ["mariadb.host=db.example.internal"]
 VARIANTS = {
     "defaults": BASE,
-    "agent": BASE + ["agent.enabled=true", "agent.meshNic=bond0", "agent.networkNode=true"],
+    "agent": BASE + ["agent.enabled=true", "agent.meshNic=bond0", "agent.metricsTls=true",
+                     "agent.networkNode.enabled=true", "agent.networkNode.egressNic=eth1"],
     "tls": BASE + ["api.tls.existingSecret=api-tls", "database.replicas=3"],
 }
 
@@ -96,6 +97,11 @@ def refusals(chart):
         (BASE + ["floatingNetwork=not-a-cidr"], "floatingNetwork"),
         (BASE + ["database.extraEnv.lower=1"], "extraEnv"),
         (BASE + ["api.tls.selfSigned=true"], "selfSigned"),
+        (BASE + ["secrets.authSecretSeed=short"], "authSecretSeed"),
+        (BASE + ["database.metricsPort=13005"], "database.metricsPort"),
+        (BASE + ["imaginary=1"], "imaginary"),
+        (BASE + ["agent.extraEnv.SHAKENFIST_ARTIFACT_MAX_BYTES=68719476736"], "extraEnv"),
+        (BASE + ["agent.networkNode.nodeSelector=null"], "nodeSelector"),
     ]
     for sets, needle in cases:
         args = ["helm", "template", RELEASE, chart]
@@ -107,6 +113,47 @@ def refusals(chart):
         if needle not in out.stderr:
             fail(f"the refusal of {sets} does not name {needle!r}: {out.stderr.strip()}")
     print(f"check-chart: {len(cases)} bad values refused, each naming its field")
+
+
+def network_node_split(chart):
+    """With a network node, exactly one DaemonSet is the network role, and the other
+    keeps off the network node's label."""
+    objs = docs(helm_template(chart, VARIANTS["agent"]))
+    sets = [o for o in objs if o["kind"] == "DaemonSet"]
+    if len(sets) != 2:
+        fail(f"agent.networkNode.enabled renders {len(sets)} DaemonSets, not 2")
+    roles = {}
+    for ds in sets:
+        pod = ds["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        roles[env["SHAKENFIST_NODE_IS_NETWORK_NODE"]] = (pod, env)
+    if set(roles) != {"true", "false"}:
+        fail(f"the agents' network roles are {sorted(roles)}")
+    net, env = roles["true"]
+    if net["nodeSelector"] != {"shakenfist.io/network-node": "true"} or env.get("SHAKENFIST_NODE_EGRESS_NIC") != "eth1":
+        fail(f"the network agent: {net.get('nodeSelector')}, egress {env.get('SHAKENFIST_NODE_EGRESS_NIC')}")
+    hyp, env = roles["false"]
+    terms = hyp["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    if terms != [{"matchExpressions": [{"key": "shakenfist.io/network-node", "operator": "NotIn", "values": ["true"]}]}]:
+        fail(f"the hypervisors' agents are not kept off the network node: {terms}")
+    if "SHAKENFIST_NODE_EGRESS_NIC" in env:
+        fail("a hypervisor agent got the egress NIC")
+    print("check-chart: the network node's agent is its own DaemonSet; the others keep off its node")
+
+
+def long_release_names_fit(chart):
+    """A StatefulSet's pods carry controller-revision-hash = <name>-<10 chars>, a label
+    value (at most 63): its name must stay within 52 even for a long release name."""
+    release = "a-very-long-release-name-for-a-production-zone-eu-w"
+    out = run(["helm", "template", release, chart, "-n", NS, "--set", BASE[0]])
+    if out.returncode != 0:
+        fail(f"helm template with release {release}: {out.stderr}")
+    for o in docs(out.stdout):
+        if o["kind"] == "StatefulSet" and len(o["metadata"]["name"]) > 52:
+            fail(f"StatefulSet {o['metadata']['name']} is {len(o['metadata']['name'])} characters")
+        if len(o["metadata"]["name"]) > 63:
+            fail(f"{o['kind']} {o['metadata']['name']} is longer than 63 characters")
+    print("check-chart: names of a long release fit Kubernetes' limits")
 
 
 def containers(objs):
@@ -322,6 +369,8 @@ def main():
     try:
         lint_and_validate(args.chart)
         refusals(args.chart)
+        network_node_split(args.chart)
+        long_release_names_fit(args.chart)
         env_names_are_read(docs(helm_template(args.chart, VARIANTS["agent"] + ["api.tls.existingSecret=t"])), args.bin)
         boot(args.chart, args.bin)
     finally:

@@ -1,9 +1,11 @@
 {{/* Names. */}}
+{{/* At most 43 characters: "<fullname>-database" names a StatefulSet, whose pods'
+controller-revision-hash label (name + "-" + 10 characters) must fit in 63. */}}
 {{- define "sf.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 43 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 43 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
@@ -115,13 +117,15 @@ affinity:
 {{- end }}
 {{- end -}}
 
-{{/* The containers' security context: the control plane needs no privilege. */}}
+{{/* The control-plane containers' security context (they need no privilege). */}}
 {{- define "sf.containerSecurity" -}}
 securityContext:
-  runAsNonRoot: true
-  runAsUser: 65532
-  allowPrivilegeEscalation: false
-  readOnlyRootFilesystem: true
-  capabilities:
-    drop: [ALL]
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* Refuses settings the daemons would refuse at start, which the schema cannot say. */}}
+{{- define "sf.validate" -}}
+{{- if eq (int .Values.database.port) (int .Values.database.metricsPort) -}}
+{{- fail "database.port and database.metricsPort must differ (sf-database serves gRPC and metrics on separate ports)" -}}
+{{- end -}}
 {{- end -}}
