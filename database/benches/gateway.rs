@@ -18,7 +18,8 @@
 //! `SF_BENCH_PRODUCERS` (default 4) sets the concurrent creators of the throughput
 //! phases, `SF_BENCH_BATCH` (default 100) the operations per call when batched. `SF_BENCH_SCALE` (default 1.0) scales the job counts; `SF_BENCH_PHASES` (comma-separated:
 //! unbatched, batched, claim, watch, events, baseline; default all) picks phases.
-//! `SF_BENCH_MARIADB_ARGS` adds mariadbd options (whitespace-separated) for tuning
+//! `SF_BENCH_SOCKET=1` connects the gateways through MariaDB's Unix socket instead of
+//! TCP. `SF_BENCH_MARIADB_ARGS` adds mariadbd options (whitespace-separated) for tuning
 //! experiments. `SF_BENCH_LOCKMON=<ms>` prints InnoDB's lock-wait graph (every transaction, and who
 //! waits for whom on which record) to stderr whenever a lock wait passes <ms> (2000 if
 //! not a number): the tool
@@ -248,17 +249,26 @@ async fn scrape_all(metrics: &[SocketAddr]) -> Vec<BTreeMap<String, (f64, f64)>>
     out
 }
 
-async fn start_gateway(port: u16, database: &str) -> (SocketAddr, SocketAddr, Shutdown) {
-    let config = Config::parse_from([
-        "sf-database",
-        "--mariadb-host=127.0.0.1",
-        &format!("--mariadb-port={port}"),
-        "--mariadb-user=root",
-        &format!("--mariadb-database={database}"),
-        "--mariadb-pool-size=24",
-        "--listen=127.0.0.1",
-        &format!("--mariadb-gateway-secret={SECRET}"),
-    ]);
+/// A gateway on 127.0.0.1 over TCP to `port`, or through `socket` when given.
+async fn start_gateway(
+    port: u16,
+    database: &str,
+    socket: Option<&std::path::Path>,
+) -> (SocketAddr, SocketAddr, Shutdown) {
+    let mut args = vec![
+        "sf-database".to_string(),
+        "--mariadb-host=127.0.0.1".into(),
+        format!("--mariadb-port={port}"),
+        "--mariadb-user=root".into(),
+        format!("--mariadb-database={database}"),
+        "--mariadb-pool-size=24".into(),
+        "--listen=127.0.0.1".into(),
+        format!("--mariadb-gateway-secret={SECRET}"),
+    ];
+    if let Some(socket) = socket {
+        args.push(format!("--mariadb-socket={}", socket.display()));
+    }
+    let config = Config::parse_from(args);
     let grpc = daemon::bind("gRPC", "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
@@ -1029,8 +1039,10 @@ async fn main() {
         .await
         .expect("connect");
     ensure_schema(&db).await.expect("schema");
-    let (a, ma, _sa) = start_gateway(tdb.port, &tdb.name).await;
-    let (b, mb, _sb) = start_gateway(tdb.port, &tdb.name).await;
+    // SF_BENCH_SOCKET=1: the gateways reach MariaDB through its Unix socket.
+    let socket = std::env::var_os("SF_BENCH_SOCKET").map(|_| server.socket());
+    let (a, ma, _sa) = start_gateway(tdb.port, &tdb.name, socket.as_deref()).await;
+    let (b, mb, _sb) = start_gateway(tdb.port, &tdb.name, socket.as_deref()).await;
     let gateway_metrics = [ma, mb];
     let both = client(&[a, b]);
     let only_a = client(&[a]);

@@ -135,6 +135,44 @@ fn bootstrap_sql_is_idempotent_and_its_user_can_create_the_schema() {
     assert!(text(&out).contains("applied migration"), "{}", text(&out));
 }
 
+/// SHAKENFIST_MARIADB_SOCKET: both connection paths (the schema tool's and the store's
+/// pool, which bootstrap-system-key uses) go through the Unix socket; the TCP address
+/// given is a dead one, so only the socket can have worked.
+#[test]
+fn a_unix_socket_replaces_host_and_port() {
+    let server = MariaDb::start(&ServerOptions::default()).expect("server");
+    let tdb = server.create_database().expect("db");
+    let via_socket = |args: &[&str], socket: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_sf-ctl"))
+            .env_clear()
+            .env("SHAKENFIST_MARIADB_HOST", "127.0.0.1")
+            .env("SHAKENFIST_MARIADB_PORT", "1")
+            .env("SHAKENFIST_MARIADB_USER", "root")
+            .env("SHAKENFIST_MARIADB_DATABASE", &tdb.name)
+            .env("SHAKENFIST_MARIADB_SOCKET", socket)
+            .args(args)
+            .output()
+            .expect("run sf-ctl")
+    };
+    let socket = server.socket();
+    let schema = via_socket(&["ensure-mariadb-schema"], &socket);
+    assert!(schema.status.success(), "{}", text(&schema));
+    let key = via_socket(&["bootstrap-system-key"], &socket);
+    assert!(key.status.success(), "{}", text(&key));
+    assert_eq!(String::from_utf8_lossy(&key.stdout).trim().len(), 64);
+
+    // A wrong socket is named in the error, with what to check.
+    let missing = socket.with_file_name("no-such.sock");
+    let out = via_socket(&["check-mariadb"], &missing);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no-such.sock"), "{}", text(&out));
+    assert!(
+        text(&out).contains("SHAKENFIST_MARIADB_SOCKET"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn the_example_tuning_file_gives_a_compatible_server() {
     let opts = ServerOptions {
