@@ -309,17 +309,6 @@ fn instance_lock_key(namespace: &str, name: &str) -> String {
     format!("instance:{namespace}/{name}")
 }
 
-/// A MAC from a uid: `02:00:00:` and three bytes of an FNV-1a hash (stable).
-pub fn derived_mac(seed: &str) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in seed.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let [_, a, b, c] = h.to_be_bytes();
-    format!("02:00:00:{a:02x}:{b:02x}:{c:02x}")
-}
-
 /// The position of a NetworkInterface on its instance: `spec.order`, else the index in
 /// a boot interface name `<instance>-<i>`, else after those.
 fn interface_order(iface: &NetworkInterface, instance: &str) -> (u32, String) {
@@ -666,7 +655,9 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .macaddr
             .clone()
             .or_else(|| iface.spec.macaddr.clone())
-            .unwrap_or_else(|| derived_mac(iface.metadata.uid.as_deref().unwrap_or(&name)))
+            .unwrap_or_else(|| {
+                sf_schema::interface::derived_mac(iface.metadata.uid.as_deref().unwrap_or(&name))
+            })
             .to_ascii_lowercase();
         let ipv4 = status
             .ipv4
@@ -883,7 +874,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 .clone()
                 .or_else(|| iface.spec.macaddr.clone())
                 .unwrap_or_else(|| {
-                    derived_mac(
+                    sf_schema::interface::derived_mac(
                         iface
                             .metadata
                             .uid
@@ -1106,6 +1097,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             }
             OperationType::InstanceScreenshot => self.screenshot(op).await,
             OperationType::InterfaceHotPlug => self.hot_plug(op).await,
+            OperationType::InterfaceHotUnplug => self.hot_unplug(op).await,
             OperationType::InstanceDelete => {
                 let uid = self.target_uid(op).await?;
                 life.delete(&uid).await?;
@@ -1253,12 +1245,43 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         Ok(json!({"interface": t.name, "macaddr": nic.mac, "plugged": plugged}))
     }
 
+    /// Unplugs a deleted interface's NIC (payload `instance`, `macaddr`) from its
+    /// instance, then reports the instance's interfaces without it. An instance or NIC
+    /// that is already gone is success (`"unplugged": false`).
+    async fn hot_unplug(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
+        let t = &op.spec.target;
+        let namespace = t.namespace.clone().unwrap_or_default();
+        let payload = &op.spec.payload;
+        let (Some(instance), Some(mac)) = (
+            payload["instance"].as_str(),
+            payload["macaddr"].as_str().filter(|m| !m.is_empty()),
+        ) else {
+            return Err(HandlerError::BadOperation(
+                "interface_hot_unplug needs payload.instance and payload.macaddr".into(),
+            ));
+        };
+        let g = &self.inner.gateway;
+        let Some(inst) = g
+            .get::<Instance>("Instance", Some(&namespace), instance)
+            .await?
+        else {
+            return Ok(json!({"interface": t.name, "macaddr": mac, "unplugged": false}));
+        };
+        let uid = inst.metadata.uid.clone().unwrap_or_default();
+        let unplugged = self.inner.life.hot_unplug(&uid, mac).await?;
+        let ctx = self.instance_context(&inst, &[]).await?;
+        let state = self.inner.life.observe(&uid).await?;
+        self.report_instance(Some(&namespace), &ctx.name, &uid, state, Some(&ctx))
+            .await?;
+        Ok(json!({"interface": t.name, "macaddr": mac, "unplugged": unplugged}))
+    }
+
     /// The lock key of an operation: its target's uid (or name).
     fn lock_key(op: &ClusterOperation) -> String {
         let t = &op.spec.target;
         let ns = t.namespace.as_deref().unwrap_or_default();
         match &op.spec.operation_type {
-            OperationType::InterfaceHotPlug => {
+            OperationType::InterfaceHotPlug | OperationType::InterfaceHotUnplug => {
                 instance_lock_key(ns, op.spec.payload["instance"].as_str().unwrap_or(&t.name))
             }
             OperationType::NetworkCreateOnNode
@@ -1757,15 +1780,6 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn derived_macs_are_stable_and_local() {
-        let a = derived_mac("uid-1");
-        assert_eq!(a, derived_mac("uid-1"));
-        assert_ne!(a, derived_mac("uid-2"));
-        assert!(a.starts_with("02:00:00:"));
-        assert_eq!(a.len(), 17);
-    }
 
     #[test]
     fn error_reports_classify_failures() {

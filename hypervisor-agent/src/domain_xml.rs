@@ -719,6 +719,24 @@ pub fn render_domain(
     Ok(x)
 }
 
+/// The `<interface …>…</interface>` element of `xml` whose MAC is `mac` (compared
+/// case-insensitively), as it appears in `xml`.
+pub fn interface_element<'a>(xml: &'a str, mac: &str) -> Option<&'a str> {
+    let mac = mac.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(start) = xml[from..].find("<interface ").map(|i| from + i) {
+        let end = xml[start..]
+            .find("</interface>")
+            .map(|i| start + i + "</interface>".len())?;
+        let element = &xml[start..end];
+        if interface_macs(element).first() == Some(&mac) {
+            return Some(element);
+        }
+        from = end;
+    }
+    None
+}
+
 /// The MACs of the `<interface>` elements of a domain XML, in order (a light scan,
 /// enough for libvirt's own canonical output and for [`render_domain`]'s).
 pub fn interface_macs(xml: &str) -> Vec<String> {

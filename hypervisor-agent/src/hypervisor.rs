@@ -163,6 +163,14 @@ pub trait Hypervisor: Send + Sync + 'static {
         xml: &str,
         live: bool,
     ) -> impl Future<Output = Result<(), HypervisorError>> + Send;
+    /// Detaches a device (its XML as the definition shows it) from the persistent
+    /// definition and, when `live`, the running domain.
+    fn detach_device(
+        &self,
+        name: &str,
+        xml: &str,
+        live: bool,
+    ) -> impl Future<Output = Result<(), HypervisorError>> + Send;
     /// Versions of libvirt and the hypervisor.
     fn versions(&self) -> impl Future<Output = Result<HypervisorVersions, HypervisorError>> + Send;
 }

@@ -502,6 +502,23 @@ impl<H: Hypervisor> Lifecycle<H> {
         Ok(true)
     }
 
+    /// Removes the NIC whose MAC is `mac` from the definition and, when running, the
+    /// live domain; false when there is no such domain or NIC (already unplugged).
+    pub async fn hot_unplug(&self, uid: &str, mac: &str) -> Result<bool, LifecycleError> {
+        let name = domain_name(uid);
+        let Some(state) = self.observe(uid).await? else {
+            return Ok(false);
+        };
+        let defined = self.hv.xml(&name, true).await?;
+        let Some(device) = domain_xml::interface_element(&defined, mac) else {
+            return Ok(false);
+        };
+        self.hv
+            .detach_device(&name, device, state.is_active())
+            .await?;
+        Ok(true)
+    }
+
     /// Destroys, undefines and removes the files of instance `uid`.
     pub async fn delete(&self, uid: &str) -> Result<(), LifecycleError> {
         let name = domain_name(uid);

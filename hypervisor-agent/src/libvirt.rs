@@ -179,6 +179,24 @@ pub fn insert_device(xml: &str, device: &str) -> Option<String> {
     Some(out)
 }
 
+/// `xml` without the element `device` (as it appears in `xml`, give or take the
+/// surrounding whitespace); None when it is not there.
+pub fn remove_device(xml: &str, device: &str) -> Option<String> {
+    let device = device.trim();
+    let at = xml.find(device)?;
+    let line_start = xml[..at].rfind('\n').map_or(0, |i| i + 1);
+    let start = if xml[line_start..at].trim().is_empty() {
+        line_start
+    } else {
+        at
+    };
+    let mut end = at + device.len();
+    if xml[end..].starts_with('\n') {
+        end += 1;
+    }
+    Some(format!("{}{}", &xml[..start], &xml[end..]))
+}
+
 fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
@@ -404,6 +422,47 @@ impl Hypervisor for LibvirtHypervisor {
         .await
     }
 
+    async fn detach_device(
+        &self,
+        name: &str,
+        xml: &str,
+        live: bool,
+    ) -> Result<(), HypervisorError> {
+        let xml = xml.to_owned();
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let name = name.as_str();
+            let dom =
+                Domain::lookup_by_name(conn, name).map_err(|e| call_err("lookup", name, &e))?;
+            let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+            if live {
+                flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            match dom.detach_device_flags(&xml, flags) {
+                Ok(_) => Ok(()),
+                // The test driver has no device hot unplug: remove the device from the
+                // persistent definition instead (it is gone at the next power-on).
+                Err(e) if e.code() == ErrorNumber::NoSupport => {
+                    let current = dom
+                        .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                        .map_err(|e| call_err("get_xml_desc", name, &e))?;
+                    let Some(updated) = remove_device(&current, &xml) else {
+                        // Not in the definition: nothing to detach.
+                        return Ok(());
+                    };
+                    Domain::define_xml(conn, &updated).map_err(|e| call_err("define", name, &e))?;
+                    tracing::warn!(
+                        domain = name,
+                        "driver cannot hot unplug; device removed from the persistent definition"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(call_err("detach_device", name, &e)),
+            }
+        })
+        .await
+    }
+
     async fn versions(&self) -> Result<HypervisorVersions, HypervisorError> {
         self.run(|conn| {
             let libvirt = conn
@@ -435,6 +494,18 @@ mod tests {
             Some("<domain><devices><a/><b/>\n</devices></domain>")
         );
         assert_eq!(insert_device("<domain/>", "<b/>"), None);
+    }
+
+    #[test]
+    fn a_device_is_removed_with_its_line() {
+        let xml = "<domain>\n  <devices>\n    <a/>\n    <interface type='bridge'>\n      <mac address='02:00:00:00:00:02'/>\n    </interface>\n  </devices>\n</domain>\n";
+        let device =
+            "<interface type='bridge'>\n      <mac address='02:00:00:00:00:02'/>\n    </interface>";
+        assert_eq!(
+            remove_device(xml, device).as_deref(),
+            Some("<domain>\n  <devices>\n    <a/>\n  </devices>\n</domain>\n")
+        );
+        assert_eq!(remove_device(xml, "<b/>"), None);
     }
 
     #[test]

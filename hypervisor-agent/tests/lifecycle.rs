@@ -63,7 +63,7 @@ fn context() -> InstanceContext {
 }
 
 #[tokio::test]
-async fn create_pause_unpause_power_cycle_screenshot_hot_plug_delete() {
+async fn create_pause_unpause_power_cycle_screenshot_hot_plug_unplug_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hv = LibvirtHypervisor::connect(test_uri(dir.path()))
         .await
@@ -183,6 +183,32 @@ async fn create_pause_unpause_power_cycle_screenshot_hot_plug_delete() {
         vec!["02:00:00:00:00:01", "02:00:00:00:00:02"]
     );
     assert!(xml.contains("br-vxlan-000043"), "{xml}");
+
+    // hot unplug removes exactly that NIC (by MAC); again: nothing to do
+    assert!(
+        life.hot_unplug(UID, "02:00:00:00:00:02")
+            .await
+            .expect("hot unplug")
+    );
+    let xml = hv.xml(&name, true).await.expect("xml");
+    assert_eq!(interface_macs(&xml), vec!["02:00:00:00:00:01"]);
+    assert!(!xml.contains("br-vxlan-000043"), "{xml}");
+    assert!(
+        !life
+            .hot_unplug(UID, "02:00:00:00:00:02")
+            .await
+            .expect("hot unplug again")
+    );
+    assert!(
+        !life
+            .hot_unplug("00000000-0000-0000-0000-00000000dead", "02:00:00:00:00:01")
+            .await
+            .expect("hot unplug of no domain")
+    );
+    assert_eq!(
+        interface_macs(&hv.xml(&name, true).await.expect("xml")).len(),
+        1
+    );
 
     // delete leaves no domain and no files
     life.delete(UID).await.expect("delete");

@@ -94,3 +94,33 @@ pub struct NetworkInterfaceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }
+
+/// The MAC of an interface that names none: a locally administered unicast address
+/// derived from `seed` (its uid), stable. sf-cluster writes it into `status.macaddr`
+/// and sf-agent derives the same one when it runs before that write lands, so the
+/// domain's NIC, the DHCP host entry and the status always agree.
+pub fn derived_mac(seed: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in seed.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+#[cfg(test)]
+mod mac_tests {
+    use super::derived_mac;
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast() {
+        let a = derived_mac("uid-1");
+        assert_eq!(a, derived_mac("uid-1"));
+        assert_ne!(a, derived_mac("uid-2"));
+        assert!(a.starts_with("02:00:"), "{a}");
+        assert_eq!(a.len(), 17);
+        // Pinned: both daemons, and every stored status, depend on this derivation.
+        assert_eq!(derived_mac(""), "02:00:cb:f2:9c:e4");
+    }
+}

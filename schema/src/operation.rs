@@ -38,6 +38,9 @@ string_enum! {
         InstanceSnapshot => "instance_snapshot",
         /// Hot-plug a NetworkInterface.
         InterfaceHotPlug => "interface_hot_plug",
+        /// Unplug a deleted hot-plugged NetworkInterface from its instance (payload
+        /// `{"interface", "instance", "macaddr"}`).
+        InterfaceHotUnplug => "interface_hot_unplug",
         /// Delete an instance from its node.
         InstanceDelete => "instance_delete",
         /// Plumb a network on a node.

@@ -95,17 +95,6 @@ fn status_of<K: Serialize>(obj: &K) -> Map<String, Value> {
     }
 }
 
-/// A locally administered unicast MAC derived from `seed` (stable per interface).
-pub fn derived_mac(seed: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in seed.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = hash.to_be_bytes();
-    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
-}
-
 /// The status facts a `WriteBlob` merges into a Blob.
 struct BlobFacts {
     size: Option<u64>,
@@ -670,7 +659,7 @@ where
             .macaddr
             .clone()
             .or(status.macaddr.clone())
-            .unwrap_or_else(|| derived_mac(&iface_uid));
+            .unwrap_or_else(|| sf_schema::interface::derived_mac(&iface_uid));
         if K::kind(&()) == "NetworkInterface" && self.name() == interface {
             self.status.insert("ipv4".into(), json!(reply.address));
             self.status.insert("macaddr".into(), json!(mac));
@@ -1005,15 +994,6 @@ pub fn target_of<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn derived_macs_are_stable_local_unicast() {
-        let a = derived_mac("uid-1");
-        assert_eq!(a, derived_mac("uid-1"));
-        assert_ne!(a, derived_mac("uid-2"));
-        assert!(a.starts_with("02:00:"), "{a}");
-        assert_eq!(a.len(), 17);
-    }
 
     #[test]
     fn blob_status_patches_add_nodes_and_skip_what_is_already_there() {

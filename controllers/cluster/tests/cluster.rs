@@ -873,8 +873,9 @@ async fn the_reaper_requeues_stuck_claims_and_counts_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hot_plug_then_teardown_of_instance_and_network() {
-    let Some(mut env) = start_with_nodes("hot_plug_then_teardown_of_instance_and_network", 1).await
+async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
+    let Some(mut env) =
+        start_with_nodes("hot_plug_unplug_then_teardown_of_instance_and_network", 1).await
     else {
         return;
     };
@@ -948,15 +949,53 @@ async fn hot_plug_then_teardown_of_instance_and_network() {
         .expect("vxid");
     assert!(env.node(0).has_link(&sf_hostnet::bridge_name(vxid)));
 
-    // Delete the instance: both interfaces go, both addresses rest in the halo.
+    // Delete the hot-plugged interface: unplugged from the domain on its node first,
+    // and only then its address goes to the halo.
+    ifaces
+        .delete("box-extra", &Default::default())
+        .await
+        .expect("delete interface");
+    env.eventually("box-extra gone", WAIT, || async {
+        ifaces
+            .get_opt("box-extra")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let unplugs: Vec<ClusterOperation> = env
+        .all_operations()
+        .await
+        .into_iter()
+        .filter(|o| o.spec.operation_type.as_str() == "interface_hot_unplug")
+        .collect();
+    assert_eq!(unplugs.len(), 1, "one unplug");
+    assert_completed_on(&unplugs[0], &hv1);
+    assert_eq!(unplugs[0].spec.payload["macaddr"], mac.as_str());
+    let xml = env
+        .node(0)
+        .libvirt
+        .xml(&domain, true)
+        .await
+        .expect("domain xml");
+    let macs = sf_agent::domain_xml::interface_macs(&xml);
+    assert_eq!(macs.len(), 1, "{macs:?}");
+    assert!(!macs.contains(&mac), "{mac} still plugged: {macs:?}");
+    let ls = leases(&env).await;
+    assert!(
+        ls.iter().any(|(a, phase, _)| *a == ip && phase == "halo"),
+        "{ip} not in the halo after the unplug: {ls:?}"
+    );
+
+    // Delete the instance: its boot interface goes, its address rests in the halo.
     env.instances()
         .delete("box", &Default::default())
         .await
         .expect("delete instance");
-    env.eventually("box and its interfaces gone", WAIT, || async {
+    env.eventually("box and its interface gone", WAIT, || async {
         let gone = env.instances().get_opt("box").await.ok()?.is_none()
-            && ifaces.get_opt("box-0").await.ok()?.is_none()
-            && ifaces.get_opt("box-extra").await.ok()?.is_none();
+            && ifaces.get_opt("box-0").await.ok()?.is_none();
         gone.then_some(())
     })
     .await;

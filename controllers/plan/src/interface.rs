@@ -23,9 +23,17 @@
 //! - NetworkInterface status has no intent sequence: the sequence is the highest in
 //!   the names of its observed operations, so a repeat after a crash reproduces the
 //!   same names; no `BumpIntentSeq` is emitted.
-//! - Delete: release the address (and the floating address) into the halo,
-//!   `deleted`, remove the finalizer. (Hot
-//!   unplug from a running instance is not planned yet.)
+//! - Delete: a hot-plugged interface whose plug ran or may still run (or that is
+//!   `created`, its plug purged since), of an instance
+//!   that is `created` on a node and not being deleted, is unplugged first:
+//!   `interface_hot_unplug` on that node (payload: interface, instance, MAC),
+//!   depending on an outstanding plug and on the instance's last outstanding
+//!   operation; until it completes the interface keeps its address and finalizer
+//!   (a failed unplug: condition `HotUnplugFailed`, re-checked every wait; deleting
+//!   the instance ends the wait), so its address never goes back to the pool while
+//!   a guest still holds it. Then, and for every other interface at once: release the
+//!   address (and the floating address) into the halo, `deleted`, remove the
+//!   finalizer.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -129,6 +137,9 @@ impl Ctx<'_> {
         if !has_finalizer(self.desired.metadata.finalizers.as_ref()) {
             return;
         }
+        if self.unplug_first() {
+            return;
+        }
         if let Some(address) = &self.observed.address {
             self.plan.push(Action::ReleaseAddresses {
                 addresses: vec![ReservedAddress {
@@ -143,6 +154,90 @@ impl Ctx<'_> {
         }
         self.set_state(ResourceState::Deleted, None);
         self.plan.push(Action::RemoveFinalizer);
+    }
+
+    /// Whether the deleted interface must wait for its unplug (emitting it when none
+    /// exists yet); see the module contract.
+    fn unplug_first(&mut self) -> bool {
+        if self.observed.boot_interface {
+            return false;
+        }
+        let ops = &self.observed.operations;
+        let of = |t: &OperationType| {
+            latest(INTERFACE_KIND, &self.name, ops, |op| {
+                &op.operation_type == t
+            })
+        };
+        // Attached if its plug completed or may still run; a `created` hot-plugged
+        // interface was plugged even when its plug operation was purged since.
+        let plug = of(&OperationType::InterfaceHotPlug);
+        let attached = match plug {
+            Some(plug) => !plug.failed(),
+            None => self.state == ResourceState::Created,
+        };
+        if !attached {
+            return false;
+        }
+        let Some(instance) = self.observed.instance.clone() else {
+            return false;
+        };
+        let (InstanceState::Created, Some(node), false) =
+            (&instance.state, &instance.node, instance.deleting)
+        else {
+            // Gone, going, or never running: its own delete removes the NIC.
+            return false;
+        };
+        match of(&OperationType::InterfaceHotUnplug) {
+            Some(unplug) if unplug.state == OperationState::Complete => false,
+            Some(unplug) if unplug.failed() => {
+                let message = format!(
+                    "{} {}: {}; the address is kept until the NIC is gone (delete the instance to end this)",
+                    unplug.name,
+                    unplug.state,
+                    unplug.error.as_deref().unwrap_or("no error report")
+                );
+                self.wait("HotUnplugFailed", message);
+                true
+            }
+            Some(_) => {
+                self.condition(ConditionStatus::False, "HotUnplugging", String::new());
+                true
+            }
+            None => {
+                let mut depends_on: Vec<String> = Vec::new();
+                if let Some(plug) = plug.filter(|p| p.is_outstanding()) {
+                    depends_on.push(plug.name.clone());
+                }
+                depends_on.extend(instance.last_outstanding_operation.clone());
+                let namer = Namer::new(INTERFACE_KIND, &self.name, 0, ops);
+                let macaddr = self
+                    .desired
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.macaddr.clone())
+                    .or_else(|| self.desired.spec.macaddr.clone());
+                self.plan.push(Action::EnqueueOperation {
+                    name: namer.next("unplug"),
+                    operation_type: OperationType::InterfaceHotUnplug,
+                    target: ObjectRef {
+                        kind: INTERFACE_KIND.to_owned(),
+                        name: self.name.clone(),
+                        namespace: self.desired.metadata.namespace.clone(),
+                        uid: self.desired.metadata.uid.clone().unwrap_or_default(),
+                    },
+                    node: Some(node.clone()),
+                    depends_on,
+                    priority: Priority::Normal,
+                    payload: json!({
+                        "interface": self.name,
+                        "instance": instance.name,
+                        "macaddr": macaddr,
+                    }),
+                });
+                self.condition(ConditionStatus::False, "HotUnplugging", String::new());
+                true
+            }
+        }
     }
 
     fn floating_address(&self) -> Option<String> {
@@ -694,5 +789,173 @@ mod tests {
                 Action::RemoveFinalizer,
             ]
         );
+    }
+
+    /// A deleted hot-plugged interface of a created instance, its plug observed in
+    /// `plug`, and unplug operations `unplug`.
+    fn deleting_plugged(
+        plug: S,
+        unplug: Option<S>,
+        instance: Option<InstanceView>,
+    ) -> (NetworkInterface, InterfaceObservation) {
+        let mut n = iface(ResourceState::Created);
+        if let Some(s) = n.status.as_mut() {
+            s.macaddr = Some("02:00:00:aa:bb:cc".into());
+        }
+        let mut operations = vec![op(
+            "networkinterface-web-1-nic2-1-hotplug",
+            T::InterfaceHotPlug,
+            plug,
+        )];
+        if let Some(state) = unplug {
+            operations.push(op(
+                "networkinterface-web-1-nic2-2-unplug",
+                T::InterfaceHotUnplug,
+                state,
+            ));
+        }
+        let obs = InterfaceObservation {
+            instance,
+            address: Some("10.1.0.9".into()),
+            operations,
+            ..InterfaceObservation::default()
+        };
+        (with_deletion(n), obs)
+    }
+
+    fn ops_in(plan: &[Action]) -> Vec<&Action> {
+        plan.iter()
+            .filter(|a| matches!(a, Action::EnqueueOperation { .. }))
+            .collect()
+    }
+
+    fn releases(plan: &[Action]) -> bool {
+        plan.iter()
+            .any(|a| matches!(a, Action::ReleaseAddresses { .. }))
+            && plan.contains(&Action::RemoveFinalizer)
+    }
+
+    #[test]
+    fn a_deleted_plugged_interface_is_unplugged_before_its_address_is_released() {
+        let (n, obs) = deleting_plugged(
+            S::Complete,
+            None,
+            Some(running(Some("instance-web-1-4-reboot"))),
+        );
+        let plan = plan_interface(&n, &obs, &ctx());
+        assert!(
+            !releases(&plan),
+            "nothing released before the unplug: {plan:?}"
+        );
+        let ops = ops_in(&plan);
+        assert_eq!(ops.len(), 1, "{plan:?}");
+        let Action::EnqueueOperation {
+            name,
+            operation_type,
+            node,
+            depends_on,
+            payload,
+            target,
+            ..
+        } = ops[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!(name, "networkinterface-web-1-nic2-2-unplug");
+        assert_eq!(*operation_type, T::InterfaceHotUnplug);
+        assert_eq!(node.as_deref(), Some("hv-1"));
+        assert_eq!(target.kind, "NetworkInterface");
+        // After whatever the instance is doing; the plug itself is done.
+        assert_eq!(depends_on, &vec!["instance-web-1-4-reboot".to_string()]);
+        assert_eq!(payload["macaddr"], "02:00:00:aa:bb:cc");
+        assert_eq!(payload["instance"], "web-1");
+        // The same plan again (the operation not observed yet) names the same operation.
+        assert_eq!(plan, plan_interface(&n, &obs, &ctx()));
+
+        // Plugged long ago (its operation purged): still unplugged first.
+        let (n, mut obs) = deleting_plugged(S::Complete, None, Some(running(None)));
+        obs.operations.clear();
+        let plan = plan_interface(&n, &obs, &ctx());
+        assert!(!releases(&plan), "{plan:?}");
+        assert_eq!(ops_in(&plan).len(), 1, "{plan:?}");
+        // …but an interface that never got plugged (still initial) is simply released.
+        let mut initial = n.clone();
+        if let Some(s) = initial.status.as_mut() {
+            s.state = ResourceState::Initial;
+        }
+        assert!(releases(&plan_interface(&initial, &obs, &ctx())));
+
+        // A plug still queued: the unplug waits for it too.
+        let (n, obs) = deleting_plugged(S::Queued, None, Some(running(None)));
+        let plan = plan_interface(&n, &obs, &ctx());
+        let ops = ops_in(&plan);
+        let Action::EnqueueOperation { depends_on, .. } = ops[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            depends_on,
+            &vec!["networkinterface-web-1-nic2-1-hotplug".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_address_is_released_once_the_unplug_completes_and_kept_while_it_fails() {
+        let (n, obs) = deleting_plugged(S::Complete, Some(S::Executing), Some(running(None)));
+        let plan = plan_interface(&n, &obs, &ctx());
+        assert!(!releases(&plan) && ops_in(&plan).is_empty(), "{plan:?}");
+
+        let (n, obs) = deleting_plugged(S::Complete, Some(S::Complete), Some(running(None)));
+        assert!(releases(&plan_interface(&n, &obs, &ctx())));
+
+        let (n, obs) = deleting_plugged(S::Complete, Some(S::Error), Some(running(None)));
+        let plan = plan_interface(&n, &obs, &ctx());
+        assert!(!releases(&plan) && ops_in(&plan).is_empty(), "{plan:?}");
+        assert!(
+            plan.iter().any(|a| matches!(a, Action::Requeue { .. })),
+            "a failed unplug is looked at again: {plan:?}"
+        );
+        assert!(format!("{plan:?}").contains("HotUnplugFailed"), "{plan:?}");
+    }
+
+    #[test]
+    fn interfaces_that_cannot_be_attached_are_released_at_once() {
+        let gone = |state: InstanceState, deleting: bool| InstanceView {
+            state,
+            deleting,
+            ..running(None)
+        };
+        let table = [
+            (
+                "the plug failed",
+                deleting_plugged(S::Error, None, Some(running(None))),
+            ),
+            (
+                "the instance is gone",
+                deleting_plugged(S::Complete, None, None),
+            ),
+            (
+                "the instance is being deleted",
+                deleting_plugged(S::Complete, None, Some(gone(InstanceState::Created, true))),
+            ),
+            (
+                "the instance is in delete_wait",
+                deleting_plugged(
+                    S::Complete,
+                    None,
+                    Some(gone(InstanceState::DeleteWait, false)),
+                ),
+            ),
+        ];
+        for (what, (n, obs)) in table {
+            let plan = plan_interface(&n, &obs, &ctx());
+            assert!(
+                releases(&plan) && ops_in(&plan).is_empty(),
+                "{what}: {plan:?}"
+            );
+        }
+        // A boot interface goes with its instance: no unplug.
+        let (n, mut obs) = deleting_plugged(S::Complete, None, Some(running(None)));
+        obs.boot_interface = true;
+        assert!(releases(&plan_interface(&n, &obs, &ctx())));
     }
 }

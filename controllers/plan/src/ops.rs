@@ -89,6 +89,7 @@ pub fn short_name(operation_type: &OperationType) -> &str {
         T::InstanceScreenshot => "screenshot",
         T::InstanceSnapshot => "snapshot",
         T::InterfaceHotPlug => "hotplug",
+        T::InterfaceHotUnplug => "unplug",
         T::InstanceDelete => "delete",
         T::NetworkCreateOnNode => "netcreate",
         T::NetworkUpdateDhcp => "dhcp",

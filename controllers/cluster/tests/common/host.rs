@@ -161,6 +161,20 @@ impl<H: Hypervisor> Hypervisor for Observed<H> {
         .await
     }
 
+    async fn detach_device(
+        &self,
+        name: &str,
+        xml: &str,
+        live: bool,
+    ) -> Result<(), HypervisorError> {
+        self.changed(
+            "detach_device",
+            name,
+            self.inner.detach_device(name, xml, live),
+        )
+        .await
+    }
+
     async fn versions(&self) -> Result<HypervisorVersions, HypervisorError> {
         self.inner.versions().await
     }
