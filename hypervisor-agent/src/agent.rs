@@ -1269,10 +1269,18 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         };
         let uid = inst.metadata.uid.clone().unwrap_or_default();
         let unplugged = self.inner.life.hot_unplug(&uid, mac).await?;
-        let ctx = self.instance_context(&inst, &[]).await?;
-        let state = self.inner.life.observe(&uid).await?;
-        self.report_instance(Some(&namespace), &ctx.name, &uid, state, Some(&ctx))
-            .await?;
+        // The NIC is gone: a failed report must not fail the unplug (the next report
+        // of the instance brings its interfaces up to date).
+        let report = async {
+            let ctx = self.instance_context(&inst, &[]).await?;
+            let state = self.inner.life.observe(&uid).await?;
+            self.report_instance(Some(&namespace), &ctx.name, &uid, state, Some(&ctx))
+                .await?;
+            Ok::<(), HandlerError>(())
+        };
+        if let Err(e) = report.await {
+            tracing::warn!(instance = instance, error = %e, "unplugged; reporting the instance's interfaces failed");
+        }
         Ok(json!({"interface": t.name, "macaddr": mac, "unplugged": unplugged}))
     }
 

@@ -163,12 +163,14 @@ pub trait Hypervisor: Send + Sync + 'static {
         xml: &str,
         live: bool,
     ) -> impl Future<Output = Result<(), HypervisorError>> + Send;
-    /// Detaches a device (its XML as the definition shows it) from the persistent
-    /// definition and, when `live`, the running domain.
+    /// Detaches a device from the persistent definition (when `config`) and the running
+    /// domain (when `live`). A live detach only asks the guest: the caller checks the
+    /// live XML to learn whether the device is gone.
     fn detach_device(
         &self,
         name: &str,
         xml: &str,
+        config: bool,
         live: bool,
     ) -> impl Future<Output = Result<(), HypervisorError>> + Send;
     /// Versions of libvirt and the hypervisor.

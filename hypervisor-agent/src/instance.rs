@@ -183,6 +183,14 @@ pub enum LifecycleError {
         /// The state seen.
         observed: Option<DomainState>,
     },
+    /// The guest has not released a NIC it was asked to give up (yet).
+    #[error("instance {uid} still has NIC {mac}: the guest has not released it yet")]
+    StillAttached {
+        /// The instance uid.
+        uid: String,
+        /// The NIC's MAC.
+        mac: String,
+    },
     /// Starting failed every time.
     #[error("instance {uid} did not start after {attempts} attempts: {last}")]
     StartFailed {
@@ -217,6 +225,7 @@ impl LifecycleError {
             Self::InvalidLifecycle { .. } => "InvalidLifecycle",
             Self::InstanceOff { .. } => "InstanceOff",
             Self::StartFailed { .. } => "DomainStartFailed",
+            Self::StillAttached { .. } => "DeviceStillAttached",
             Self::Remove { .. } => "DiskFailed",
         }
     }
@@ -230,6 +239,7 @@ impl LifecycleError {
             Self::Disk(_)
             | Self::Hypervisor(_)
             | Self::StartFailed { .. }
+            | Self::StillAttached { .. }
             | Self::Remove { .. } => true,
         }
     }
@@ -502,20 +512,38 @@ impl<H: Hypervisor> Lifecycle<H> {
         Ok(true)
     }
 
-    /// Removes the NIC whose MAC is `mac` from the definition and, when running, the
-    /// live domain; false when there is no such domain or NIC (already unplugged).
+    /// Removes the NIC whose MAC is `mac` from the definition and the running domain.
+    /// False when there is no such domain or NIC anywhere (already unplugged). A live
+    /// detach only asks the guest (libvirt returns before the guest lets go): while
+    /// the live domain still shows the NIC this is [`LifecycleError::StillAttached`]
+    /// (retryable; a retry asks again).
     pub async fn hot_unplug(&self, uid: &str, mac: &str) -> Result<bool, LifecycleError> {
         let name = domain_name(uid);
         let Some(state) = self.observe(uid).await? else {
             return Ok(false);
         };
-        let defined = self.hv.xml(&name, true).await?;
-        let Some(device) = domain_xml::interface_element(&defined, mac) else {
+        let active = state.is_active();
+        let in_config =
+            domain_xml::interface_element(&self.hv.xml(&name, true).await?, mac).map(str::to_owned);
+        let in_live = if active {
+            domain_xml::interface_element(&self.hv.xml(&name, false).await?, mac).map(str::to_owned)
+        } else {
+            None
+        };
+        let config = in_config.is_some();
+        let live = in_live.is_some();
+        // The element as the definition has it (the live one when only the running
+        // domain still has it: a retry after the guest kept it).
+        let Some(device) = in_config.or(in_live) else {
             return Ok(false);
         };
-        self.hv
-            .detach_device(&name, device, state.is_active())
-            .await?;
+        self.hv.detach_device(&name, &device, config, live).await?;
+        if live && domain_xml::interface_element(&self.hv.xml(&name, false).await?, mac).is_some() {
+            return Err(LifecycleError::StillAttached {
+                uid: uid.to_owned(),
+                mac: mac.to_owned(),
+            });
+        }
         Ok(true)
     }
 

@@ -426,6 +426,7 @@ impl Hypervisor for LibvirtHypervisor {
         &self,
         name: &str,
         xml: &str,
+        config: bool,
         live: bool,
     ) -> Result<(), HypervisorError> {
         let xml = xml.to_owned();
@@ -434,15 +435,28 @@ impl Hypervisor for LibvirtHypervisor {
             let name = name.as_str();
             let dom =
                 Domain::lookup_by_name(conn, name).map_err(|e| call_err("lookup", name, &e))?;
-            let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+            let mut flags = 0;
+            if config {
+                flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
+            }
             if live {
                 flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
             }
+            if flags == 0 {
+                return Ok(());
+            }
             match dom.detach_device_flags(&xml, flags) {
                 Ok(_) => Ok(()),
-                // The test driver has no device hot unplug: remove the device from the
-                // persistent definition instead (it is gone at the next power-on).
-                Err(e) if e.code() == ErrorNumber::NoSupport => {
+                // The test driver has no device hot unplug (nor hot plug: a plugged device
+                // is only in its persistent definition): remove the device from that
+                // definition instead. Only there: on a real driver this error must not
+                // pass for a detach.
+                Err(e)
+                    if e.code() == ErrorNumber::NoSupport
+                        && conn
+                            .get_type()
+                            .is_ok_and(|t| t.eq_ignore_ascii_case("test")) =>
+                {
                     let current = dom
                         .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
                         .map_err(|e| call_err("get_xml_desc", name, &e))?;

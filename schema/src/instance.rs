@@ -250,7 +250,7 @@ pub struct InstanceNetworkSpec {
     /// A fixed IPv4 address in the network; absent means allocate one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// A fixed MAC address; absent means generate one (`02:00:00:…`).
+    /// A fixed MAC address; absent means one derived from the interface uid (`02:00:…`, locally administered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macaddr: Option<String>,
     /// The NIC model.

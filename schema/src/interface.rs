@@ -122,5 +122,6 @@ mod mac_tests {
         assert_eq!(a.len(), 17);
         // Pinned: both daemons, and every stored status, depend on this derivation.
         assert_eq!(derived_mac(""), "02:00:cb:f2:9c:e4");
+        assert_eq!(derived_mac("uid-1"), "02:00:8a:6b:10:25");
     }
 }

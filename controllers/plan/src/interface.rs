@@ -23,15 +23,17 @@
 //! - NetworkInterface status has no intent sequence: the sequence is the highest in
 //!   the names of its observed operations, so a repeat after a crash reproduces the
 //!   same names; no `BumpIntentSeq` is emitted.
-//! - Delete: a hot-plugged interface whose plug ran or may still run (or that is
-//!   `created`, its plug purged since), of an instance
+//! - Delete: a hot-plugged interface with any plug operation (even a failed one: it
+//!   may have attached the NIC first) or that is `created` (its plug purged since), of
+//!   an instance
 //!   that is `created` on a node and not being deleted, is unplugged first:
 //!   `interface_hot_unplug` on that node (payload: interface, instance, MAC),
 //!   depending on an outstanding plug and on the instance's last outstanding
-//!   operation; until it completes the interface keeps its address and finalizer
-//!   (a failed unplug: condition `HotUnplugFailed`, re-checked every wait; deleting
-//!   the instance ends the wait), so its address never goes back to the pool while
-//!   a guest still holds it. Then, and for every other interface at once: release the
+//!   operation; until it completes the interface keeps its address and finalizer.
+//!   A failed unplug is emitted again, up to [`UNPLUG_ATTEMPTS`] in all; then
+//!   condition `HotUnplugFailed`, re-checked every wait (deleting the instance ends
+//!   it), so the address never goes back to the pool while a guest may hold it. The
+//!   MAC is the one the agent plugged: status, spec, else the derived one. Then, and for every other interface at once: release the
 //!   address (and the floating address) into the halo, `deleted`, remove the
 //!   finalizer.
 
@@ -50,6 +52,9 @@ use crate::ops::{Namer, ObservedOperation, latest};
 
 /// The kind name used in operation names and targets.
 pub const INTERFACE_KIND: &str = "NetworkInterface";
+
+/// Unplug operations a deleted interface gets before it settles on `HotUnplugFailed`.
+pub const UNPLUG_ATTEMPTS: usize = 3;
 
 /// What the interface plan needs to know about its instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,13 +173,12 @@ impl Ctx<'_> {
                 &op.operation_type == t
             })
         };
-        // Attached if its plug completed or may still run; a `created` hot-plugged
-        // interface was plugged even when its plug operation was purged since.
+        // Attached, or maybe: any plug (one that failed may have attached the NIC before
+        // it failed, and an aborted one may have been running), or a `created`
+        // hot-plugged interface whose plug was purged since. Unplugging a NIC that is
+        // not there is a no-op.
         let plug = of(&OperationType::InterfaceHotPlug);
-        let attached = match plug {
-            Some(plug) => !plug.failed(),
-            None => self.state == ResourceState::Created,
-        };
+        let attached = plug.is_some() || self.state == ResourceState::Created;
         if !attached {
             return false;
         }
@@ -187,9 +191,15 @@ impl Ctx<'_> {
             // Gone, going, or never running: its own delete removes the NIC.
             return false;
         };
+        let unplugs = ops
+            .iter()
+            .filter(|op| op.operation_type == OperationType::InterfaceHotUnplug)
+            .count();
         match of(&OperationType::InterfaceHotUnplug) {
             Some(unplug) if unplug.state == OperationState::Complete => false,
-            Some(unplug) if unplug.failed() => {
+            // A failed unplug is tried again (one aborted with a failed dependency of
+            // the instance's, or a guest slow to let go), up to UNPLUG_ATTEMPTS.
+            Some(unplug) if unplug.failed() && unplugs >= UNPLUG_ATTEMPTS => {
                 let message = format!(
                     "{} {}: {}; the address is kept until the NIC is gone (delete the instance to end this)",
                     unplug.name,
@@ -199,23 +209,29 @@ impl Ctx<'_> {
                 self.wait("HotUnplugFailed", message);
                 true
             }
-            Some(_) => {
+            Some(unplug) if unplug.is_outstanding() => {
                 self.condition(ConditionStatus::False, "HotUnplugging", String::new());
                 true
             }
-            None => {
+            _ => {
                 let mut depends_on: Vec<String> = Vec::new();
                 if let Some(plug) = plug.filter(|p| p.is_outstanding()) {
                     depends_on.push(plug.name.clone());
                 }
                 depends_on.extend(instance.last_outstanding_operation.clone());
                 let namer = Namer::new(INTERFACE_KIND, &self.name, 0, ops);
+                // As the agent chose it when plugging (status, spec, else derived).
                 let macaddr = self
                     .desired
                     .status
                     .as_ref()
                     .and_then(|s| s.macaddr.clone())
-                    .or_else(|| self.desired.spec.macaddr.clone());
+                    .or_else(|| self.desired.spec.macaddr.clone())
+                    .unwrap_or_else(|| {
+                        sf_schema::interface::derived_mac(
+                            self.desired.metadata.uid.as_deref().unwrap_or(&self.name),
+                        )
+                    });
                 self.plan.push(Action::EnqueueOperation {
                     name: namer.next("unplug"),
                     operation_type: OperationType::InterfaceHotUnplug,
@@ -792,10 +808,10 @@ mod tests {
     }
 
     /// A deleted hot-plugged interface of a created instance, its plug observed in
-    /// `plug`, and unplug operations `unplug`.
+    /// `plug`, and one unplug operation per state of `unplugs`.
     fn deleting_plugged(
         plug: S,
-        unplug: Option<S>,
+        unplugs: &[S],
         instance: Option<InstanceView>,
     ) -> (NetworkInterface, InterfaceObservation) {
         let mut n = iface(ResourceState::Created);
@@ -807,11 +823,11 @@ mod tests {
             T::InterfaceHotPlug,
             plug,
         )];
-        if let Some(state) = unplug {
+        for (i, state) in unplugs.iter().enumerate() {
             operations.push(op(
-                "networkinterface-web-1-nic2-2-unplug",
+                &format!("networkinterface-web-1-nic2-{}-unplug", i + 2),
                 T::InterfaceHotUnplug,
-                state,
+                state.clone(),
             ));
         }
         let obs = InterfaceObservation {
@@ -829,6 +845,19 @@ mod tests {
             .collect()
     }
 
+    fn unplug_in(plan: &[Action]) -> Option<(String, Vec<String>, serde_json::Value)> {
+        plan.iter().find_map(|a| match a {
+            Action::EnqueueOperation {
+                name,
+                operation_type: T::InterfaceHotUnplug,
+                depends_on,
+                payload,
+                ..
+            } => Some((name.clone(), depends_on.clone(), payload.clone())),
+            _ => None,
+        })
+    }
+
     fn releases(plan: &[Action]) -> bool {
         plan.iter()
             .any(|a| matches!(a, Action::ReleaseAddresses { .. }))
@@ -839,7 +868,7 @@ mod tests {
     fn a_deleted_plugged_interface_is_unplugged_before_its_address_is_released() {
         let (n, obs) = deleting_plugged(
             S::Complete,
-            None,
+            &[],
             Some(running(Some("instance-web-1-4-reboot"))),
         );
         let plan = plan_interface(&n, &obs, &ctx());
@@ -847,38 +876,35 @@ mod tests {
             !releases(&plan),
             "nothing released before the unplug: {plan:?}"
         );
-        let ops = ops_in(&plan);
-        assert_eq!(ops.len(), 1, "{plan:?}");
-        let Action::EnqueueOperation {
-            name,
+        assert_eq!(ops_in(&plan).len(), 1, "{plan:?}");
+        let Some(Action::EnqueueOperation {
             operation_type,
             node,
-            depends_on,
-            payload,
             target,
             ..
-        } = ops[0]
+        }) = ops_in(&plan).first().copied()
         else {
             unreachable!()
         };
-        assert_eq!(name, "networkinterface-web-1-nic2-2-unplug");
         assert_eq!(*operation_type, T::InterfaceHotUnplug);
         assert_eq!(node.as_deref(), Some("hv-1"));
         assert_eq!(target.kind, "NetworkInterface");
+        let (name, depends_on, payload) = unplug_in(&plan).expect("unplug");
+        assert_eq!(name, "networkinterface-web-1-nic2-2-unplug");
         // After whatever the instance is doing; the plug itself is done.
-        assert_eq!(depends_on, &vec!["instance-web-1-4-reboot".to_string()]);
+        assert_eq!(depends_on, vec!["instance-web-1-4-reboot".to_string()]);
         assert_eq!(payload["macaddr"], "02:00:00:aa:bb:cc");
         assert_eq!(payload["instance"], "web-1");
         // The same plan again (the operation not observed yet) names the same operation.
         assert_eq!(plan, plan_interface(&n, &obs, &ctx()));
 
         // Plugged long ago (its operation purged): still unplugged first.
-        let (n, mut obs) = deleting_plugged(S::Complete, None, Some(running(None)));
+        let (n, mut obs) = deleting_plugged(S::Complete, &[], Some(running(None)));
         obs.operations.clear();
         let plan = plan_interface(&n, &obs, &ctx());
         assert!(!releases(&plan), "{plan:?}");
-        assert_eq!(ops_in(&plan).len(), 1, "{plan:?}");
-        // …but an interface that never got plugged (still initial) is simply released.
+        assert!(unplug_in(&plan).is_some(), "{plan:?}");
+        // …but an interface that never got a plug (still initial) is simply released.
         let mut initial = n.clone();
         if let Some(s) = initial.status.as_mut() {
             s.state = ResourceState::Initial;
@@ -886,28 +912,48 @@ mod tests {
         assert!(releases(&plan_interface(&initial, &obs, &ctx())));
 
         // A plug still queued: the unplug waits for it too.
-        let (n, obs) = deleting_plugged(S::Queued, None, Some(running(None)));
-        let plan = plan_interface(&n, &obs, &ctx());
-        let ops = ops_in(&plan);
-        let Action::EnqueueOperation { depends_on, .. } = ops[0] else {
-            unreachable!()
-        };
+        let (n, obs) = deleting_plugged(S::Queued, &[], Some(running(None)));
+        let (_, depends_on, _) = unplug_in(&plan_interface(&n, &obs, &ctx())).expect("unplug");
         assert_eq!(
             depends_on,
-            &vec!["networkinterface-web-1-nic2-1-hotplug".to_string()]
+            vec!["networkinterface-web-1-nic2-1-hotplug".to_string()]
+        );
+
+        // A plug that failed may have attached the NIC first: unplugged too.
+        let (n, obs) = deleting_plugged(S::Error, &[], Some(running(None)));
+        assert!(unplug_in(&plan_interface(&n, &obs, &ctx())).is_some());
+
+        // No MAC in status or spec: the derived one, as the agent plugged it.
+        let (mut n, obs) = deleting_plugged(S::Complete, &[], Some(running(None)));
+        if let Some(s) = n.status.as_mut() {
+            s.macaddr = None;
+        }
+        let (_, _, payload) = unplug_in(&plan_interface(&n, &obs, &ctx())).expect("unplug");
+        assert_eq!(
+            payload["macaddr"],
+            sf_schema::interface::derived_mac("if-uid")
         );
     }
 
     #[test]
     fn the_address_is_released_once_the_unplug_completes_and_kept_while_it_fails() {
-        let (n, obs) = deleting_plugged(S::Complete, Some(S::Executing), Some(running(None)));
+        let (n, obs) = deleting_plugged(S::Complete, &[S::Executing], Some(running(None)));
         let plan = plan_interface(&n, &obs, &ctx());
         assert!(!releases(&plan) && ops_in(&plan).is_empty(), "{plan:?}");
 
-        let (n, obs) = deleting_plugged(S::Complete, Some(S::Complete), Some(running(None)));
+        let (n, obs) = deleting_plugged(S::Complete, &[S::Complete], Some(running(None)));
         assert!(releases(&plan_interface(&n, &obs, &ctx())));
 
-        let (n, obs) = deleting_plugged(S::Complete, Some(S::Error), Some(running(None)));
+        // A failed unplug is tried again, under the next name…
+        let (n, obs) = deleting_plugged(S::Complete, &[S::Abort], Some(running(None)));
+        let plan = plan_interface(&n, &obs, &ctx());
+        assert!(!releases(&plan), "{plan:?}");
+        let (name, _, _) = unplug_in(&plan).expect("a second unplug");
+        assert_eq!(name, "networkinterface-web-1-nic2-3-unplug");
+
+        // …up to UNPLUG_ATTEMPTS; then the address stays, with the reason, re-checked.
+        let failed = vec![S::Error; UNPLUG_ATTEMPTS];
+        let (n, obs) = deleting_plugged(S::Complete, &failed, Some(running(None)));
         let plan = plan_interface(&n, &obs, &ctx());
         assert!(!releases(&plan) && ops_in(&plan).is_empty(), "{plan:?}");
         assert!(
@@ -926,22 +972,18 @@ mod tests {
         };
         let table = [
             (
-                "the plug failed",
-                deleting_plugged(S::Error, None, Some(running(None))),
-            ),
-            (
                 "the instance is gone",
-                deleting_plugged(S::Complete, None, None),
+                deleting_plugged(S::Complete, &[], None),
             ),
             (
                 "the instance is being deleted",
-                deleting_plugged(S::Complete, None, Some(gone(InstanceState::Created, true))),
+                deleting_plugged(S::Complete, &[], Some(gone(InstanceState::Created, true))),
             ),
             (
                 "the instance is in delete_wait",
                 deleting_plugged(
                     S::Complete,
-                    None,
+                    &[],
                     Some(gone(InstanceState::DeleteWait, false)),
                 ),
             ),
@@ -954,7 +996,7 @@ mod tests {
             );
         }
         // A boot interface goes with its instance: no unplug.
-        let (n, mut obs) = deleting_plugged(S::Complete, None, Some(running(None)));
+        let (n, mut obs) = deleting_plugged(S::Complete, &[], Some(running(None)));
         obs.boot_interface = true;
         assert!(releases(&plan_interface(&n, &obs, &ctx())));
     }

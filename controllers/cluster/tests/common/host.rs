@@ -165,12 +165,13 @@ impl<H: Hypervisor> Hypervisor for Observed<H> {
         &self,
         name: &str,
         xml: &str,
+        config: bool,
         live: bool,
     ) -> Result<(), HypervisorError> {
         self.changed(
             "detach_device",
             name,
-            self.inner.detach_device(name, xml, live),
+            self.inner.detach_device(name, xml, config, live),
         )
         .await
     }
