@@ -93,6 +93,11 @@ pub struct NetworkInterfaceStatus {
     /// The Node the interface is plumbed on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The per-target intent sequence its operations are named with, pinned at the
+    /// first reconcile so that an interface re-created under a deleted one's name never
+    /// reuses that one's operation names.
+    #[serde(default)]
+    pub intent_seq: u64,
 }
 
 /// The MAC of an interface that names none: a locally administered unicast address

@@ -914,14 +914,19 @@ async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
     assert!(ip.starts_with("10.3.0."), "{ip}");
     let hotplug = env
         .eventually("the hot plug completed", WAIT, || async {
-            let op = env
-                .operations()
-                .get("networkinterface-box-extra-1-hotplug")
-                .await
-                .ok()?;
-            (state_of(&op) == OperationState::Complete).then_some(op)
+            env.all_operations().await.into_iter().find(|o| {
+                o.spec.operation_type.as_str() == "interface_hot_plug"
+                    && state_of(o) == OperationState::Complete
+            })
         })
         .await;
+    // Named past the interface's pinned sequence (its resourceVersion at creation).
+    let name = hotplug.name_any();
+    assert!(
+        name.starts_with("networkinterface-box-extra-") && name.ends_with("-hotplug"),
+        "{name}"
+    );
+    assert_ne!(name, "networkinterface-box-extra-1-hotplug");
     assert_completed_on(&hotplug, &hv1);
     // On the host: the domain's definition has both NICs, the new one with its MAC.
     let mac = hotplug
@@ -988,14 +993,41 @@ async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
         "{ip} not in the halo after the unplug: {ls:?}"
     );
 
-    // Delete the instance: its boot interface goes, its address rests in the halo.
+    // Re-create it under the same name: a new incarnation, whose operation names never
+    // collide with the old one's (still stored until purged), so it is plugged again.
+    ifaces
+        .create(&Default::default(), &extra)
+        .await
+        .expect("re-create interface");
+    env.eventually("box-extra plugged again", WAIT, || async {
+        let i = ifaces.get("box-extra").await.ok()?;
+        (i.status?.state.as_str() == "created").then_some(())
+    })
+    .await;
+    let plugs = env
+        .all_operations()
+        .await
+        .into_iter()
+        .filter(|o| o.spec.operation_type.as_str() == "interface_hot_plug")
+        .count();
+    assert_eq!(plugs, 2, "one plug per incarnation");
+    let xml = env
+        .node(0)
+        .libvirt
+        .xml(&domain, true)
+        .await
+        .expect("domain xml");
+    assert_eq!(sf_agent::domain_xml::interface_macs(&xml).len(), 2, "{xml}");
+
+    // Delete the instance: its interfaces go, their addresses rest in the halo.
     env.instances()
         .delete("box", &Default::default())
         .await
         .expect("delete instance");
-    env.eventually("box and its interface gone", WAIT, || async {
+    env.eventually("box and its interfaces gone", WAIT, || async {
         let gone = env.instances().get_opt("box").await.ok()?.is_none()
-            && ifaces.get_opt("box-0").await.ok()?.is_none();
+            && ifaces.get_opt("box-0").await.ok()?.is_none()
+            && ifaces.get_opt("box-extra").await.ok()?.is_none();
         gone.then_some(())
     })
     .await;

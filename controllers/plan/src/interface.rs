@@ -20,9 +20,13 @@
 //!   DNAT follows through the network plan: the floating addresses are part of its
 //!   floating fingerprint, and a change re-plumbs the network node
 //!   ([`crate::network`]).
-//! - NetworkInterface status has no intent sequence: the sequence is the highest in
-//!   the names of its observed operations, so a repeat after a crash reproduces the
-//!   same names; no `BumpIntentSeq` is emitted.
+//! - The first reconcile of a live interface pins `status.intentSeq` to its
+//!   resourceVersion ([`pin_intent_seq`], alone with the finalizer), so an interface
+//!   re-created under a deleted one's name never reuses that one's operation names
+//!   (they linger until purged, and a repeated name is AlreadyExists, which apply
+//!   takes as done). Names continue from the highest sequence among the pinned one
+//!   and its observed operations, so a repeat after a crash reproduces the same
+//!   names; no further `BumpIntentSeq` is emitted.
 //! - Delete: a hot-plugged interface with any plug operation (even a failed one: it
 //!   may have attached the NIC first) or that is `created` (its plug purged since), of
 //!   an instance
@@ -45,10 +49,10 @@ use sf_schema::interface::NetworkInterface;
 use sf_schema::operation::{OperationState, OperationType, Priority};
 
 use crate::PlanContext;
-use crate::action::{Action, Plan, StateValue, condition, has_finalizer};
+use crate::action::{Action, Plan, StateValue, condition, has_finalizer, pinned};
 use crate::instance::ReservedAddress;
 use crate::network::{NetworkView, OnNode, network_on_node};
-use crate::ops::{Namer, ObservedOperation, latest};
+use crate::ops::{Namer, ObservedOperation, latest, pin_intent_seq};
 
 /// The kind name used in operation names and targets.
 pub const INTERFACE_KIND: &str = "NetworkInterface";
@@ -112,6 +116,8 @@ struct Ctx<'a> {
     observed: &'a InterfaceObservation,
     ctx: &'a PlanContext,
     name: String,
+    /// `status.intentSeq`.
+    seq: u64,
     state: ResourceState,
     conditions: Vec<sf_schema::Condition>,
     plan: Plan,
@@ -219,7 +225,7 @@ impl Ctx<'_> {
                     depends_on.push(plug.name.clone());
                 }
                 depends_on.extend(instance.last_outstanding_operation.clone());
-                let namer = Namer::new(INTERFACE_KIND, &self.name, 0, ops);
+                let namer = Namer::new(INTERFACE_KIND, &self.name, self.seq, ops);
                 // As the agent chose it when plugging (status, spec, else derived).
                 let macaddr = self
                     .desired
@@ -350,7 +356,7 @@ impl Ctx<'_> {
             self.wait("WaitingForNetwork", message);
             return;
         };
-        let namer = Namer::new(INTERFACE_KIND, &self.name, 0, ops);
+        let namer = Namer::new(INTERFACE_KIND, &self.name, self.seq, ops);
         let mut depends_on = Vec::new();
         match network_on_node(&network, &node, namer.next("netcreate")) {
             OnNode::NotPrepared => {
@@ -406,11 +412,24 @@ pub fn plan_interface(
     ctx: &PlanContext,
 ) -> Vec<Action> {
     let status = desired.status.clone().unwrap_or_default();
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    if desired.metadata.deletion_timestamp.is_none()
+        && let Some(pin) = pin_intent_seq(
+            INTERFACE_KIND,
+            &name,
+            status.intent_seq,
+            desired.metadata.resource_version.as_deref(),
+            &observed.operations,
+        )
+    {
+        return pinned(desired.metadata.finalizers.as_ref(), pin);
+    }
     let mut c = Ctx {
         desired,
         observed,
         ctx,
-        name: desired.metadata.name.clone().unwrap_or_default(),
+        name,
+        seq: status.intent_seq,
         state: status.state,
         conditions: status.conditions,
         plan: Plan::default(),
@@ -999,5 +1018,45 @@ mod tests {
         let (n, mut obs) = deleting_plugged(S::Complete, &[], Some(running(None)));
         obs.boot_interface = true;
         assert!(releases(&plan_interface(&n, &obs, &ctx())));
+    }
+
+    #[test]
+    fn a_re_created_interface_pins_its_sequence_and_never_reuses_old_names() {
+        // First reconcile of a new incarnation: only the finalizer and the pin.
+        let mut n = iface(ResourceState::Initial);
+        n.metadata.finalizers = None;
+        n.metadata.resource_version = Some("900".into());
+        let obs = InterfaceObservation {
+            instance: Some(running(None)),
+            network: Some(db(&["hv-1"], &[])),
+            address: Some("10.1.0.9".into()),
+            ..InterfaceObservation::default()
+        };
+        assert_eq!(
+            plan_interface(&n, &obs, &ctx()),
+            vec![Action::EnsureFinalizer, Action::BumpIntentSeq { to: 900 }]
+        );
+        // Pinned: its hot plug is named past every name the deleted one could have used.
+        n.metadata.finalizers = Some(vec![crate::FINALIZER.into()]);
+        if let Some(s) = n.status.as_mut() {
+            s.intent_seq = 900;
+        }
+        let plan = plan_interface(&n, &obs, &ctx());
+        let names: Vec<String> = enqueued(&plan)
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        assert_eq!(
+            names,
+            vec!["networkinterface-web-1-nic2-901-hotplug".to_string()]
+        );
+        // A deleted interface is never pinned (no finalizer may be added then).
+        let mut gone = with_deletion(iface(ResourceState::Initial));
+        gone.metadata.resource_version = Some("950".into());
+        assert!(
+            !plan_interface(&gone, &InterfaceObservation::default(), &ctx())
+                .iter()
+                .any(|a| matches!(a, Action::BumpIntentSeq { .. }))
+        );
     }
 }

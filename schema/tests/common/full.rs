@@ -160,6 +160,7 @@ pub fn network_interface() -> NetworkInterface {
             floating_address: Some("192.0.2.10".into()),
             macaddr: Some("02:00:00:12:34:56".into()),
             node: Some("hv-1".into()),
+            intent_seq: 3,
         }),
     }
 }
