@@ -29,8 +29,8 @@
 //!   names; no further `BumpIntentSeq` is emitted.
 //! - Delete: a hot-plugged interface with any plug operation (even a failed one: it
 //!   may have attached the NIC first) or that is `created` (its plug purged since), of
-//!   an instance
-//!   that is `created` on a node and not being deleted, is unplugged first:
+//!   an instance on a node that is `created` (or `created-error` / `error` since: its
+//!   domain may still run) and not being deleted, is unplugged first:
 //!   `interface_hot_unplug` on that node (payload: interface, instance, MAC),
 //!   depending on an outstanding plug and on the instance's last outstanding
 //!   operation; until it completes the interface keeps its address and finalizer.
@@ -191,10 +191,15 @@ impl Ctx<'_> {
         let Some(instance) = self.observed.instance.clone() else {
             return false;
         };
-        let (InstanceState::Created, Some(node), false) =
-            (&instance.state, &instance.node, instance.deleting)
+        // A domain that may still run it: created, or in error since (a node that went
+        // missing may come back with it running). An instance being deleted, or never
+        // placed, takes the NIC with it.
+        let (
+            InstanceState::Created | InstanceState::CreatedError | InstanceState::Error,
+            Some(node),
+            false,
+        ) = (&instance.state, &instance.node, instance.deleting)
         else {
-            // Gone, going, or never running: its own delete removes the NIC.
             return false;
         };
         let unplugs = ops
@@ -983,7 +988,7 @@ mod tests {
     }
 
     #[test]
-    fn interfaces_that_cannot_be_attached_are_released_at_once() {
+    fn interfaces_whose_instance_cannot_hold_them_are_released_at_once() {
         let gone = |state: InstanceState, deleting: bool| InstanceView {
             state,
             deleting,
@@ -999,6 +1004,17 @@ mod tests {
                 deleting_plugged(S::Complete, &[], Some(gone(InstanceState::Created, true))),
             ),
             (
+                "the instance was never placed",
+                deleting_plugged(
+                    S::Complete,
+                    &[],
+                    Some(InstanceView {
+                        node: None,
+                        ..gone(InstanceState::Error, false)
+                    }),
+                ),
+            ),
+            (
                 "the instance is in delete_wait",
                 deleting_plugged(
                     S::Complete,
@@ -1012,6 +1028,15 @@ mod tests {
             assert!(
                 releases(&plan) && ops_in(&plan).is_empty(),
                 "{what}: {plan:?}"
+            );
+        }
+        // An instance in error since may still run the domain: unplugged first.
+        for state in [InstanceState::Error, InstanceState::CreatedError] {
+            let (n, obs) = deleting_plugged(S::Complete, &[], Some(gone(state.clone(), false)));
+            let plan = plan_interface(&n, &obs, &ctx());
+            assert!(
+                !releases(&plan) && unplug_in(&plan).is_some(),
+                "{state}: {plan:?}"
             );
         }
         // A boot interface goes with its instance: no unplug.
