@@ -201,6 +201,97 @@ fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
 
+/// A device change of [`LibvirtHypervisor::change_device`]: the device's XML.
+enum Device {
+    Attach(String),
+    Detach(String),
+}
+
+impl Device {
+    fn operation(&self) -> &'static str {
+        match self {
+            Self::Attach(_) => "attach_device",
+            Self::Detach(_) => "detach_device",
+        }
+    }
+
+    /// The persistent definition with the change made; `Ok(None)`: nothing to do.
+    fn edit(&self, definition: &str) -> Result<Option<String>, &'static str> {
+        match self {
+            Self::Attach(xml) => insert_device(definition, xml)
+                .map(Some)
+                .ok_or("domain XML has no </devices>"),
+            Self::Detach(xml) => Ok(remove_device(definition, xml)),
+        }
+    }
+}
+
+impl LibvirtHypervisor {
+    /// Attaches or detaches a device in the persistent definition (`config`) and the
+    /// running domain (`live`). The test driver supports neither: there, and only
+    /// there, the persistent definition is edited instead (the domain picks the change
+    /// up at its next power-on). A real driver's refusal stays an error.
+    async fn change_device(
+        &self,
+        name: &str,
+        change: Device,
+        config: bool,
+        live: bool,
+    ) -> Result<(), HypervisorError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let name = name.as_str();
+            let mut flags = 0;
+            if config {
+                flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
+            }
+            if live {
+                flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            if flags == 0 {
+                return Ok(());
+            }
+            let dom =
+                Domain::lookup_by_name(conn, name).map_err(|e| call_err("lookup", name, &e))?;
+            let result = match &change {
+                Device::Attach(xml) => dom.attach_device_flags(xml, flags),
+                Device::Detach(xml) => dom.detach_device_flags(xml, flags),
+            };
+            let operation = change.operation();
+            match result {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if e.code() == ErrorNumber::NoSupport
+                        && conn
+                            .get_type()
+                            .is_ok_and(|t| t.eq_ignore_ascii_case("test")) =>
+                {
+                    let current = dom
+                        .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                        .map_err(|e| call_err("get_xml_desc", name, &e))?;
+                    let updated = change.edit(&current).map_err(|message| HypervisorError::Call {
+                        operation,
+                        name: name.to_owned(),
+                        message: message.into(),
+                    })?;
+                    let Some(updated) = updated else {
+                        return Ok(());
+                    };
+                    Domain::define_xml(conn, &updated).map_err(|e| call_err("define", name, &e))?;
+                    tracing::warn!(
+                        domain = name,
+                        operation,
+                        "the test driver cannot change devices of a domain: its persistent definition was edited"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(call_err(operation, name, &e)),
+            }
+        })
+        .await
+    }
+}
+
 impl Hypervisor for LibvirtHypervisor {
     async fn define(&self, xml: &str) -> Result<String, HypervisorError> {
         let xml = xml.to_owned();
@@ -385,41 +476,8 @@ impl Hypervisor for LibvirtHypervisor {
         xml: &str,
         live: bool,
     ) -> Result<(), HypervisorError> {
-        let xml = xml.to_owned();
-        let name = name.to_owned();
-        self.run(move |conn| {
-            let name = name.as_str();
-            let dom =
-                Domain::lookup_by_name(conn, name).map_err(|e| call_err("lookup", name, &e))?;
-            let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
-            if live {
-                flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
-            }
-            match dom.attach_device_flags(&xml, flags) {
-                Ok(_) => Ok(()),
-                // The test driver has no device hot plug: add the device to the
-                // persistent definition instead (it appears at the next power-on).
-                Err(e) if e.code() == ErrorNumber::NoSupport => {
-                    let current = dom
-                        .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-                        .map_err(|e| call_err("get_xml_desc", name, &e))?;
-                    let updated =
-                        insert_device(&current, &xml).ok_or_else(|| HypervisorError::Call {
-                            operation: "attach_device",
-                            name: name.to_owned(),
-                            message: "domain XML has no </devices>".into(),
-                        })?;
-                    Domain::define_xml(conn, &updated).map_err(|e| call_err("define", name, &e))?;
-                    tracing::warn!(
-                        domain = name,
-                        "driver cannot hot plug; device added to the persistent definition"
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(call_err("attach_device", name, &e)),
-            }
-        })
-        .await
+        self.change_device(name, Device::Attach(xml.to_owned()), true, live)
+            .await
     }
 
     async fn detach_device(
@@ -429,52 +487,8 @@ impl Hypervisor for LibvirtHypervisor {
         config: bool,
         live: bool,
     ) -> Result<(), HypervisorError> {
-        let xml = xml.to_owned();
-        let name = name.to_owned();
-        self.run(move |conn| {
-            let name = name.as_str();
-            let dom =
-                Domain::lookup_by_name(conn, name).map_err(|e| call_err("lookup", name, &e))?;
-            let mut flags = 0;
-            if config {
-                flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
-            }
-            if live {
-                flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
-            }
-            if flags == 0 {
-                return Ok(());
-            }
-            match dom.detach_device_flags(&xml, flags) {
-                Ok(_) => Ok(()),
-                // The test driver has no device hot unplug (nor hot plug: a plugged device
-                // is only in its persistent definition): remove the device from that
-                // definition instead. Only there: on a real driver this error must not
-                // pass for a detach.
-                Err(e)
-                    if e.code() == ErrorNumber::NoSupport
-                        && conn
-                            .get_type()
-                            .is_ok_and(|t| t.eq_ignore_ascii_case("test")) =>
-                {
-                    let current = dom
-                        .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-                        .map_err(|e| call_err("get_xml_desc", name, &e))?;
-                    let Some(updated) = remove_device(&current, &xml) else {
-                        // Not in the definition: nothing to detach.
-                        return Ok(());
-                    };
-                    Domain::define_xml(conn, &updated).map_err(|e| call_err("define", name, &e))?;
-                    tracing::warn!(
-                        domain = name,
-                        "driver cannot hot unplug; device removed from the persistent definition"
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(call_err("detach_device", name, &e)),
-            }
-        })
-        .await
+        self.change_device(name, Device::Detach(xml.to_owned()), config, live)
+            .await
     }
 
     async fn versions(&self) -> Result<HypervisorVersions, HypervisorError> {

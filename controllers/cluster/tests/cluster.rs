@@ -872,6 +872,17 @@ async fn the_reaper_requeues_stuck_claims_and_counts_them() {
     env.keep(cluster);
 }
 
+/// The MACs of the NICs in `domain`'s persistent definition on the first node.
+async fn defined_macs(env: &common::Env, domain: &str) -> Vec<String> {
+    let xml = env
+        .node(0)
+        .libvirt
+        .xml(domain, true)
+        .await
+        .expect("domain xml");
+    sf_agent::domain_xml::interface_macs(&xml)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
     let Some(mut env) =
@@ -935,13 +946,7 @@ async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
         .and_then(|s| s.result.as_ref())
         .and_then(|r| r["macaddr"].as_str().map(str::to_owned))
         .expect("the hot plug reports its MAC");
-    let xml = env
-        .node(0)
-        .libvirt
-        .xml(&domain, true)
-        .await
-        .expect("domain xml");
-    let macs = sf_agent::domain_xml::interface_macs(&xml);
+    let macs = defined_macs(&env, &domain).await;
     assert_eq!(macs.len(), 2, "{macs:?}");
     assert!(macs.contains(&mac), "{mac} not in {macs:?}");
     let vxid = env
@@ -956,35 +961,12 @@ async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
 
     // Delete the hot-plugged interface: unplugged from the domain on its node first,
     // and only then its address goes to the halo.
-    ifaces
-        .delete("box-extra", &Default::default())
-        .await
-        .expect("delete interface");
-    env.eventually("box-extra gone", WAIT, || async {
-        ifaces
-            .get_opt("box-extra")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    let unplugs: Vec<ClusterOperation> = env
-        .all_operations()
-        .await
-        .into_iter()
-        .filter(|o| o.spec.operation_type.as_str() == "interface_hot_unplug")
-        .collect();
+    env.delete_and_wait_gone(&ifaces, "box-extra", WAIT).await;
+    let unplugs = env.operations_of_type("interface_hot_unplug").await;
     assert_eq!(unplugs.len(), 1, "one unplug");
     assert_completed_on(&unplugs[0], &hv1);
     assert_eq!(unplugs[0].spec.payload["macaddr"], mac.as_str());
-    let xml = env
-        .node(0)
-        .libvirt
-        .xml(&domain, true)
-        .await
-        .expect("domain xml");
-    let macs = sf_agent::domain_xml::interface_macs(&xml);
+    let macs = defined_macs(&env, &domain).await;
     assert_eq!(macs.len(), 1, "{macs:?}");
     assert!(!macs.contains(&mac), "{mac} still plugged: {macs:?}");
     let ls = leases(&env).await;
@@ -1004,20 +986,9 @@ async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
         (i.status?.state.as_str() == "created").then_some(())
     })
     .await;
-    let plugs = env
-        .all_operations()
-        .await
-        .into_iter()
-        .filter(|o| o.spec.operation_type.as_str() == "interface_hot_plug")
-        .count();
-    assert_eq!(plugs, 2, "one plug per incarnation");
-    let xml = env
-        .node(0)
-        .libvirt
-        .xml(&domain, true)
-        .await
-        .expect("domain xml");
-    assert_eq!(sf_agent::domain_xml::interface_macs(&xml).len(), 2, "{xml}");
+    let plugs = env.operations_of_type("interface_hot_plug").await;
+    assert_eq!(plugs.len(), 2, "one plug per incarnation");
+    assert_eq!(defined_macs(&env, &domain).await.len(), 2);
 
     // Delete the instance: its interfaces go, their addresses rest in the halo.
     env.instances()
@@ -1043,25 +1014,8 @@ async fn hot_plug_unplug_then_teardown_of_instance_and_network() {
     );
 
     // Delete the network: removed from every node it was plumbed on, then gone.
-    env.networks()
-        .delete("lan", &Default::default())
-        .await
-        .expect("delete network");
-    env.eventually("lan gone", WAIT, || async {
-        env.networks()
-            .get_opt("lan")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    let deletes: Vec<ClusterOperation> = env
-        .all_operations()
-        .await
-        .into_iter()
-        .filter(|o| o.spec.operation_type.as_str() == "network_delete")
-        .collect();
+    env.delete_and_wait_gone(&env.networks(), "lan", WAIT).await;
+    let deletes = env.operations_of_type("network_delete").await;
     assert_eq!(
         deletes.len(),
         1,
@@ -1385,19 +1339,7 @@ async fn a_floated_interface_gets_a_floating_address_and_dnat_on_the_network_nod
         .delete("web", &Default::default())
         .await
         .expect("delete instance");
-    env.networks()
-        .delete("lan", &Default::default())
-        .await
-        .expect("delete network");
-    env.eventually("lan gone", WAIT, || async {
-        env.networks()
-            .get_opt("lan")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    env.delete_and_wait_gone(&env.networks(), "lan", WAIT).await;
     assert_eq!(
         floating_phase(&env, &gateway).await.as_deref(),
         Some("halo"),

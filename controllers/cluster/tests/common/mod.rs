@@ -454,6 +454,30 @@ impl Env {
             .items
     }
 
+    /// Deletes `name` through `api` and waits until it is gone (its finalizers done),
+    /// or panics after `within`.
+    pub async fn delete_and_wait_gone<K>(&self, api: &Api<K>, name: &str, within: Duration)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        api.delete(name, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+        self.eventually(&format!("{name} gone"), within, || async {
+            api.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
+
+    /// Every ClusterOperation of `operation_type` (e.g. `interface_hot_plug`).
+    pub async fn operations_of_type(&self, operation_type: &str) -> Vec<ClusterOperation> {
+        self.all_operations()
+            .await
+            .into_iter()
+            .filter(|o| o.spec.operation_type.as_str() == operation_type)
+            .collect()
+    }
+
     /// Polls `check` every 100 ms until it returns Some, or panics after `within`.
     pub async fn eventually<T, F, Fut>(&self, what: &str, within: Duration, mut check: F) -> T
     where
