@@ -30,7 +30,9 @@
 //! - Delete: a hot-plugged interface with any plug operation (even a failed one: it
 //!   may have attached the NIC first) or that is `created` (its plug purged since), of
 //!   an instance on a node that is `created` (or `created-error` / `error` since: its
-//!   domain may still run) and not being deleted, is unplugged first:
+//!   domain may still run) and not being deleted, is unplugged first (an instance
+//!   being deleted removes its domain itself: the interface keeps its address until
+//!   the instance is `deleted` or gone, condition `WaitingForInstanceDelete`):
 //!   `interface_hot_unplug` on that node (payload: interface, instance, MAC),
 //!   depending on an outstanding plug and on the instance's last outstanding
 //!   operation; until it completes the interface keeps its address and finalizer.
@@ -191,17 +193,36 @@ impl Ctx<'_> {
         let Some(instance) = self.observed.instance.clone() else {
             return false;
         };
-        // A domain that may still run it: created, or in error since (a node that went
-        // missing may come back with it running). An instance being deleted, or never
-        // placed, takes the NIC with it.
-        let (
-            InstanceState::Created | InstanceState::CreatedError | InstanceState::Error,
-            Some(node),
-            false,
-        ) = (&instance.state, &instance.node, instance.deleting)
-        else {
+        let Some(node) = instance.node.clone() else {
+            // Never placed: no domain holds the NIC.
             return false;
         };
+        if instance.state == InstanceState::Deleted {
+            return false;
+        }
+        if instance.deleting
+            || matches!(
+                instance.state,
+                InstanceState::DeleteWait | InstanceState::DeleteWaitError
+            )
+        {
+            // The instance's own delete removes the domain, NIC and all: keep the
+            // address until it has (the instance is then deleted, or gone).
+            let message = format!(
+                "instance {} is being deleted; the address is kept until its domain is gone",
+                instance.name
+            );
+            self.wait("WaitingForInstanceDelete", message);
+            return true;
+        }
+        // A domain that may still run it: created, or in error since (a node that went
+        // missing may come back with it running).
+        if !matches!(
+            instance.state,
+            InstanceState::Created | InstanceState::CreatedError | InstanceState::Error
+        ) {
+            return false;
+        }
         let unplugs = ops
             .iter()
             .filter(|op| op.operation_type == OperationType::InterfaceHotUnplug)
@@ -252,7 +273,7 @@ impl Ctx<'_> {
                         namespace: self.desired.metadata.namespace.clone(),
                         uid: self.desired.metadata.uid.clone().unwrap_or_default(),
                     },
-                    node: Some(node.clone()),
+                    node: Some(node),
                     depends_on,
                     priority: Priority::Normal,
                     payload: json!({
@@ -1000,8 +1021,8 @@ mod tests {
                 deleting_plugged(S::Complete, &[], None),
             ),
             (
-                "the instance is being deleted",
-                deleting_plugged(S::Complete, &[], Some(gone(InstanceState::Created, true))),
+                "the instance is deleted",
+                deleting_plugged(S::Complete, &[], Some(gone(InstanceState::Deleted, true))),
             ),
             (
                 "the instance was never placed",
@@ -1014,20 +1035,34 @@ mod tests {
                     }),
                 ),
             ),
-            (
-                "the instance is in delete_wait",
-                deleting_plugged(
-                    S::Complete,
-                    &[],
-                    Some(gone(InstanceState::DeleteWait, false)),
-                ),
-            ),
         ];
         for (what, (n, obs)) in table {
             let plan = plan_interface(&n, &obs, &ctx());
             assert!(
                 releases(&plan) && ops_in(&plan).is_empty(),
                 "{what}: {plan:?}"
+            );
+        }
+        // An instance being deleted removes the NIC with its domain: no unplug, but the
+        // address waits for that (a delete that fails leaves the domain running).
+        for (state, deleting) in [
+            (InstanceState::Created, true),
+            (InstanceState::DeleteWait, true),
+            (InstanceState::DeleteWaitError, true),
+        ] {
+            let (n, obs) = deleting_plugged(S::Complete, &[], Some(gone(state.clone(), deleting)));
+            let plan = plan_interface(&n, &obs, &ctx());
+            assert!(
+                !releases(&plan) && ops_in(&plan).is_empty(),
+                "{state}: {plan:?}"
+            );
+            assert!(
+                format!("{plan:?}").contains("WaitingForInstanceDelete"),
+                "{plan:?}"
+            );
+            assert!(
+                plan.iter().any(|a| matches!(a, Action::Requeue { .. })),
+                "{plan:?}"
             );
         }
         // An instance in error since may still run the domain: unplugged first.
