@@ -110,6 +110,27 @@ pub struct Config {
 }
 
 impl Config {
+    /// sf-api on 127.0.0.1 (its port chosen by whoever binds it) for an embedding
+    /// process such as a test or a benchmark: these gateways, secret and signing seed,
+    /// then `extra` flags (which may override any of them). Validated as at start-up.
+    pub fn on_loopback(
+        gateway_hosts: &str,
+        gateway_secret: &str,
+        auth_secret_seed: &str,
+        extra: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut argv = vec![
+            "sf-api".to_string(),
+            "--api-listen=127.0.0.1".to_string(),
+            "--api-port=0".to_string(),
+            format!("--mariadb-gateway-hosts={gateway_hosts}"),
+            format!("--mariadb-gateway-secret={gateway_secret}"),
+            format!("--auth-secret-seed={auth_secret_seed}"),
+        ];
+        argv.extend_from_slice(extra);
+        sf_daemon::config::try_parse_from(argv)
+    }
+
     /// Where to listen.
     pub fn listen_address(&self) -> SocketAddr {
         SocketAddr::new(self.api_listen, self.api_port)

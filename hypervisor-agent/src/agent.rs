@@ -651,14 +651,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 ))
             })?;
         let status = iface.status.clone().unwrap_or_default();
-        let mac = status
-            .macaddr
-            .clone()
-            .or_else(|| iface.spec.macaddr.clone())
-            .unwrap_or_else(|| {
-                sf_schema::interface::derived_mac(iface.metadata.uid.as_deref().unwrap_or(&name))
-            })
-            .to_ascii_lowercase();
+        let mac = iface.mac().to_ascii_lowercase();
         let ipv4 = status
             .ipv4
             .as_deref()
@@ -869,21 +862,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             let Some(ipv4) = st.ipv4.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
                 continue;
             };
-            let mac = st
-                .macaddr
-                .clone()
-                .or_else(|| iface.spec.macaddr.clone())
-                .unwrap_or_else(|| {
-                    sf_schema::interface::derived_mac(
-                        iface
-                            .metadata
-                            .uid
-                            .as_deref()
-                            .or(iface.metadata.name.as_deref())
-                            .unwrap_or_default(),
-                    )
-                })
-                .to_ascii_lowercase();
+            let mac = iface.mac().to_ascii_lowercase();
             dhcp_hosts.push(DhcpHost {
                 mac,
                 ipv4,

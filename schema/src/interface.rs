@@ -100,6 +100,27 @@ pub struct NetworkInterfaceStatus {
     pub intent_seq: u64,
 }
 
+impl NetworkInterface {
+    /// The MAC its NIC carries: `status.macaddr`, else `spec.macaddr`, else
+    /// [`derived_mac`] of its uid (its name without one). sf-agent plugs with it, and
+    /// the DHCP host entry and an unplug name it, so they always agree.
+    pub fn mac(&self) -> String {
+        self.status
+            .as_ref()
+            .and_then(|s| s.macaddr.clone())
+            .or_else(|| self.spec.macaddr.clone())
+            .unwrap_or_else(|| {
+                derived_mac(
+                    self.metadata
+                        .uid
+                        .as_deref()
+                        .or(self.metadata.name.as_deref())
+                        .unwrap_or_default(),
+                )
+            })
+    }
+}
+
 /// The MAC of an interface that names none: a locally administered unicast address
 /// derived from `seed` (its uid), stable. sf-cluster writes it into `status.macaddr`
 /// and sf-agent derives the same one when it runs before that write lands, so the
@@ -128,5 +149,25 @@ mod mac_tests {
         // Pinned: both daemons, and every stored status, depend on this derivation.
         assert_eq!(derived_mac(""), "02:00:cb:f2:9c:e4");
         assert_eq!(derived_mac("uid-1"), "02:00:8a:6b:10:25");
+    }
+
+    #[test]
+    fn an_interface_s_mac_is_status_then_spec_then_derived_from_its_uid() {
+        let mut n: super::NetworkInterface = serde_json::from_value(serde_json::json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "NetworkInterface",
+            "metadata": {"name": "web-1-0", "namespace": "demo", "uid": "uid-1"},
+            "spec": {"instance": "web-1", "network": "lan"}
+        }))
+        .expect("interface");
+        assert_eq!(n.mac(), derived_mac("uid-1"));
+        n.metadata.uid = None;
+        assert_eq!(n.mac(), derived_mac("web-1-0"));
+        n.spec.macaddr = Some("02:00:00:00:00:0a".into());
+        assert_eq!(n.mac(), "02:00:00:00:00:0a");
+        n.status = Some(super::NetworkInterfaceStatus {
+            macaddr: Some("02:00:00:00:00:0b".into()),
+            ..Default::default()
+        });
+        assert_eq!(n.mac(), "02:00:00:00:00:0b");
     }
 }

@@ -89,16 +89,9 @@ pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
         gateway_shutdowns.push(shutdown);
     }
     let gateway_hosts = addrs.join(",");
-    let mut argv = vec![
-        "sf-api".to_string(),
-        "--api-listen=127.0.0.1".to_string(),
-        "--api-port=0".to_string(),
-        format!("--mariadb-gateway-hosts={gateway_hosts}"),
-        format!("--mariadb-gateway-secret={SECRET}"),
-        format!("--auth-secret-seed={SEED}"),
-    ];
-    argv.extend(api_args.iter().map(ToString::to_string));
-    let config: sf_api::Config = sf_daemon::config::try_parse_from(argv).expect("sf-api config");
+    let extra: Vec<String> = api_args.iter().map(ToString::to_string).collect();
+    let config =
+        sf_api::Config::on_loopback(&gateway_hosts, SECRET, SEED, &extra).expect("sf-api config");
     let listener = sf_api::bind("127.0.0.1:0".parse().expect("address"))
         .await
         .expect("bind sf-api");

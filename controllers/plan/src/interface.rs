@@ -252,39 +252,33 @@ impl Ctx<'_> {
                 }
                 depends_on.extend(instance.last_outstanding_operation.clone());
                 let namer = Namer::new(INTERFACE_KIND, &self.name, self.seq, ops);
-                // As the agent chose it when plugging (status, spec, else derived).
-                let macaddr = self
-                    .desired
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.macaddr.clone())
-                    .or_else(|| self.desired.spec.macaddr.clone())
-                    .unwrap_or_else(|| {
-                        sf_schema::interface::derived_mac(
-                            self.desired.metadata.uid.as_deref().unwrap_or(&self.name),
-                        )
-                    });
                 self.plan.push(Action::EnqueueOperation {
                     name: namer.next("unplug"),
                     operation_type: OperationType::InterfaceHotUnplug,
-                    target: ObjectRef {
-                        kind: INTERFACE_KIND.to_owned(),
-                        name: self.name.clone(),
-                        namespace: self.desired.metadata.namespace.clone(),
-                        uid: self.desired.metadata.uid.clone().unwrap_or_default(),
-                    },
+                    target: self.target(),
                     node: Some(node),
                     depends_on,
                     priority: Priority::Normal,
                     payload: json!({
                         "interface": self.name,
                         "instance": instance.name,
-                        "macaddr": macaddr,
+                        // As the agent plugged it.
+                        "macaddr": self.desired.mac(),
                     }),
                 });
                 self.condition(ConditionStatus::False, "HotUnplugging", String::new());
                 true
             }
+        }
+    }
+
+    /// This interface as the target of its operations.
+    fn target(&self) -> ObjectRef {
+        ObjectRef {
+            kind: INTERFACE_KIND.to_owned(),
+            name: self.name.clone(),
+            namespace: self.desired.metadata.namespace.clone(),
+            uid: self.desired.metadata.uid.clone().unwrap_or_default(),
         }
     }
 
@@ -411,12 +405,7 @@ impl Ctx<'_> {
         self.plan.push(Action::EnqueueOperation {
             name: namer.next("hotplug"),
             operation_type: OperationType::InterfaceHotPlug,
-            target: ObjectRef {
-                kind: INTERFACE_KIND.to_owned(),
-                name: self.name.clone(),
-                namespace: self.desired.metadata.namespace.clone(),
-                uid: self.desired.metadata.uid.clone().unwrap_or_default(),
-            },
+            target: self.target(),
             node: Some(node),
             depends_on,
             priority: Priority::Normal,

@@ -188,17 +188,9 @@ fn init_logging() {
 
 /// sf-api's configuration on `gateway_hosts` for these tests, plus `extra` flags.
 fn api_config(gateway_hosts: &str, extra: &[String]) -> sf_api::Config {
-    let mut argv = vec![
-        "sf-api".to_string(),
-        "--api-listen=127.0.0.1".to_string(),
-        "--api-port=0".to_string(),
-        format!("--mariadb-gateway-hosts={gateway_hosts}"),
-        format!("--mariadb-gateway-secret={SECRET}"),
-        format!("--auth-secret-seed={SEED}"),
-        "--log=warn".to_string(),
-    ];
-    argv.extend_from_slice(extra);
-    sf_daemon::config::try_parse_from(argv).expect("sf-api config")
+    let mut flags = vec!["--log=warn".to_string()];
+    flags.extend_from_slice(extra);
+    sf_api::Config::on_loopback(gateway_hosts, SECRET, SEED, &flags).expect("sf-api config")
 }
 
 /// Serves sf-api with `config` on a free port of 127.0.0.1 (HTTPS when the config
