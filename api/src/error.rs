@@ -38,6 +38,16 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// The Namespace `name` (a create into a namespace that does not exist names it).
+    pub fn namespace(name: &str) -> Self {
+        Self {
+            group: sf_schema::GROUP.into(),
+            plural: "namespaces".into(),
+            kind: "Namespace".into(),
+            name: name.into(),
+        }
+    }
+
     /// `instances.shakenfist.io`.
     fn qualified_resource(&self) -> String {
         format!("{}.{}", self.plural, self.group)
@@ -212,6 +222,22 @@ impl ApiError {
             _ => None,
         };
         failure_status(self.code(), self.reason(), self.to_string(), details)
+    }
+
+    /// Maps a gateway failure of a create of `subject` in `namespace`: the store answers
+    /// a create NotFound only when the namespace does not exist, so that is what the
+    /// error names (as apiserver's `namespaces "x" not found`).
+    pub fn from_create(
+        err: &crate::gateway::GatewayError,
+        subject: &Subject,
+        namespace: Option<&str>,
+    ) -> Self {
+        match namespace.filter(|ns| !ns.is_empty()) {
+            Some(ns) if err.code() == Some(Code::NotFound) => {
+                Self::NotFound(Subject::namespace(ns))
+            }
+            _ => Self::from_gateway(err, subject),
+        }
     }
 
     /// Maps a gateway failure for a request about `subject`.

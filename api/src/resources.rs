@@ -765,7 +765,7 @@ async fn create(
         app.gateway
             .create(&admitted.object, params.dry_run)
             .await
-            .map_err(|e| ApiError::from_gateway(&e, &subject))?
+            .map_err(|e| ApiError::from_create(&e, &subject, target.namespace.as_deref()))?
     };
     if params.dry_run
         && let Some(meta) = created.get_mut("metadata").and_then(Value::as_object_mut)

@@ -352,7 +352,7 @@ async fn create(
         .gateway
         .create(&admitted.object, false)
         .await
-        .map_err(|e| error_response(&ApiError::from_gateway(&e, &subject)))?;
+        .map_err(|e| error_response(&ApiError::from_create(&e, &subject, Some(&ns))))?;
     Ok(json_response(StatusCode::OK, &flatten(&created)))
 }
 
@@ -938,7 +938,7 @@ async fn create_artifact(
             .gateway
             .create(&admitted.object, false)
             .await
-            .map_err(|e| error_response(&ApiError::from_gateway(&e, &subject)))?;
+            .map_err(|e| error_response(&ApiError::from_create(&e, &subject, Some(&ns))))?;
         Ok(json_response(StatusCode::OK, &flatten_artifact(&created)))
     };
     done(run.await)

@@ -529,6 +529,32 @@ async fn cluster_scoped_kinds_and_all_namespace_lists() {
     assert_eq!(created.metadata.namespace, None);
     assert!(nodes.get("hv-1.example.com").await.is_ok());
 
+    // A namespaced object needs its namespace: 404 naming the namespace, as apiserver.
+    let other: Api<Instance> = Api::namespaced(env.client.clone(), "other");
+    let mut i = instance("web-1");
+    i.metadata.namespace = Some("other".into());
+    match other.create(&PostParams::default(), &i).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 404, "{s:?}");
+            assert_eq!(s.reason, "NotFound");
+            let details = s.details.expect("details");
+            assert_eq!(
+                (details.kind.as_str(), details.name.as_str()),
+                ("namespaces", "other")
+            );
+            assert!(s.message.contains("\"other\" not found"), "{}", s.message);
+        }
+        other => panic!("create in a missing namespace: {other:?}"),
+    }
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    assert!(
+        matches!(other.create(&dry, &i).await, Err(kube::Error::Api(s)) if s.code == 404),
+        "a dry run is refused the same way"
+    );
+    env.add_namespace("other").await;
     for ns in ["demo", "other"] {
         let api: Api<Instance> = Api::namespaced(env.client.clone(), ns);
         let mut i = instance("web-1");

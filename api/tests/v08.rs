@@ -97,6 +97,30 @@ async fn instances_and_networks_on_v08_paths() {
         .await
         .json();
     assert_eq!(in_b, json!([]));
+    // Creating in a namespace that does not exist: 404 naming it, nothing stored.
+    let nowhere = env
+        .raw(
+            "POST",
+            "/networks",
+            &[],
+            Some(json!({"name": "x", "netblock": "10.1.0.0/24", "namespace": "nowhere"})),
+        )
+        .await;
+    assert_eq!(nowhere.status, 404, "{}", nowhere.text());
+    assert_eq!(nowhere.json()["status"], 404);
+    assert!(
+        nowhere.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"nowhere\" not found")),
+        "{}",
+        nowhere.text()
+    );
+    assert_eq!(
+        env.raw("GET", "/networks?namespace=nowhere", &[], None)
+            .await
+            .json(),
+        json!([])
+    );
 
     // Routed addresses: each POST asks for one more; nothing routed yet is 404.
     for want in [1, 2] {

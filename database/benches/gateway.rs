@@ -1039,6 +1039,15 @@ async fn main() {
         .await
         .expect("connect");
     ensure_schema(&db).await.expect("schema");
+    // Every object of the benchmark lives in namespace `bench`, which must exist.
+    sf_database::Store::new(
+        sf_database::connect_pool(&MariaDbArgs::local_root(tdb.port, &tdb.name))
+            .await
+            .expect("pool"),
+    )
+    .create_namespace("bench")
+    .await
+    .expect("namespace bench");
     // SF_BENCH_SOCKET=1: the gateways reach MariaDB through its Unix socket.
     let socket = std::env::var_os("SF_BENCH_SOCKET").map(|_| server.socket());
     let (a, ma, _sa) = start_gateway(tdb.port, &tdb.name, socket.as_deref()).await;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sf_database::{MariaDbArgs, connect, ensure_schema};
+use sf_database::{MariaDbArgs, Store, connect, connect_pool, ensure_schema};
 use sf_database_client::{ClientError, GatewayClient, RetryPolicy};
 use sf_harness::{MariaDb, ServerOptions, TestDatabase};
 use sf_proto::v1 as pb;
@@ -116,6 +116,14 @@ async fn schema_db() -> TestDatabase {
         .await
         .expect("connect");
     ensure_schema(&db).await.expect("schema");
+    let store = Store::new(
+        connect_pool(&MariaDbArgs::local_root(tdb.port, &tdb.name))
+            .await
+            .expect("pool"),
+    );
+    for ns in common::TEST_NAMESPACES {
+        store.create_namespace(ns).await.expect("test namespace");
+    }
     tdb
 }
 

@@ -3,9 +3,10 @@
 mod common;
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use sea_orm::sqlx;
-use serde_json::json;
+use serde_json::{Value, json};
 use sf_database::StoreError;
 use sf_database::store::ObjectKey;
 use sf_database::store::ipam::{IP_DELETION_HALO_DURATION, ReserveRequest};
@@ -17,7 +18,7 @@ fn ns_key(name: &str) -> ObjectKey {
 
 #[tokio::test]
 async fn create_writes_the_row_and_a_cluster_scoped_object_once() {
-    let (_db, store) = common::store().await;
+    let (_db, store) = common::bare_store().await;
     let before = store.current_revision().await.expect("revision");
     let created = store.create_namespace("demo").await.expect("create");
     assert_eq!(created.resource_version, before + 1);
@@ -53,7 +54,7 @@ async fn create_writes_the_row_and_a_cluster_scoped_object_once() {
 
 #[tokio::test]
 async fn system_cannot_be_deleted() {
-    let (_db, store) = common::store().await;
+    let (_db, store) = common::bare_store().await;
     store.create_namespace("system").await.expect("create");
     let err = store.delete_namespace("system").await.expect_err("system");
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
@@ -63,7 +64,7 @@ async fn system_cannot_be_deleted() {
 
 #[tokio::test]
 async fn a_namespace_with_objects_is_kept_and_unknown_ones_are_not_found() {
-    let (_db, store) = common::store().await;
+    let (_db, store) = common::bare_store().await;
     store.create_namespace("demo").await.expect("create");
     for name in ["a", "b"] {
         store
@@ -79,7 +80,7 @@ async fn a_namespace_with_objects_is_kept_and_unknown_ones_are_not_found() {
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("namespace demo still has 2 objects"),
+            .contains("namespace demo still holds 2 Instance: delete them first"),
         "{err}"
     );
     assert!(store.get(&ns_key("demo")).await.is_ok());
@@ -90,7 +91,7 @@ async fn a_namespace_with_objects_is_kept_and_unknown_ones_are_not_found() {
 
 #[tokio::test]
 async fn delete_removes_keys_leftover_leases_and_the_object() {
-    let (_db, store) = common::store().await;
+    let (_db, store) = common::bare_store().await;
     store.create_namespace("demo").await.expect("create");
     store
         .put_key("demo", "admin", "$argon2id$hash-1")
@@ -149,7 +150,7 @@ async fn delete_removes_keys_leftover_leases_and_the_object() {
 
 #[tokio::test]
 async fn every_put_gets_a_new_nonce() {
-    let (_db, store) = common::store().await;
+    let (_db, store) = common::bare_store().await;
     store.create_namespace("demo").await.expect("create");
     let first = store
         .put_key("demo", "deploy", "hash-1")
@@ -180,7 +181,7 @@ async fn every_put_gets_a_new_nonce() {
 
 #[tokio::test]
 async fn keys_need_a_namespace_and_are_listed_with_hashes() {
-    let (_db, store) = common::store().await;
+    let (_db, store) = common::bare_store().await;
     let err = store
         .put_key("ghost", "k", "hash")
         .await
@@ -222,7 +223,7 @@ async fn keys_need_a_namespace_and_are_listed_with_hashes() {
 
 #[tokio::test]
 async fn delete_key_removes_only_that_key() {
-    let (_db, store) = common::store().await;
+    let (_db, store) = common::bare_store().await;
     store.create_namespace("demo").await.expect("create");
     store.put_key("demo", "a", "hash-a").await.expect("a");
     store.put_key("demo", "b", "hash-b").await.expect("b");
@@ -237,4 +238,213 @@ async fn delete_key_removes_only_that_key() {
     );
     let again = store.delete_key("demo", "a").await.expect_err("twice");
     assert!(matches!(again, StoreError::NotFound { .. }), "{again}");
+}
+
+fn instance(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+           "metadata": {"name": name, "namespace": ns}, "spec": {"cpus": 1}})
+}
+
+fn operation(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "ClusterOperation",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"operationType": "instance_power_on",
+                    "target": {"kind": "Instance", "name": "web", "namespace": ns,
+                               "uid": format!("{ns}-{name}-target")},
+                    "payload": {}}})
+}
+
+fn namespace_not_found(err: &StoreError, ns: &str) -> bool {
+    matches!(err, StoreError::NotFound { kind, name, .. } if kind == "Namespace" && name == ns)
+}
+
+#[tokio::test]
+async fn nothing_is_created_in_a_namespace_that_does_not_exist() {
+    let (_db, store) = common::bare_store().await;
+    let err = store
+        .create(instance("ghost", "web"), false)
+        .await
+        .expect_err("no namespace");
+    assert!(namespace_not_found(&err, "ghost"), "{err}");
+    assert_eq!(err.to_string(), "Namespace \"ghost\" not found");
+    let dry = store
+        .create(instance("ghost", "web"), true)
+        .await
+        .expect_err("dry run too");
+    assert!(namespace_not_found(&dry, "ghost"), "{dry}");
+    let op = store
+        .create_operation(operation("ghost", "op-1"), Duration::ZERO)
+        .await
+        .expect_err("operation");
+    assert!(namespace_not_found(&op, "ghost"), "{op}");
+    let lease = store
+        .reserve_address(&ReserveRequest {
+            network_uid: "0a000000-0000-4000-8000-000000000002".into(),
+            network_name: "web".into(),
+            namespace: "ghost".into(),
+            netblock: "10.0.0.0/24".into(),
+            address: None,
+            reservation_type: ReservationType::Instance,
+            owner: None,
+            comment: None,
+        })
+        .await
+        .expect_err("lease");
+    assert!(namespace_not_found(&lease, "ghost"), "{lease}");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resources")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "nothing stored");
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM work_queue")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(queued, 0, "nothing queued");
+
+    // Cluster-scoped objects need no namespace; the namespace once made, creates work.
+    store
+        .create(
+            json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Node",
+                   "metadata": {"name": "hv1"}, "spec": {}}),
+            false,
+        )
+        .await
+        .expect("cluster-scoped");
+    store.create_namespace("ghost").await.expect("namespace");
+    store
+        .create(instance("ghost", "web"), false)
+        .await
+        .expect("now it exists");
+}
+
+#[tokio::test]
+async fn finished_operations_go_with_their_namespace_and_unfinished_ones_keep_it() {
+    let (_db, store) = common::bare_store().await;
+    store.create_namespace("demo").await.expect("create");
+    store
+        .create_operation(operation("demo", "done"), Duration::ZERO)
+        .await
+        .expect("op");
+    let claimed = store
+        .claim("", 1, "c-1", "agent", Duration::ZERO)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    store
+        .complete(claimed[0].lease, json!({}))
+        .await
+        .expect("complete");
+    store
+        .create_operation(operation("demo", "queued"), Duration::ZERO)
+        .await
+        .expect("op");
+
+    let err = store.delete_namespace("demo").await.expect_err("queued op");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("still holds 1 unfinished ClusterOperation"),
+        "{err}"
+    );
+
+    let claimed = store
+        .claim("", 1, "c-2", "agent", Duration::ZERO)
+        .await
+        .expect("claim");
+    store
+        .complete(claimed[0].lease, json!({}))
+        .await
+        .expect("complete");
+    let before = store.current_revision().await.expect("revision");
+    let deleted = store.delete_namespace("demo").await.expect("delete");
+    assert_eq!(
+        deleted.revision,
+        before + 3,
+        "a DELETED change for each finished operation, then the namespace"
+    );
+    for name in ["done", "queued"] {
+        let key = ObjectKey::new("ClusterOperation", "demo", name);
+        assert!(
+            matches!(store.get(&key).await, Err(StoreError::NotFound { .. })),
+            "{name} went with the namespace"
+        );
+    }
+    let projection: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM cluster_operations WHERE namespace = 'demo'")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+    assert_eq!(projection, 0);
+}
+
+/// Creates racing a namespace delete: every create either committed before the
+/// delete looked (and the delete refused) or failed with NotFound after it; no object
+/// is ever left in a namespace that is gone.
+#[tokio::test]
+async fn a_create_racing_a_namespace_delete_never_leaves_an_orphan() {
+    let (_db, store) = common::bare_store().await;
+    for round in 0..20 {
+        let ns = format!("race-{round}");
+        store.create_namespace(&ns).await.expect("create");
+        let creators: Vec<_> = (0..4)
+            .map(|i| {
+                let store = store.clone();
+                let ns = ns.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        store
+                            .create(instance(&ns, &format!("web-{i}")), false)
+                            .await
+                            .map(|_| ())
+                    } else {
+                        store
+                            .create_operation(operation(&ns, &format!("op-{i}")), Duration::ZERO)
+                            .await
+                            .map(|_| ())
+                    }
+                })
+            })
+            .collect();
+        let deleter = {
+            let store = store.clone();
+            let ns = ns.clone();
+            tokio::spawn(async move { store.delete_namespace(&ns).await })
+        };
+        let mut created = 0;
+        for c in creators {
+            match c.await.expect("task") {
+                Ok(()) => created += 1,
+                Err(e) => assert!(namespace_not_found(&e, &ns), "{e}"),
+            }
+        }
+        let deleted = deleter.await.expect("task");
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resources WHERE namespace = ?")
+            .bind(&ns)
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        let row: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM namespaces WHERE name = ?")
+            .bind(&ns)
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        match deleted {
+            Ok(_) => {
+                assert_eq!(row, 0, "round {round}: deleted");
+                assert_eq!(left, 0, "round {round}: an object outlived its namespace");
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, StoreError::Conflict { .. }),
+                    "round {round}: {e}"
+                );
+                assert_eq!(row, 1, "round {round}: kept");
+                assert_eq!(
+                    left, created,
+                    "round {round}: every create that succeeded is there"
+                );
+            }
+        }
+    }
 }

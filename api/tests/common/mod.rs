@@ -140,6 +140,8 @@ pub async fn start_full(api_args: &[&str], gateways: usize) -> Env {
     };
     env.wait_ready().await;
     env.add_namespace("system").await;
+    // The kube clients' default namespace: objects need their namespace to exist.
+    env.add_namespace("demo").await;
     env.put_key("system", "test", SYSTEM_KEY).await;
     env.system_token = env.token("system", SYSTEM_KEY).await;
     env.client = env.client_with(&env.system_token);

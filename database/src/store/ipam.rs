@@ -4,7 +4,8 @@
 //! - No address is held twice in a network. Every IPAM write of a network first locks
 //!   the network's row in `network_vxids` (created on first use), so a network's
 //!   reservations, releases and sweeps are serialised across every gateway instance;
-//!   the primary key (network_uid, address) backs this up. Lock order: that row, then
+//!   the primary key (network_uid, address) backs this up. Lock order: a reserve
+//!   first holds the network's namespace (shared; it must exist), then that row, then
 //!   `ipam_reservations` rows, then the IPAMLease rows in `resources`, then the
 //!   revision counter (allocated last), then `resources`/`change_log` writes.
 //! - Reserve is idempotent per (network, owner uid, type) for `instance`, `floating`
@@ -33,6 +34,7 @@ use serde_json::{Value, json};
 use sf_schema::ObjectRef;
 use sf_schema::ipam::{IPAMLeaseSpec, IPAMLeaseStatus, LeasePhase, ReservationType};
 
+use super::namespaces::hold_namespaces;
 use super::resources::{
     ObjectKey, Row0, apply_change, insert_object, lock_row, prepare_new, remove_object,
 };
@@ -674,6 +676,7 @@ impl Store {
         let net = validate_request(req)?;
         self.with_retry("reserve address", || async {
             let mut tx = self.begin("reserve address").await?;
+            hold_namespaces(&mut tx, [req.namespace.as_str()]).await?;
             let anchor = locked_named(&mut tx, req).await?;
             let mut plan = Vec::new();
             sweep_halos(&mut tx, &req.network_uid, &anchor, None, &mut plan).await?;
@@ -725,6 +728,7 @@ impl Store {
         .collect();
         self.with_retry("reserve network addresses", || async {
             let mut tx = self.begin("reserve network addresses").await?;
+            hold_namespaces(&mut tx, [namespace]).await?;
             let anchor = locked_named(&mut tx, &base).await?;
             let mut plan = Vec::new();
             sweep_halos(&mut tx, network_uid, &anchor, None, &mut plan).await?;

@@ -4,21 +4,29 @@
 //! - A namespace is a `namespaces` row AND a cluster-scoped Namespace resource, created
 //!   and deleted together in one transaction; a name taken by either is
 //!   [`StoreError::AlreadyExists`].
+//! - Creating a namespaced object (resources, operations, IPAM leases) needs its
+//!   namespace's row and holds it shared to COMMIT ([`hold_namespaces`]); a missing
+//!   namespace is [`StoreError::NotFound`] of kind Namespace.
 //! - `system` (the admin namespace) cannot be deleted. A namespace that still holds
-//!   objects other than IPAMLeases cannot be deleted ([`StoreError::Conflict`]);
-//!   leftover IPAMLeases (addresses resting in a deletion halo) go with it, as do its
-//!   keys (foreign-key cascade). The Namespace object is removed outright.
+//!   objects other than IPAMLeases and finished ClusterOperations cannot be deleted
+//!   ([`StoreError::Conflict`], naming how many of each kind). Delete takes the row
+//!   exclusively before counting, so no create can commit into a namespace being
+//!   deleted. Leftover IPAMLeases (addresses resting in a deletion halo) and finished
+//!   operations (complete, error, abort: history the purge would remove after an hour)
+//!   go with it, each with a DELETED change, as do its keys (foreign-key cascade). The
+//!   Namespace object is removed outright.
 //! - Keys are stored as hashes only (the caller hashes). Every put, new or
 //!   replacing, gets a new nonce: tokens carry the nonce, so rotating a key revokes
 //!   the tokens issued under it. Keys are not resources: no revision.
-//! - Lock order: the `namespaces` row, then `resources` rows, then the revision
-//!   counter (see [`super`]).
+//! - Lock order: the `namespaces` row, then `cluster_operations` rows, then
+//!   `resources` rows, then the revision counter (see [`super`]).
 
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, Row};
 use serde_json::{Value, json};
 use sf_schema::namespace::SYSTEM_NAMESPACE;
 
+use super::queue::{remove_unlinked, unfinished_operations_in, unlink_finished_operations_in};
 use super::resources::{Deleted, ObjectKey, insert_object, lock_row, prepare_new, remove_object};
 use super::{Store, StoreError, Stored, Tx, allocate_revisions};
 
@@ -93,6 +101,49 @@ async fn lock_namespace_row(tx: &mut Tx, name: &str) -> Result<bool, StoreError>
     Ok(row.is_some())
 }
 
+/// Holds the namespaces of objects a transaction creates: a shared lock on each
+/// `namespaces` row to COMMIT, so [`Store::delete_namespace`] (which takes the row
+/// exclusively before counting what the namespace holds) cannot remove a namespace
+/// between this check and the new object's commit. Empty names (cluster-scoped
+/// objects) are skipped. [`StoreError::NotFound`] of kind Namespace names the first
+/// namespace that has no row, as Kubernetes and Shaken Fist answer a create in an
+/// unknown namespace. Taken first: namespaces come before every other lock.
+pub(crate) async fn hold_namespaces<'a>(
+    tx: &mut Tx,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StoreError> {
+    let wanted: std::collections::BTreeSet<&str> =
+        names.into_iter().filter(|n| !n.is_empty()).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let text = format!(
+        "SELECT name FROM namespaces WHERE name IN ({}) LOCK IN SHARE MODE",
+        vec!["?"; wanted.len()].join(", ")
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(text));
+    for name in &wanted {
+        q = q.bind(*name);
+    }
+    let held: Vec<String> = q
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::query("hold namespaces"))?;
+    match wanted.iter().find(|n| !held.iter().any(|h| h == *n)) {
+        Some(missing) => Err(namespace_not_found(missing)),
+        None => Ok(()),
+    }
+}
+
+/// Whether namespace `name` exists ('' always does: cluster scope). For dry runs,
+/// which lock nothing.
+pub(crate) async fn namespace_present(store: &Store, name: &str) -> Result<bool, StoreError> {
+    if name.is_empty() {
+        return Ok(true);
+    }
+    namespace_exists(store, name).await
+}
+
 async fn namespace_exists(store: &Store, name: &str) -> Result<bool, StoreError> {
     let row: Option<String> = sqlx::query_scalar("SELECT name FROM namespaces WHERE name = ?")
         .bind(name)
@@ -156,21 +207,40 @@ impl Store {
         self.with_retry("delete namespace", || async {
             let mut tx = self.begin("delete namespace").await?;
             let has_row = lock_namespace_row(&mut tx, name).await?;
-            let objects: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM resources WHERE namespace = ? AND kind <> 'IPAMLease'",
+            // Creates hold this row shared to COMMIT (hold_namespaces), so with it held
+            // exclusively nothing new can appear in the namespace: the counts stay true.
+            let mut blockers: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT kind, COUNT(*) FROM resources WHERE namespace = ? \
+                 AND kind NOT IN ('IPAMLease', 'ClusterOperation') GROUP BY kind ORDER BY kind",
             )
             .bind(name)
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(StoreError::query("count namespace objects"))?;
-            if objects > 0 {
+            let unfinished = unfinished_operations_in(&mut tx, name).await?;
+            if unfinished > 0 {
+                blockers.push((
+                    "unfinished ClusterOperation".into(),
+                    i64::try_from(unfinished).unwrap_or(i64::MAX),
+                ));
+            }
+            if !blockers.is_empty() {
+                let list: Vec<String> = blockers
+                    .iter()
+                    .map(|(kind, n)| format!("{n} {kind}"))
+                    .collect();
                 return Err(StoreError::Conflict {
                     kind: NAMESPACE_KIND.into(),
                     namespace: String::new(),
                     name: name.into(),
-                    reason: format!("namespace {name} still has {objects} objects"),
+                    reason: format!(
+                        "namespace {name} still holds {}: delete them first",
+                        list.join(", ")
+                    ),
                 });
             }
+            // Finished operations are history of the namespace's objects: they go with it.
+            let finished = unlink_finished_operations_in(&mut tx, name).await?;
             let leases: Vec<String> = sqlx::query_scalar(
                 "SELECT name FROM resources WHERE kind = 'IPAMLease' AND namespace = ? ORDER BY name",
             )
@@ -194,6 +264,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query("delete namespace"))?;
+            remove_unlinked(&mut tx, &finished).await?;
             for row in &lease_rows {
                 let revision = allocate_revisions(&mut tx, 1).await?;
                 let mut object = row.object.clone();

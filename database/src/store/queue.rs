@@ -102,6 +102,7 @@ use sf_schema::operation::{ClusterOperation, ClusterOperationSpec, Priority};
 use sf_schema::validation::validate_cluster_operation;
 
 use super::combine::{self, Combine};
+use super::namespaces::hold_namespaces;
 use super::resources::{
     ChangeRow, NewObject, Replacement, Row0, append_changes, insert_objects_log_later, prepare_new,
     remove_object, replace_objects_log_later,
@@ -836,6 +837,7 @@ async fn finish_write(
 /// The create half of a write, before the revision counter: projection, name check,
 /// dependencies and queue rows.
 async fn create_prepare(tx: &mut Tx, ops: &[NewOp]) -> Result<(), StoreError> {
+    hold_namespaces(tx, ops.iter().map(|op| op.key.namespace.as_str())).await?;
     let deps = resolve_dependencies(tx, ops).await?;
     insert_projection(tx, ops).await?;
     check_resources_free(tx, ops).await?;
@@ -1787,6 +1789,94 @@ async fn check_leases(tx: &mut Tx, leases: &[Lease]) -> Result<Vec<Checked>, Sto
 // ---------------------------------------------------------------------------------
 // The API.
 
+/// The first half of removing terminal operations (purge, namespace delete), before
+/// the revision counter: locks their resource rows and deletes their dependency edges
+/// (both ways) and projection rows. Returns the resource rows, for
+/// [`remove_unlinked`] once every other lock of the transaction is taken.
+async fn unlink_operations(tx: &mut Tx, ops: &[OpRow]) -> Result<Vec<Row0>, StoreError> {
+    let uids: Vec<String> = ops.iter().map(|o| o.uid.clone()).collect();
+    let mut resources = lock_resources(tx, &uids).await?;
+    for chunk in uids.chunks(CHUNK) {
+        let m = marks(chunk.len());
+        for text in [
+            format!(
+                "DELETE d FROM operation_dependencies d FORCE INDEX (PRIMARY) WHERE d.op_uid IN ({m})"
+            ),
+            format!(
+                "DELETE d FROM operation_dependencies d FORCE INDEX (ix_operation_dependencies_on) WHERE d.depends_on_uid IN ({m})"
+            ),
+            format!(
+                "DELETE o FROM cluster_operations o FORCE INDEX (PRIMARY) WHERE o.uid IN ({m})"
+            ),
+        ] {
+            let mut q = sqlx::query(sql(text));
+            for uid in chunk {
+                q = q.bind(uid);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(StoreError::query("remove operations"))?;
+        }
+    }
+    Ok(uids.iter().filter_map(|u| resources.remove(u)).collect())
+}
+
+/// The second half: the resources go, each with a DELETED change, at revisions
+/// allocated now (the counter is taken here).
+pub(crate) async fn remove_unlinked(tx: &mut Tx, rows: &[Row0]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let count = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    let first = allocate_revisions(tx, count).await?;
+    for (revision, row) in (first..).zip(rows) {
+        let mut object = row.object.clone();
+        remove_object(tx, revision, row, &mut object).await?;
+    }
+    Ok(())
+}
+
+/// How many operations of `namespace` are not finished: queued, waiting, executing,
+/// or terminal but still holding a queue row (an aborted one its claimer holds).
+/// These keep a namespace from being deleted.
+pub(crate) async fn unfinished_operations_in(
+    tx: &mut Tx,
+    namespace: &str,
+) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM cluster_operations o WHERE o.namespace = ? \
+         AND (o.state NOT IN ('complete', 'error', 'abort') \
+         OR EXISTS (SELECT 1 FROM work_queue w WHERE w.op_uid = o.uid))",
+    )
+    .bind(namespace)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(StoreError::query("count unfinished operations"))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Locks and unlinks every finished operation of `namespace` (history that goes with
+/// the namespace), for [`remove_unlinked`] after the caller's other locks. Call after
+/// [`unfinished_operations_in`] found none, with the namespace row held exclusively.
+pub(crate) async fn unlink_finished_operations_in(
+    tx: &mut Tx,
+    namespace: &str,
+) -> Result<Vec<Row0>, StoreError> {
+    let text = format!(
+        "SELECT {OP_COLUMNS} FROM cluster_operations o WHERE o.namespace = ? \
+         AND o.state IN ('complete', 'error', 'abort') FOR UPDATE"
+    );
+    let ops: Vec<OpRow> = sqlx::query(sql(text))
+        .bind(namespace)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::query("lock finished operations"))?
+        .iter()
+        .map(OpRow::decode)
+        .collect::<Result<_, _>>()?;
+    unlink_operations(tx, &ops).await
+}
+
 impl Store {
     /// Creates one operation, claimable after `delay` (see the module contract).
     pub async fn create_operation(
@@ -2562,39 +2652,8 @@ impl Store {
                     if ops.is_empty() {
                         return Ok(0);
                     }
-                    let uids: Vec<String> = ops.iter().map(|o| o.uid.clone()).collect();
-                    let resources = lock_resources(&mut tx, &uids).await?;
-                    for chunk in uids.chunks(CHUNK) {
-                        let m = marks(chunk.len());
-                        for text in [
-                            format!(
-                                "DELETE d FROM operation_dependencies d FORCE INDEX (PRIMARY) WHERE d.op_uid IN ({m})"
-                            ),
-                            format!(
-                                "DELETE d FROM operation_dependencies d FORCE INDEX (ix_operation_dependencies_on) WHERE d.depends_on_uid IN ({m})"
-                            ),
-                            format!(
-                                "DELETE o FROM cluster_operations o FORCE INDEX (PRIMARY) WHERE o.uid IN ({m})"
-                            ),
-                        ] {
-                            let mut q = sqlx::query(sql(text));
-                            for uid in chunk {
-                                q = q.bind(uid);
-                            }
-                            q.execute(&mut *tx)
-                                .await
-                                .map_err(StoreError::query("purge operations"))?;
-                        }
-                    }
-                    let rows: Vec<&Row0> = uids.iter().filter_map(|u| resources.get(u)).collect();
-                    if !rows.is_empty() {
-                        let count = u64::try_from(rows.len()).unwrap_or(u64::MAX);
-                        let first = allocate_revisions(&mut tx, count).await?;
-                        for (revision, row) in (first..).zip(rows) {
-                            let mut object = row.object.clone();
-                            remove_object(&mut tx, revision, row, &mut object).await?;
-                        }
-                    }
+                    let rows = unlink_operations(&mut tx, &ops).await?;
+                    remove_unlinked(&mut tx, &rows).await?;
                     self.commit(tx, "purge operations").await?;
                     Ok(ops.len())
                 })

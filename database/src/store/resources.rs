@@ -1,7 +1,9 @@
 //! Resources: create, get, list, compare-and-swap update, status update, merge, delete.
 //!
 //! Contract (Kubernetes semantics, see research/k8s-api.md §4):
-//! - create assigns uid, generation 1, creationTimestamp and resourceVersion;
+//! - create assigns uid, generation 1, creationTimestamp and resourceVersion; a
+//!   namespaced object needs its namespace (NotFound of kind Namespace otherwise) and
+//!   holds it shared to COMMIT, so a namespace delete cannot slip in between;
 //! - update replaces metadata (labels, annotations, finalizers, ownerReferences) and
 //!   every top-level field but `status`; `generation` bumps only when those fields
 //!   change; status updates replace only `status` and never bump generation;
@@ -19,6 +21,7 @@
 use sea_orm::sqlx::{self, Row};
 use serde_json::{Map, Value, json};
 
+use super::namespaces::{hold_namespaces, namespace_present};
 use super::{Store, StoreError, Tx, allocate_revisions, parse_json, rfc3339};
 use sf_schema::selector::{FieldSelector, LabelSelector};
 
@@ -769,6 +772,13 @@ impl Store {
             }
             if dry_run {
                 set_versions(&mut object, 0, 1)?;
+                if !namespace_present(self, &key.namespace).await? {
+                    return Err(StoreError::NotFound {
+                        kind: "Namespace".into(),
+                        namespace: String::new(),
+                        name: key.namespace,
+                    });
+                }
                 if self.get(&key).await.is_ok() {
                     return Err(StoreError::AlreadyExists {
                         kind: key.kind,
@@ -783,7 +793,9 @@ impl Store {
                 });
             }
             let mut tx = self.begin("create resource").await?;
-            // Take the name's row lock (duplicate check) before the counter.
+            // The namespace first (it must exist, and stay until COMMIT), then the
+            // name's row lock (duplicate check), then the counter.
+            hold_namespaces(&mut tx, [key.namespace.as_str()]).await?;
             let exists = lock_row(&mut tx, &key).await?;
             if exists.is_some() {
                 return Err(StoreError::AlreadyExists {

@@ -17,7 +17,7 @@ use sf_agent::libvirt::LibvirtHypervisor;
 use sf_agent::metrics::AgentMetrics;
 use sf_daemon::Shutdown;
 use sf_database::daemon as gateway_daemon;
-use sf_database::{MariaDbArgs, connect, ensure_schema};
+use sf_database::{MariaDbArgs, connect, connect_pool, ensure_schema};
 use sf_database_client::{GatewayClient, RetryPolicy};
 use sf_harness::TestDatabase;
 use sf_hostnet::{HostNetConfig, NetlinkHostNet};
@@ -244,6 +244,11 @@ pub async fn setup() -> Env {
     let conn = connect(&args).await.expect("connect");
     ensure_schema(&conn).await.expect("schema");
     conn.close().await.expect("close");
+    // The tests' objects live in namespace demo, which must exist.
+    sf_database::Store::new(connect_pool(&args).await.expect("pool"))
+        .create_namespace("demo")
+        .await
+        .expect("namespace demo");
     let (addr, gateway_shutdown) = start_gateway(&db).await;
     let client = GatewayClient::from_host_list(&addr.to_string(), SECRET, RetryPolicy::default())
         .expect("client");
