@@ -448,3 +448,63 @@ async fn a_create_racing_a_namespace_delete_never_leaves_an_orphan() {
         }
     }
 }
+
+/// A database from before namespaces had to exist: objects in a namespace with no
+/// row (and no Namespace object), and a Namespace object with no row.
+#[tokio::test]
+async fn namespaces_that_hold_objects_are_adopted_once() {
+    let (_db, store) = common::bare_store().await;
+    store.create_namespace("legacy").await.expect("create");
+    store
+        .create(instance("legacy", "web"), false)
+        .await
+        .expect("instance");
+    for text in [
+        "DELETE FROM namespaces WHERE name = 'legacy'",
+        "DELETE FROM resources WHERE kind = 'Namespace' AND name = 'legacy'",
+    ] {
+        sqlx::query(text)
+            .execute(store.pool())
+            .await
+            .expect("make it old");
+    }
+    let bare = store
+        .create(
+            json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Namespace",
+                   "metadata": {"name": "bare"}, "spec": {"trust": []}}),
+            false,
+        )
+        .await
+        .expect("a Namespace object without its row");
+    let err = store
+        .create(instance("legacy", "db"), false)
+        .await
+        .expect_err("no row");
+    assert!(namespace_not_found(&err, "legacy"), "{err}");
+
+    let adopted = store.adopt_orphan_namespaces().await.expect("adopt");
+    assert_eq!(adopted, vec!["bare".to_string(), "legacy".to_string()]);
+    store
+        .create(instance("legacy", "db"), false)
+        .await
+        .expect("creates work again");
+    store
+        .create(instance("bare", "db"), false)
+        .await
+        .expect("and in the adopted one");
+    let legacy = store.get(&ns_key("legacy")).await.expect("object made");
+    assert_eq!(legacy.object["status"]["state"], "created");
+    let uid: String = sqlx::query_scalar("SELECT uid FROM namespaces WHERE name = 'bare'")
+        .fetch_one(store.pool())
+        .await
+        .expect("row");
+    assert_eq!(
+        Some(uid.as_str()),
+        bare.object["metadata"]["uid"].as_str(),
+        "the row takes the existing object's uid"
+    );
+    assert_eq!(
+        store.adopt_orphan_namespaces().await.expect("again"),
+        Vec::<String>::new()
+    );
+}

@@ -146,6 +146,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
+            // Objects go only into namespaces that exist: a database from before that
+            // rule may hold objects in namespaces without a row.
+            match store.adopt_orphan_namespaces().await {
+                Ok(adopted) => {
+                    for name in adopted {
+                        println!("adopted namespace {name}: it held objects but was never created");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("cannot adopt namespaces that hold objects: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
         }
         Command::BootstrapSystemKey {
             key_name,

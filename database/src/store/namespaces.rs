@@ -90,6 +90,42 @@ fn key_from_row(r: &sqlx::mysql::MySqlRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
+/// Conflict naming how many objects of each kind keep namespace `name` from being
+/// deleted: everything but IPAMLeases and finished ClusterOperations.
+async fn namespace_blockers(tx: &mut Tx, name: &str) -> Result<(), StoreError> {
+    let mut blockers: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kind, COUNT(*) FROM resources WHERE namespace = ? \
+         AND kind NOT IN ('IPAMLease', 'ClusterOperation') GROUP BY kind ORDER BY kind",
+    )
+    .bind(name)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::query("count namespace objects"))?;
+    let unfinished = unfinished_operations_in(tx, name).await?;
+    if unfinished > 0 {
+        blockers.push((
+            "unfinished ClusterOperation".into(),
+            i64::try_from(unfinished).unwrap_or(i64::MAX),
+        ));
+    }
+    if blockers.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = blockers
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    Err(StoreError::Conflict {
+        kind: NAMESPACE_KIND.into(),
+        namespace: String::new(),
+        name: name.into(),
+        reason: format!(
+            "namespace {name} still holds {}: delete them first",
+            list.join(", ")
+        ),
+    })
+}
+
 /// Locks the namespace's row; false if there is none.
 async fn lock_namespace_row(tx: &mut Tx, name: &str) -> Result<bool, StoreError> {
     let row: Option<String> =
@@ -118,7 +154,7 @@ pub(crate) async fn hold_namespaces<'a>(
         return Ok(());
     }
     let text = format!(
-        "SELECT name FROM namespaces WHERE name IN ({}) LOCK IN SHARE MODE",
+        "SELECT name FROM namespaces FORCE INDEX (PRIMARY) WHERE name IN ({}) LOCK IN SHARE MODE",
         vec!["?"; wanted.len()].join(", ")
     );
     let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(text));
@@ -204,41 +240,23 @@ impl Store {
         }
         check_namespace_name(name)?;
         let key = namespace_key(name);
+        // Finished operations go with the namespace. When nothing blocks the delete, most
+        // go first, in short transactions of their own (a busy namespace keeps an hour
+        // of them, and the counter must not be held that long); the delete below takes
+        // what finished meanwhile. A refused delete removes nothing.
+        let mut tx = self.begin("delete namespace").await?;
+        let blocked = namespace_blockers(&mut tx, name).await;
+        tx.rollback()
+            .await
+            .map_err(StoreError::query("delete namespace"))?;
+        blocked?;
+        self.purge_finished_operations_of(name).await?;
         self.with_retry("delete namespace", || async {
             let mut tx = self.begin("delete namespace").await?;
             let has_row = lock_namespace_row(&mut tx, name).await?;
             // Creates hold this row shared to COMMIT (hold_namespaces), so with it held
             // exclusively nothing new can appear in the namespace: the counts stay true.
-            let mut blockers: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT kind, COUNT(*) FROM resources WHERE namespace = ? \
-                 AND kind NOT IN ('IPAMLease', 'ClusterOperation') GROUP BY kind ORDER BY kind",
-            )
-            .bind(name)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::query("count namespace objects"))?;
-            let unfinished = unfinished_operations_in(&mut tx, name).await?;
-            if unfinished > 0 {
-                blockers.push((
-                    "unfinished ClusterOperation".into(),
-                    i64::try_from(unfinished).unwrap_or(i64::MAX),
-                ));
-            }
-            if !blockers.is_empty() {
-                let list: Vec<String> = blockers
-                    .iter()
-                    .map(|(kind, n)| format!("{n} {kind}"))
-                    .collect();
-                return Err(StoreError::Conflict {
-                    kind: NAMESPACE_KIND.into(),
-                    namespace: String::new(),
-                    name: name.into(),
-                    reason: format!(
-                        "namespace {name} still holds {}: delete them first",
-                        list.join(", ")
-                    ),
-                });
-            }
+            namespace_blockers(&mut tx, name).await?;
             // Finished operations are history of the namespace's objects: they go with it.
             let finished = unlink_finished_operations_in(&mut tx, name).await?;
             let leases: Vec<String> = sqlx::query_scalar(
@@ -289,6 +307,64 @@ impl Store {
             };
             self.commit(tx, "delete namespace").await?;
             Ok(deleted)
+        })
+        .await
+    }
+
+    /// Gives every namespace that holds objects (or has a Namespace object) but no
+    /// `namespaces` row its row, and its Namespace object when missing, so creates in it
+    /// work (they need the row since objects go only into namespaces that exist).
+    /// Names that are not DNS labels are skipped with a warning. Idempotent; `sf-ctl
+    /// ensure-mariadb-schema` runs it. Returns the names adopted.
+    pub async fn adopt_orphan_namespaces(&self) -> Result<Vec<String>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT r.namespace FROM resources r WHERE r.namespace <> '' \
+             AND NOT EXISTS (SELECT 1 FROM namespaces n WHERE n.name = r.namespace) \
+             UNION SELECT r.name FROM resources r WHERE r.kind = 'Namespace' \
+             AND r.namespace = '' AND NOT EXISTS (SELECT 1 FROM namespaces n WHERE n.name = r.name) \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("find namespaces without a row"))?;
+        let mut adopted = Vec::new();
+        for name in names {
+            if check_namespace_name(&name).is_err() {
+                tracing::warn!(namespace = %name, "objects live in a namespace whose name is not a DNS label: not adopted");
+                continue;
+            }
+            if self.adopt_namespace(&name).await? {
+                adopted.push(name);
+            }
+        }
+        Ok(adopted)
+    }
+
+    async fn adopt_namespace(&self, name: &str) -> Result<bool, StoreError> {
+        let key = namespace_key(name);
+        self.with_retry("adopt namespace", || async {
+            let mut tx = self.begin("adopt namespace").await?;
+            if lock_namespace_row(&mut tx, name).await? {
+                return Ok(false);
+            }
+            let existing = lock_row(&mut tx, &key).await?;
+            let mut object = namespace_object(name);
+            let uid = match &existing {
+                Some(row) => row.uid.clone(),
+                None => prepare_new(&mut object)?.1,
+            };
+            sqlx::query("INSERT INTO namespaces (name, uid, created_at) VALUES (?, ?, NOW(6))")
+                .bind(name)
+                .bind(&uid)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("adopt namespace"))?;
+            if existing.is_none() {
+                let revision = allocate_revisions(&mut tx, 1).await?;
+                insert_object(&mut tx, revision, &key, &uid, &mut object).await?;
+            }
+            self.commit(tx, "adopt namespace").await?;
+            Ok(true)
         })
         .await
     }

@@ -1836,17 +1836,19 @@ pub(crate) async fn remove_unlinked(tx: &mut Tx, rows: &[Row0]) -> Result<(), St
     Ok(())
 }
 
-/// How many operations of `namespace` are not finished: queued, waiting, executing,
-/// or terminal but still holding a queue row (an aborted one its claimer holds).
+/// How many ClusterOperations of `namespace` are not finished: queued, waiting,
+/// executing, terminal but still holding a queue row (an aborted one its claimer
+/// holds), or a bare resource without a queue projection (written around the queue).
 /// These keep a namespace from being deleted.
 pub(crate) async fn unfinished_operations_in(
     tx: &mut Tx,
     namespace: &str,
 ) -> Result<u64, StoreError> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM cluster_operations o WHERE o.namespace = ? \
-         AND (o.state NOT IN ('complete', 'error', 'abort') \
-         OR EXISTS (SELECT 1 FROM work_queue w WHERE w.op_uid = o.uid))",
+        "SELECT COUNT(*) FROM resources r WHERE r.kind = 'ClusterOperation' AND r.namespace = ? \
+         AND NOT EXISTS (SELECT 1 FROM cluster_operations o FORCE INDEX (PRIMARY) \
+         WHERE o.uid = r.uid AND o.state IN ('complete', 'error', 'abort') \
+         AND NOT EXISTS (SELECT 1 FROM work_queue w WHERE w.op_uid = o.uid))",
     )
     .bind(namespace)
     .fetch_one(&mut **tx)
@@ -1863,8 +1865,8 @@ pub(crate) async fn unlink_finished_operations_in(
     namespace: &str,
 ) -> Result<Vec<Row0>, StoreError> {
     let text = format!(
-        "SELECT {OP_COLUMNS} FROM cluster_operations o WHERE o.namespace = ? \
-         AND o.state IN ('complete', 'error', 'abort') FOR UPDATE"
+        "SELECT {OP_COLUMNS} FROM cluster_operations o FORCE INDEX (ux_cluster_operations_name) \
+         WHERE o.namespace = ? AND o.state IN ('complete', 'error', 'abort') FOR UPDATE"
     );
     let ops: Vec<OpRow> = sqlx::query(sql(text))
         .bind(namespace)
@@ -2628,20 +2630,46 @@ impl Store {
     /// operation whose claimer still holds its row waits for that row to go. Returns how
     /// many were removed.
     pub async fn purge_terminal_operations(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let age_us = micros(older_than);
+        self.purge_finished(Some(older_than), None).await
+    }
+
+    /// Removes every finished operation of `namespace` (as the purge does, whatever
+    /// their age), in transactions of at most [`CHUNK`] so the revision counter is
+    /// never held for long; the namespace delete runs it first.
+    pub(crate) async fn purge_finished_operations_of(
+        &self,
+        namespace: &str,
+    ) -> Result<u64, StoreError> {
+        self.purge_finished(None, Some(namespace)).await
+    }
+
+    async fn purge_finished(
+        &self,
+        older_than: Option<Duration>,
+        namespace: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let age_us = older_than.map_or(0, micros);
         let mut total = 0u64;
         loop {
             let purged = self
                 .with_retry("purge operations", || async {
                     let mut tx = self.begin("purge operations").await?;
+                    let (index, scope) = match namespace {
+                        Some(_) => ("ux_cluster_operations_name", "o.namespace = ? AND"),
+                        None => ("ix_cluster_operations_state", ""),
+                    };
                     let text = format!(
-                        "SELECT {OP_COLUMNS} FROM cluster_operations o \
-                         WHERE o.state IN ('complete', 'error', 'abort') \
+                        "SELECT {OP_COLUMNS} FROM cluster_operations o FORCE INDEX ({index}) \
+                         WHERE {scope} o.state IN ('complete', 'error', 'abort') \
                          AND o.updated_at < NOW(6) - INTERVAL ? MICROSECOND \
                          AND NOT EXISTS (SELECT 1 FROM work_queue w WHERE w.op_uid = o.uid) \
                          LIMIT {CHUNK} FOR UPDATE SKIP LOCKED"
                     );
-                    let ops: Vec<OpRow> = sqlx::query(sql(text))
+                    let mut q = sqlx::query(sql(text));
+                    if let Some(ns) = namespace {
+                        q = q.bind(ns);
+                    }
+                    let ops: Vec<OpRow> = q
                         .bind(age_us)
                         .fetch_all(&mut *tx)
                         .await
