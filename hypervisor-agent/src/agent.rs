@@ -59,7 +59,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 use crate::gateway::{Gateway, GatewayError};
-use crate::hypervisor::{DomainState, Hypervisor, HypervisorVersions, uid_of};
+use crate::hypervisor::{DomainState, Hypervisor, HypervisorError, HypervisorVersions, uid_of};
 use crate::instance::{InstanceContext, Lifecycle, LifecycleError, NicContext};
 use crate::metrics::AgentMetrics;
 use crate::sysinfo::Sampler;
@@ -213,6 +213,9 @@ pub enum HandlerError {
     /// An `artifact_fetch` failed.
     #[error(transparent)]
     Fetch(#[from] crate::artifact::FetchError),
+    /// A `blob_delete` did not remove its file.
+    #[error(transparent)]
+    BlobRemove(#[from] crate::blobs::RemoveError),
 }
 
 impl HandlerError {
@@ -228,6 +231,7 @@ impl HandlerError {
             Self::BadOperation(_) => "BadOperation".into(),
             Self::Unsupported(_) => "UnsupportedOperation".into(),
             Self::Fetch(e) => e.code().into(),
+            Self::BlobRemove(e) => e.code().into(),
         }
     }
 
@@ -243,6 +247,7 @@ impl HandlerError {
             Self::NotReady(_) => true,
             Self::NotFound { .. } | Self::BadOperation(_) | Self::Unsupported(_) => false,
             Self::Fetch(e) => e.retryable(),
+            Self::BlobRemove(e) => e.retryable(),
         }
     }
 }
@@ -1136,8 +1141,47 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 let fetched = crate::artifact::fetch(&settings, &request).await?;
                 Ok(fetched.to_result(self.node_name()))
             }
+            OperationType::BlobDelete => {
+                let blob = payload["blob"]
+                    .as_str()
+                    .ok_or_else(|| HandlerError::BadOperation("payload.blob is required".into()))?;
+                crate::blobs::check_name(blob)?;
+                let s = &self.inner.settings;
+                let blobs_dir = s.storage_path.join("blobs");
+                let domains = self.domains_naming(&blobs_dir.join(blob)).await?;
+                let removed = crate::blobs::remove(
+                    &blobs_dir,
+                    &s.storage_path.join("instances"),
+                    blob,
+                    domains,
+                )
+                .await?;
+                Ok(json!({"blob": blob, "node": self.node_name(), "removed": removed.existed}))
+            }
             other => Err(HandlerError::Unsupported(other.as_str().to_owned())),
         }
+    }
+
+    /// The defined domains whose XML (live or persistent) names `path`.
+    async fn domains_naming(&self, path: &std::path::Path) -> Result<Vec<String>, HandlerError> {
+        let hv = self.inner.life.hypervisor();
+        let needle = path.to_string_lossy();
+        let mut users = Vec::new();
+        for domain in hv.list().await.map_err(LifecycleError::from)? {
+            for inactive in [false, true] {
+                match hv.xml(&domain.name, inactive).await {
+                    Ok(xml) if xml.contains(needle.as_ref()) => {
+                        users.push(domain.name.clone());
+                        break;
+                    }
+                    Ok(_) => {}
+                    // Undefined meanwhile: it uses nothing.
+                    Err(HypervisorError::NoDomain { .. }) => break,
+                    Err(e) => return Err(LifecycleError::from(e).into()),
+                }
+            }
+        }
+        Ok(users)
     }
 
     async fn target_uid(&self, op: &ClusterOperation) -> Result<String, HandlerError> {
@@ -1275,6 +1319,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             | OperationType::NetworkUpdateDhcp
             | OperationType::NetworkDelete => format!("network:{ns}/{}", t.name),
             OperationType::ArtifactFetch => format!("artifact:{ns}/{}", t.name),
+            OperationType::BlobDelete => format!("blob:{}", t.name),
             _ => instance_lock_key(ns, &t.name),
         }
     }

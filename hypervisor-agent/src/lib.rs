@@ -14,11 +14,12 @@
 //! [`identity`] (the node UUID), [`sysinfo`] (capacity and usage), [`gateway`] (typed
 //! sf-database calls), [`agent`] (registration, claim loop, handlers, start-up
 //! reconciliation, state polling), [`artifact`] (`artifact_fetch`: downloads into
-//! blob files), [`metrics`]. Panics are recorded by
+//! blob files), [`blobs`] (`blob_delete`: removes unused blob files), [`metrics`]. Panics are recorded by
 //! `sf_daemon::panic`.
 
 pub mod agent;
 pub mod artifact;
+pub mod blobs;
 pub mod config;
 pub mod disks;
 pub mod domain_xml;

@@ -916,3 +916,102 @@ async fn the_binary_serves_metrics_over_tls_and_renews_its_certificate() {
     );
     let _ = child.kill().await;
 }
+
+fn blob_delete(blob: &str) -> sf_schema::ClusterOperation {
+    let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+        "operationType": "blob_delete",
+        "target": {"kind": "Blob", "name": blob, "uid": "blob-uid"},
+        "node": NODE,
+        "payload": {"blob": blob},
+    }))
+    .expect("spec");
+    let mut op = sf_schema::ClusterOperation::new(&format!("blob-{blob}-1-rm-{NODE}"), spec);
+    op.metadata.namespace = Some("system".into());
+    op
+}
+
+fn qemu_img(args: &[&str], paths: &[&std::path::Path], size: Option<&str>) {
+    let status = Command::new("qemu-img")
+        .args(args)
+        .args(paths)
+        .args(size)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success(), "qemu-img {args:?}");
+}
+
+/// `blob_delete` through the agent's handler: an unused file goes (again: success),
+/// one an instance disk is backed by or a domain names stays, and the payload can
+/// never name a file outside the blobs directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_delete_removes_only_files_nothing_uses() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let agent = env.agent(hv.clone(), "44444444-4444-4444-8444-444444444444");
+    let storage = env.dir.path().join("storage");
+    let blobs = storage.join("blobs");
+    std::fs::create_dir_all(&blobs).expect("blobs dir");
+
+    let free = "0b0b0b0b-0000-4000-8000-000000000001";
+    std::fs::write(blobs.join(free), b"unused bytes").expect("free blob");
+    let done = agent.execute(&blob_delete(free)).await.expect("removed");
+    assert_eq!(done["removed"], true, "{done}");
+    assert!(!blobs.join(free).exists());
+    let again = agent.execute(&blob_delete(free)).await.expect("again");
+    assert_eq!(again["removed"], false, "already gone is success: {again}");
+
+    // Backing file of an instance disk.
+    let base = "0b0b0b0b-0000-4000-8000-000000000002";
+    qemu_img(
+        &["create", "-q", "-f", "qcow2"],
+        &[&blobs.join(base)],
+        Some("1M"),
+    );
+    let disk_dir = storage.join("instances").join("i-1");
+    std::fs::create_dir_all(&disk_dir).expect("instance dir");
+    let overlay = disk_dir.join("vda.qcow2");
+    qemu_img(
+        &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"],
+        &[&blobs.join(base), &overlay],
+        None,
+    );
+    let err = agent.execute(&blob_delete(base)).await.expect_err("in use");
+    assert_eq!(err.code(), "BlobInUse", "{err}");
+    assert!(!err.retryable());
+    assert!(err.to_string().contains("vda.qcow2"), "{err}");
+    assert!(blobs.join(base).exists(), "a backing file stays");
+
+    // A CD-ROM of a defined domain.
+    let iso = "0b0b0b0b-0000-4000-8000-000000000003";
+    std::fs::write(blobs.join(iso), b"iso bytes").expect("iso blob");
+    let xml = format!(
+        "<domain type='test'><name>cdrom-user</name><memory>65536</memory>\
+         <os><type>hvm</type></os><devices><disk type='file' device='cdrom'>\
+         <source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk></devices></domain>",
+        blobs.join(iso).display()
+    );
+    hv.define(&xml).await.expect("define");
+    let err = agent
+        .execute(&blob_delete(iso))
+        .await
+        .expect_err("named by a domain");
+    assert!(err.to_string().contains("domain cdrom-user"), "{err}");
+    assert!(blobs.join(iso).exists());
+    hv.undefine("cdrom-user").await.expect("undefine");
+    agent.execute(&blob_delete(iso)).await.expect("now free");
+    assert!(!blobs.join(iso).exists());
+
+    // Nothing outside the blobs directory.
+    std::fs::write(storage.join("node_secret"), b"x").expect("file");
+    let err = agent
+        .execute(&blob_delete("../node_secret"))
+        .await
+        .expect_err("bad name");
+    assert_eq!(err.code(), "BadBlobName");
+    assert!(storage.join("node_secret").exists());
+}

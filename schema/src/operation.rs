@@ -51,6 +51,9 @@ string_enum! {
         NetworkDelete => "network_delete",
         /// Fetch an artifact's source into a blob.
         ArtifactFetch => "artifact_fetch",
+        /// Remove an unreferenced Blob's file from one node (payload `{"blob"}`); the
+        /// agent keeps a file an instance still uses and says so in the result.
+        BlobDelete => "blob_delete",
     }
 }
 

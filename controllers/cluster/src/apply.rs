@@ -35,7 +35,10 @@
 //!   is written.
 //! - `WriteBlob` reads the Blob fresh, creates it when missing (cluster scoped, spec
 //!   from the action) and merge-patches only the status fields that differ (`nodes`
-//!   as a union with the stored list).
+//!   as a union with the stored list); a Blob already `deleted` (collected) is left
+//!   alone.
+//! - Operations live in their owner's namespace; those of a cluster-scoped owner (a
+//!   Blob's `blob_delete`) in `system`.
 
 use std::time::Duration;
 
@@ -447,9 +450,12 @@ where
                 TARGET_LABEL: target.uid,
             },
         });
-        if let Some(ns) = self.ns() {
-            metadata["namespace"] = json!(ns);
-        }
+        // A cluster-scoped owner's (a Blob's) operations are cluster housekeeping: they
+        // live in the admin namespace, which always exists.
+        let ns = self
+            .ns()
+            .unwrap_or_else(|| sf_schema::namespace::SYSTEM_NAMESPACE.to_owned());
+        metadata["namespace"] = json!(ns);
         let mut spec = json!({
             "operationType": operation_type.as_str(),
             "target": target,
@@ -938,7 +944,13 @@ where
                 }
             }
         };
-        let patch = blob_status_patch(&blob.status.clone().unwrap_or_default(), facts);
+        let status = blob.status.clone().unwrap_or_default();
+        if status.state == ResourceState::Deleted {
+            // Collected by the blob controller: its files are going or gone, and a
+            // write here would bring it back to `created`.
+            return Ok(());
+        }
+        let patch = blob_status_patch(&status, facts);
         if patch.is_empty() {
             return Ok(());
         }

@@ -111,6 +111,13 @@ pub struct Config {
     /// Seconds after which complete/error/abort operations are purged.
     #[arg(long, env = "SHAKENFIST_CLEANER_DELAY", default_value_t = 3600)]
     pub cleaner_delay: u64,
+    /// Seconds a Blob nothing uses is kept before its files are removed from the nodes.
+    #[arg(long, env = "SHAKENFIST_BLOB_GC_GRACE", default_value_t = 3600)]
+    pub blob_gc_grace: u64,
+    /// Seconds after a refused (still in use) or failed blob file removal before it is
+    /// tried again.
+    #[arg(long, env = "SHAKENFIST_BLOB_GC_RETRY", default_value_t = 600)]
+    pub blob_gc_retry: u64,
     /// Change-log compaction period, seconds.
     #[arg(
         long,

@@ -1,5 +1,5 @@
-//! The kube-runtime `Controller`s for Instance, Network, NetworkInterface, Artifact
-//! and Node, and the watches that map related objects back to their owners.
+//! The kube-runtime `Controller`s for Instance, Network, NetworkInterface, Artifact,
+//! Blob and Node, and the watches that map related objects back to their owners.
 //!
 //! Contract:
 //! - One watch per kind against sf-api feeds a shared reflector store; every
@@ -40,7 +40,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use sf_plan::scheduler::Resources;
-use sf_plan::{Action, plan_artifact, plan_instance, plan_interface, plan_network, plan_node};
+use sf_plan::{
+    Action, plan_artifact, plan_blob, plan_instance, plan_interface, plan_network, plan_node,
+};
 use sf_schema::{
     Artifact, Blob, ClusterOperation, IPAMLease, Instance, Network, NetworkInterface, Node,
 };
@@ -314,6 +316,22 @@ pub async fn reconcile_artifact(
         let actions = plan_artifact(&artifact, &observation, &c.plan_now());
         tracing::debug!(artifact = %artifact.name_any(), ?actions, "plan");
         let applied = Apply::new(&c, &artifact, "artifact").run(&actions).await?;
+        Ok(requeue_of(applied.requeue))
+    })
+    .await
+}
+
+/// One Blob reconcile (garbage collection of its files).
+pub async fn reconcile_blob(obj: Arc<Blob>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
+    let c = ctx.clone();
+    timed(ctx, "blob", obj.clone(), async move {
+        let Some(blob) = current(&c, obj.as_ref()).await? else {
+            return Ok(Requeue::await_change());
+        };
+        let observation = observe::observe_blob(&c, &blob);
+        let actions = plan_blob(&blob, &observation, &c.plan_now());
+        tracing::debug!(blob = %blob.name_any(), ?actions, "plan");
+        let applied = Apply::new(&c, &blob, "blob").run(&actions).await?;
         Ok(requeue_of(applied.requeue))
     })
     .await
@@ -817,6 +835,36 @@ pub async fn run(
             .for_each(|_| std::future::ready(()))
     };
 
+    // --- Blob -------------------------------------------------------------------
+    let blob_controller = {
+        let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Blob>> {
+            operation_refs(&op, "Blob", false)
+        };
+        // An artifact's versions changing may make a Blob unused (or used again).
+        let version_changes = Arc::new(Changes::default());
+        let artifact_map = move |a: Arc<Artifact>| -> Vec<ObjectRef<Blob>> {
+            let blobs: Vec<String> = a
+                .status
+                .as_ref()
+                .map(|s| s.versions.iter().map(|v| v.blob.clone()).collect())
+                .unwrap_or_default();
+            let key = format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any());
+            // An artifact being deleted (and its removal, which repeats its last state)
+            // always triggers: its blobs may have just lost their last reference.
+            let deleting = a.metadata.deletion_timestamp.is_some();
+            if !version_changes.changed(key, blobs.join(",")) && !deleting {
+                return Vec::new();
+            }
+            blobs.iter().map(|b| ObjectRef::new(b)).collect()
+        };
+        Controller::for_shared_stream(blobs.subscribe(), stores.blobs.clone())
+            .with_config(config.clone())
+            .watches_shared_stream(operations.subscribe(), ops_map)
+            .watches_shared_stream(artifacts.subscribe(), artifact_map)
+            .run(reconcile_blob, error_policy::<Blob>("blob"), ctx.clone())
+            .for_each(|_| std::future::ready(()))
+    };
+
     // --- Node -------------------------------------------------------------------
     let node_controller = Controller::for_shared_stream(nodes.subscribe(), stores.nodes.clone())
         .with_config(config)
@@ -837,6 +885,7 @@ pub async fn run(
         Box::pin(network_controller),
         Box::pin(interface_controller),
         Box::pin(artifact_controller),
+        Box::pin(blob_controller),
         Box::pin(node_controller),
     ];
     futures::future::join_all(futures).await;

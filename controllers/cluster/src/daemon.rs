@@ -63,6 +63,8 @@ pub async fn connect_api(config: &Config) -> Result<kube::Client, DaemonError> {
 pub fn settings(config: &Config) -> Settings {
     let mut plan = sf_plan::PlanContext::new(chrono::Utc::now());
     plan.scheduler = config.scheduler();
+    plan.blob_grace_secs = config.blob_gc_grace;
+    plan.blob_retry_secs = config.blob_gc_retry;
     Settings {
         plan,
         node: config.node(),

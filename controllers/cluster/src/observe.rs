@@ -30,6 +30,9 @@
 //!   artifact observes its own operations, every other `artifact_fetch` targeting it
 //!   (instances' replications), the results of the completed ones, the Blobs they and
 //!   the versions name, and every Node.
+//! - A Blob observes its own `blob_delete` operations, whether any cached Artifact
+//!   not being deleted has a version naming it (whatever its `referenceCount` says),
+//!   and the Nodes that exist and are not deleted.
 //! - A NetworkView's `nodes` is `status.nodes` plus the nodes where a create for it
 //!   completed and no delete followed: instance and interface plans then do not
 //!   re-plumb while the network controller has yet to record the node (the network
@@ -47,7 +50,10 @@ use sf_plan::instance::{ArtifactReadiness, ReservedAddress, boot_interface_name}
 use sf_plan::interface::InstanceView;
 use sf_plan::network::{NetworkMember, NetworkView, PendingCreate};
 use sf_plan::scheduler::{NodeView, Resources};
-use sf_plan::{InstanceObservation, InterfaceObservation, NetworkObservation, ObservedOperation};
+use sf_plan::{
+    BlobObservation, InstanceObservation, InterfaceObservation, NetworkObservation,
+    ObservedOperation,
+};
 use sf_schema::instance::InstanceState;
 use sf_schema::ipam::LeasePhase;
 use sf_schema::node::{NodeRole, NodeState};
@@ -675,4 +681,38 @@ pub async fn observe_artifact(
         blobs,
         nodes,
     })
+}
+
+/// Observes `blob` (read fresh by the caller).
+pub fn observe_blob(ctx: &Context, blob: &Blob) -> BlobObservation {
+    let uid = blob.uid().unwrap_or_default();
+    let name = blob.name_any();
+    let operations = operations_where(ctx, |op| {
+        op.labels().get(OWNER_LABEL).map(String::as_str) == Some(uid.as_str())
+    });
+    // An artifact being deleted drops its references (its plan writes the counts to 0
+    // and it is gone once its finalizer is): it keeps nothing alive.
+    let referenced = ctx.stores.artifacts.state().iter().any(|a| {
+        a.metadata.deletion_timestamp.is_none()
+            && a.status
+                .as_ref()
+                .is_some_and(|s| s.versions.iter().any(|v| v.blob == name))
+    });
+    let nodes = ctx
+        .stores
+        .nodes
+        .state()
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .is_none_or(|s| s.state != NodeState::Deleted)
+        })
+        .map(|n| n.name_any())
+        .collect();
+    BlobObservation {
+        referenced,
+        operations: operations.iter().map(|op| observed_operation(op)).collect(),
+        nodes,
+    }
 }

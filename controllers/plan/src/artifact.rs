@@ -33,12 +33,13 @@
 //!   Blob named by a version, by such a fact or by a pruned version up to date
 //!   (created when missing, nodes added, `referenceCount` = the versions using it),
 //!   only when the stored Blob differs. Blob writes come before the versions' status
-//!   write, so a version never names a Blob that does not exist.
+//!   write, so a version never names a Blob that does not exist. A Blob already
+//!   `deleted` by the blob reconciler ([`crate::blob`]) is never written again.
 //! - Delete: while an own fetch is outstanding, abort the fetches targeting the
 //!   artifact (sf-database aborts by target, so instances' replications too, and
 //!   their `instance_create`s fail with them); drop the versions' blobs' reference
-//!   counts to 0, `deleted`, remove the finalizer. The blob files stay on the nodes
-//!   (removing them is a `blob_delete` follow-up).
+//!   counts to 0, `deleted`, remove the finalizer. The blob reconciler
+//!   ([`crate::blob`]) removes the files once nothing uses them.
 //! - Nothing changed → empty plan.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -639,6 +640,9 @@ impl Ctx<'_> {
             let Some(view) = view.or_else(|| known.then(BlobView::default)) else {
                 continue; // Nothing known about it (its fetch was purged, never stored).
             };
+            if view.state == ResourceState::Deleted {
+                continue; // Collected (crate::blob): its files are going or gone.
+            }
             let mut nodes: BTreeSet<String> = view.nodes.iter().cloned().collect();
             nodes.extend(f.nodes);
             let nodes: Vec<String> = nodes.into_iter().collect();
@@ -942,6 +946,29 @@ mod tests {
             ..ArtifactObservation::default()
         };
         (a, obs)
+    }
+
+    #[test]
+    fn a_deleted_blob_is_never_written_again() {
+        // A re-fetch with the same bytes records no version: its blob is unused, and
+        // the blob reconciler may have collected it already.
+        let (a, mut obs) = steady();
+        let again = "artifact-debian-12-12-fetch";
+        obs.operations
+            .push(fetch(again, S::Complete, "hv-2", BLOB_2, URL));
+        obs.results
+            .insert(again.to_owned(), result(BLOB_2, &sum('a')));
+        let plan = plan_artifact(&a, &obs, &ctx());
+        assert_eq!(
+            blob_writes(&plan),
+            vec![(BLOB_2.to_owned(), vec!["hv-2".to_owned()], 0)],
+            "an unused blob is recorded with no references"
+        );
+        let mut collected = stored(BLOB_2, &sum('a'), &[], 0);
+        collected.state = ResourceState::Deleted;
+        obs.blobs.push(collected);
+        let plan = plan_artifact(&a, &obs, &ctx());
+        assert_eq!(blob_writes(&plan), vec![], "{plan:?}");
     }
 
     #[test]

@@ -126,6 +126,7 @@ fn targets_instance(op: &ObservedOperation) -> bool {
             | OperationType::NetworkUpdateDhcp
             | OperationType::NetworkDelete
             | OperationType::ArtifactFetch
+            | OperationType::BlobDelete
     )
 }
 

@@ -15,12 +15,13 @@
 //!
 //! Modules: [`action`] (the actions), [`ops`] (operation names and intent sequences),
 //! one per reconciler ([`instance`], [`network`], [`interface`], [`node`],
-//! [`artifact`]) and the [`scheduler`].
+//! [`artifact`], [`blob`]) and the [`scheduler`].
 
 pub mod action;
 #[cfg(feature = "config")]
 pub mod args;
 pub mod artifact;
+pub mod blob;
 pub mod instance;
 pub mod interface;
 pub mod network;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use action::{Action, FINALIZER, StateValue};
 pub use artifact::{ArtifactObservation, plan_artifact};
+pub use blob::{BlobObservation, plan_blob};
 pub use instance::{InstanceObservation, plan_instance};
 pub use interface::{InterfaceObservation, plan_interface};
 pub use network::{NetworkObservation, plan_network};
@@ -62,6 +64,10 @@ pub struct PlanContext {
     /// Requeue hint for an unschedulable instance (60 s); capacity changes also
     /// trigger a reconcile.
     pub unschedulable_retry_secs: u64,
+    /// How long a Blob nothing uses is kept before its files are removed (3600 s).
+    pub blob_grace_secs: u64,
+    /// How long after a refused or failed `blob_delete` it is tried again (600 s).
+    pub blob_retry_secs: u64,
 }
 
 impl PlanContext {
@@ -74,6 +80,8 @@ impl PlanContext {
             retry_backoff_secs: 60,
             wait_secs: 30,
             unschedulable_retry_secs: 60,
+            blob_grace_secs: 3600,
+            blob_retry_secs: 600,
         }
     }
 }

@@ -95,6 +95,7 @@ pub fn short_name(operation_type: &OperationType) -> &str {
         T::NetworkUpdateDhcp => "dhcp",
         T::NetworkDelete => "netdelete",
         T::ArtifactFetch => "fetch",
+        T::BlobDelete => "rm",
         T::Other(other) => other.as_str(),
     }
 }

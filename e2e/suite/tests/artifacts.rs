@@ -4,6 +4,10 @@
 //! placed on the other node waits for it, gets the blob replicated to its node by a
 //! verified `artifact_fetch` first, then reaches running on a disk backed by the
 //! blob; an instance on the fetching node uses the blob without a second copy.
+//! Then garbage collection: with the artifact deleted the Blob is unused; after the
+//! grace its file goes from the node whose instance is gone, stays (refused, "in
+//! use") on the node whose instance disk is backed by it, and goes there too once
+//! that instance is deleted.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -293,4 +297,81 @@ fn an_artifact_is_fetched_replicated_and_backs_instance_disks() {
         before,
         "the artifact and its Blob stay unwritten"
     );
+
+    // Garbage collection (grace 2 s, retry 3 s in these systems). `near` goes, then
+    // the artifact: nothing names the blob any more, but `far`'s disk is backed by it.
+    let near_node = fetch_node;
+    for (kind, name) in [("instance", "near"), ("artifact", "tiny")] {
+        let out = system.sf(&["delete", kind, name, "-n", "arts"]);
+        if !out.status.success() {
+            fail(format!(
+                "delete {kind} {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let far_file = system
+        .nodes
+        .iter()
+        .find(|n| n.name == other_node)
+        .map(|n| n.storage.join("blobs").join(&blob))
+        .unwrap_or_else(|| fail("no far node".into()));
+    let near_file = system
+        .nodes
+        .iter()
+        .find(|n| n.name == near_node)
+        .map(|n| n.storage.join("blobs").join(&blob))
+        .unwrap_or_else(|| fail("no near node".into()));
+    let refused = wait_for(
+        "the blob removed where unused and refused where in use",
+        Duration::from_secs(120),
+        || {
+            let list = get(&system, &["get", "blobs", "-o", "json"])?;
+            let b = named(&list, &blob)?.clone();
+            let nodes = b["status"]["nodes"].as_array()?.clone();
+            let refused = b["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Removed" && c["reason"] == "Refused");
+            (b["status"]["state"] == "deleted" && nodes == vec![Value::from(other_node)] && refused)
+                .then_some(b)
+        },
+    )
+    .unwrap_or_else(|e| fail(e.to_string()));
+    assert!(!near_file.exists(), "{}", near_file.display());
+    assert!(
+        far_file.exists(),
+        "a backing file is never removed: {refused}"
+    );
+    let message = refused["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Removed")
+        .map(|c| c["message"].to_string())
+        .unwrap_or_default();
+    assert!(message.contains("in use"), "{message}");
+
+    let out = system.sf(&["delete", "instance", "far", "-n", "arts"]);
+    if !out.status.success() {
+        fail(format!(
+            "delete instance far: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    wait_for(
+        "the blob removed everywhere",
+        Duration::from_secs(120),
+        || {
+            let list = get(&system, &["get", "blobs", "-o", "json"])?;
+            let b = named(&list, &blob)?.clone();
+            let removed = b["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Removed" && c["status"] == "True");
+            (b["status"]["nodes"].as_array().is_none_or(Vec::is_empty) && removed).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| fail(e.to_string()));
+    assert!(!far_file.exists(), "{}", far_file.display());
 }

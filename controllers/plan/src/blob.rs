@@ -1,0 +1,525 @@
+//! The blob reconciler's plan: [`plan_blob`], garbage collection of Blob files on
+//! the nodes.
+//!
+//! Contract:
+//! - A Blob is collectable when nothing uses it: `status.referenceCount` is 0 (the
+//!   artifact controller counts the versions naming it), no artifact version names it
+//!   in the cache either ([`BlobObservation::referenced`], a cross-check that does not
+//!   trust a stale count), and it has replicas on nodes. Blobs without nodes (a
+//!   screenshot's bytes, kept in MariaDB) are never collected here.
+//! - Grace: a collectable Blob gets condition `Unreferenced` True; only when it has
+//!   stayed True for [`PlanContext::blob_grace_secs`] does the Blob move to `deleted`
+//!   (a reference appearing meanwhile sets it False and starts over). The plan that
+//!   moves it emits nothing else: the next reconcile, of a Blob already `deleted`,
+//!   removes the files. `deleted` is terminal; the artifact controller never writes a
+//!   deleted Blob again.
+//! - Removal: for each node in `status.nodes` one `blob_delete` on that node's queue,
+//!   named `blob-<name>-<attempt>-rm-<node>` (attempt from 1, one more after each
+//!   failure, so every retry is a new operation and a repeated emit is AlreadyExists).
+//!   Its completion removes the node from `status.nodes`; a node that no longer exists
+//!   (deleted, or gone from the cache) is dropped without one. A failed one (the agent
+//!   refuses to remove a file an instance still uses as a backing file or CD-ROM, and
+//!   says which) keeps the node and is tried again [`PlanContext::blob_retry_secs`]
+//!   after it ended; condition `Removed` says what is pending and why.
+//! - The Blob object stays, `deleted` with no nodes, as the record of what was there.
+//! - Nothing changed → empty plan.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sf_schema::ResourceState;
+use sf_schema::artifact::Blob;
+use sf_schema::common::{ConditionStatus, ObjectRef, find_condition};
+use sf_schema::operation::{OperationState, OperationType, Priority};
+
+use crate::PlanContext;
+use crate::action::{Action, Plan, StateValue, condition};
+use crate::ops::{ObservedOperation, intent_seq_of, operation_name, short_name};
+
+/// The kind name used in operation names and targets.
+pub const BLOB_KIND: &str = "Blob";
+/// Condition: True while nothing uses the Blob (its transition time starts the grace).
+pub const UNREFERENCED: &str = "Unreferenced";
+/// Condition of a `deleted` Blob: whether its files are gone from every node.
+pub const REMOVED: &str = "Removed";
+
+/// What the blob plan needs besides the Blob.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobObservation {
+    /// Some artifact version names the Blob (read from the artifacts themselves).
+    pub referenced: bool,
+    /// The Blob's own `blob_delete` operations.
+    pub operations: Vec<ObservedOperation>,
+    /// The Nodes that exist and are not deleted.
+    pub nodes: Vec<String>,
+}
+
+fn secs_until(now: DateTime<Utc>, due: DateTime<Utc>) -> u64 {
+    u64::try_from((due - now).num_seconds()).unwrap_or(0).max(1)
+}
+
+/// The attempt number of a `blob_delete` of `blob` on `node`, when it is one.
+fn attempt_of(blob: &str, node: &str, op: &ObservedOperation) -> Option<u64> {
+    if op.operation_type != OperationType::BlobDelete || op.node.as_deref() != Some(node) {
+        return None;
+    }
+    intent_seq_of(BLOB_KIND, blob, &op.name)
+}
+
+/// The name of attempt `attempt` on `node`.
+pub fn delete_operation_name(blob: &str, attempt: u64, node: &str) -> String {
+    let short = format!("{}-{node}", short_name(&OperationType::BlobDelete));
+    operation_name(BLOB_KIND, blob, attempt, &short)
+}
+
+/// Plans one reconcile of `blob`.
+pub fn plan_blob(blob: &Blob, observed: &BlobObservation, ctx: &PlanContext) -> Vec<Action> {
+    let status = blob.status.clone().unwrap_or_default();
+    let name = blob.metadata.name.clone().unwrap_or_default();
+    let mut plan = Plan::default();
+    if status.state == ResourceState::Deleted {
+        plan_removal(&mut plan, blob, &name, observed, ctx);
+        return plan.finish();
+    }
+    let why_kept = if status.nodes.is_empty() {
+        Some("the blob has no replica on any node")
+    } else if status.reference_count > 0 || observed.referenced {
+        Some("an artifact version uses the blob")
+    } else {
+        None
+    };
+    let unreferenced = find_condition(&status.conditions, UNREFERENCED);
+    match why_kept {
+        Some(why) => {
+            // Only a Blob that was on its way out says why it is kept.
+            if unreferenced.is_some_and(|c| c.status == ConditionStatus::True) {
+                plan.push_opt(condition(
+                    &status.conditions,
+                    UNREFERENCED,
+                    ConditionStatus::False,
+                    "Referenced",
+                    why,
+                ));
+            }
+        }
+        None => match unreferenced.filter(|c| c.status == ConditionStatus::True) {
+            Some(since) => {
+                let due = since.last_transition_time
+                    + chrono::Duration::seconds(
+                        i64::try_from(ctx.blob_grace_secs).unwrap_or(i64::MAX / 1000),
+                    );
+                if ctx.now >= due {
+                    plan.push(Action::SetState {
+                        state: StateValue::Resource(ResourceState::Deleted),
+                        message: None,
+                    });
+                } else {
+                    plan.requeue_in(secs_until(ctx.now, due));
+                }
+            }
+            None => {
+                plan.push_opt(condition(
+                    &status.conditions,
+                    UNREFERENCED,
+                    ConditionStatus::True,
+                    "NoReferences",
+                    format!(
+                        "no artifact version uses the blob: its files are removed after {} s unless one does",
+                        ctx.blob_grace_secs
+                    ),
+                ));
+                plan.requeue_in(ctx.blob_grace_secs.max(1));
+            }
+        },
+    }
+    plan.finish()
+}
+
+fn plan_removal(
+    plan: &mut Plan,
+    blob: &Blob,
+    name: &str,
+    observed: &BlobObservation,
+    ctx: &PlanContext,
+) {
+    let status = blob.status.clone().unwrap_or_default();
+    let target = ObjectRef {
+        kind: BLOB_KIND.into(),
+        name: name.to_owned(),
+        namespace: None,
+        uid: blob.metadata.uid.clone().unwrap_or_default(),
+    };
+    let mut remaining = Vec::new();
+    let mut refused = Vec::new();
+    for node in &status.nodes {
+        if !observed.nodes.contains(node) {
+            continue;
+        }
+        let latest = observed
+            .operations
+            .iter()
+            .filter_map(|op| attempt_of(name, node, op).map(|n| (n, op)))
+            .max_by_key(|(n, _)| *n);
+        let next_attempt = match latest {
+            None => Some(1),
+            Some((_, op)) if op.is_outstanding() => None,
+            Some((_, op)) if op.state == OperationState::Complete => continue,
+            Some((n, op)) => {
+                refused.push(format!(
+                    "{node}: {}",
+                    op.error.clone().unwrap_or_else(|| op.state.to_string())
+                ));
+                let ended = op.completed_at.unwrap_or(ctx.now);
+                let due = ended
+                    + chrono::Duration::seconds(
+                        i64::try_from(ctx.blob_retry_secs).unwrap_or(i64::MAX / 1000),
+                    );
+                if ctx.now >= due {
+                    Some(n + 1)
+                } else {
+                    plan.requeue_in(secs_until(ctx.now, due));
+                    None
+                }
+            }
+        };
+        if let Some(attempt) = next_attempt {
+            plan.push(Action::EnqueueOperation {
+                name: delete_operation_name(name, attempt, node),
+                operation_type: OperationType::BlobDelete,
+                target: target.clone(),
+                node: Some(node.clone()),
+                depends_on: Vec::new(),
+                priority: Priority::Low,
+                payload: json!({"blob": name}),
+            });
+        }
+        remaining.push(node.clone());
+    }
+    if remaining != status.nodes {
+        plan.push(Action::SetNodes {
+            nodes: remaining.clone(),
+        });
+    }
+    let (state, reason, message) = if remaining.is_empty() {
+        (
+            ConditionStatus::True,
+            "Removed",
+            "the blob's files are gone from every node".to_owned(),
+        )
+    } else if refused.is_empty() {
+        (
+            ConditionStatus::False,
+            "Removing",
+            format!("removing the files on {}", remaining.join(", ")),
+        )
+    } else {
+        (
+            ConditionStatus::False,
+            "Refused",
+            format!(
+                "kept, tried again {} s after each refusal: {}",
+                ctx.blob_retry_secs,
+                refused.join("; ")
+            ),
+        )
+    };
+    plan.push_opt(condition(
+        &status.conditions,
+        REMOVED,
+        state,
+        reason,
+        message,
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{cond, ctx, now, op};
+    use sf_schema::artifact::{BlobSpec, BlobStatus};
+    use sf_schema::operation::OperationState as S;
+
+    const NAME: &str = "0b0b0b0b-0000-4000-8000-000000000001";
+
+    fn blob(state: ResourceState, nodes: &[&str], refs: u64) -> Blob {
+        let mut b = Blob::new(
+            NAME,
+            BlobSpec {
+                owner_namespace: "demo".into(),
+                ..BlobSpec::default()
+            },
+        );
+        b.metadata.uid = Some("blob-uid".into());
+        b.status = Some(BlobStatus {
+            state,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            reference_count: refs,
+            ..BlobStatus::default()
+        });
+        b
+    }
+
+    fn with_conditions(mut b: Blob, conditions: Vec<sf_schema::Condition>) -> Blob {
+        if let Some(s) = b.status.as_mut() {
+            s.conditions = conditions;
+        }
+        b
+    }
+
+    fn nodes(names: &[&str]) -> BlobObservation {
+        BlobObservation {
+            nodes: names.iter().map(|n| n.to_string()).collect(),
+            ..BlobObservation::default()
+        }
+    }
+
+    fn rm(attempt: u64, node: &str, state: S) -> ObservedOperation {
+        let mut o = op(
+            &delete_operation_name(NAME, attempt, node),
+            OperationType::BlobDelete,
+            state,
+        );
+        o.node = Some(node.into());
+        o
+    }
+
+    fn enqueued(plan: &[Action]) -> Vec<(String, Option<String>)> {
+        plan.iter()
+            .filter_map(|a| match a {
+                Action::EnqueueOperation { name, node, .. } => Some((name.clone(), node.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn set_nodes(plan: &[Action]) -> Option<Vec<String>> {
+        plan.iter().find_map(|a| match a {
+            Action::SetNodes { nodes } => Some(nodes.clone()),
+            _ => None,
+        })
+    }
+
+    fn condition_of(plan: &[Action], type_: &str) -> Option<(ConditionStatus, String)> {
+        plan.iter().find_map(|a| match a {
+            Action::SetCondition {
+                type_: t,
+                status,
+                reason,
+                ..
+            } if t == type_ => Some((status.clone(), reason.clone())),
+            _ => None,
+        })
+    }
+
+    fn sets_deleted(plan: &[Action]) -> bool {
+        plan.iter().any(|a| {
+            matches!(
+                a,
+                Action::SetState {
+                    state: StateValue::Resource(ResourceState::Deleted),
+                    ..
+                }
+            )
+        })
+    }
+
+    fn requeue(plan: &[Action]) -> Option<u64> {
+        plan.iter().find_map(|a| match a {
+            Action::Requeue { after_secs } => Some(*after_secs),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_referenced_blob_is_left_alone() {
+        let b = blob(ResourceState::Created, &["hv-1"], 1);
+        assert_eq!(plan_blob(&b, &nodes(&["hv-1"]), &ctx()), vec![]);
+        // A stale count of 0 is not trusted while a version names the blob.
+        let b = blob(ResourceState::Created, &["hv-1"], 0);
+        let observed = BlobObservation {
+            referenced: true,
+            ..nodes(&["hv-1"])
+        };
+        assert_eq!(plan_blob(&b, &observed, &ctx()), vec![]);
+        // Nothing on any node (a screenshot): nothing to collect.
+        let b = blob(ResourceState::Created, &[], 0);
+        assert_eq!(plan_blob(&b, &nodes(&["hv-1"]), &ctx()), vec![]);
+    }
+
+    #[test]
+    fn an_unreferenced_blob_waits_out_the_grace_then_becomes_deleted() {
+        let c = ctx();
+        let b = blob(ResourceState::Created, &["hv-1"], 0);
+        let plan = plan_blob(&b, &nodes(&["hv-1"]), &c);
+        assert_eq!(
+            condition_of(&plan, UNREFERENCED),
+            Some((ConditionStatus::True, "NoReferences".into()))
+        );
+        assert!(!sets_deleted(&plan));
+        assert_eq!(requeue(&plan), Some(c.blob_grace_secs));
+        assert!(enqueued(&plan).is_empty());
+
+        // Marked 10 s ago: wait for the rest of the grace.
+        let mut since = cond(UNREFERENCED, "True", "NoReferences", "x");
+        since.last_transition_time = now() - chrono::Duration::seconds(10);
+        let b = with_conditions(
+            blob(ResourceState::Created, &["hv-1"], 0),
+            vec![since.clone()],
+        );
+        let plan = plan_blob(&b, &nodes(&["hv-1"]), &c);
+        assert!(!sets_deleted(&plan), "{plan:?}");
+        assert_eq!(requeue(&plan), Some(c.blob_grace_secs - 10));
+
+        // Grace over: deleted, and nothing else in the same plan.
+        since.last_transition_time =
+            now() - chrono::Duration::seconds(i64::try_from(c.blob_grace_secs).unwrap());
+        let b = with_conditions(blob(ResourceState::Created, &["hv-1"], 0), vec![since]);
+        let plan = plan_blob(&b, &nodes(&["hv-1"]), &c);
+        assert!(sets_deleted(&plan), "{plan:?}");
+        assert!(
+            enqueued(&plan).is_empty(),
+            "files go from the next reconcile"
+        );
+    }
+
+    #[test]
+    fn a_reference_appearing_in_the_grace_keeps_the_blob() {
+        let since = cond(UNREFERENCED, "True", "NoReferences", "x");
+        let b = with_conditions(blob(ResourceState::Created, &["hv-1"], 1), vec![since]);
+        let plan = plan_blob(&b, &nodes(&["hv-1"]), &ctx());
+        assert_eq!(
+            condition_of(&plan, UNREFERENCED),
+            Some((ConditionStatus::False, "Referenced".into()))
+        );
+        assert!(!sets_deleted(&plan));
+    }
+
+    #[test]
+    fn a_deleted_blob_is_removed_from_each_node_once() {
+        let b = blob(ResourceState::Deleted, &["hv-1", "hv-2", "gone"], 0);
+        let observed = nodes(&["hv-1", "hv-2"]);
+        let plan = plan_blob(&b, &observed, &ctx());
+        assert_eq!(
+            enqueued(&plan),
+            vec![
+                (delete_operation_name(NAME, 1, "hv-1"), Some("hv-1".into())),
+                (delete_operation_name(NAME, 1, "hv-2"), Some("hv-2".into())),
+            ]
+        );
+        assert_eq!(
+            delete_operation_name(NAME, 1, "hv-1"),
+            format!("blob-{NAME}-1-rm-hv-1")
+        );
+        assert_eq!(
+            set_nodes(&plan),
+            Some(vec!["hv-1".into(), "hv-2".into()]),
+            "a node that is gone is dropped without an operation"
+        );
+        let target = plan.iter().find_map(|a| match a {
+            Action::EnqueueOperation {
+                target, payload, ..
+            } => Some((target.clone(), payload.clone())),
+            _ => None,
+        });
+        let (target, payload) = target.expect("an operation");
+        assert_eq!(
+            (target.kind.as_str(), target.uid.as_str()),
+            ("Blob", "blob-uid")
+        );
+        assert_eq!(target.namespace, None);
+        assert_eq!(payload, json!({"blob": NAME}));
+
+        // Outstanding: nothing new; completed on hv-1: hv-1 leaves the list.
+        let observed = BlobObservation {
+            operations: vec![rm(1, "hv-1", S::Complete), rm(1, "hv-2", S::Executing)],
+            ..nodes(&["hv-1", "hv-2"])
+        };
+        let b = blob(ResourceState::Deleted, &["hv-1", "hv-2"], 0);
+        let plan = plan_blob(&b, &observed, &ctx());
+        assert!(enqueued(&plan).is_empty(), "{plan:?}");
+        assert_eq!(set_nodes(&plan), Some(vec!["hv-2".into()]));
+        assert_eq!(
+            condition_of(&plan, REMOVED),
+            Some((ConditionStatus::False, "Removing".into()))
+        );
+
+        // Both done: no nodes left, Removed.
+        let observed = BlobObservation {
+            operations: vec![rm(1, "hv-2", S::Complete)],
+            ..nodes(&["hv-1", "hv-2"])
+        };
+        let b = blob(ResourceState::Deleted, &["hv-2"], 0);
+        let plan = plan_blob(&b, &observed, &ctx());
+        assert_eq!(set_nodes(&plan), Some(vec![]));
+        assert_eq!(
+            condition_of(&plan, REMOVED),
+            Some((ConditionStatus::True, "Removed".into()))
+        );
+        // And then nothing more.
+        let done = with_conditions(
+            blob(ResourceState::Deleted, &[], 0),
+            vec![cond(
+                REMOVED,
+                "True",
+                "Removed",
+                "the blob's files are gone from every node",
+            )],
+        );
+        assert_eq!(plan_blob(&done, &observed, &ctx()), vec![]);
+    }
+
+    #[test]
+    fn a_refused_removal_is_tried_again_after_the_retry_delay() {
+        let c = ctx();
+        let b = blob(ResourceState::Deleted, &["hv-1"], 0);
+        // Refused just now (an instance still uses the file): wait.
+        let mut refused = rm(1, "hv-1", S::Error);
+        refused.error = Some("in use by instance web-1".into());
+        refused.completed_at = Some(now() - chrono::Duration::seconds(60));
+        let observed = BlobObservation {
+            operations: vec![refused.clone()],
+            ..nodes(&["hv-1"])
+        };
+        let plan = plan_blob(&b, &observed, &c);
+        assert!(enqueued(&plan).is_empty());
+        assert_eq!(requeue(&plan), Some(c.blob_retry_secs - 60));
+        let (status, reason) = condition_of(&plan, REMOVED).expect("condition");
+        assert_eq!(
+            (status, reason.as_str()),
+            (ConditionStatus::False, "Refused")
+        );
+        assert!(set_nodes(&plan).is_none(), "the node keeps its file");
+
+        // After the delay: attempt 2.
+        refused.completed_at =
+            Some(now() - chrono::Duration::seconds(i64::try_from(c.blob_retry_secs).unwrap()));
+        let observed = BlobObservation {
+            operations: vec![refused],
+            ..nodes(&["hv-1"])
+        };
+        let plan = plan_blob(&b, &observed, &c);
+        assert_eq!(
+            enqueued(&plan),
+            vec![(delete_operation_name(NAME, 2, "hv-1"), Some("hv-1".into()))]
+        );
+    }
+
+    #[test]
+    fn other_nodes_operations_and_other_blobs_do_not_count() {
+        let b = blob(ResourceState::Deleted, &["hv-1"], 0);
+        let mut elsewhere = rm(1, "hv-2", S::Complete);
+        elsewhere.name = delete_operation_name(NAME, 1, "hv-2");
+        let mut other_blob = rm(1, "hv-1", S::Complete);
+        other_blob.name = delete_operation_name("another", 1, "hv-1");
+        let observed = BlobObservation {
+            operations: vec![elsewhere, other_blob],
+            ..nodes(&["hv-1", "hv-2"])
+        };
+        let plan = plan_blob(&b, &observed, &ctx());
+        assert_eq!(
+            enqueued(&plan),
+            vec![(delete_operation_name(NAME, 1, "hv-1"), Some("hv-1".into()))]
+        );
+    }
+}
