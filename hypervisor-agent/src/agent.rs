@@ -1155,7 +1155,12 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     blob,
                     domains,
                 )
-                .await?;
+                .await
+                .inspect_err(|e| {
+                    if let crate::blobs::RemoveError::InUse { users, .. } = e {
+                        tracing::info!(blob, ?users, "kept a blob file still in use");
+                    }
+                })?;
                 Ok(json!({"blob": blob, "node": self.node_name(), "removed": removed.existed}))
             }
             other => Err(HandlerError::Unsupported(other.as_str().to_owned())),

@@ -8,9 +8,11 @@
 //! - Never a file in use: first every file under the instances directory (two levels:
 //!   `<instances>/<uid>/<disk>`) whose qcow2 header names the blob as its backing
 //!   file, then every defined domain whose XML names the blob's path (a CD-ROM or raw
-//!   disk on the blob itself; the caller passes those domain names). Any user makes
-//!   it [`RemoveError::InUse`], naming them; nothing is removed. Not retryable as an
-//!   operation: the blob controller asks again later.
+//!   disk on the blob itself; the caller passes those domain names). Paths are
+//!   compared as written and as resolved (symlinks). Any user makes it
+//!   [`RemoveError::InUse`], which carries them (its message only counts them: the
+//!   caller logs the list); nothing is removed. Not retryable as an operation: the
+//!   blob controller asks again later.
 //! - The blob name must be a plain file name (no `/`, not `.` or `..`), so a payload
 //!   can never point outside the blobs directory.
 //! - qcow2 headers are read directly ([`qcow2_backing`]: magic `QFI\xfb`, backing
@@ -32,8 +34,10 @@ pub enum RemoveError {
     /// The blob name is not a plain file name.
     #[error("bad blob name {0:?}")]
     BadName(String),
-    /// Something on this node still uses the file.
-    #[error("blob {blob} is in use on this node by {}", .users.join(", "))]
+    /// Something on this node still uses the file. The message counts the users
+    /// only: it reaches the Blob's conditions, which the owning tenant reads, and the
+    /// users may be other tenants' instances (the agent logs them).
+    #[error("blob {blob} is in use on this node by {} disk file(s) or domain(s)", .users.len())]
     InUse {
         /// The blob.
         blob: String,
@@ -124,6 +128,18 @@ async fn backing_of(path: &Path) -> Result<Option<String>, RemoveError> {
     Ok(Some(String::from_utf8_lossy(&name).into_owned()))
 }
 
+/// Whether both paths resolve to the same existing file (a symlinked or relative
+/// storage path).
+async fn same_file(a: &Path, b: &Path) -> bool {
+    match (
+        tokio::fs::canonicalize(a).await,
+        tokio::fs::canonicalize(b).await,
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Disk files under `instances_dir` (`<uid>/<file>`) backed by `blob_path`.
 pub async fn backing_users(
     instances_dir: &Path,
@@ -156,7 +172,9 @@ pub async fn backing_users(
                 continue;
             }
             if let Some(backing) = backing_of(&path).await?
-                && (backing == wanted || Path::new(&backing) == blob_path)
+                && (backing == wanted
+                    || Path::new(&backing) == blob_path
+                    || same_file(Path::new(&backing), blob_path).await)
             {
                 users.push(path.display().to_string());
             }
@@ -297,7 +315,16 @@ mod tests {
         let err = remove(&blobs, &instances, blob, vec!["sf:i-2".into()])
             .await
             .expect_err("domain");
-        assert!(err.to_string().contains("domain sf:i-2"), "{err}");
+        match &err {
+            RemoveError::InUse { users, .. } => {
+                assert_eq!(users, &vec!["domain sf:i-2".to_string()])
+            }
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        assert!(
+            err.to_string().ends_with("by 1 disk file(s) or domain(s)"),
+            "no names in the message: {err}"
+        );
         assert!(!err.retryable());
 
         std::fs::write(blobs.join(format!("{blob}.partial")), b"half").expect("partial");

@@ -983,7 +983,17 @@ async fn blob_delete_removes_only_files_nothing_uses() {
     let err = agent.execute(&blob_delete(base)).await.expect_err("in use");
     assert_eq!(err.code(), "BlobInUse", "{err}");
     assert!(!err.retryable());
-    assert!(err.to_string().contains("vda.qcow2"), "{err}");
+    assert!(
+        err.to_string().contains("in use on this node by 1"),
+        "{err}"
+    );
+    match &err {
+        sf_agent::agent::HandlerError::BlobRemove(sf_agent::blobs::RemoveError::InUse {
+            users,
+            ..
+        }) => assert_eq!(users, &vec![overlay.display().to_string()]),
+        other => panic!("expected InUse, got {other:?}"),
+    }
     assert!(blobs.join(base).exists(), "a backing file stays");
 
     // A CD-ROM of a defined domain.
@@ -1000,7 +1010,13 @@ async fn blob_delete_removes_only_files_nothing_uses() {
         .execute(&blob_delete(iso))
         .await
         .expect_err("named by a domain");
-    assert!(err.to_string().contains("domain cdrom-user"), "{err}");
+    match &err {
+        sf_agent::agent::HandlerError::BlobRemove(sf_agent::blobs::RemoveError::InUse {
+            users,
+            ..
+        }) => assert_eq!(users, &vec!["domain cdrom-user".to_string()]),
+        other => panic!("expected InUse, got {other:?}"),
+    }
     assert!(blobs.join(iso).exists());
     hv.undefine("cdrom-user").await.expect("undefine");
     agent.execute(&blob_delete(iso)).await.expect("now free");

@@ -158,7 +158,8 @@ pub struct BlobStatus {
     /// The Nodes holding a replica.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// How many artifact versions and instance disks use the blob.
+    /// How many artifact versions use the blob (instance disks backed by it are
+    /// protected by the agent, which refuses to remove a file in use).
     #[serde(default)]
     pub reference_count: u64,
 }

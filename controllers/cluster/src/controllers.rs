@@ -67,6 +67,21 @@ struct Changes(Mutex<HashMap<String, String>>);
 const CHANGES_CAP: usize = 50_000;
 
 impl Changes {
+    /// The fingerprint `key` had before, when it differs from `fingerprint` (`Some("")`
+    /// for a key not seen yet); `None` when unchanged.
+    fn previous(&self, key: String, fingerprint: String) -> Option<String> {
+        match self.0.lock() {
+            Ok(mut m) => {
+                if m.len() >= CHANGES_CAP {
+                    m.clear();
+                }
+                let before = m.insert(key, fingerprint.clone());
+                (before.as_ref() != Some(&fingerprint)).then(|| before.unwrap_or_default())
+            }
+            Err(_) => Some(String::new()),
+        }
+    }
+
     fn changed(&self, key: String, fingerprint: String) -> bool {
         match self.0.lock() {
             Ok(mut m) => {
@@ -837,10 +852,19 @@ pub async fn run(
 
     // --- Blob -------------------------------------------------------------------
     let blob_controller = {
+        // A Blob is cluster scoped: its operations (in `system`) map to it by name
+        // alone, so it is one key to the controller.
         let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Blob>> {
-            operation_refs(&op, "Blob", false)
+            match (
+                op.labels().get(OWNER_KIND_LABEL).map(String::as_str),
+                op.labels().get(OWNER_NAME_LABEL),
+            ) {
+                (Some("Blob"), Some(name)) => vec![ObjectRef::new(name)],
+                _ => Vec::new(),
+            }
         };
-        // An artifact's versions changing may make a Blob unused (or used again).
+        // An artifact's versions changing may make a Blob unused (a pruned version: the
+        // blobs it named before count too) or used again.
         let version_changes = Arc::new(Changes::default());
         let artifact_map = move |a: Arc<Artifact>| -> Vec<ObjectRef<Blob>> {
             let blobs: Vec<String> = a
@@ -849,13 +873,21 @@ pub async fn run(
                 .map(|s| s.versions.iter().map(|v| v.blob.clone()).collect())
                 .unwrap_or_default();
             let key = format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any());
+            let before = version_changes.previous(key, blobs.join(","));
             // An artifact being deleted (and its removal, which repeats its last state)
             // always triggers: its blobs may have just lost their last reference.
-            let deleting = a.metadata.deletion_timestamp.is_some();
-            if !version_changes.changed(key, blobs.join(",")) && !deleting {
+            if before.is_none() && a.metadata.deletion_timestamp.is_none() {
                 return Vec::new();
             }
-            blobs.iter().map(|b| ObjectRef::new(b)).collect()
+            let mut names: std::collections::BTreeSet<String> = blobs.into_iter().collect();
+            names.extend(
+                before
+                    .iter()
+                    .flat_map(|b| b.split(','))
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_owned),
+            );
+            names.iter().map(|b| ObjectRef::new(b)).collect()
         };
         Controller::for_shared_stream(blobs.subscribe(), stores.blobs.clone())
             .with_config(config.clone())

@@ -206,7 +206,7 @@ pub fn fetch_payload(
     payload
 }
 
-fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
     let mut hash = basis;
     for b in bytes {
         hash ^= u64::from(*b);

@@ -14,13 +14,17 @@
 //!   removes the files. `deleted` is terminal; the artifact controller never writes a
 //!   deleted Blob again.
 //! - Removal: for each node in `status.nodes` one `blob_delete` on that node's queue,
-//!   named `blob-<name>-<attempt>-rm-<node>` (attempt from 1, one more after each
-//!   failure, so every retry is a new operation and a repeated emit is AlreadyExists).
-//!   Its completion removes the node from `status.nodes`; a node that no longer exists
-//!   (deleted, or gone from the cache) is dropped without one. A failed one (the agent
-//!   refuses to remove a file an instance still uses as a backing file or CD-ROM, and
-//!   says which) keeps the node and is tried again [`PlanContext::blob_retry_secs`]
-//!   after it ended; condition `Removed` says what is pending and why.
+//!   named `blob-<name>-<attempt>-rm-<node hash>` ([`delete_operation_name`]: attempt
+//!   from 1, one more after each failure, so every retry is a new operation and a
+//!   repeated emit is AlreadyExists; the node is named by 8 hex digits of its name's
+//!   hash, so the name stays one DNS label whatever the node is called). Its completion
+//!   removes the node from `status.nodes`; a node that no longer exists (deleted, or
+//!   gone from the cache) is dropped without one. A failed one (the agent refuses to
+//!   remove a file an instance still uses as a backing file or CD-ROM) keeps the node
+//!   and is tried again after [`PlanContext::blob_retry_secs`], doubling with each
+//!   attempt up to a day ([`retry_delay`]), counted from when the last one ended;
+//!   condition `Removed` says what is pending and why, in words that do not change
+//!   from one attempt to the next.
 //! - The Blob object stays, `deleted` with no nodes, as the record of what was there.
 //! - Nothing changed → empty plan.
 
@@ -67,10 +71,29 @@ fn attempt_of(blob: &str, node: &str, op: &ObservedOperation) -> Option<u64> {
     intent_seq_of(BLOB_KIND, blob, &op.name)
 }
 
-/// The name of attempt `attempt` on `node`.
+/// The longest wait between two attempts on one node.
+const MAX_RETRY_SECS: u64 = 86_400;
+
+/// The name of attempt `attempt` on `node`: `blob-<blob>-<attempt>-rm-<8 hex digits
+/// of the node name's FNV-1a hash>` (57 characters for a UUID blob and attempts below
+/// 100: one DNS label).
 pub fn delete_operation_name(blob: &str, attempt: u64, node: &str) -> String {
-    let short = format!("{}-{node}", short_name(&OperationType::BlobDelete));
+    let hash = crate::artifact::fnv1a(node.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let short = format!(
+        "{}-{:08x}",
+        short_name(&OperationType::BlobDelete),
+        hash & 0xffff_ffff
+    );
     operation_name(BLOB_KIND, blob, attempt, &short)
+}
+
+/// How long after attempt `attempt` failed the next one starts: `base` doubling with
+/// each attempt, at most a day.
+pub fn retry_delay(base: u64, attempt: u64) -> u64 {
+    let doublings = u32::try_from(attempt.saturating_sub(1).min(20)).unwrap_or(20);
+    base.max(1)
+        .saturating_mul(1u64 << doublings)
+        .min(MAX_RETRY_SECS.max(base))
 }
 
 /// Plans one reconcile of `blob`.
@@ -156,27 +179,39 @@ fn plan_removal(
         if !observed.nodes.contains(node) {
             continue;
         }
-        let latest = observed
+        let mut attempts: Vec<(u64, &ObservedOperation)> = observed
             .operations
             .iter()
             .filter_map(|op| attempt_of(name, node, op).map(|n| (n, op)))
-            .max_by_key(|(n, _)| *n);
-        let next_attempt = match latest {
-            None => Some(1),
-            Some((_, op)) if op.is_outstanding() => None,
-            Some((_, op)) if op.state == OperationState::Complete => continue,
-            Some((n, op)) => {
-                refused.push(format!(
+            .collect();
+        attempts.sort_by_key(|(n, _)| *n);
+        // The last refusal stays the reason while the next attempt runs, so the
+        // condition does not flap from one attempt to the next.
+        let last_refusal = attempts
+            .iter()
+            .rev()
+            .find(|(_, op)| op.failed())
+            .map(|(_, op)| {
+                format!(
                     "{node}: {}",
                     op.error.clone().unwrap_or_else(|| op.state.to_string())
-                ));
+                )
+            });
+        let next_attempt = match attempts.last() {
+            None => Some(1),
+            Some((_, op)) if op.state == OperationState::Complete => continue,
+            Some((_, op)) if op.is_outstanding() => {
+                refused.extend(last_refusal);
+                None
+            }
+            Some((n, op)) => {
+                refused.extend(last_refusal);
                 let ended = op.completed_at.unwrap_or(ctx.now);
+                let wait = retry_delay(ctx.blob_retry_secs, *n);
                 let due = ended
-                    + chrono::Duration::seconds(
-                        i64::try_from(ctx.blob_retry_secs).unwrap_or(i64::MAX / 1000),
-                    );
+                    + chrono::Duration::seconds(i64::try_from(wait).unwrap_or(i64::MAX / 1000));
                 if ctx.now >= due {
-                    Some(n + 1)
+                    Some(*n + 1)
                 } else {
                     plan.requeue_in(secs_until(ctx.now, due));
                     None
@@ -218,8 +253,7 @@ fn plan_removal(
             ConditionStatus::False,
             "Refused",
             format!(
-                "kept, tried again {} s after each refusal: {}",
-                ctx.blob_retry_secs,
+                "kept, and tried again later with growing delays: {}",
                 refused.join("; ")
             ),
         )
@@ -407,10 +441,10 @@ mod tests {
                 (delete_operation_name(NAME, 1, "hv-2"), Some("hv-2".into())),
             ]
         );
-        assert_eq!(
-            delete_operation_name(NAME, 1, "hv-1"),
-            format!("blob-{NAME}-1-rm-hv-1")
-        );
+        let named = delete_operation_name(NAME, 1, "hv-1");
+        assert!(named.starts_with(&format!("blob-{NAME}-1-rm-")), "{named}");
+        assert_eq!(named.len(), 5 + 36 + 3 + 3 + 8);
+        assert_ne!(named, delete_operation_name(NAME, 1, "hv-2"));
         assert_eq!(
             set_nodes(&plan),
             Some(vec!["hv-1".into(), "hv-2".into()]),
@@ -502,6 +536,50 @@ mod tests {
         assert_eq!(
             enqueued(&plan),
             vec![(delete_operation_name(NAME, 2, "hv-1"), Some("hv-1".into()))]
+        );
+    }
+
+    #[test]
+    fn operation_names_are_one_dns_label_whatever_the_node_is_called() {
+        let long = "kvm-production-rack-01-unit-07.datacentre-east.example.com";
+        for attempt in [1, 9, 10, 99] {
+            let name = delete_operation_name(NAME, attempt, long);
+            assert!(sf_schema::validation::is_dns_label(&name), "{name}");
+            assert_eq!(intent_seq_of(BLOB_KIND, NAME, &name), Some(attempt));
+        }
+    }
+
+    #[test]
+    fn retries_back_off_to_a_day() {
+        assert_eq!(retry_delay(600, 1), 600);
+        assert_eq!(retry_delay(600, 2), 1200);
+        assert_eq!(retry_delay(600, 4), 4800);
+        assert_eq!(retry_delay(600, 9), 86_400);
+        assert_eq!(retry_delay(600, 10_000), 86_400);
+        assert_eq!(retry_delay(3, 1), 3, "short test settings stay short");
+    }
+
+    #[test]
+    fn the_refusal_stays_the_reason_while_the_next_attempt_runs() {
+        let b = with_conditions(
+            blob(ResourceState::Deleted, &["hv-1"], 0),
+            vec![cond(
+                REMOVED,
+                "False",
+                "Refused",
+                "kept, and tried again later with growing delays: hv-1: in use",
+            )],
+        );
+        let mut refused = rm(1, "hv-1", S::Error);
+        refused.error = Some("in use".into());
+        let observed = BlobObservation {
+            operations: vec![refused, rm(2, "hv-1", S::Queued)],
+            ..nodes(&["hv-1"])
+        };
+        assert_eq!(
+            plan_blob(&b, &observed, &ctx()),
+            vec![],
+            "no write, no flap"
         );
     }
 
