@@ -261,6 +261,11 @@ where
                 }
                 self.out.finalizer_removed = true;
             }
+            Action::DeleteObject => {
+                self.write_status(false).await?;
+                kubeapi::delete::<K>(&self.ctx.client, self.ns().as_deref(), &self.name()).await?;
+                self.out.finalizer_removed = true;
+            }
             Action::PrepareNetwork => {
                 let request = pb::PrepareNetworkRequest {
                     network_uid: self.uid(),

@@ -118,6 +118,10 @@ pub struct Config {
     /// tried again.
     #[arg(long, env = "SHAKENFIST_BLOB_GC_RETRY", default_value_t = 600)]
     pub blob_gc_retry: u64,
+    /// Seconds a collected Blob (its files gone from every node) is kept as a record
+    /// before it is deleted; keep it above SHAKENFIST_CLEANER_DELAY.
+    #[arg(long, env = "SHAKENFIST_BLOB_GC_RECORD", default_value_t = 86_400)]
+    pub blob_gc_record: u64,
     /// Change-log compaction period, seconds.
     #[arg(
         long,

@@ -65,6 +65,7 @@ pub fn settings(config: &Config) -> Settings {
     plan.scheduler = config.scheduler();
     plan.blob_grace_secs = config.blob_gc_grace;
     plan.blob_retry_secs = config.blob_gc_retry;
+    plan.blob_record_secs = config.blob_gc_record;
     Settings {
         plan,
         node: config.node(),

@@ -3,8 +3,8 @@
 //! Contract:
 //! - A plan is a `Vec<Action>` already in apply order (see [`Action::phase`]): the
 //!   finalizer first, then placement, addresses (floating ones too), aborts, new operations, releases
-//!   and writes of other objects (Blobs), status writes, finalizer removal and
-//!   finally a requeue hint. Apply executes the
+//!   and writes of other objects (Blobs), status writes, finalizer removal (or the
+//!   object's own deletion) and finally a requeue hint. Apply executes the
 //!   actions in order and stops at the first failure; the next reconcile re-plans from
 //!   what was really written. Consecutive status actions ([`Action::is_status`]) may be
 //!   merged into one status patch.
@@ -220,6 +220,9 @@ pub enum Action {
     },
     /// Remove [`FINALIZER`]; the object disappears once no finalizer remains.
     RemoveFinalizer,
+    /// Delete the reconciled object itself (a collected Blob's record, once it has
+    /// been kept long enough); an object already gone is success.
+    DeleteObject,
     /// Reconcile again after this long even without a change (time-based waits).
     Requeue {
         /// Seconds.
@@ -247,7 +250,7 @@ impl Action {
             Self::SetState { .. } => 9,
             Self::SetNodes { .. } | Self::SetVersions { .. } => 10,
             Self::SetCondition { .. } => 11,
-            Self::RemoveFinalizer => 12,
+            Self::RemoveFinalizer | Self::DeleteObject => 12,
             Self::Requeue { .. } => 13,
         }
     }

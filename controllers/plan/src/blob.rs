@@ -25,7 +25,11 @@
 //!   attempt up to a day ([`retry_delay`]), counted from when the last one ended;
 //!   condition `Removed` says what is pending and why, in words that do not change
 //!   from one attempt to the next.
-//! - The Blob object stays, `deleted` with no nodes, as the record of what was there.
+//! - The Blob object stays, `deleted` with no nodes, as the record of what was there,
+//!   for [`PlanContext::blob_record_secs`] after `Removed` became True; then it is
+//!   deleted ([`Action::DeleteObject`]). Keep that longer than operations are kept
+//!   (`SHAKENFIST_CLEANER_DELAY`): while an artifact's completed fetch of the blob
+//!   is still there, the artifact controller would write the Blob anew.
 //! - Nothing changed → empty plan.
 
 use chrono::{DateTime, Utc};
@@ -258,6 +262,21 @@ fn plan_removal(
             ),
         )
     };
+    let stored = find_condition(&status.conditions, REMOVED);
+    if remaining.is_empty()
+        && let Some(done) = stored.filter(|c| c.status == ConditionStatus::True)
+    {
+        let due = done.last_transition_time
+            + chrono::Duration::seconds(
+                i64::try_from(ctx.blob_record_secs).unwrap_or(i64::MAX / 1000),
+            );
+        if ctx.now >= due {
+            plan.push(Action::DeleteObject);
+        } else {
+            plan.requeue_in(secs_until(ctx.now, due));
+        }
+        return;
+    }
     plan.push_opt(condition(
         &status.conditions,
         REMOVED,
@@ -490,17 +509,26 @@ mod tests {
             condition_of(&plan, REMOVED),
             Some((ConditionStatus::True, "Removed".into()))
         );
-        // And then nothing more.
-        let done = with_conditions(
-            blob(ResourceState::Deleted, &[], 0),
-            vec![cond(
-                REMOVED,
-                "True",
-                "Removed",
-                "the blob's files are gone from every node",
-            )],
+        // Then the record is kept for a day, and deleted after it.
+        let c = ctx();
+        let mut removed = cond(
+            REMOVED,
+            "True",
+            "Removed",
+            "the blob's files are gone from every node",
         );
-        assert_eq!(plan_blob(&done, &observed, &ctx()), vec![]);
+        removed.last_transition_time = now() - chrono::Duration::seconds(60);
+        let done = with_conditions(blob(ResourceState::Deleted, &[], 0), vec![removed.clone()]);
+        assert_eq!(
+            plan_blob(&done, &observed, &c),
+            vec![Action::Requeue {
+                after_secs: c.blob_record_secs - 60
+            }]
+        );
+        removed.last_transition_time =
+            now() - chrono::Duration::seconds(i64::try_from(c.blob_record_secs).unwrap());
+        let done = with_conditions(blob(ResourceState::Deleted, &[], 0), vec![removed]);
+        assert_eq!(plan_blob(&done, &observed, &c), vec![Action::DeleteObject]);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct PlanContext {
     pub blob_grace_secs: u64,
     /// How long after a refused or failed `blob_delete` it is tried again (600 s).
     pub blob_retry_secs: u64,
+    /// How long a collected Blob (`deleted`, its files gone) is kept as a record
+    /// before it is deleted (86 400 s).
+    pub blob_record_secs: u64,
 }
 
 impl PlanContext {
@@ -82,6 +85,7 @@ impl PlanContext {
             unschedulable_retry_secs: 60,
             blob_grace_secs: 3600,
             blob_retry_secs: 600,
+            blob_record_secs: 86_400,
         }
     }
 }

@@ -483,6 +483,7 @@ impl System {
             // Unused blob files go within seconds, not an hour, so tests can see it.
             ("SHAKENFIST_BLOB_GC_GRACE".to_string(), "2".to_string()),
             ("SHAKENFIST_BLOB_GC_RETRY".to_string(), "3".to_string()),
+            ("SHAKENFIST_BLOB_GC_RECORD".to_string(), "3".to_string()),
         ]);
         env.extend(no_reservations());
         let mut cluster = Proc::new("sf-cluster", binary("sf-cluster")?, &[], env, &logs);
