@@ -149,16 +149,8 @@ pub enum FetchError {
         message: String,
     },
     /// A local file operation failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::FileError),
 }
 
 impl FetchError {
@@ -177,7 +169,7 @@ impl FetchError {
             Self::BlobMismatch { .. } => "BlobMismatch",
             Self::SourceNotFound(_) => "SourceNotFound",
             Self::Tls { .. } => "TlsUnavailable",
-            Self::Io { .. } => "StorageIoFailed",
+            Self::Io(_) => "StorageIoFailed",
         }
     }
 
@@ -185,18 +177,14 @@ impl FetchError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            Self::Http { .. } | Self::Transfer { .. } | Self::Stalled { .. } | Self::Io { .. }
+            Self::Http { .. } | Self::Transfer { .. } | Self::Stalled { .. } | Self::Io(_)
         )
     }
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
-    let path = path.to_owned();
-    move |source| FetchError::Io {
-        action,
-        path,
-        source,
-    }
+    let failed = crate::FileError::of(action, path);
+    move |source| FetchError::Io(failed(source))
 }
 
 /// Where and how much may be fetched.
@@ -391,10 +379,12 @@ impl Partial {
         }
         self.hasher.update(chunk);
         let path = self.path.clone();
-        let file = self.file.as_mut().ok_or_else(|| FetchError::Io {
-            action: "write",
-            path: path.clone(),
-            source: std::io::Error::other("already closed"),
+        let file = self.file.as_mut().ok_or_else(|| {
+            FetchError::Io(crate::FileError {
+                action: "write",
+                path: path.clone(),
+                source: std::io::Error::other("already closed"),
+            })
         })?;
         file.write_all(chunk).await.map_err(io("write", &path))
     }

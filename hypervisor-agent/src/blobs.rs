@@ -19,7 +19,9 @@
 //!   file offset at byte 8, its length at byte 16, big-endian); a file too short or
 //!   of another format has no backing file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::FileError;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -45,16 +47,8 @@ pub enum RemoveError {
         users: Vec<String>,
     },
     /// A file operation failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 impl RemoveError {
@@ -63,14 +57,14 @@ impl RemoveError {
         match self {
             Self::BadName(_) => "BadBlobName",
             Self::InUse { .. } => "BlobInUse",
-            Self::Io { .. } => "BlobRemoveFailed",
+            Self::Io(_) => "BlobRemoveFailed",
         }
     }
 
     /// Whether the queue should retry: only I/O failures. A blob in use is asked
     /// about again by the blob controller, much later.
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Io { .. })
+        matches!(self, Self::Io(_))
     }
 }
 
@@ -97,19 +91,16 @@ pub fn qcow2_backing(header: &[u8]) -> Option<(u64, usize)> {
 
 /// The backing file name of the qcow2 file at `path`, if it has one.
 async fn backing_of(path: &Path) -> Result<Option<String>, RemoveError> {
-    let io = |action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| RemoveError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let mut file = tokio::fs::File::open(path).await.map_err(io("open"))?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(FileError::of("open", path))?;
     let mut header = [0u8; 20];
     let mut read = 0;
     while read < header.len() {
-        let n = file.read(&mut header[read..]).await.map_err(io("read"))?;
+        let n = file
+            .read(&mut header[read..])
+            .await
+            .map_err(FileError::of("read", path))?;
         if n == 0 {
             return Ok(None);
         }
@@ -120,7 +111,7 @@ async fn backing_of(path: &Path) -> Result<Option<String>, RemoveError> {
     };
     file.seek(std::io::SeekFrom::Start(offset))
         .await
-        .map_err(io("seek"))?;
+        .map_err(FileError::of("seek", path))?;
     let mut name = vec![0u8; size];
     if file.read_exact(&mut name).await.is_err() {
         return Ok(None);
@@ -145,28 +136,30 @@ pub async fn backing_users(
     instances_dir: &Path,
     blob_path: &Path,
 ) -> Result<Vec<String>, RemoveError> {
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RemoveError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let mut users = Vec::new();
     let mut dirs = match tokio::fs::read_dir(instances_dir).await {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(users),
-        Err(e) => return Err(io("list", instances_dir)(e)),
+        Err(e) => return Err(FileError::of("list", instances_dir)(e).into()),
     };
     let wanted = blob_path.to_string_lossy();
-    while let Some(dir) = dirs.next_entry().await.map_err(io("list", instances_dir))? {
+    while let Some(dir) = dirs
+        .next_entry()
+        .await
+        .map_err(FileError::of("list", instances_dir))?
+    {
         let dir = dir.path();
         if !dir.is_dir() {
             continue;
         }
-        let mut files = tokio::fs::read_dir(&dir).await.map_err(io("list", &dir))?;
-        while let Some(file) = files.next_entry().await.map_err(io("list", &dir))? {
+        let mut files = tokio::fs::read_dir(&dir)
+            .await
+            .map_err(FileError::of("list", &dir))?;
+        while let Some(file) = files
+            .next_entry()
+            .await
+            .map_err(FileError::of("list", &dir))?
+        {
             let path = file.path();
             if !path.is_file() {
                 continue;
@@ -215,22 +208,22 @@ pub async fn remove(
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(RemoveError::Io {
+            return Err(RemoveError::Io(FileError {
                 action: "remove",
                 path: partial,
                 source,
-            });
+            }));
         }
     }
     let existed = match tokio::fs::remove_file(&path).await {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(source) => {
-            return Err(RemoveError::Io {
+            return Err(RemoveError::Io(FileError {
                 action: "remove",
                 path,
                 source,
-            });
+            }));
         }
     };
     Ok(Removed {

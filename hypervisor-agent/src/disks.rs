@@ -25,16 +25,8 @@ use tokio::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     /// A file operation failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::FileError),
     /// A tool could not be run or failed.
     #[error("{tool} failed: {message}")]
     Tool {
@@ -54,12 +46,9 @@ pub enum DiskError {
     UserData(String),
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError {
+    let failed = crate::FileError::of(action, path);
+    move |source| DiskError::Io(failed(source))
 }
 
 async fn run(tool: &'static str, cmd: &mut Command) -> Result<String, DiskError> {

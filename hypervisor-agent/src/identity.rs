@@ -7,16 +7,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The file could not be read or written.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::FileError),
     /// The file holds something that is not a UUID.
     #[error("{path} does not hold a UUID: {content:?}")]
     NotAUuid {
@@ -45,26 +37,18 @@ pub fn node_uuid(configured: Option<&str>, storage_path: &Path) -> Result<String
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(IdentityError::Io {
+            return Err(IdentityError::Io(crate::FileError {
                 action: "read",
                 path,
                 source,
-            });
+            }));
         }
     }
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| IdentityError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    std::fs::create_dir_all(storage_path).map_err(io("create", storage_path))?;
+    std::fs::create_dir_all(storage_path).map_err(crate::FileError::of("create", storage_path))?;
     let uuid = uuid::Uuid::new_v4().to_string();
     let tmp = storage_path.join(".node_uuid.tmp");
-    std::fs::write(&tmp, format!("{uuid}\n")).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    std::fs::write(&tmp, format!("{uuid}\n")).map_err(crate::FileError::of("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(crate::FileError::of("rename", &path))?;
     Ok(uuid)
 }
 

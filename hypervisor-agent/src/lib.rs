@@ -62,6 +62,33 @@ pub async fn installed_qemu_version() -> Option<String> {
     version
 }
 
+/// A local file operation that failed: what was being done, to which file, and the
+/// I/O error. The modules' error enums carry it as their `Io` variant.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct FileError {
+    /// What was being done (`read`, `rename`, ...).
+    pub action: &'static str,
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// For `map_err`: the failure of `action` on `path` (then `?` turns it into the
+    /// module's error).
+    pub fn of(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| Self {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
 /// The version in `qemu-img --version` output.
 pub fn parse_qemu_img_version(text: &str) -> Option<String> {
     let rest = text.lines().next()?.split("version ").nth(1)?;
