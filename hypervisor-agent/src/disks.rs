@@ -2,9 +2,11 @@
 //!
 //! Contract:
 //! - [`ensure_disk`] never touches a disk file that exists (it holds the guest's data);
-//!   otherwise it creates a qcow2 overlay on the base image when one is given and the
-//!   file exists (`qemu-img create -f qcow2 -F <base format> -b <base> FILE [SIZE]`),
-//!   else a plain qcow2 of the asked size. Files are written under a temporary name and
+//!   otherwise it creates a qcow2 overlay on the base image when one is given
+//!   (`qemu-img create -f qcow2 -F <base format> -b <base> FILE [SIZE]`), else a plain
+//!   qcow2 of the asked size. A base that is given but missing is
+//!   [`DiskError::BaseMissing`] (retryable: it may still arrive), never a blank disk
+//!   in its place. Files are written under a temporary name and
 //!   renamed, so a crash never leaves a half-made disk behind the real name.
 //! - [`config_drive_files`] is pure: the files of an `openstack-disk` config drive
 //!   (`openstack/latest/meta_data.json`, `network_data.json`, `vendor_data.json` and,
@@ -34,6 +36,14 @@ pub enum DiskError {
         tool: &'static str,
         /// Its stderr or the spawn error.
         message: String,
+    },
+    /// A disk's base image is not on this node.
+    #[error("spec.disks[{index}]: base image {path} is not on this node")]
+    BaseMissing {
+        /// The disk's index in `spec.disks`.
+        index: usize,
+        /// The base image path.
+        path: PathBuf,
     },
     /// A disk has neither a size nor a usable base image.
     #[error("spec.disks[{index}]: no size and no base image available on this node")]
@@ -116,10 +126,14 @@ pub async fn ensure_disk(
     }
     let tmp = tmp_name(path);
     let _ = tokio::fs::remove_file(&tmp).await;
-    let base = match base {
-        Some(b) if tokio::fs::try_exists(b).await.unwrap_or(false) => Some(b),
-        _ => None,
-    };
+    if let Some(b) = base
+        && !tokio::fs::try_exists(b).await.map_err(io("check", b))?
+    {
+        return Err(DiskError::BaseMissing {
+            index,
+            path: b.to_owned(),
+        });
+    }
     let mut cmd = Command::new("qemu-img");
     cmd.args(["create", "-q", "-f", "qcow2"]);
     match base {
@@ -416,12 +430,20 @@ mod tests {
             err.to_string(),
             "spec.disks[3]: no size and no base image available on this node"
         );
-        // A missing base falls back to a plain disk.
+        // A missing base is an error, never a blank disk in its place.
         let plain = dir.path().join("plain.qcow2");
-        ensure_disk(&plain, 0, Some(1), Some(&dir.path().join("absent")))
+        let absent = dir.path().join("absent");
+        let err = ensure_disk(&plain, 2, Some(1), Some(&absent))
             .await
-            .expect("plain");
-        assert!(plain.exists());
+            .expect_err("no base");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "spec.disks[2]: base image {} is not on this node",
+                absent.display()
+            )
+        );
+        assert!(!plain.exists());
     }
 
     #[tokio::test]
