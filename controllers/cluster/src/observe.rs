@@ -691,13 +691,19 @@ pub fn observe_blob(ctx: &Context, blob: &Blob) -> BlobObservation {
         op.labels().get(OWNER_LABEL).map(String::as_str) == Some(uid.as_str())
     });
     // An artifact being deleted drops its references (its plan writes the counts to 0
-    // and it is gone once its finalizer is): it keeps nothing alive.
-    let referenced = ctx.stores.artifacts.state().iter().any(|a| {
-        a.metadata.deletion_timestamp.is_none()
-            && a.status
-                .as_ref()
-                .is_some_and(|s| s.versions.iter().any(|v| v.blob == name))
-    });
+    // and it is gone once its finalizer is): it keeps nothing alive. The scan over
+    // every artifact runs only when the plan reads it: a collectable-looking Blob.
+    let status = blob.status.clone().unwrap_or_default();
+    let collectable = status.reference_count == 0
+        && status.state != sf_schema::ResourceState::Deleted
+        && !status.nodes.is_empty();
+    let referenced = collectable
+        && ctx.stores.artifacts.state().iter().any(|a| {
+            a.metadata.deletion_timestamp.is_none()
+                && a.status
+                    .as_ref()
+                    .is_some_and(|s| s.versions.iter().any(|v| v.blob == name))
+        });
     let nodes = ctx
         .stores
         .nodes

@@ -55,7 +55,9 @@ pub const REMOVED: &str = "Removed";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlobObservation {
-    /// Some artifact version names the Blob (read from the artifacts themselves).
+    /// Some artifact version names the Blob (read from the artifacts themselves; the
+    /// observer may skip the scan, leaving false, when the Blob is not collectable
+    /// anyway: referenced by count, already deleted, or without replicas).
     pub referenced: bool,
     /// The Blob's own `blob_delete` operations.
     pub operations: Vec<ObservedOperation>,
