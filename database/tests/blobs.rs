@@ -78,3 +78,44 @@ async fn bytes_round_trip_replace_and_need_their_blob() {
         .expect_err("too big");
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
 }
+
+#[tokio::test]
+async fn deleting_a_blob_deletes_its_bytes() {
+    let (_db, store) = common::store().await;
+    let blob = store
+        .create(
+            json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
+                "metadata": {"name": "shot-2"},
+                "spec": {"ownerNamespace": "demo", "mimeType": "image/png"}
+            }),
+            false,
+        )
+        .await
+        .expect("create blob");
+    let uid = blob.object["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    store
+        .put_blob_data(&uid, "image/png", b"pixels")
+        .await
+        .expect("put");
+    let key = sf_database::store::ObjectKey::new("Blob", "", "shot-2");
+    let deleted = store
+        .delete(&key, Default::default(), false)
+        .await
+        .expect("delete");
+    assert!(deleted.removed);
+    assert_eq!(store.get_blob_data(&uid).await.expect("get"), None);
+    let rows: i64 = sea_orm::sqlx::query_scalar("SELECT COUNT(*) FROM blob_data")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "no bytes left behind");
+    let err = store
+        .put_blob_data(&uid, "image/png", b"late")
+        .await
+        .expect_err("the Blob is gone");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+}

@@ -122,6 +122,14 @@ pub struct Config {
     /// before it is deleted; keep it above SHAKENFIST_CLEANER_DELAY.
     #[arg(long, env = "SHAKENFIST_BLOB_GC_RECORD", default_value_t = 86_400)]
     pub blob_gc_record: u64,
+    /// Seconds a screenshot (a Blob kept in MariaDB, on no node) lives before it is
+    /// deleted with its bytes.
+    #[arg(
+        long,
+        env = "SHAKENFIST_SCREENSHOT_RETENTION",
+        default_value_t = 86_400
+    )]
+    pub screenshot_retention: u64,
     /// Change-log compaction period, seconds.
     #[arg(
         long,

@@ -66,6 +66,7 @@ pub fn settings(config: &Config) -> Settings {
     plan.blob_grace_secs = config.blob_gc_grace;
     plan.blob_retry_secs = config.blob_gc_retry;
     plan.blob_record_secs = config.blob_gc_record;
+    plan.screenshot_retention_secs = config.screenshot_retention;
     Settings {
         plan,
         node: config.node(),

@@ -5,8 +5,10 @@
 //! - A Blob is collectable when nothing uses it: `status.referenceCount` is 0 (the
 //!   artifact controller counts the versions naming it), no artifact version names it
 //!   in the cache either ([`BlobObservation::referenced`], a cross-check that does not
-//!   trust a stale count), and it has replicas on nodes. Blobs without nodes (a
-//!   screenshot's bytes, kept in MariaDB) are never collected here.
+//!   trust a stale count), and it has replicas on nodes.
+//! - A Blob with no replica on any node and no reference (a screenshot: its bytes
+//!   live in MariaDB beside it) is deleted, bytes and all, once it is
+//!   [`PlanContext::screenshot_retention_secs`] old ([`Action::DeleteObject`]).
 //! - Grace: a collectable Blob gets condition `Unreferenced` True; only when it has
 //!   stayed True for [`PlanContext::blob_grace_secs`] does the Blob move to `deleted`
 //!   (a reference appearing meanwhile sets it False and starts over). The plan that
@@ -111,9 +113,29 @@ pub fn plan_blob(blob: &Blob, observed: &BlobObservation, ctx: &PlanContext) -> 
         plan_removal(&mut plan, blob, &name, observed, ctx);
         return plan.finish();
     }
+    let unused = status.reference_count == 0 && !observed.referenced;
+    if status.nodes.is_empty() && unused {
+        let created = blob
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0));
+        if let Some(created) = created {
+            let due = created
+                + chrono::Duration::seconds(
+                    i64::try_from(ctx.screenshot_retention_secs).unwrap_or(i64::MAX / 1000),
+                );
+            if ctx.now >= due {
+                plan.push(Action::DeleteObject);
+            } else {
+                plan.requeue_in(secs_until(ctx.now, due));
+            }
+        }
+        return plan.finish();
+    }
     let why_kept = if status.nodes.is_empty() {
         Some("the blob has no replica on any node")
-    } else if status.reference_count > 0 || observed.referenced {
+    } else if !unused {
         Some("an artifact version uses the blob")
     } else {
         None
@@ -397,9 +419,34 @@ mod tests {
             ..nodes(&["hv-1"])
         };
         assert_eq!(plan_blob(&b, &observed, &ctx()), vec![]);
-        // Nothing on any node (a screenshot): nothing to collect.
-        let b = blob(ResourceState::Created, &[], 0);
-        assert_eq!(plan_blob(&b, &nodes(&["hv-1"]), &ctx()), vec![]);
+    }
+
+    fn created_at(b: Blob, when: &str) -> Blob {
+        let mut value = serde_json::to_value(b).expect("serializes");
+        value["metadata"]["creationTimestamp"] = when.into();
+        serde_json::from_value(value).expect("deserializes")
+    }
+
+    #[test]
+    fn a_screenshot_goes_with_its_bytes_once_old_enough() {
+        let c = ctx();
+        // No replica on any node: its bytes live in MariaDB. An hour old: kept.
+        let young = created_at(blob(ResourceState::Created, &[], 0), "2025-06-01T11:00:00Z");
+        assert_eq!(
+            plan_blob(&young, &nodes(&["hv-1"]), &c),
+            vec![Action::Requeue {
+                after_secs: c.screenshot_retention_secs - 3600
+            }]
+        );
+        // A day old: deleted (the store deletes its bytes with it).
+        let old = created_at(blob(ResourceState::Created, &[], 0), "2025-05-31T12:00:00Z");
+        assert_eq!(
+            plan_blob(&old, &nodes(&["hv-1"]), &c),
+            vec![Action::DeleteObject]
+        );
+        // Something uses it: kept, whatever its age.
+        let used = created_at(blob(ResourceState::Created, &[], 1), "2025-05-01T12:00:00Z");
+        assert_eq!(plan_blob(&used, &nodes(&["hv-1"]), &c), vec![]);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct PlanContext {
     /// How long a collected Blob (`deleted`, its files gone) is kept as a record
     /// before it is deleted (86 400 s).
     pub blob_record_secs: u64,
+    /// How long a Blob kept in MariaDB (no replica on any node: a screenshot) lives
+    /// after its creation before it is deleted, bytes and all (86 400 s).
+    pub screenshot_retention_secs: u64,
 }
 
 impl PlanContext {
@@ -86,6 +89,7 @@ impl PlanContext {
             blob_grace_secs: 3600,
             blob_retry_secs: 600,
             blob_record_secs: 86_400,
+            screenshot_retention_secs: 86_400,
         }
     }
 }

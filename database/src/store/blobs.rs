@@ -8,11 +8,14 @@
 //! - [`Store::get_blob_data`] returns the bytes and MIME type, or `None`.
 //! - Blob data is not a resource: no revision, no change-log entry. Large blobs
 //!   (artifact images) live on the nodes' disks and are never stored here.
+//! - The bytes go with their Blob: deleting the Blob resource deletes them in the same
+//!   transaction ([`delete_blob_data`]), and a put holds the Blob's row shared until
+//!   it commits, so bytes are never left behind a Blob deleted meanwhile.
 
 use sea_orm::sqlx::{self, Row};
 use sha2::{Digest, Sha256};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, Tx};
 
 /// The largest blob whose bytes MariaDB keeps (16 MiB).
 pub const MAX_BLOB_DATA: usize = 16 * 1024 * 1024;
@@ -30,6 +33,17 @@ pub struct BlobData {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deletes the bytes of the Blob with `uid`, inside the transaction that removes the
+/// Blob (before the revision counter: the row is the Blob's own).
+pub(crate) async fn delete_blob_data(tx: &mut Tx, uid: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM blob_data WHERE uid = ?")
+        .bind(uid)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("delete blob data"))?;
+    Ok(())
 }
 
 impl Store {
@@ -52,11 +66,15 @@ impl Store {
             ));
         }
         let sha256 = hex(&Sha256::digest(data));
-        let exists = sqlx::query("SELECT 1 FROM resources WHERE uid = ? AND kind = 'Blob'")
-            .bind(uid)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StoreError::query("put blob data"))?;
+        let mut tx = self.begin("put blob data").await?;
+        let exists = sqlx::query(
+            "SELECT 1 FROM resources FORCE INDEX (ux_resources_uid) \
+             WHERE uid = ? AND kind = 'Blob' LOCK IN SHARE MODE",
+        )
+        .bind(uid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::query("put blob data"))?;
         if exists.is_none() {
             return Err(StoreError::NotFound {
                 kind: "Blob".into(),
@@ -74,9 +92,10 @@ impl Store {
         .bind(data.len() as u64)
         .bind(&sha256)
         .bind(data)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(StoreError::query("put blob data"))?;
+        self.commit(tx, "put blob data").await?;
         Ok((data.len() as u64, sha256))
     }
 

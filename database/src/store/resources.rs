@@ -1044,6 +1044,10 @@ impl Store {
                     revision: row.resource_version,
                 });
             }
+            if key.kind == "Blob" {
+                // A screenshot's bytes go with their Blob.
+                super::blobs::delete_blob_data(&mut tx, &row.uid).await?;
+            }
             let revision = allocate_revisions(&mut tx, 1).await?;
             remove_object(&mut tx, revision, &row, &mut object).await?;
             self.commit(tx, "delete resource").await?;
