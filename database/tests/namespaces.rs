@@ -508,3 +508,63 @@ async fn namespaces_that_hold_objects_are_adopted_once() {
         Vec::<String>::new()
     );
 }
+
+/// A namespace's Blobs never pass to a later namespace of the same name: its
+/// screenshots go with it (bytes and all); a blob with files on nodes passes to
+/// `system`, whose blob controller still collects it.
+#[tokio::test]
+async fn a_deleted_namespaces_blobs_do_not_pass_to_its_namesake() {
+    let (_db, store) = common::bare_store().await;
+    store.create_namespace("demo").await.expect("create");
+    let blob = |name: &str| {
+        json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
+               "metadata": {"name": name}, "spec": {"ownerNamespace": "demo"}})
+    };
+    let shot = store.create(blob("shot"), false).await.expect("screenshot");
+    let shot_uid = shot.object["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    store
+        .put_blob_data(&shot_uid, "image/png", b"pixels")
+        .await
+        .expect("bytes");
+    store
+        .create(blob("image"), false)
+        .await
+        .expect("image blob");
+    store
+        .merge_status(
+            &ObjectKey::new("Blob", "", "image"),
+            &json!({"nodes": ["hv-1"], "state": "created"}),
+        )
+        .await
+        .expect("on a node");
+    let mut other = blob("theirs");
+    other["spec"]["ownerNamespace"] = json!("other");
+    store.create(other, false).await.expect("another's blob");
+
+    let before = store.current_revision().await.expect("revision");
+    let deleted = store.delete_namespace("demo").await.expect("delete");
+    assert_eq!(
+        deleted.revision,
+        before + 3,
+        "one change per owned blob, then the namespace"
+    );
+    assert!(matches!(
+        store.get(&ObjectKey::new("Blob", "", "shot")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.get_blob_data(&shot_uid).await.expect("get"), None);
+    let image = store
+        .get(&ObjectKey::new("Blob", "", "image"))
+        .await
+        .expect("kept for the collector");
+    assert_eq!(image.object["spec"]["ownerNamespace"], "system");
+    assert_eq!(image.object["status"]["nodes"], json!(["hv-1"]));
+    let theirs = store
+        .get(&ObjectKey::new("Blob", "", "theirs"))
+        .await
+        .expect("untouched");
+    assert_eq!(theirs.object["spec"]["ownerNamespace"], "other");
+}

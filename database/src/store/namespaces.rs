@@ -14,7 +14,10 @@
 //!   deleted. Leftover IPAMLeases (addresses resting in a deletion halo) and finished
 //!   operations (complete, error, abort: history the purge would remove after an hour)
 //!   go with it, each with a DELETED change, as do its keys (foreign-key cascade). The
-//!   Namespace object is removed outright.
+//!   Namespace object is removed outright. Of the Blobs it owns (`spec.ownerNamespace`)
+//!   those on no node (screenshots) go, bytes and all; those with files on nodes pass
+//!   to `system` (the blob controller removes the files once unused), so a later
+//!   namespace of the same name sees none of them.
 //! - Keys are stored as hashes only (the caller hashes). Every put, new or
 //!   replacing, gets a new nonce: tokens carry the nonce, so rotating a key revokes
 //!   the tokens issued under it. Keys are not resources: no revision.
@@ -26,8 +29,11 @@ use sea_orm::sqlx::{self, Row};
 use serde_json::{Value, json};
 use sf_schema::namespace::SYSTEM_NAMESPACE;
 
+use super::blobs::delete_blob_data;
 use super::queue::{remove_unlinked, unfinished_operations_in, unlink_finished_operations_in};
-use super::resources::{Deleted, ObjectKey, insert_object, lock_row, prepare_new, remove_object};
+use super::resources::{
+    Deleted, ObjectKey, insert_object, lock_row, prepare_new, remove_object, replace_object,
+};
 use super::{Store, StoreError, Stored, Tx, allocate_revisions};
 
 const NAMESPACE_KIND: &str = "Namespace";
@@ -272,6 +278,32 @@ impl Store {
                     lease_rows.push(row);
                 }
             }
+            // Blobs are cluster scoped but belong to a namespace (`spec.ownerNamespace`,
+            // which decides who may read them): none may pass to a later namespace
+            // of the same name.
+            let blob_names: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM resources WHERE kind = 'Blob' AND namespace = '' \
+                 AND JSON_VALUE(object, '$.spec.ownerNamespace') = ? ORDER BY name",
+            )
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query("list namespace blobs"))?;
+            let mut blob_rows = Vec::with_capacity(blob_names.len());
+            for blob in &blob_names {
+                if let Some(row) = lock_row(&mut tx, &ObjectKey::new("Blob", "", blob)).await? {
+                    let on_nodes = row
+                        .object
+                        .pointer("/status/nodes")
+                        .and_then(Value::as_array)
+                        .is_some_and(|n| !n.is_empty());
+                    if !on_nodes {
+                        // A screenshot: its bytes are in MariaDB and go now.
+                        delete_blob_data(&mut tx, &row.uid).await?;
+                    }
+                    blob_rows.push((row, on_nodes));
+                }
+            }
             let ns_row = lock_row(&mut tx, &key).await?;
             if !has_row && ns_row.is_none() {
                 return Err(namespace_not_found(name));
@@ -287,6 +319,19 @@ impl Store {
                 let revision = allocate_revisions(&mut tx, 1).await?;
                 let mut object = row.object.clone();
                 remove_object(&mut tx, revision, row, &mut object).await?;
+            }
+            for (row, on_nodes) in &blob_rows {
+                let revision = allocate_revisions(&mut tx, 1).await?;
+                let mut object = row.object.clone();
+                if *on_nodes {
+                    // Files on nodes: the blob controller still removes them once
+                    // nothing uses them. Only `system` may see it from now on.
+                    object["spec"]["ownerNamespace"] = json!(SYSTEM_NAMESPACE);
+                    replace_object(&mut tx, revision, row, &mut object, row.generation + 1)
+                        .await?;
+                } else {
+                    remove_object(&mut tx, revision, row, &mut object).await?;
+                }
             }
             let deleted = match ns_row {
                 Some(row) => {
