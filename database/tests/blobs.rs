@@ -3,8 +3,27 @@
 mod common;
 
 use serde_json::json;
-use sf_database::StoreError;
 use sf_database::store::blobs::MAX_BLOB_DATA;
+use sf_database::{Store, StoreError};
+
+/// Creates a screenshot-like Blob `name` of namespace demo; returns its uid.
+async fn screenshot_blob(store: &Store, name: &str) -> String {
+    let blob = store
+        .create(
+            json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
+                "metadata": {"name": name},
+                "spec": {"ownerNamespace": "demo", "mimeType": "image/png"}
+            }),
+            false,
+        )
+        .await
+        .expect("create blob");
+    blob.object["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned()
+}
 
 #[tokio::test]
 async fn bytes_round_trip_replace_and_need_their_blob() {
@@ -16,21 +35,7 @@ async fn bytes_round_trip_replace_and_need_their_blob() {
         .expect_err("no Blob resource");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
 
-    let blob = store
-        .create(
-            json!({
-                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
-                "metadata": {"name": "shot-1"},
-                "spec": {"ownerNamespace": "demo", "mimeType": "image/png"}
-            }),
-            false,
-        )
-        .await
-        .expect("create blob");
-    let uid = blob.object["metadata"]["uid"]
-        .as_str()
-        .expect("uid")
-        .to_owned();
+    let uid = screenshot_blob(&store, "shot-1").await;
     let before = store.current_revision().await.expect("revision");
     let (size, sha) = store
         .put_blob_data(&uid, "image/png", &png)
@@ -82,21 +87,7 @@ async fn bytes_round_trip_replace_and_need_their_blob() {
 #[tokio::test]
 async fn deleting_a_blob_deletes_its_bytes() {
     let (_db, store) = common::store().await;
-    let blob = store
-        .create(
-            json!({
-                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
-                "metadata": {"name": "shot-2"},
-                "spec": {"ownerNamespace": "demo", "mimeType": "image/png"}
-            }),
-            false,
-        )
-        .await
-        .expect("create blob");
-    let uid = blob.object["metadata"]["uid"]
-        .as_str()
-        .expect("uid")
-        .to_owned();
+    let uid = screenshot_blob(&store, "shot-2").await;
     store
         .put_blob_data(&uid, "image/png", b"pixels")
         .await
