@@ -1145,7 +1145,6 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 let blob = payload["blob"]
                     .as_str()
                     .ok_or_else(|| HandlerError::BadOperation("payload.blob is required".into()))?;
-                crate::blobs::check_name(blob)?;
                 let s = &self.inner.settings;
                 let blobs_dir = s.storage_path.join("blobs");
                 let domains = self.domains_naming(&blobs_dir.join(blob)).await?;

@@ -83,15 +83,7 @@ impl Changes {
     }
 
     fn changed(&self, key: String, fingerprint: String) -> bool {
-        match self.0.lock() {
-            Ok(mut m) => {
-                if m.len() >= CHANGES_CAP {
-                    m.clear();
-                }
-                m.insert(key, fingerprint.clone()).as_ref() != Some(&fingerprint)
-            }
-            Err(_) => true,
-        }
+        self.previous(key, fingerprint).is_some()
     }
 }
 

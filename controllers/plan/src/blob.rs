@@ -67,6 +67,11 @@ pub struct BlobObservation {
     pub nodes: Vec<String>,
 }
 
+/// `start` plus `secs` seconds.
+fn after(start: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
+    start + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}
+
 fn secs_until(now: DateTime<Utc>, due: DateTime<Utc>) -> u64 {
     u64::try_from((due - now).num_seconds()).unwrap_or(0).max(1)
 }
@@ -121,10 +126,7 @@ pub fn plan_blob(blob: &Blob, observed: &BlobObservation, ctx: &PlanContext) -> 
             .as_ref()
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0));
         if let Some(created) = created {
-            let due = created
-                + chrono::Duration::seconds(
-                    i64::try_from(ctx.screenshot_retention_secs).unwrap_or(i64::MAX / 1000),
-                );
+            let due = after(created, ctx.screenshot_retention_secs);
             if ctx.now >= due {
                 plan.push(Action::DeleteObject);
             } else {
@@ -156,10 +158,7 @@ pub fn plan_blob(blob: &Blob, observed: &BlobObservation, ctx: &PlanContext) -> 
         }
         None => match unreferenced.filter(|c| c.status == ConditionStatus::True) {
             Some(since) => {
-                let due = since.last_transition_time
-                    + chrono::Duration::seconds(
-                        i64::try_from(ctx.blob_grace_secs).unwrap_or(i64::MAX / 1000),
-                    );
+                let due = after(since.last_transition_time, ctx.blob_grace_secs);
                 if ctx.now >= due {
                     plan.push(Action::SetState {
                         state: StateValue::Resource(ResourceState::Deleted),
@@ -236,8 +235,7 @@ fn plan_removal(
                 refused.extend(last_refusal);
                 let ended = op.completed_at.unwrap_or(ctx.now);
                 let wait = retry_delay(ctx.blob_retry_secs, *n);
-                let due = ended
-                    + chrono::Duration::seconds(i64::try_from(wait).unwrap_or(i64::MAX / 1000));
+                let due = after(ended, wait);
                 if ctx.now >= due {
                     Some(*n + 1)
                 } else {
@@ -290,10 +288,7 @@ fn plan_removal(
     if remaining.is_empty()
         && let Some(done) = stored.filter(|c| c.status == ConditionStatus::True)
     {
-        let due = done.last_transition_time
-            + chrono::Duration::seconds(
-                i64::try_from(ctx.blob_record_secs).unwrap_or(i64::MAX / 1000),
-            );
+        let due = after(done.last_transition_time, ctx.blob_record_secs);
         if ctx.now >= due {
             plan.push(Action::DeleteObject);
         } else {
