@@ -10,7 +10,10 @@
 //!   of any operation labelled `shakenfist.io/owner=<uid>`; a name taken by a racing
 //!   request is retried with the next sequence. It targets the instance's node
 //!   (`status.node`; 409 when the instance is not placed) and carries the owner labels
-//!   the controllers use. Tenants may ask this of their own instances.
+//!   the controllers use. Tenants may ask this of their own instances. A snapshot's
+//!   body is `{"all", "device", "maxVersions", "thin"}` ([`sf_schema::snapshot`]; a
+//!   bad field is 422 Invalid naming it, nothing created); the operation's result
+//!   lists the Artifacts (`<instance uid>-<device>`) and blobs it took.
 //! - `GET blobs/{name}/data`: the bytes (gateway `GetBlobData` by the Blob's uid), with
 //!   `Content-Type` from `spec.mimeType` (else the stored type, else
 //!   `application/octet-stream`).
@@ -35,10 +38,11 @@ use serde_json::{Value, json};
 use sf_plan::ops::{ObservedOperation, current_seq, operation_name, short_name};
 use sf_plan::scheduler::{NodeView, Resources, resource_summary};
 use sf_schema::operation::OperationType;
+use sf_schema::snapshot::SnapshotRequest;
 use sf_schema::{API_VERSION, Instance, Node};
 
 use crate::auth::{Caller, sf_error};
-use crate::error::{ApiError, json_response};
+use crate::error::{ApiError, Cause, json_response};
 use crate::gateway::Selection;
 use crate::params::Params;
 use crate::resources::{Target, authorize, parse_path};
@@ -167,18 +171,25 @@ async fn instance_operation(
     let namespace = target.namespace_str().to_string();
     let uid = instance.metadata.uid.clone().unwrap_or_default();
     let status = instance.status.clone().unwrap_or_default();
+    let payload = match operation_type {
+        OperationType::InstanceReboot => json!({
+            "hard": payload.get("hard").and_then(Value::as_bool).unwrap_or(false)
+        }),
+        OperationType::InstanceSnapshot => {
+            let request = SnapshotRequest::parse(&payload).map_err(|errors| ApiError::Invalid {
+                subject: subject.clone(),
+                causes: errors.into_iter().map(Cause::from).collect(),
+            })?;
+            serde_json::to_value(&request).map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        _ if payload.is_object() => payload,
+        _ => json!({}),
+    };
     let Some(node) = status.node.clone() else {
         return Err(ApiError::Conflict {
             subject,
             message: "the instance is not placed on a node yet".into(),
         });
-    };
-    let payload = match operation_type {
-        OperationType::InstanceReboot => json!({
-            "hard": payload.get("hard").and_then(Value::as_bool).unwrap_or(false)
-        }),
-        _ if payload.is_object() => payload,
-        _ => json!({}),
     };
     let selection = Selection {
         kind: "ClusterOperation".into(),

@@ -81,14 +81,7 @@ impl AdmissionError {
             },
             Self::Invalid(problems) => ApiError::Invalid {
                 subject: subject.clone(),
-                causes: problems
-                    .into_iter()
-                    .map(|p| Cause {
-                        reason: p.reason.cause_type().to_string(),
-                        message: p.message,
-                        field: p.field,
-                    })
-                    .collect(),
+                causes: problems.into_iter().map(Cause::from).collect(),
             },
         }
     }

@@ -70,6 +70,16 @@ pub struct Cause {
     pub field: String,
 }
 
+impl From<sf_schema::FieldError> for Cause {
+    fn from(e: sf_schema::FieldError) -> Self {
+        Self {
+            reason: e.reason.cause_type().to_string(),
+            message: e.message,
+            field: e.field,
+        }
+    }
+}
+
 /// Everything a request can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {

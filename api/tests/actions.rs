@@ -81,11 +81,47 @@ async fn instance_operations_follow_the_intent_sequence() {
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["status"]["state"], "queued");
 
+    // A snapshot body is checked field by field: 422 naming each, nothing created.
+    let bad = env
+        .raw(
+            "POST",
+            &format!("{inst}/snapshot"),
+            &[],
+            Some(json!({"device": "../vda", "thin": true, "maxVersions": "two"})),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.text());
+    let status = bad.json();
+    assert_eq!(status["reason"], "Invalid");
+    let fields: Vec<&str> = status["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["device", "maxVersions", "thin"], "{status}");
+    assert_eq!(env.count_rows("ClusterOperation"), 3);
+    // A good one carries the request, in its canonical spelling, as the payload.
+    let snap = env
+        .raw(
+            "POST",
+            &format!("{inst}/snapshot"),
+            &[],
+            Some(json!({"device": "vda", "max_versions": 5, "thin": false})),
+        )
+        .await;
+    assert_eq!(snap.status, 201, "{}", snap.text());
+    assert_eq!(
+        snap.json()["spec"]["payload"],
+        json!({"device": "vda", "maxVersions": 5})
+    );
+    assert_eq!(snap.json()["spec"]["operationType"], "instance_snapshot");
+
     // Another tenant: 404, nothing created.
     let other = env.tenant("tb", "key-b").await;
     let foreign = raw_on(&other, "POST", &format!("{inst}/reboot"), &[], None).await;
     assert_eq!(foreign.status, 404, "{}", foreign.text());
-    assert_eq!(env.count_rows("ClusterOperation"), 3);
+    assert_eq!(env.count_rows("ClusterOperation"), 4);
     // A tenant may ask it of its own instance.
     let mut mine = instance_json("own");
     mine["metadata"]["namespace"] = json!("tb");

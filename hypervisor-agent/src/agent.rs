@@ -54,6 +54,7 @@ use sf_schema::interface::NetworkInterface;
 use sf_schema::network::Network;
 use sf_schema::node::{Node, NodeRole, NodeState};
 use sf_schema::operation::{ClusterOperation, OperationType};
+use sf_schema::snapshot::{SNAPSHOT_OF_LABEL, SnapshotRequest, SnapshotResult, SnapshotTaken};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tracing::Instrument;
@@ -216,6 +217,9 @@ pub enum HandlerError {
     /// A `blob_delete` did not remove its file.
     #[error(transparent)]
     BlobRemove(#[from] crate::blobs::RemoveError),
+    /// An `instance_snapshot` did not capture a disk.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 impl HandlerError {
@@ -232,6 +236,7 @@ impl HandlerError {
             Self::Unsupported(_) => "UnsupportedOperation".into(),
             Self::Fetch(e) => e.code().into(),
             Self::BlobRemove(e) => e.code().into(),
+            Self::Snapshot(e) => e.code().into(),
         }
     }
 
@@ -248,6 +253,7 @@ impl HandlerError {
             Self::NotFound { .. } | Self::BadOperation(_) | Self::Unsupported(_) => false,
             Self::Fetch(e) => e.retryable(),
             Self::BlobRemove(e) => e.retryable(),
+            Self::Snapshot(e) => e.retryable(),
         }
     }
 }
@@ -1080,6 +1086,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 Ok(json!({"powerState": state.power_state().as_str()}))
             }
             OperationType::InstanceScreenshot => self.screenshot(op).await,
+            OperationType::InstanceSnapshot => self.snapshot(op).await,
             OperationType::InterfaceHotPlug => self.hot_plug(op).await,
             OperationType::InterfaceHotUnplug => self.hot_unplug(op).await,
             OperationType::InstanceDelete => {
@@ -1237,6 +1244,119 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .to_owned();
         let (stored, sha256) = g.put_blob_data(&blob_uid, data, &mime).await?;
         Ok(json!({"blob": blob_name, "size": stored, "sha256": sha256, "mimeType": mime}))
+    }
+
+    /// Takes the snapshots an `instance_snapshot` asks for ([`crate::snapshot`]):
+    /// each chosen disk into a blob named from the operation uid and the device (a
+    /// re-run names the same blob), recorded by the artifact controller from the
+    /// result as a new version of the device's snapshot Artifact, which this makes
+    /// when missing.
+    async fn snapshot(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
+        let request = SnapshotRequest::parse(&op.spec.payload).map_err(|errors| {
+            let messages: Vec<String> = errors.into_iter().map(|e| e.message).collect();
+            HandlerError::BadOperation(messages.join("; "))
+        })?;
+        let inst = self.target_instance(op).await?;
+        let uid = inst.metadata.uid.clone().unwrap_or_default();
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        let namespace = op.spec.target.namespace.clone().unwrap_or_default();
+        let paths = self.inner.life.paths(&uid);
+        let input = crate::domain_xml::DomainInput {
+            uid: &uid,
+            namespace: &namespace,
+            name: &name,
+            spec: &inst.spec,
+            nics: &[],
+            paths: &paths,
+            cdrom_sources: &[],
+            nvram_template: None,
+        };
+        let layout = crate::domain_xml::layout_disks(&input)
+            .map_err(|e| HandlerError::BadOperation(e.to_string()))?;
+        let chosen = crate::snapshot::choose(&layout, &request)?;
+        let blobs_dir = self.inner.settings.storage_path.join("blobs");
+        let op_uid = op.metadata.uid.clone().unwrap_or_default();
+        let mut snapshots = Vec::new();
+        for disk in chosen {
+            let (artifact, artifact_uid) = self
+                .snapshot_artifact(&inst, &namespace, &disk.device, request.max_versions)
+                .await?;
+            let blob = sf_schema::common::derived_uuid(&format!("{op_uid}/{}", disk.device));
+            let (size, sha512) =
+                crate::snapshot::capture(&disk.device, &disk.path, &blobs_dir, &blob).await?;
+            snapshots.push(SnapshotTaken {
+                device: disk.device,
+                artifact,
+                artifact_uid,
+                blob,
+                size,
+                sha512,
+            });
+        }
+        let result = SnapshotResult {
+            node: self.node_name().to_owned(),
+            snapshots,
+        };
+        serde_json::to_value(&result).map_err(|e| HandlerError::BadOperation(e.to_string()))
+    }
+
+    /// The snapshot Artifact of `device` of `inst` (name and uid), made when missing.
+    async fn snapshot_artifact(
+        &self,
+        inst: &Instance,
+        namespace: &str,
+        device: &str,
+        max_versions: Option<u32>,
+    ) -> Result<(String, String), HandlerError> {
+        let uid = inst.metadata.uid.clone().unwrap_or_default();
+        let name = sf_schema::snapshot::artifact_name(&uid, device);
+        let source = sf_schema::snapshot::source_url(&uid, device);
+        let g = &self.inner.gateway;
+        let existing: Option<Artifact> = g.get("Artifact", Some(namespace), &name).await?;
+        let artifact = match existing {
+            Some(a) => a,
+            None => {
+                let object = json!({
+                    "apiVersion": sf_schema::API_VERSION,
+                    "kind": "Artifact",
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "labels": {SNAPSHOT_OF_LABEL: inst.metadata.name.clone().unwrap_or_default()},
+                    },
+                    "spec": {
+                        "sourceUrl": source,
+                        "artifactType": "snapshot",
+                        "maxVersions": max_versions.unwrap_or(sf_schema::artifact::DEFAULT_MAX_VERSIONS),
+                    },
+                });
+                match g.create(&object).await {
+                    Ok(created) => serde_json::from_value(created)
+                        .map_err(|e| HandlerError::BadOperation(e.to_string()))?,
+                    // A racing re-run made it: read it back.
+                    Err(e) if e.code() == Some(Code::AlreadyExists) => g
+                        .get("Artifact", Some(namespace), &name)
+                        .await?
+                        .ok_or_else(|| {
+                            HandlerError::NotReady(format!("artifact {name} vanished"))
+                        })?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if artifact.spec.source_url != source {
+            return Err(HandlerError::BadOperation(format!(
+                "artifact {namespace}/{name} exists and does not hold snapshots of {device} of \
+                 this instance (its source is {})",
+                artifact.spec.source_url
+            )));
+        }
+        if artifact.metadata.deletion_timestamp.is_some() {
+            return Err(HandlerError::NotReady(format!(
+                "artifact {namespace}/{name} is being deleted; the snapshot is retried into a new one"
+            )));
+        }
+        Ok((name, artifact.metadata.uid.unwrap_or_default()))
     }
 
     async fn hot_plug(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
@@ -1822,7 +1942,7 @@ mod tests {
         let e = HandlerError::NotReady("x".into());
         assert_eq!(e.code(), "NotReady");
         assert!(e.retryable());
-        let e = HandlerError::Unsupported("instance_snapshot".into());
+        let e = HandlerError::Unsupported("instance_migrate".into());
         assert_eq!(e.code(), "UnsupportedOperation");
         assert!(!e.retryable());
         let e = HandlerError::Fetch(crate::artifact::FetchError::Http {

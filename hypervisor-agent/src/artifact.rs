@@ -414,7 +414,7 @@ impl Drop for Partial {
 }
 
 /// Hashes an existing file: (size, sha512, head).
-async fn hash_file(path: &Path) -> Result<(u64, String, Vec<u8>), FetchError> {
+pub(crate) async fn hash_file(path: &Path) -> Result<(u64, String, Vec<u8>), FetchError> {
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(io("open", path))?;

@@ -61,7 +61,7 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskE
     move |source| DiskError::Io(failed(source))
 }
 
-async fn run(tool: &'static str, cmd: &mut Command) -> Result<String, DiskError> {
+pub(crate) async fn run(tool: &'static str, cmd: &mut Command) -> Result<String, DiskError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()

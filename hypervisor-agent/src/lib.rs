@@ -14,7 +14,8 @@
 //! [`identity`] (the node UUID), [`sysinfo`] (capacity and usage), [`gateway`] (typed
 //! sf-database calls), [`agent`] (registration, claim loop, handlers, start-up
 //! reconciliation, state polling), [`artifact`] (`artifact_fetch`: downloads into
-//! blob files), [`blobs`] (`blob_delete`: removes unused blob files), [`metrics`]. Panics are recorded by
+//! blob files), [`blobs`] (`blob_delete`: removes unused blob files), [`snapshot`]
+//! (`instance_snapshot`: disks captured into blob files), [`metrics`]. Panics are recorded by
 //! `sf_daemon::panic`.
 
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod instance;
 pub mod libvirt;
 pub mod metrics;
+pub mod snapshot;
 pub mod sysinfo;
 
 /// The XML namespace of the `<sf:instance>` element in domain metadata.

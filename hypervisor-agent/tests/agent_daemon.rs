@@ -1031,3 +1031,126 @@ async fn blob_delete_removes_only_files_nothing_uses() {
     assert_eq!(err.code(), "BadBlobName");
     assert!(storage.join("node_secret").exists());
 }
+
+/// `instance_snapshot` through the agent's handler: each chosen disk becomes a
+/// standalone qcow2 blob, the device's snapshot Artifact is made once, a re-run names
+/// the same blobs, and a device that is not a disk fails for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_snapshot_captures_disks_into_artifacts() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let g = &env.gateway;
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let agent = env.agent(hv, "55555555-5555-4555-8555-555555555555");
+    let instance = g
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "snap-1", "namespace": "demo"},
+            "spec": {"cpus": 1, "memory": 256, "disks": [{"size": 1}, {"size": 1}]},
+        }))
+        .await
+        .expect("instance");
+    let uid = instance["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    // The disks instance_create would have made: vda, the config drive vdb, vdc.
+    let storage = env.dir.path().join("storage");
+    let dir = storage.join("instances").join(&uid);
+    std::fs::create_dir_all(&dir).expect("instance dir");
+    for i in 0..2 {
+        qemu_img(
+            &["create", "-q", "-f", "qcow2"],
+            &[&dir.join(format!("disk-{i}.qcow2"))],
+            Some("1M"),
+        );
+    }
+    let snapshot = |payload: serde_json::Value| {
+        let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+            "operationType": "instance_snapshot",
+            "target": {"kind": "Instance", "name": "snap-1", "namespace": "demo", "uid": uid},
+            "node": NODE,
+            "payload": payload,
+        }))
+        .expect("spec");
+        let mut op = sf_schema::ClusterOperation::new("instance-snap-1-1-snapshot", spec);
+        op.metadata.namespace = Some("demo".into());
+        op.metadata.uid = Some("0a0a0a0a-0000-4000-8000-000000000001".into());
+        op
+    };
+
+    let done = agent
+        .execute(&snapshot(json!({"all": true, "maxVersions": 2})))
+        .await
+        .expect("snapshot");
+    let result = sf_schema::snapshot::SnapshotResult::from_result(&done).expect("result");
+    assert_eq!(result.node, NODE);
+    let devices: Vec<&str> = result.snapshots.iter().map(|t| t.device.as_str()).collect();
+    assert_eq!(devices, ["vda", "vdc"], "{done}");
+    for taken in &result.snapshots {
+        assert_eq!(
+            taken.blob,
+            sf_schema::common::derived_uuid(&format!(
+                "0a0a0a0a-0000-4000-8000-000000000001/{}",
+                taken.device
+            ))
+        );
+        let file = storage.join("blobs").join(&taken.blob);
+        assert_eq!(std::fs::metadata(&file).expect("blob").len(), taken.size);
+        assert_eq!(taken.artifact, format!("{uid}-{}", taken.device));
+        let artifact: sf_schema::Artifact = g
+            .get("Artifact", Some("demo"), &taken.artifact)
+            .await
+            .expect("get")
+            .expect("artifact made");
+        assert_eq!(
+            artifact.spec.source_url,
+            format!("sf://instance/{uid}/{}", taken.device)
+        );
+        assert_eq!(
+            artifact.spec.artifact_type,
+            sf_schema::artifact::ArtifactType::Snapshot
+        );
+        assert_eq!(artifact.spec.max_versions, 2);
+        assert_eq!(
+            artifact
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("shakenfist.io/snapshot-of")),
+            Some(&"snap-1".to_owned())
+        );
+        assert_eq!(
+            artifact.metadata.uid.as_deref(),
+            Some(taken.artifact_uid.as_str())
+        );
+    }
+
+    // A re-run (a lost completion) reports the same snapshots into the same artifacts.
+    let again = agent
+        .execute(&snapshot(json!({"all": true})))
+        .await
+        .expect("again");
+    assert_eq!(
+        sf_schema::snapshot::SnapshotResult::from_result(&again).expect("result"),
+        result
+    );
+
+    // The config drive is not a disk to snapshot: a permanent failure naming the disks.
+    let err = agent
+        .execute(&snapshot(json!({"device": "vdb"})))
+        .await
+        .expect_err("config drive");
+    assert_eq!(err.code(), "NoSuchDevice", "{err}");
+    assert!(!err.retryable());
+    assert!(err.to_string().contains("its disks are vda, vdc"), "{err}");
+    let err = agent
+        .execute(&snapshot(json!({"thin": true})))
+        .await
+        .expect_err("thin");
+    assert_eq!(err.code(), "BadOperation", "{err}");
+}

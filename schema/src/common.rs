@@ -296,6 +296,39 @@ pub(crate) fn default_true() -> bool {
     true
 }
 
+/// 64-bit FNV-1a of `bytes` from `basis`.
+pub fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
+    let mut hash = basis;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// A UUID (version 8, "custom") derived from `seed`: the same seed always gives the
+/// same UUID, so work re-planned or re-run after a crash names the same object (the
+/// artifact plan names a fetch's blob from `<artifact uid>/<operation name>`, the
+/// agent a snapshot's from `<operation uid>/<device>`).
+pub fn derived_uuid(seed: &str) -> String {
+    let a = fnv1a(seed.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let b = fnv1a(seed.as_bytes(), 0x6c62_272e_07bb_0142);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod network;
 pub mod node;
 pub mod operation;
 pub mod selector;
+pub mod snapshot;
 pub mod validation;
 
 pub use artifact::{Artifact, ArtifactSpec, ArtifactStatus, Blob, BlobSpec, BlobStatus};

@@ -91,14 +91,10 @@ pub struct NetworkStatus {
 /// sf-database takes owner uids of at most 36 characters; the same inputs always
 /// give the same uid.
 pub fn routed_owner_uid(network_uid: &str, index: usize) -> String {
-    fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
-        bytes.iter().fold(seed, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    }
+    use crate::common::fnv1a;
     let input = format!("{network_uid}/routed/{index}");
-    let hi = fnv1a(0xcbf2_9ce4_8422_2325, input.as_bytes());
-    let lo = fnv1a(0x8422_2325_cbf2_9ce4 ^ hi, input.as_bytes());
+    let hi = fnv1a(input.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let lo = fnv1a(input.as_bytes(), 0x8422_2325_cbf2_9ce4 ^ hi);
     format!(
         "{:08x}-{:04x}-8{:03x}-{:04x}-{:012x}",
         hi >> 32,

@@ -20,6 +20,7 @@ Examples:
   sf plan -f examples/quickstart.yaml
   sf instance poweroff hello --wait
   sf instance screenshot hello -o hello.png
+  sf instance snapshot hello --wait
   sf network addresses quickstart
   sf delete -f examples/quickstart.yaml --wait
 
@@ -395,6 +396,23 @@ pub enum InstanceCommand {
         /// How long to wait for the operation, in seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+    },
+    /// Snapshot disks into artifacts (`<instance uid>-<device>`, one version each).
+    Snapshot {
+        /// The instance.
+        name: String,
+        /// One disk by device name (vda, sdb, nvme0); default: the first disk.
+        #[arg(long, conflicts_with = "all")]
+        device: Option<String>,
+        /// Every disk.
+        #[arg(long)]
+        all: bool,
+        /// Versions a newly made snapshot artifact keeps (default 3).
+        #[arg(long = "max-versions")]
+        max_versions: Option<u32>,
+        /// Waiting for the snapshot operation.
+        #[command(flatten)]
+        wait: VerbWait,
     },
     /// Hot-plug a new interface (creates a NetworkInterface).
     AddInterface {

@@ -1149,6 +1149,51 @@ async fn instance_cmd(ctx: &Ctx, c: InstanceCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        InstanceCommand::Snapshot {
+            name,
+            device,
+            all,
+            max_versions,
+            wait,
+        } => {
+            let mut body = json!({"all": all});
+            if let Some(d) = device {
+                body["device"] = json!(d);
+            }
+            if let Some(m) = max_versions {
+                body["maxVersions"] = json!(m);
+            }
+            let op = ctx
+                .rest
+                .post(
+                    &format!("{}/snapshot", kind.path(&ctx.namespace, &name)),
+                    &body,
+                )
+                .await
+                .with_context(|| format!("snapshot of instance/{name}"))?;
+            emit(&format!(
+                "clusteroperation/{} created\n",
+                output::cell(op.pointer("/metadata/name"))
+            ));
+            if wait.wait {
+                let done = wait_operation(ctx, &op, wait.timeout).await?;
+                let taken = done
+                    .pointer("/status/result/snapshots")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for t in &taken {
+                    emit(&format!(
+                        "{}: artifact/{} blob {} ({} bytes)\n",
+                        output::cell(t.get("device")),
+                        output::cell(t.get("artifact")),
+                        output::cell(t.get("blob")),
+                        output::cell(t.get("size"))
+                    ));
+                }
+            }
+            Ok(0)
+        }
         InstanceCommand::Screenshot {
             name,
             output: file,

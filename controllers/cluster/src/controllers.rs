@@ -811,8 +811,19 @@ pub async fn run(
 
     // --- Artifact ---------------------------------------------------------------
     let artifact_controller = {
+        // Its own and replication fetches, and the snapshots taken into it.
         let ops_map = |op: Arc<ClusterOperation>| -> Vec<ObjectRef<Artifact>> {
-            operation_refs(&op, "Artifact", true)
+            let mut refs = operation_refs(&op, "Artifact", true);
+            if let Some(result) = crate::observe::snapshot_result(&op) {
+                let ns = op.namespace();
+                refs.extend(
+                    result
+                        .snapshots
+                        .iter()
+                        .map(|t| ns_ref(&t.artifact, ns.as_deref())),
+                );
+            }
+            refs
         };
         // A node becoming usable lets an artifact waiting for one fetch.
         let node_changes = Arc::new(Changes::default());

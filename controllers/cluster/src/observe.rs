@@ -28,8 +28,9 @@
 //!   and its [`BlobReplica`] lists the nodes holding the blob (Blob `status.nodes`
 //!   plus nodes where a fetch of it completed) and the fetches of it under way. An
 //!   artifact observes its own operations, every other `artifact_fetch` targeting it
-//!   (instances' replications), the results of the completed ones, the Blobs they and
-//!   the versions name, and every Node.
+//!   (instances' replications), the results of the completed ones, the snapshots
+//!   completed `instance_snapshot`s of its namespace took into it (by its uid), the
+//!   Blobs all of these and the versions name, and every Node.
 //! - A Blob observes its own `blob_delete` operations, whether any cached Artifact
 //!   not being deleted has a version naming it (whatever its `referenceCount` says),
 //!   and the Nodes that exist and are not deleted.
@@ -44,7 +45,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use sf_plan::artifact::{
-    ArtifactObservation, BlobReplica, BlobView, FetchNode, FetchResult, PendingFetch,
+    ArtifactObservation, BlobReplica, BlobView, FetchNode, FetchResult, PendingFetch, SnapshotFact,
 };
 use sf_plan::instance::{ArtifactReadiness, ReservedAddress, boot_interface_name};
 use sf_plan::interface::InstanceView;
@@ -58,6 +59,7 @@ use sf_schema::instance::InstanceState;
 use sf_schema::ipam::LeasePhase;
 use sf_schema::node::{NodeRole, NodeState};
 use sf_schema::operation::{OperationState, OperationType};
+use sf_schema::snapshot::SnapshotResult;
 use sf_schema::{Artifact, Blob, ClusterOperation, Instance, Network, NetworkInterface};
 
 use crate::context::{Context, LEDGER_GRACE, OWNER_LABEL, Placement};
@@ -629,6 +631,49 @@ pub fn blob_replica(ctx: &Context, artifact: &Artifact) -> Option<BlobReplica> {
     })
 }
 
+/// What the completed `instance_snapshot` operation `op` took, when it reports a
+/// well-formed result ([`SnapshotResult`]).
+pub fn snapshot_result(op: &ClusterOperation) -> Option<SnapshotResult> {
+    if op.spec.operation_type != OperationType::InstanceSnapshot {
+        return None;
+    }
+    let status = op.status.as_ref()?;
+    if status.state != OperationState::Complete {
+        return None;
+    }
+    SnapshotResult::from_result(status.result.as_ref()?)
+}
+
+/// The snapshots completed `instance_snapshot`s of `artifact`'s namespace took into
+/// it (matched by uid, so a re-created namesake gets none of its predecessor's).
+fn snapshot_facts(ctx: &Context, artifact: &Artifact) -> Vec<SnapshotFact> {
+    let uid = artifact.uid().unwrap_or_default();
+    let namespace = artifact.namespace();
+    let mut facts = Vec::new();
+    for op in ctx.stores.operations.state() {
+        if op.namespace() != namespace {
+            continue;
+        }
+        let (Some(result), Some(completed_at)) = (
+            snapshot_result(&op),
+            op.status.as_ref().and_then(|s| s.completed_at),
+        ) else {
+            continue;
+        };
+        for taken in result.snapshots {
+            if taken.artifact_uid == uid {
+                facts.push(SnapshotFact {
+                    operation: op.name_any(),
+                    completed_at,
+                    node: result.node.clone(),
+                    taken,
+                });
+            }
+        }
+    }
+    facts
+}
+
 /// Observes `artifact` (read fresh by the caller).
 pub async fn observe_artifact(
     ctx: &Context,
@@ -654,6 +699,8 @@ pub async fn observe_artifact(
         .map(|s| s.versions.iter().map(|v| v.blob.clone()).collect())
         .unwrap_or_default();
     names.extend(results.values().map(|r| r.blob.clone()));
+    let snapshots = snapshot_facts(ctx, artifact);
+    names.extend(snapshots.iter().map(|f| f.taken.blob.clone()));
     let blobs = names
         .iter()
         .filter_map(|name| ctx.stores.blobs.get(&ObjectRef::<Blob>::new(name)))
@@ -678,6 +725,7 @@ pub async fn observe_artifact(
             .map(|op| observed_operation(op))
             .collect(),
         results,
+        snapshots,
         blobs,
         nodes,
     })

@@ -9,7 +9,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{AgentOptions, leases, request_operation, start_with_nodes};
+use common::{AgentOptions, NS, leases, request_operation, start_with_nodes};
+use kube::Api;
 use kube::ResourceExt;
 use sf_agent::hypervisor::{DomainState, Hypervisor, domain_name};
 use sf_schema::instance::{InstanceState, ObservedPowerState};
@@ -449,9 +450,9 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
     );
 
     // The snapshot finishes: the agent restarts without the hold (a stopping agent
-    // releases what it holds, retryable) and runs it; this agent does not implement
-    // snapshots yet, so it fails as unsupported, never aborted. Then the delete runs
-    // and the address rests in the halo.
+    // releases what it holds, retryable) and runs it to completion, never aborted.
+    // Then the delete runs and the address rests in the halo; the snapshot, recorded
+    // as version 1 of the instance's snapshot artifact, outlives the instance.
     env.stop_agent(0).await;
     env.start_agent(0, AgentOptions::default());
     env.eventually("db gone", WAIT, || async {
@@ -469,10 +470,10 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
         .await
         .expect("snapshot");
     let snap_status = snapshot.status.clone().expect("snapshot status");
-    assert_eq!(snap_status.state, OperationState::Error, "{snap_status:?}");
     assert_eq!(
-        snap_status.error_report.as_ref().map(|r| r.code.as_str()),
-        Some("UnsupportedOperation")
+        snap_status.state,
+        OperationState::Complete,
+        "{snap_status:?}"
     );
     assert!(
         snap_status
@@ -481,6 +482,23 @@ async fn delete_aborts_all_but_a_snapshot_and_releases_addresses_into_the_halo()
             .is_some_and(|b| b.starts_with(&format!("{hv1}:"))),
         "{snap_status:?}"
     );
+    let taken = sf_schema::snapshot::SnapshotResult::from_result(
+        snap_status.result.as_ref().expect("snapshot result"),
+    )
+    .expect("a snapshot result");
+    assert_eq!(taken.snapshots.len(), 1, "{taken:?}");
+    let artifacts: Api<sf_schema::Artifact> = Api::namespaced(env.client.clone(), NS);
+    let recorded = env
+        .eventually("the snapshot recorded", WAIT, || async {
+            let a = artifacts
+                .get_opt(&taken.snapshots[0].artifact)
+                .await
+                .ok()??;
+            let versions = a.status.clone()?.versions;
+            (versions.len() == 1).then_some(versions)
+        })
+        .await;
+    assert_eq!(recorded[0].blob, taken.snapshots[0].blob);
     let deletes: Vec<ClusterOperation> = env
         .all_operations()
         .await

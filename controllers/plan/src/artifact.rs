@@ -23,6 +23,14 @@
 //!   oldest versions beyond `spec.maxVersions` are pruned. Condition `Fetched`
 //!   tracks the latest fetch (Fetching, Retrying while the queue retries it,
 //!   FetchFailed, Fetched, Unchanged); `Ready` is True once a version exists.
+//! - Snapshots (`snapshot` artifacts, [`sf_schema::snapshot`]): every completed
+//!   `instance_snapshot` that reports a blob taken into the artifact
+//!   ([`SnapshotFact`]) and completed after the newest version becomes a version
+//!   (index = last + 1, `created` = its completion time), oldest first, pruned to
+//!   `spec.maxVersions` like fetched ones; one completed before the newest version was
+//!   recorded or pruned already and never comes back. Its Blob gets the node, size,
+//!   sha512, `application/x-qcow2` and the artifact's `sf://` source. Until the first
+//!   one, `Ready` is False with reason `NoSnapshot`.
 //! - A failed fetch (the operation in error or abort: its retries are exhausted or
 //!   the failure was permanent) of an artifact without a version moves it to error;
 //!   with versions it stays created (the versions still serve) and `Fetched` says
@@ -44,12 +52,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sf_schema::artifact::{Artifact, ArtifactSpec, ArtifactType, ArtifactVersion, Blob};
 use sf_schema::common::{ConditionStatus, ObjectRef, ResourceState};
 use sf_schema::node::NodeState;
 use sf_schema::operation::{OperationState, OperationType, Priority};
+use sf_schema::snapshot::{SNAPSHOT_MIME_TYPE, SnapshotTaken};
 
 use crate::PlanContext;
 use crate::action::{Action, Plan, StateValue, condition, has_finalizer, pinned};
@@ -152,6 +162,20 @@ pub struct FetchNode {
     pub hypervisor: bool,
 }
 
+/// A snapshot a completed `instance_snapshot` took into an artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotFact {
+    /// The operation's name.
+    pub operation: String,
+    /// When it completed (the version's `created`).
+    pub completed_at: DateTime<Utc>,
+    /// The node holding the blob.
+    pub node: String,
+    /// What it took.
+    pub taken: SnapshotTaken,
+}
+
 /// What observe() gathers for an artifact.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,7 +191,12 @@ pub struct ArtifactObservation {
     /// well-formed ones, [`FetchResult::from_result`]).
     #[serde(default)]
     pub results: BTreeMap<String, FetchResult>,
-    /// The stored Blobs named by the versions and the results (missing ones absent).
+    /// The completed `instance_snapshot`s that captured a disk into this artifact
+    /// (any instance's, as the agent reports them), in any order.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotFact>,
+    /// The stored Blobs named by the versions, the results and the snapshots
+    /// (missing ones absent).
     #[serde(default)]
     pub blobs: Vec<BlobView>,
     /// Every Node.
@@ -206,35 +235,13 @@ pub fn fetch_payload(
     payload
 }
 
-pub(crate) fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
-    let mut hash = basis;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
+pub(crate) use sf_schema::common::fnv1a;
 
-/// A UUID (version 8, "custom") derived from `seed`: the same seed always gives the
-/// same UUID, so a fetch re-planned after a crash names the same blob. The artifact
-/// plan seeds it with `<artifact uid>/<operation name>`.
+/// The blob a fetch writes: [`sf_schema::common::derived_uuid`] of
+/// `<artifact uid>/<operation name>`, so a fetch re-planned after a crash names the
+/// same blob.
 pub fn blob_uuid(seed: &str) -> String {
-    let a = fnv1a(seed.as_bytes(), 0xcbf2_9ce4_8422_2325);
-    let b = fnv1a(seed.as_bytes(), 0x6c62_272e_07bb_0142);
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&a.to_be_bytes());
-    bytes[8..].copy_from_slice(&b.to_be_bytes());
-    bytes[6] = (bytes[6] & 0x0f) | 0x80;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    sf_schema::common::derived_uuid(seed)
 }
 
 /// Whether `from → to` is a legal artifact state move (shakenfist.md §2).
@@ -466,12 +473,47 @@ impl Ctx<'_> {
             size: result.size,
             created: op.completed_at.unwrap_or(self.ctx.now),
         });
+        self.prune(versions);
+        Some(FetchStatus::new(ConditionStatus::True, "Fetched", fetched))
+    }
+
+    /// Drops the oldest versions beyond `spec.maxVersions`.
+    fn prune(&self, versions: &mut Vec<ArtifactVersion>) {
         let keep = usize::try_from(self.artifact.spec.max_versions.max(1)).unwrap_or(usize::MAX);
         if versions.len() > keep {
             let excess = versions.len() - keep;
             versions.drain(..excess);
         }
-        Some(FetchStatus::new(ConditionStatus::True, "Fetched", fetched))
+    }
+
+    /// Appends a version for every snapshot taken after the newest version, oldest
+    /// first (one completed before it was either recorded already or pruned since).
+    fn record_snapshots(&self, versions: &mut Vec<ArtifactVersion>) {
+        let mut facts: Vec<&SnapshotFact> = self.observed.snapshots.iter().collect();
+        facts.sort_by(|a, b| {
+            (a.completed_at, &a.operation, &a.taken.device).cmp(&(
+                b.completed_at,
+                &b.operation,
+                &b.taken.device,
+            ))
+        });
+        for fact in facts {
+            if versions.iter().any(|v| v.blob == fact.taken.blob)
+                || versions
+                    .last()
+                    .is_some_and(|v| fact.completed_at <= v.created)
+            {
+                continue;
+            }
+            let index = versions.last().map_or(1, |v| v.index.saturating_add(1));
+            versions.push(ArtifactVersion {
+                index,
+                blob: fact.taken.blob.clone(),
+                size: fact.taken.size,
+                created: fact.completed_at,
+            });
+            self.prune(versions);
+        }
     }
 
     /// A new fetch of the spec's URL, or why none can run.
@@ -557,6 +599,7 @@ impl Ctx<'_> {
         if needs_fetch {
             fetch_status = Some(self.fetch());
         }
+        self.record_snapshots(&mut versions);
 
         self.write_blobs(&before, &versions);
         if versions != before {
@@ -572,6 +615,9 @@ impl Ctx<'_> {
             self.set_state(ResourceState::Created);
             let message = format!("version {}: blob {}", v.index, v.blob);
             self.condition("Ready", ConditionStatus::True, "Available", message);
+        } else if self.artifact.spec.artifact_type == ArtifactType::Snapshot {
+            let message = "no snapshot has completed into this artifact yet".to_owned();
+            self.condition("Ready", ConditionStatus::False, "NoSnapshot", message);
         } else if !fetchable {
             let message = format!(
                 "sf-cluster fetches only image artifacts from http://, https:// or file:// URLs; \
@@ -590,6 +636,7 @@ impl Ctx<'_> {
     /// A `WriteBlob` for every Blob whose stored state differs from what the
     /// completed fetches and `versions` say (see the module contract).
     fn write_blobs(&mut self, before: &[ArtifactVersion], versions: &[ArtifactVersion]) {
+        #[derive(Default)]
         struct Facts {
             size: Option<u64>,
             sha512: Option<String>,
@@ -599,13 +646,7 @@ impl Ctx<'_> {
         }
         let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
         for blob in before.iter().chain(versions).map(|v| v.blob.clone()) {
-            facts.entry(blob).or_insert(Facts {
-                size: None,
-                sha512: None,
-                mime_type: None,
-                source: None,
-                nodes: BTreeSet::new(),
-            });
+            facts.entry(blob).or_default();
         }
         let completed = self
             .observed
@@ -617,13 +658,7 @@ impl Ctx<'_> {
             let Some(result) = self.observed.results.get(&op.name) else {
                 continue;
             };
-            let f = facts.entry(result.blob.clone()).or_insert(Facts {
-                size: None,
-                sha512: None,
-                mime_type: None,
-                source: None,
-                nodes: BTreeSet::new(),
-            });
+            let f = facts.entry(result.blob.clone()).or_default();
             f.size = f.size.or(Some(result.size));
             f.sha512 = f.sha512.clone().or(Some(result.sha512.clone()));
             f.mime_type = f.mime_type.clone().or(result.mime_type.clone());
@@ -632,6 +667,14 @@ impl Ctx<'_> {
                 .clone()
                 .or(op.payload["sourceUrl"].as_str().map(str::to_owned));
             f.nodes.extend(op.node.clone());
+        }
+        for fact in &self.observed.snapshots {
+            let f = facts.entry(fact.taken.blob.clone()).or_default();
+            f.size = Some(fact.taken.size);
+            f.sha512 = Some(fact.taken.sha512.clone());
+            f.mime_type = Some(SNAPSHOT_MIME_TYPE.to_owned());
+            f.source = Some(self.artifact.spec.source_url.clone());
+            f.nodes.insert(fact.node.clone());
         }
         let owner = self.artifact.metadata.namespace.clone().unwrap_or_default();
         for (name, f) in facts {
@@ -1205,6 +1248,7 @@ mod tests {
                     ]),
                     blobs: vec![stored(BLOB_1, &sum('a'), &["hv-1"], 1)],
                     nodes: nodes.clone(),
+                    snapshots: Vec::new(),
                 },
                 vec![],
                 None,
@@ -1366,8 +1410,8 @@ mod tests {
     #[test]
     fn not_fetchable_artifacts_wait_for_their_versions() {
         let mut a = artifact(ResourceState::Initial, &[], 1);
-        a.spec.artifact_type = ArtifactType::Snapshot;
-        a.spec.source_url = "sf://instance/x/vda".into();
+        a.spec.artifact_type = ArtifactType::Label;
+        a.spec.source_url = "sf://label/x".into();
         let obs = ArtifactObservation {
             nodes: vec![hv("hv-1")],
             ..ArtifactObservation::default()
@@ -1377,6 +1421,103 @@ mod tests {
         assert_eq!(
             condition_of(&plan, "Ready").map(|(r, _)| r).as_deref(),
             Some("NotFetchable")
+        );
+    }
+
+    fn snapshot_fact(operation: &str, secs: i64, blob: &str, c: char) -> SnapshotFact {
+        SnapshotFact {
+            operation: operation.into(),
+            completed_at: now() + chrono::Duration::seconds(secs),
+            node: "hv-2".into(),
+            taken: SnapshotTaken {
+                device: "vda".into(),
+                artifact: "u-1-vda".into(),
+                artifact_uid: "art-uid".into(),
+                blob: blob.into(),
+                size: 2048,
+                sha512: sum(c),
+            },
+        }
+    }
+
+    #[test]
+    fn snapshots_become_versions_in_completion_order_and_pruned_ones_stay_out() {
+        const BLOB_3: &str = "33333333-3333-4333-8333-333333333333";
+        let mut a = artifact(ResourceState::Initial, &[], 1);
+        a.spec.artifact_type = ArtifactType::Snapshot;
+        a.spec.source_url = "sf://instance/u-1/vda".into();
+        a.spec.max_versions = 2;
+        let mut obs = ArtifactObservation {
+            nodes: vec![hv("hv-1")],
+            ..ArtifactObservation::default()
+        };
+        // Nothing taken yet: no fetch, a condition that says so.
+        let plan = plan_artifact(&a, &obs, &ctx());
+        assert!(ops_of(&plan).is_empty());
+        assert_eq!(
+            condition_of(&plan, "Ready").map(|(r, _)| r).as_deref(),
+            Some("NoSnapshot")
+        );
+
+        // Three snapshots, observed out of order: versions in completion order, the
+        // oldest pruned (maxVersions 2), every Blob written with its node.
+        obs.snapshots = vec![
+            snapshot_fact("instance-web-3-snapshot", 30, BLOB_3, 'c'),
+            snapshot_fact("instance-web-1-snapshot", 10, BLOB_1, 'a'),
+            snapshot_fact("instance-web-2-snapshot", 20, BLOB_2, 'b'),
+        ];
+        let plan = plan_artifact(&a, &obs, &ctx());
+        assert_eq!(
+            versions_of(&plan),
+            Some(vec![(2, BLOB_2.to_owned()), (3, BLOB_3.to_owned())])
+        );
+        let hv2 = vec!["hv-2".to_owned()];
+        assert_eq!(
+            blob_writes(&plan),
+            vec![
+                (BLOB_1.to_owned(), hv2.clone(), 0),
+                (BLOB_2.to_owned(), hv2.clone(), 1),
+                (BLOB_3.to_owned(), hv2.clone(), 1),
+            ]
+        );
+        let mime = plan.iter().find_map(|p| match p {
+            Action::WriteBlob {
+                mime_type, source, ..
+            } => Some((mime_type.clone(), source.clone())),
+            _ => None,
+        });
+        assert_eq!(
+            mime,
+            Some((
+                Some(SNAPSHOT_MIME_TYPE.to_owned()),
+                Some("sf://instance/u-1/vda".to_owned())
+            ))
+        );
+        assert_eq!(state_of(&plan).as_deref(), Some("created"));
+
+        // Recorded: re-planning adds nothing, and the pruned snapshot (completed
+        // before the newest version) never comes back.
+        let status = a.status.as_mut().expect("status");
+        status.state = ResourceState::Created;
+        status.versions = [(2, BLOB_2, 20), (3, BLOB_3, 30)]
+            .iter()
+            .map(|(index, blob, secs)| ArtifactVersion {
+                index: *index,
+                blob: (*blob).into(),
+                size: 2048,
+                created: now() + chrono::Duration::seconds(*secs),
+            })
+            .collect();
+        let plan = plan_artifact(&a, &obs, &ctx());
+        assert_eq!(versions_of(&plan), None);
+
+        // A fourth snapshot is version 4 and pushes version 2 out.
+        obs.snapshots
+            .push(snapshot_fact("instance-web-4-snapshot", 40, BLOB_1, 'd'));
+        let plan = plan_artifact(&a, &obs, &ctx());
+        assert_eq!(
+            versions_of(&plan),
+            Some(vec![(3, BLOB_3.to_owned()), (4, BLOB_1.to_owned())])
         );
     }
 

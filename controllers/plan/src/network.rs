@@ -231,11 +231,7 @@ pub struct NetworkObservation {
 
 /// A stable 64-bit FNV-1a hash, hex (std's hasher is not stable across releases).
 fn fnv1a(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = sf_schema::common::fnv1a(text.as_bytes(), 0xcbf2_9ce4_8422_2325);
     format!("{hash:016x}")
 }
 

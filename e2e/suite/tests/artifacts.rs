@@ -7,7 +7,9 @@
 //! Then garbage collection: with the artifact deleted the Blob is unused; after the
 //! grace its file goes from the node whose instance is gone, stays (refused, "in
 //! use") on the node whose instance disk is backed by it, and goes there too once
-//! that instance is deleted; the Blob's record goes a little later.
+//! that instance is deleted; the Blob's record goes a little later. Before that, a
+//! snapshot (`sf instance snapshot`) of `near`'s disk becomes version 1 of a snapshot
+//! artifact, a flattened qcow2 blob on its node from which a new instance boots.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -296,6 +298,114 @@ fn an_artifact_is_fetched_replicated_and_backs_instance_disks() {
         versions_now(),
         before,
         "the artifact and its Blob stay unwritten"
+    );
+
+    // A snapshot of `near`'s disk: a flattened qcow2 blob on its node, version 1 of
+    // the artifact `<near uid>-vda`, and a base a new instance on that node boots from.
+    let near_uid = named(&instances, "near")
+        .and_then(|i| i["metadata"]["uid"].as_str())
+        .unwrap_or_else(|| fail("no uid for near".into()))
+        .to_owned();
+    let out = system.sf(&["instance", "snapshot", "near", "-n", "arts", "--wait"]);
+    if !out.status.success() {
+        fail(format!(
+            "snapshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let snapshot_name = format!("{near_uid}-vda");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("vda: artifact/{snapshot_name}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let snap = wait_for(
+        "the snapshot recorded as a version",
+        Duration::from_secs(60),
+        || {
+            let list = get(&system, &["get", "artifacts", "-n", "arts", "-o", "json"])?;
+            let a = named(&list, &snapshot_name)?.clone();
+            (a["status"]["state"] == "created").then_some(a)
+        },
+    )
+    .unwrap_or_else(|e| fail(e.to_string()));
+    assert_eq!(snap["spec"]["artifactType"], "snapshot", "{snap}");
+    assert_eq!(
+        snap["spec"]["sourceUrl"],
+        format!("sf://instance/{near_uid}/vda"),
+        "{snap}"
+    );
+    let snap_blob = snap["status"]["versions"][0]["blob"]
+        .as_str()
+        .unwrap_or_else(|| fail(format!("no version: {snap}")))
+        .to_owned();
+    let near_storage = system
+        .nodes
+        .iter()
+        .find(|n| n.name == fetch_node)
+        .map(|n| n.storage.clone())
+        .unwrap_or_else(|| fail("no near node".into()));
+    let snap_file = near_storage.join("blobs").join(&snap_blob);
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&snap_file));
+    let info: Value = serde_json::from_str(&info).expect("qemu-img info JSON");
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert!(info.get("backing-filename").is_none(), "flattened: {info}");
+    let snap_blob_obj = wait_for("the snapshot's Blob", Duration::from_secs(60), || {
+        let list = get(&system, &["get", "blobs", "-o", "json"])?;
+        named(&list, &snap_blob).cloned()
+    })
+    .unwrap_or_else(|e| fail(e.to_string()));
+    assert_eq!(
+        snap_blob_obj["status"]["checksums"]["sha512"],
+        sha512_of(&snap_file).as_str(),
+        "{snap_blob_obj}"
+    );
+    assert_eq!(
+        snap_blob_obj["status"]["nodes"],
+        serde_json::json!([fetch_node]),
+        "{snap_blob_obj}"
+    );
+    assert_eq!(snap_blob_obj["spec"]["mimeType"], "application/x-qcow2");
+    let clone = format!(
+        r#"
+apiVersion: shakenfist.io/v1alpha1
+kind: Instance
+metadata: {{name: clone, namespace: arts}}
+spec:
+  cpus: 1
+  memory: 128
+  disks: [{{base: {snapshot_name}, size: 1, bus: virtio, type: disk}}]
+  placedOn: {fetch_node}
+  powerState: "on"
+"#
+    );
+    let out = system.apply("clone", &clone);
+    if !out.status.success() {
+        fail(format!(
+            "apply clone: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let clone_uid = wait_for("the clone to run", Duration::from_secs(120), || {
+        let list = get(&system, &["get", "instances", "-n", "arts", "-o", "json"])?;
+        let i = named(&list, "clone")?;
+        (i["status"]["powerState"] == "running").then(|| i["metadata"]["uid"].clone())
+    })
+    .unwrap_or_else(|e| fail(e.to_string()));
+    let clone_disk = near_storage
+        .join("instances")
+        .join(clone_uid.as_str().unwrap_or_default())
+        .join("disk-0.qcow2");
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&clone_disk));
+    let info: Value = serde_json::from_str(&info).expect("qemu-img info JSON");
+    assert_eq!(
+        info["backing-filename"],
+        snap_file.display().to_string(),
+        "the clone's disk is backed by the snapshot: {info}"
     );
 
     // Garbage collection (grace 2 s, retry 3 s in these systems). `near` goes, then
