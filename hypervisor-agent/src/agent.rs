@@ -48,7 +48,8 @@ use sf_daemon::Shutdown;
 use sf_database_client::spool::{EventSpool, new_event};
 use sf_hostnet::{DhcpHost, FloatingIp, HostNet, HostNetError, NetworkPlumbing};
 use sf_proto::v1 as pb;
-use sf_schema::artifact::Artifact;
+use sf_schema::artifact::{Artifact, Blob};
+use sf_schema::common::ResourceState;
 use sf_schema::instance::{DesiredPowerState, Instance, InstanceState};
 use sf_schema::interface::NetworkInterface;
 use sf_schema::network::Network;
@@ -1248,9 +1249,9 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
 
     /// Takes the snapshots an `instance_snapshot` asks for ([`crate::snapshot`]):
     /// each chosen disk into a blob named from the operation uid and the device (a
-    /// re-run names the same blob), recorded by the artifact controller from the
-    /// result as a new version of the device's snapshot Artifact, which this makes
-    /// when missing.
+    /// re-run names the same blob), recorded at once as a Blob on this node, and by
+    /// the artifact controller from the result as a new version of the device's
+    /// snapshot Artifact, which this makes when missing.
     async fn snapshot(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {
         let request = SnapshotRequest::parse(&op.spec.payload).map_err(|errors| {
             let messages: Vec<String> = errors.into_iter().map(|e| e.message).collect();
@@ -1284,6 +1285,9 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             let blob = sf_schema::common::derived_uuid(&format!("{op_uid}/{}", disk.device));
             let (size, sha512) =
                 crate::snapshot::capture(&disk.device, &disk.path, &blobs_dir, &blob).await?;
+            let source = sf_schema::snapshot::source_url(&uid, &disk.device);
+            self.record_snapshot_blob(&blob, &namespace, &source, size, &sha512)
+                .await?;
             snapshots.push(SnapshotTaken {
                 device: disk.device,
                 artifact,
@@ -1298,6 +1302,68 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             snapshots,
         };
         serde_json::to_value(&result).map_err(|e| HandlerError::BadOperation(e.to_string()))
+    }
+
+    /// Records the blob file a snapshot wrote as a Blob holding it on this node, with
+    /// no references yet (the artifact controller counts the version using it). Every
+    /// file thus has a Blob the blob garbage collector sees: one no version ever uses
+    /// (a snapshot that failed on a later disk, or whose artifact went meanwhile)
+    /// is removed after the grace period. A Blob already collected is left alone.
+    async fn record_snapshot_blob(
+        &self,
+        blob: &str,
+        namespace: &str,
+        source: &str,
+        size: u64,
+        sha512: &str,
+    ) -> Result<(), HandlerError> {
+        let g = &self.inner.gateway;
+        let object = json!({
+            "apiVersion": sf_schema::API_VERSION,
+            "kind": "Blob",
+            "metadata": {"name": blob},
+            "spec": {
+                "ownerNamespace": namespace,
+                "size": size,
+                "mimeType": sf_schema::snapshot::SNAPSHOT_MIME_TYPE,
+                "source": source,
+            },
+        });
+        let stored: Blob = match g.create(&object).await {
+            Ok(created) => serde_json::from_value(created)
+                .map_err(|e| HandlerError::BadOperation(e.to_string()))?,
+            Err(e) if e.code() == Some(Code::AlreadyExists) => g
+                .get("Blob", None, blob)
+                .await?
+                .ok_or_else(|| HandlerError::NotReady(format!("blob {blob} vanished")))?,
+            Err(e) => return Err(e.into()),
+        };
+        let status = stored.status.unwrap_or_default();
+        let node = self.node_name().to_owned();
+        if status.state == ResourceState::Deleted
+            || (status.nodes.contains(&node)
+                && status.size == Some(size)
+                && status.checksums.get("sha512").map(String::as_str) == Some(sha512))
+        {
+            return Ok(());
+        }
+        let mut nodes = status.nodes;
+        nodes.push(node);
+        nodes.sort();
+        nodes.dedup();
+        g.merge_status(
+            "Blob",
+            None,
+            blob,
+            &json!({
+                "state": "created",
+                "size": size,
+                "checksums": {"sha512": sha512},
+                "nodes": nodes,
+            }),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The snapshot Artifact of `device` of `inst` (name and uid), made when missing.
@@ -1344,11 +1410,13 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 }
             }
         };
-        if artifact.spec.source_url != source {
+        if artifact.spec.source_url != source
+            || artifact.spec.artifact_type != sf_schema::artifact::ArtifactType::Snapshot
+        {
             return Err(HandlerError::BadOperation(format!(
                 "artifact {namespace}/{name} exists and does not hold snapshots of {device} of \
-                 this instance (its source is {})",
-                artifact.spec.source_url
+                 this instance (a {} artifact from {})",
+                artifact.spec.artifact_type, artifact.spec.source_url
             )));
         }
         if artifact.metadata.deletion_timestamp.is_some() {

@@ -5,16 +5,18 @@
 //! - [`choose`] is pure: the laid-out devices a request takes. `device` → that disk
 //!   (a name that is not one of the instance's disks is [`SnapshotError::NoDevice`],
 //!   listing the disks it has); `all` → every disk in device order; neither → the
-//!   instance's first disk (`spec.disks[0]`; a cdrom there is
-//!   [`SnapshotError::NothingToSnapshot`]). Cdroms and the config drive are never
-//!   taken.
+//!   instance's first disk (`spec.disks[0]`). Cdroms and the config drive are never
+//!   taken; a request that takes nothing is [`SnapshotError::NothingToSnapshot`].
 //! - [`capture`] writes `<blobs>/<blob>` as a standalone qcow2 image of a disk file:
 //!   `qemu-img convert -U -O qcow2` flattens the disk's backing chain, and `-U` reads a
-//!   disk a running guest holds open (crash-consistent, as Shaken Fist's snapshots).
-//!   It writes `<blob>.partial` and renames it, so a crash never leaves a
-//!   half-written blob under the real name; a blob already there (a re-run after a
-//!   crash past the rename) is not written again. It returns the blob's size and
-//!   SHA-512.
+//!   disk a running guest holds open. As with Shaken Fist's snapshots, a disk the
+//!   guest writes during the copy may be captured torn (not even crash-consistent):
+//!   power the instance off, or pause it, for a consistent image. It writes
+//!   `<blob>.partial` (removed when the capture fails or is dropped; `qemu-img` is
+//!   killed with it), fsyncs it, renames it and fsyncs the directory, so a crash never
+//!   leaves a half-written or unsynced blob under the real name; a blob already there
+//!   (a re-run after a crash past the rename) is not written again. It returns the
+//!   blob's size and SHA-512.
 //! - Errors say what failed and whether a retry may help: a missing disk file, a
 //!   failed `qemu-img` or file operation may pass; a wrong device never does.
 
@@ -37,8 +39,11 @@ pub enum SnapshotError {
         /// The disks it has.
         disks: Vec<String>,
     },
-    /// The first device is not a disk and neither `device` nor `all` was given.
-    #[error("the instance's first device {first} is a cdrom; name a disk with device, or set all")]
+    /// Nothing to take: the first device is not a disk and neither `device` nor
+    /// `all` was given, or the instance has no disk at all.
+    #[error(
+        "the instance's first device {first} is not a disk; name a disk with device, or set all"
+    )]
     NothingToSnapshot {
         /// The first device.
         first: String,
@@ -121,16 +126,45 @@ pub fn choose(
                 disks: disks.iter().map(|d| d.target.clone()).collect(),
             });
     }
-    if request.all {
-        return Ok(disks.iter().filter_map(|d| chosen(d)).collect());
+    let taken: Vec<Chosen> = if request.all {
+        disks.iter().filter_map(|d| chosen(d)).collect()
+    } else {
+        match layout.iter().find(|d| d.index == Some(0)) {
+            Some(first) if first.kind == DeviceKind::Disk => chosen(first).into_iter().collect(),
+            Some(first) => {
+                return Err(SnapshotError::NothingToSnapshot {
+                    first: first.target.clone(),
+                });
+            }
+            None => Vec::new(),
+        }
+    };
+    if taken.is_empty() {
+        return Err(SnapshotError::NothingToSnapshot {
+            first: "(none)".into(),
+        });
     }
-    match layout.iter().find(|d| d.index == Some(0)) {
-        Some(first) if first.kind == DeviceKind::Disk => Ok(chosen(first).into_iter().collect()),
-        Some(first) => Err(SnapshotError::NothingToSnapshot {
-            first: first.target.clone(),
-        }),
-        None => Ok(Vec::new()),
+    Ok(taken)
+}
+
+/// Removes a `.partial` file when dropped, unless disarmed (a capture that fails,
+/// or whose future is dropped midway, leaves nothing behind).
+struct PartialFile(Option<PathBuf>);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// `fsync` of `path` (a file, or a directory to make a rename in it durable).
+async fn sync(path: &Path) -> Result<(), FileError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(FileError::of("open", path))?;
+    file.sync_all().await.map_err(FileError::of("fsync", path))
 }
 
 /// Captures `disk` (device `device`) into `<blobs_dir>/<blob>`; returns (size, sha512).
@@ -153,21 +187,26 @@ pub async fn capture(
             .await
             .map_err(FileError::of("create directory", blobs_dir))?;
         let partial = blobs_dir.join(format!("{blob}.partial"));
-        let converted = crate::disks::run(
+        let mut guard = PartialFile(Some(partial.clone()));
+        // Killed with the future: an aborted operation leaves no writer behind to
+        // race a re-run on the same `.partial`.
+        crate::disks::run(
             "qemu-img",
             Command::new("qemu-img")
+                .kill_on_drop(true)
                 .args(["convert", "-U", "-O", "qcow2"])
                 .arg(disk)
                 .arg(&partial),
         )
-        .await;
-        if let Err(e) = converted {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e.into());
-        }
+        .await?;
+        // Durable before it is published under its name: a re-run trusts a blob
+        // that is there.
+        sync(&partial).await?;
         tokio::fs::rename(&partial, &target)
             .await
             .map_err(FileError::of("rename", &partial))?;
+        guard.0 = None;
+        sync(blobs_dir).await?;
     }
     let (size, sha512, _) = crate::artifact::hash_file(&target).await?;
     Ok((size, sha512))
@@ -238,6 +277,12 @@ mod tests {
         }
         let cdrom_first = vec![device(Some(0), DeviceKind::Cdrom, "sda")];
         let e = choose(&cdrom_first, &SnapshotRequest::default()).expect_err("cdrom");
+        assert_eq!(e.code(), "NothingToSnapshot");
+        let all = SnapshotRequest {
+            all: true,
+            ..SnapshotRequest::default()
+        };
+        let e = choose(&cdrom_first, &all).expect_err("no disk at all");
         assert_eq!(e.code(), "NothingToSnapshot");
     }
 

@@ -1128,6 +1128,20 @@ async fn instance_snapshot_captures_disks_into_artifacts() {
             artifact.metadata.uid.as_deref(),
             Some(taken.artifact_uid.as_str())
         );
+        // The file has its Blob at once (so garbage collection sees it even if no
+        // version ever uses it), on this node, not yet referenced.
+        let blob: sf_schema::Blob = g
+            .get("Blob", None, &taken.blob)
+            .await
+            .expect("get")
+            .expect("blob recorded");
+        let status = blob.status.expect("blob status");
+        assert_eq!(status.nodes, vec![NODE.to_owned()]);
+        assert_eq!(status.size, Some(taken.size));
+        assert_eq!(status.checksums.get("sha512"), Some(&taken.sha512));
+        assert_eq!(status.reference_count, 0);
+        assert_eq!(blob.spec.owner_namespace, "demo");
+        assert_eq!(blob.spec.mime_type.as_deref(), Some("application/x-qcow2"));
     }
 
     // A re-run (a lost completion) reports the same snapshots into the same artifacts.

@@ -189,9 +189,26 @@ pub struct SnapshotResult {
 }
 
 impl SnapshotResult {
-    /// The result in an operation's `status.result`, when it is a well-formed one.
+    /// The result in an operation's `status.result`, when it is a well-formed one
+    /// (a node named), with only its well-formed entries: a plain blob file name, a
+    /// SHA-512 of 128 lower-case hex digits, an artifact named.
     pub fn from_result(value: &Value) -> Option<Self> {
-        serde_json::from_value(value.clone()).ok()
+        let mut result: Self = serde_json::from_value(value.clone()).ok()?;
+        if result.node.is_empty() {
+            return None;
+        }
+        result.snapshots.retain(|t| {
+            let plain = !t.blob.is_empty()
+                && t.blob != "."
+                && t.blob != ".."
+                && !t.blob.contains(['/', '\0']);
+            let sum = t.sha512.len() == 128
+                && t.sha512
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            plain && sum && !t.artifact.is_empty() && !t.artifact_uid.is_empty()
+        });
+        Some(result)
     }
 }
 
@@ -266,7 +283,22 @@ mod tests {
         };
         let v = serde_json::to_value(&r).expect("json");
         assert_eq!(v["snapshots"][0]["artifactUid"], "a-1");
-        assert_eq!(SnapshotResult::from_result(&v), Some(r));
+        assert_eq!(SnapshotResult::from_result(&v), Some(r.clone()));
         assert_eq!(SnapshotResult::from_result(&json!("x")), None);
+        let mut bad = v.clone();
+        bad["snapshots"][0]["blob"] = json!("../x");
+        assert_eq!(
+            SnapshotResult::from_result(&bad).map(|r| r.snapshots.len()),
+            Some(0)
+        );
+        let mut bad = v.clone();
+        bad["snapshots"][0]["sha512"] = json!("ABC");
+        assert_eq!(
+            SnapshotResult::from_result(&bad).map(|r| r.snapshots.len()),
+            Some(0)
+        );
+        let mut nodeless = v;
+        nodeless["node"] = json!("");
+        assert_eq!(SnapshotResult::from_result(&nodeless), None);
     }
 }

@@ -665,6 +665,12 @@ fn snapshot_facts(ctx: &Context, artifact: &Artifact) -> Vec<SnapshotFact> {
                 facts.push(SnapshotFact {
                     operation: op.name_any(),
                     completed_at,
+                    sequence: sf_plan::ops::intent_seq_of(
+                        "Instance",
+                        &op.spec.target.name,
+                        &op.name_any(),
+                    )
+                    .unwrap_or(0),
                     node: result.node.clone(),
                     taken,
                 });

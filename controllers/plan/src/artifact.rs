@@ -170,6 +170,9 @@ pub struct SnapshotFact {
     pub operation: String,
     /// When it completed (the version's `created`).
     pub completed_at: DateTime<Utc>,
+    /// Its intent sequence (from its name; orders snapshots ending in one second).
+    #[serde(default)]
+    pub sequence: u64,
     /// The node holding the blob.
     pub node: String,
     /// What it took.
@@ -208,12 +211,17 @@ pub struct ArtifactObservation {
 /// `http://`, `https://` or `file://` URL); snapshots and labels get their versions
 /// from other operations.
 pub fn fetchable(spec: &ArtifactSpec) -> bool {
-    let scheme = spec
-        .source_url
+    spec.artifact_type == ArtifactType::Image && copyable(&spec.source_url)
+}
+
+/// Whether a blob from `source_url` can be put on another node by an
+/// `artifact_fetch` from that URL (`http://`, `https://`, `file://`); a snapshot's
+/// `sf://` blob cannot: it stays on the node that took it.
+pub fn copyable(source_url: &str) -> bool {
+    let scheme = source_url
         .split_once("://")
         .map(|(s, _)| s.to_ascii_lowercase());
-    spec.artifact_type == ArtifactType::Image
-        && matches!(scheme.as_deref(), Some("http" | "https" | "file"))
+    matches!(scheme.as_deref(), Some("http" | "https" | "file"))
 }
 
 /// The payload of `artifact_fetch`: download `source_url` into blob `blob`; with
@@ -487,21 +495,27 @@ impl Ctx<'_> {
     }
 
     /// Appends a version for every snapshot taken after the newest version, oldest
-    /// first (one completed before it was either recorded already or pruned since).
+    /// first (one taken before it was either recorded already or pruned since).
+    /// "After" compares (completion time, the operation's intent sequence, its name):
+    /// completion times have a resolution of a second, and two snapshots of one disk
+    /// can end in the same second.
     fn record_snapshots(&self, versions: &mut Vec<ArtifactVersion>) {
+        let key = |f: &SnapshotFact| (f.completed_at, f.sequence, f.operation.clone());
         let mut facts: Vec<&SnapshotFact> = self.observed.snapshots.iter().collect();
-        facts.sort_by(|a, b| {
-            (a.completed_at, &a.operation, &a.taken.device).cmp(&(
-                b.completed_at,
-                &b.operation,
-                &b.taken.device,
-            ))
+        facts.sort_by_key(|f| key(f));
+        let mut mark = versions.last().map(|newest| {
+            self.observed
+                .snapshots
+                .iter()
+                .find(|f| f.taken.blob == newest.blob)
+                .map(key)
+                // Its operation was purged (an hour after it ended): anything that
+                // ended in its second is older news, recorded or pruned long since.
+                .unwrap_or((newest.created, u64::MAX, String::new()))
         });
         for fact in facts {
             if versions.iter().any(|v| v.blob == fact.taken.blob)
-                || versions
-                    .last()
-                    .is_some_and(|v| fact.completed_at <= v.created)
+                || mark.as_ref().is_some_and(|m| key(fact) <= *m)
             {
                 continue;
             }
@@ -513,6 +527,7 @@ impl Ctx<'_> {
                 created: fact.completed_at,
             });
             self.prune(versions);
+            mark = Some(key(fact));
         }
     }
 
@@ -1428,6 +1443,7 @@ mod tests {
         SnapshotFact {
             operation: operation.into(),
             completed_at: now() + chrono::Duration::seconds(secs),
+            sequence: crate::ops::intent_seq_of("Instance", "web", operation).unwrap_or(0),
             node: "hv-2".into(),
             taken: SnapshotTaken {
                 device: "vda".into(),
@@ -1519,6 +1535,43 @@ mod tests {
             versions_of(&plan),
             Some(vec![(3, BLOB_3.to_owned()), (4, BLOB_1.to_owned())])
         );
+    }
+
+    #[test]
+    fn snapshots_ending_in_the_same_second_are_all_recorded_in_sequence_order() {
+        const BLOB_3: &str = "33333333-3333-4333-8333-333333333333";
+        let mut a = artifact(ResourceState::Created, &[], 1);
+        a.spec.artifact_type = ArtifactType::Snapshot;
+        a.spec.source_url = "sf://instance/u-1/vda".into();
+        a.spec.max_versions = 2;
+        // Sequences 9, 10 and 11 all completed at +10 s (names sort 10 < 11 < 9).
+        let obs = ArtifactObservation {
+            snapshots: vec![
+                snapshot_fact("instance-web-11-snapshot", 10, BLOB_3, 'c'),
+                snapshot_fact("instance-web-9-snapshot", 10, BLOB_1, 'a'),
+                snapshot_fact("instance-web-10-snapshot", 10, BLOB_2, 'b'),
+            ],
+            ..ArtifactObservation::default()
+        };
+        let plan = plan_artifact(&a, &obs, &ctx());
+        let recorded = vec![(2, BLOB_2.to_owned()), (3, BLOB_3.to_owned())];
+        assert_eq!(versions_of(&plan), Some(recorded));
+        // Recorded (versions 2 and 3; 1 pruned): stable, the pruned one stays out.
+        let status = a.status.as_mut().expect("status");
+        status.versions = [(2, BLOB_2), (3, BLOB_3)]
+            .iter()
+            .map(|(index, blob)| ArtifactVersion {
+                index: *index,
+                blob: (*blob).into(),
+                size: 2048,
+                created: now() + chrono::Duration::seconds(10),
+            })
+            .collect();
+        assert_eq!(versions_of(&plan_artifact(&a, &obs, &ctx())), None);
+        // The same once the newest one's operation is purged (no fact to mark it).
+        let mut purged = obs.clone();
+        purged.snapshots.retain(|f| f.taken.blob != BLOB_3);
+        assert_eq!(versions_of(&plan_artifact(&a, &purged, &ctx())), None);
     }
 
     #[test]

@@ -32,6 +32,8 @@
 //!   `delete_wait-error` → error and waits for an operator.
 //! - Nothing changed → empty plan.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sf_schema::common::{ConditionStatus, ObjectRef};
@@ -78,6 +80,35 @@ pub struct ArtifactReadiness {
     /// there; `None` when not known (nothing is replicated).
     #[serde(default)]
     pub replica: Option<BlobReplica>,
+}
+
+/// Where an instance must go when a disk base's blob is never copied between nodes
+/// (a snapshot's, [`crate::artifact::copyable`]): the nodes holding every such blob,
+/// and why the others are refused. `None`: anywhere.
+fn holding_nodes(artifacts: &[ArtifactReadiness]) -> Option<(Vec<String>, String)> {
+    let mut nodes: Option<BTreeSet<String>> = None;
+    let mut names = Vec::new();
+    for artifact in artifacts {
+        let Some(replica) = &artifact.replica else {
+            continue;
+        };
+        if crate::artifact::copyable(&replica.source_url) {
+            continue;
+        }
+        names.push(artifact.name.clone());
+        let here: BTreeSet<String> = replica.nodes.iter().cloned().collect();
+        nodes = Some(match nodes {
+            None => here,
+            Some(n) => n.intersection(&here).cloned().collect(),
+        });
+    }
+    nodes.map(|n| {
+        let why = format!(
+            "does not hold the blob of {} (snapshots stay on the node that took them)",
+            names.join(", ")
+        );
+        (n.into_iter().collect(), why)
+    })
 }
 
 /// What observe() gathers for an instance.
@@ -287,7 +318,8 @@ impl<'a> Ctx<'a> {
                 node
             }
             None => {
-                let request = InstanceRequest::for_instance(spec);
+                let mut request = InstanceRequest::for_instance(spec);
+                request.holding = holding_nodes(&self.observed.artifacts);
                 match schedule(&request, &self.observed.nodes, &self.ctx.scheduler) {
                     Ok(placement) => {
                         self.plan.push(Action::Schedule {
@@ -1047,6 +1079,60 @@ mod tests {
         let plan = plan_instance(&i, &InstanceObservation::default(), &ctx());
         assert_eq!(plan[0], Action::EnsureFinalizer);
         assert_eq!(set_state(&plan), Some(InstanceState::Preflight));
+    }
+
+    #[test]
+    fn a_disk_based_on_a_snapshot_goes_only_where_its_blob_is() {
+        let i = instance(InstanceState::Preflight, D::On, None, 0);
+        let replica = |source: &str, nodes: &[&str]| BlobReplica {
+            artifact: ObjectRef::default(),
+            source_url: source.into(),
+            blob: "b-1".into(),
+            sha512: "0".repeat(128),
+            size: 1,
+            nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+            pending: Vec::new(),
+        };
+        let mut obs = InstanceObservation {
+            nodes: vec![hv("hv-1"), hv("hv-2")],
+            artifacts: vec![ArtifactReadiness {
+                name: "u-1-vda".into(),
+                ready: true,
+                replica: Some(replica("sf://instance/u-1/vda", &["hv-2"])),
+            }],
+            networks: vec![web(&["net-1"])],
+            ..InstanceObservation::default()
+        };
+        // hv-1 would win on a tie; only hv-2 holds the snapshot.
+        let plan = plan_instance(&i, &obs, &ctx());
+        assert_eq!(
+            plan[0],
+            Action::Schedule {
+                node: "hv-2".into()
+            }
+        );
+        // An image is copied where needed: no restriction.
+        obs.artifacts[0].replica = Some(replica("https://x/y.qcow2", &["hv-2"]));
+        let plan = plan_instance(&i, &obs, &ctx());
+        assert_eq!(
+            plan[0],
+            Action::Schedule {
+                node: "hv-1".into()
+            }
+        );
+        // The snapshot on no node that can take it: unschedulable, saying why.
+        obs.artifacts[0].replica = Some(replica("sf://instance/u-1/vda", &["hv-9"]));
+        let plan = plan_instance(&i, &obs, &ctx());
+        let reason = plan.iter().find_map(|a| match a {
+            Action::Unschedulable { reason } => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("hv-1: does not hold the blob of u-1-vda")),
+            "{reason:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   measured disk not full, and enough CPU, RAM and disk *after reservations and
 //!   overcommit* for the request on top of what is already committed (the sum of the
 //!   requests of the instances placed there). A requested node (`spec.placedOn`) is
-//!   the only candidate: honoured or refused with its reasons.
+//!   the only candidate: honoured or refused with its reasons. A request that must go
+//!   where a blob already is (`holding`: a disk based on a snapshot, whose blob is
+//!   never copied between nodes) rejects every other node with the reason given.
 //! - Scoring (higher wins): `1 − load` where load is the larger of the committed CPU
 //!   and RAM fractions after placement, minus 1 when that load exceeds
 //!   `SCHEDULER_TARGET_LOAD`, minus half the measured disk-used fraction and a quarter
@@ -109,6 +111,10 @@ pub struct InstanceRequest {
     /// `spec.placedOn`: the only node to consider.
     #[serde(default)]
     pub requested_node: Option<String>,
+    /// When set, the only nodes that may take it: those holding a disk base's blob
+    /// that is never copied between nodes (a snapshot's), with why.
+    #[serde(default)]
+    pub holding: Option<(Vec<String>, String)>,
 }
 
 impl InstanceRequest {
@@ -117,6 +123,7 @@ impl InstanceRequest {
         Self {
             resources: Resources::for_instance(spec),
             requested_node: spec.placed_on.clone(),
+            holding: None,
         }
     }
 }
@@ -315,6 +322,22 @@ pub struct Unschedulable {
 }
 
 /// Why `node` cannot take `request`; empty when it can.
+/// Why `node` cannot take `request`: [`rejections`], and not holding what it must.
+fn request_rejections(
+    node: &NodeView,
+    request: &InstanceRequest,
+    cfg: &SchedulerConfig,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if let Some((nodes, why)) = &request.holding
+        && !nodes.contains(&node.name)
+    {
+        reasons.push(why.clone());
+    }
+    reasons.extend(rejections(node, &request.resources, cfg));
+    reasons
+}
+
 fn rejections(node: &NodeView, request: &Resources, cfg: &SchedulerConfig) -> Vec<String> {
     let mut gates = Vec::new();
     if node.state != NodeState::Created {
@@ -388,7 +411,7 @@ pub fn schedule(
                 }],
             });
         };
-        let reasons = rejections(node, &request.resources, cfg);
+        let reasons = request_rejections(node, request, cfg);
         if reasons.is_empty() {
             let a = NodeArithmetic::of(node, cfg);
             return Ok(Placement {
@@ -409,7 +432,7 @@ pub fn schedule(
     let mut best: Option<Placement> = None;
     let mut refused = Vec::new();
     for node in sorted {
-        let reasons = rejections(node, &request.resources, cfg);
+        let reasons = request_rejections(node, request, cfg);
         if !reasons.is_empty() {
             refused.push(Rejection {
                 node: node.name.clone(),
@@ -549,6 +572,7 @@ mod tests {
 
     fn req(cpus: u64, memory_mib: u64, disk_gib: u64) -> InstanceRequest {
         InstanceRequest {
+            holding: None,
             resources: Resources {
                 cpus,
                 memory_mib,
