@@ -164,11 +164,34 @@ async fn instance_operation(
     operation_type: OperationType,
     payload: Value,
 ) -> Result<Response, ApiError> {
-    let subject = target.subject();
+    let created = create_instance_operation(
+        app,
+        &target.subject(),
+        target.namespace_str(),
+        object,
+        operation_type,
+        payload,
+    )
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Creates the ClusterOperation `operation_type` for the stored instance `object` in
+/// `namespace` (see the module contract: payload checks, naming, 409 while unplaced)
+/// and returns it.
+pub(crate) async fn create_instance_operation(
+    app: &App,
+    subject: &crate::error::Subject,
+    namespace: &str,
+    object: &Value,
+    operation_type: OperationType,
+    payload: Value,
+) -> Result<Value, ApiError> {
+    let subject = subject.clone();
     let instance: Instance = serde_json::from_value(object.clone())
         .map_err(|e| ApiError::Internal(format!("stored instance does not decode: {e}")))?;
     let name = instance.metadata.name.clone().unwrap_or_default();
-    let namespace = target.namespace_str().to_string();
+    let namespace = namespace.to_string();
     let uid = instance.metadata.uid.clone().unwrap_or_default();
     let status = instance.status.clone().unwrap_or_default();
     let payload = match operation_type {
@@ -237,7 +260,7 @@ async fn instance_operation(
             },
         });
         match app.gateway.create_operation(&operation).await {
-            Ok(created) => return Ok(json_response(StatusCode::CREATED, &created)),
+            Ok(created) => return Ok(created),
             Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => seq += 1,
             Err(e) => return Err(ApiError::from_gateway(&e, &subject)),
         }
@@ -288,21 +311,44 @@ async fn events(
     object: &Value,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let mut limit = 100;
+    let mut limit = None;
     let mut event_type = String::new();
     if let Some(query) = query {
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 "limit" => {
-                    limit = v.parse().map_err(|_| {
+                    limit = Some(v.parse().map_err(|_| {
                         ApiError::BadRequest(format!("limit must be an integer, got {v:?}"))
-                    })?;
+                    })?);
                 }
                 "type" | "event_type" => event_type = v.into_owned(),
                 _ => {}
             }
         }
     }
+    let rows = event_rows(
+        app,
+        &target.kind.kind,
+        &target.subject(),
+        object,
+        &event_type,
+        limit,
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, &rows))
+}
+
+/// The events of `object` (of `kind`) in the v0.8 row shape, newest first: events are
+/// keyed by object type = the kind in lower case and object uuid = `metadata.uid`;
+/// `limit` 100 when absent (sf-database caps it at 1000, ≤ 0 is 100).
+pub(crate) async fn event_rows(
+    app: &App,
+    kind: &str,
+    subject: &crate::error::Subject,
+    object: &Value,
+    event_type: &str,
+    limit: Option<i32>,
+) -> Result<Vec<Value>, ApiError> {
     let uid = object
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
@@ -310,14 +356,14 @@ async fn events(
     let rows = app
         .gateway
         .query_events(
-            &target.kind.kind.to_ascii_lowercase(),
+            &kind.to_ascii_lowercase(),
             uid,
-            &event_type,
-            limit,
+            event_type,
+            limit.unwrap_or(100),
         )
         .await
-        .map_err(|e| ApiError::from_gateway(&e, &target.subject()))?;
-    let rows: Vec<Value> = rows
+        .map_err(|e| ApiError::from_gateway(&e, subject))?;
+    Ok(rows
         .into_iter()
         .map(|e| {
             let extra = if e.extra.is_empty() {
@@ -336,8 +382,7 @@ async fn events(
                 "request_id": e.request_id,
             })
         })
-        .collect();
-    Ok(json_response(StatusCode::OK, &rows))
+        .collect())
 }
 
 /// `GET /admin/resources` (system only).

@@ -35,8 +35,19 @@
 //!   a count the controller has not caught up with yet, is 409; an address not routed
 //!   to the network 404.
 //!
-//! Not served: the other v0.8 paths (sub-resources, blobs, nodes, artifact upload,
-//! share/unshare, metadata, ...).
+//! - `POST /instances/{ref}/{poweron|poweroff|pause|unpause}` set `spec.powerState`
+//!   (admitted as an update with the read resourceVersion as precondition; nothing
+//!   written when it already is so); `rebootsoft|reboothard` create an
+//!   `instance_reboot` operation as the Kubernetes path does. Each answers the
+//!   instance (200); 409 for a deleted instance, a pause of one powered off, an
+//!   unpause of one not paused, a reboot of one not on; another action 404.
+//! - `GET /instances/{ref}/events`: v0.8 event rows, newest first (`event_type` and
+//!   `limit` from the query or the JSON body); `GET /instances/{ref}/interfaces`:
+//!   `{uuid, name, instance_uuid, network_uuid, macaddr, ipv4, floating, model, order,
+//!   state}` in the order the guest sees them.
+//!
+//! Not served: the other v0.8 paths (other sub-resources, snapshots, blobs, nodes,
+//! artifact upload, share/unshare, metadata, ...).
 
 // Helpers fail with the finished v0.8 error response, which handlers return as is.
 #![allow(clippy::result_large_err)]
@@ -67,6 +78,15 @@ pub fn routes() -> Router<Arc<App>> {
         .route(
             "/instances/{reference}",
             get(get_instance).delete(delete_instance),
+        )
+        .route("/instances/{reference}/events", get(instance_events))
+        .route(
+            "/instances/{reference}/interfaces",
+            get(instance_interfaces),
+        )
+        .route(
+            "/instances/{reference}/{action}",
+            axum::routing::post(instance_action),
         )
         .route("/networks", get(list_networks).post(create_network))
         .route(
@@ -580,40 +600,286 @@ async fn set_routes(
             count - 1
         }
     };
+    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("routedAddressCount".into(), json!(count));
+    }
+    let updated = update_spec(app, "Network", object).await?;
+    Ok(json_response(StatusCode::ACCEPTED, &flatten(&updated)))
+}
+
+/// The `Subject` of a stored object of `kind` (for error messages).
+fn subject_of(app: &App, kind: &str, object: &Value) -> Result<crate::error::Subject, Response> {
+    let info = app
+        .kinds
+        .by_kind(kind)
+        .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
+    Ok(crate::error::Subject {
+        group: sf_schema::GROUP.into(),
+        plural: info.plural.clone(),
+        kind: kind.into(),
+        name: object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
+/// Stores the spec of `object` (read from the store, then changed by the caller),
+/// admitted as an update with the read resourceVersion as precondition: a write
+/// made in between is a 409, never overwritten.
+async fn update_spec(app: &App, kind: &str, mut object: Value) -> Result<Value, Response> {
     let resource_version = object
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.insert("routedAddressCount".into(), json!(count));
-    }
     if let Some(o) = object.as_object_mut() {
         o.remove("status");
     }
-    let name = object
+    let subject = subject_of(app, kind, &object)?;
+    let info = app
+        .kinds
+        .by_kind(kind)
+        .cloned()
+        .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
+    let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
+        .map_err(|e| error_response(&e.into_api(&subject)))?;
+    app.gateway
+        .update(&admitted.object, resource_version, Part::Main, false)
+        .await
+        .map_err(|e| error_response(&ApiError::from_gateway(&e, &subject)))
+}
+
+/// The instance a v0.8 instance sub-path names, in the caller's scope.
+async fn instance_for(
+    app: &App,
+    caller: &Caller,
+    reference: &str,
+    query: Option<&str>,
+    body: &Value,
+) -> Result<Value, Response> {
+    let ns = lookup_namespace(caller, param(query, body, "namespace"))?;
+    resolve(app, "Instance", ns, reference).await
+}
+
+/// `GET /instances/{ref}/events` (filters `event_type` and `limit` in the query or
+/// the JSON body, as `shakenfist-client` sends them).
+async fn instance_events(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(reference): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    done(
+        async {
+            let body = body_json(&body)?;
+            let object = instance_for(&app, &caller, &reference, query.as_deref(), &body).await?;
+            let event_type = param(query.as_deref(), &body, "event_type").unwrap_or_default();
+            let limit = match body.get("limit").and_then(Value::as_i64) {
+                Some(n) => Some(n.to_string()),
+                None => param(query.as_deref(), &body, "limit"),
+            };
+            let limit = match limit {
+                Some(v) => Some(v.parse::<i32>().map_err(|_| {
+                    sf_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit must be an integer, got {v:?}"),
+                    )
+                })?),
+                None => None,
+            };
+            let subject = subject_of(&app, "Instance", &object)?;
+            let rows =
+                crate::actions::event_rows(&app, "Instance", &subject, &object, &event_type, limit)
+                    .await
+                    .map_err(|e| error_response(&e))?;
+            Ok(json_response(StatusCode::OK, &rows))
+        }
+        .await,
+    )
+}
+
+/// `GET /instances/{ref}/interfaces`: v0.8's interface rows, in the order the guest
+/// sees them.
+async fn instance_interfaces(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(reference): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    done(
+        async {
+            let object =
+                instance_for(&app, &caller, &reference, query.as_deref(), &Value::Null).await?;
+            let namespace = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let interfaces = list_kind(&app, "NetworkInterface", namespace.clone()).await?;
+            let networks = list_kind(&app, "Network", namespace).await?;
+            let mut rows: Vec<((u64, String), Value)> = interfaces
+                .iter()
+                .filter(|i| i.pointer("/spec/instance").and_then(Value::as_str) == Some(&name))
+                .map(|i| {
+                    (
+                        interface_order(i, &name),
+                        interface_row(i, &object, &networks),
+                    )
+                })
+                .collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            let rows: Vec<Value> = rows
+                .into_iter()
+                .enumerate()
+                .map(|(position, (_, mut row))| {
+                    row["order"] = json!(position);
+                    row
+                })
+                .collect();
+            Ok(json_response(StatusCode::OK, &rows))
+        }
+        .await,
+    )
+}
+
+/// Where an interface sits on its instance: `spec.order`, else the index of a boot
+/// interface `<instance>-<i>`, else after those (then by name), as the agent orders
+/// them.
+fn interface_order(iface: &Value, instance: &str) -> (u64, String) {
+    let name = iface
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let info = app
-        .kinds
-        .by_kind("Network")
-        .cloned()
-        .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
-    let subject = crate::error::Subject {
-        group: sf_schema::GROUP.into(),
-        plural: info.plural.clone(),
-        kind: "Network".into(),
-        name,
+    if let Some(order) = iface.pointer("/spec/order").and_then(Value::as_u64) {
+        return (order, name);
+    }
+    let boot = name
+        .strip_prefix(instance)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|i| i.parse::<u64>().ok());
+    (boot.unwrap_or(10_000), name)
+}
+
+/// One interface in v0.8's shape: `uuid, instance_uuid, network_uuid, macaddr, ipv4,
+/// floating, model, order, state`.
+fn interface_row(iface: &Value, instance: &Value, networks: &[Value]) -> Value {
+    let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    let network = text(iface, "/spec/network").unwrap_or_default();
+    let network_uuid = networks
+        .iter()
+        .find(|n| {
+            text(n, "/metadata/name").as_deref() == Some(&network)
+                || text(n, "/metadata/uid").as_deref() == Some(&network)
+        })
+        .and_then(|n| text(n, "/metadata/uid"));
+    json!({
+        "uuid": text(iface, "/metadata/uid"),
+        "name": text(iface, "/metadata/name"),
+        "instance_uuid": text(instance, "/metadata/uid"),
+        "network_uuid": network_uuid,
+        "macaddr": text(iface, "/status/macaddr").or_else(|| text(iface, "/spec/macaddr")),
+        "ipv4": text(iface, "/status/ipv4"),
+        "floating": text(iface, "/status/floatingAddress"),
+        "model": text(iface, "/spec/model").unwrap_or_else(|| "virtio".into()),
+        "state": text(iface, "/status/state").unwrap_or_else(|| "initial".into()),
+    })
+}
+
+/// `POST /instances/{ref}/{poweron|poweroff|pause|unpause|rebootsoft|reboothard}`:
+/// power changes set `spec.powerState` (the instance controller makes it so);
+/// reboots create an `instance_reboot` operation. Answers the instance (200), or 409
+/// when its state does not allow the action (a deleted instance, a pause of an
+/// instance powered off, an unpause of one not paused, a reboot of one not on).
+async fn instance_action(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((reference, action)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    done(power_action(&app, &caller, &reference, &action, query.as_deref(), &body).await)
+}
+
+async fn power_action(
+    app: &App,
+    caller: &Caller,
+    reference: &str,
+    action: &str,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<Response, Response> {
+    use sf_schema::instance::DesiredPowerState as P;
+    let wanted = match action {
+        "poweron" | "unpause" => P::On,
+        "poweroff" => P::Off,
+        "pause" => P::Paused,
+        "rebootsoft" | "reboothard" => P::On,
+        other => {
+            return Err(sf_error(
+                StatusCode::NOT_FOUND,
+                format!("instances have no action {other}"),
+            ));
+        }
     };
-    let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
-        .map_err(|e| error_response(&e.into_api(&subject)))?;
-    let updated = app
-        .gateway
-        .update(&admitted.object, resource_version, Part::Main, false)
+    let body = body_json(body)?;
+    let mut object = instance_for(app, caller, reference, query, &body).await?;
+    let conflict = |message: String| sf_error(StatusCode::CONFLICT, message);
+    if object.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(conflict(format!("instance {reference} is being deleted")));
+    }
+    let desired = P::parse(
+        object
+            .pointer("/spec/powerState")
+            .and_then(Value::as_str)
+            .unwrap_or("on"),
+    );
+    match (action, &desired) {
+        ("pause", P::Off) => {
+            return Err(conflict(format!(
+                "instance {reference} is powered off; power it on before pausing it"
+            )));
+        }
+        ("unpause", d) if *d != P::Paused => {
+            return Err(conflict(format!("instance {reference} is not paused")));
+        }
+        ("rebootsoft" | "reboothard", d) if *d != P::On => {
+            return Err(conflict(format!(
+                "instance {reference} is {d}; only an instance that is on can be rebooted"
+            )));
+        }
+        _ => {}
+    }
+    if action.starts_with("reboot") {
+        let namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let subject = subject_of(app, "Instance", &object)?;
+        crate::actions::create_instance_operation(
+            app,
+            &subject,
+            &namespace,
+            &object,
+            sf_schema::operation::OperationType::InstanceReboot,
+            json!({"hard": action == "reboothard"}),
+        )
         .await
-        .map_err(|e| error_response(&ApiError::from_gateway(&e, &subject)))?;
-    Ok(json_response(StatusCode::ACCEPTED, &flatten(&updated)))
+        .map_err(|e| error_response(&e))?;
+    } else if desired != wanted {
+        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("powerState".into(), json!(wanted.as_str()));
+        }
+        object = update_spec(app, "Instance", object).await?;
+    }
+    Ok(json_response(StatusCode::OK, &flatten(&object)))
 }
 
 async fn create_network(

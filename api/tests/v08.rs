@@ -389,3 +389,203 @@ async fn artifacts_on_v08_paths() {
         404
     );
 }
+
+/// The v0.8 instance actions, events and interfaces `shakenfist-client` uses.
+#[tokio::test]
+async fn instance_actions_events_and_interfaces_on_v08_paths() {
+    let env = start().await;
+    let a = env.tenant("ta", "key-a").await;
+    let b = env.tenant("tb", "key-b").await;
+    let net = raw_on(
+        &a,
+        "POST",
+        "/networks",
+        &[],
+        Some(json!({"name": "web", "netblock": "10.0.0.0/24"})),
+    )
+    .await
+    .json();
+    let net_uuid = net["uuid"].as_str().expect("uuid").to_string();
+    let inst = raw_on(
+        &a,
+        "POST",
+        "/instances",
+        &[],
+        Some(json!({
+            "name": "web-1", "cpus": 1, "memory": 512,
+            "disk": [{"size": 8}],
+            "network": [{"network_uuid": net_uuid}],
+        })),
+    )
+    .await;
+    assert_eq!(inst.status, 200, "{}", inst.text());
+    let uuid = inst.json()["uuid"].as_str().expect("uuid").to_string();
+    let k8s = "/apis/shakenfist.io/v1alpha1/namespaces/ta/instances/web-1";
+    let desired = || async {
+        let got = env.raw("GET", k8s, &[], None).await.json();
+        (
+            got["spec"]["powerState"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            got["metadata"]["resourceVersion"].clone(),
+        )
+    };
+
+    // Power changes set spec.powerState; invalid moves are 409 in v0.8's shape.
+    let off = raw_on(&a, "POST", "/instances/web-1/poweroff", &[], None).await;
+    assert_eq!(off.status, 200, "{}", off.text());
+    assert_eq!(off.json()["uuid"], uuid.as_str());
+    assert_eq!(desired().await.0, "off");
+    for action in ["pause", "unpause", "rebootsoft", "reboothard"] {
+        let refused = raw_on(&a, "POST", &format!("/instances/web-1/{action}"), &[], None).await;
+        assert_eq!(refused.status, 409, "{action}: {}", refused.text());
+        assert_eq!(refused.json()["status"], 409);
+        assert!(refused.json()["error"].is_string(), "{}", refused.text());
+    }
+    let on = raw_on(&a, "POST", &format!("/instances/{uuid}/poweron"), &[], None).await;
+    assert_eq!(on.status, 200, "{}", on.text());
+    let (state, version) = desired().await;
+    assert_eq!(state, "on");
+    let again = raw_on(&a, "POST", "/instances/web-1/poweron", &[], None).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        desired().await.1,
+        version,
+        "nothing to change: nothing written"
+    );
+    raw_on(&a, "POST", "/instances/web-1/pause", &[], None).await;
+    assert_eq!(desired().await.0, "paused");
+    raw_on(&a, "POST", "/instances/web-1/unpause", &[], None).await;
+    assert_eq!(desired().await.0, "on");
+
+    // A reboot is an operation: 409 while unplaced, then one instance_reboot.
+    let unplaced = raw_on(&a, "POST", "/instances/web-1/reboothard", &[], None).await;
+    assert_eq!(unplaced.status, 409, "{}", unplaced.text());
+    assert_eq!(env.count_rows("ClusterOperation"), 0);
+    env.raw(
+        "PATCH",
+        &format!("{k8s}/status"),
+        &[("content-type", "application/merge-patch+json")],
+        Some(json!({"status": {"node": "hv-1"}})),
+    )
+    .await;
+    let reboot = raw_on(&a, "POST", "/instances/web-1/reboothard", &[], None).await;
+    assert_eq!(reboot.status, 200, "{}", reboot.text());
+    let ops = env
+        .raw(
+            "GET",
+            "/apis/shakenfist.io/v1alpha1/namespaces/ta/clusteroperations",
+            &[],
+            None,
+        )
+        .await
+        .json();
+    let items = ops["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{ops}");
+    assert_eq!(items[0]["spec"]["operationType"], "instance_reboot");
+    assert_eq!(items[0]["spec"]["payload"]["hard"], true);
+
+    // Unknown actions and other tenants: 404, nothing changed.
+    let unknown = raw_on(&a, "POST", "/instances/web-1/explode", &[], None).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    let foreign = raw_on(
+        &b,
+        "POST",
+        &format!("/instances/{uuid}/poweroff"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text());
+    assert_eq!(desired().await.0, "on");
+
+    // Events: newest first, filtered by the body as the client sends it.
+    for (i, kind) in ["audit", "status", "audit"].iter().enumerate() {
+        let event = sf_proto::v1::Event {
+            event_uuid: format!("00000000-0000-4000-8000-00000000000{i}"),
+            event_type: (*kind).into(),
+            timestamp: 1_700_000_000.0 + i as f64,
+            fqdn: "hv-1".into(),
+            duration: None,
+            message: format!("event {i}"),
+            extra: Vec::new(),
+            request_id: None,
+            objects: vec![sf_proto::v1::EventObject {
+                object_type: "instance".into(),
+                object_uuid: uuid.clone(),
+            }],
+        };
+        env.gateway
+            .call("record_event_batch", |mut g| {
+                let request = sf_proto::v1::RecordEventBatchRequest {
+                    events: vec![event.clone()],
+                };
+                async move { g.record_event_batch(request).await }
+            })
+            .await
+            .expect("record");
+    }
+    let all = raw_on(&a, "GET", "/instances/web-1/events", &[], None).await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    let messages: Vec<String> = all
+        .json()
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["message"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(messages, ["event 2", "event 1", "event 0"]);
+    let filtered = raw_on(
+        &a,
+        "GET",
+        "/instances/web-1/events",
+        &[],
+        Some(json!({"event_type": "audit", "limit": 1})),
+    )
+    .await
+    .json();
+    assert_eq!(filtered.as_array().map(Vec::len), Some(1), "{filtered}");
+    assert_eq!(
+        filtered[0]["event_uuid"],
+        "00000000-0000-4000-8000-000000000002"
+    );
+    let bad = raw_on(&a, "GET", "/instances/web-1/events?limit=x", &[], None).await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let hidden = raw_on(&b, "GET", &format!("/instances/{uuid}/events"), &[], None).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+
+    // Interfaces, in the order the guest sees them.
+    for (name, order) in [("late", json!(5)), ("web-1-0", json!(null))] {
+        let mut spec = json!({"instance": "web-1", "network": "web"});
+        if !order.is_null() {
+            spec["order"] = order;
+        }
+        let made = env
+            .raw(
+                "POST",
+                "/apis/shakenfist.io/v1alpha1/namespaces/ta/networkinterfaces",
+                &[],
+                Some(json!({
+                    "apiVersion": "shakenfist.io/v1alpha1", "kind": "NetworkInterface",
+                    "metadata": {"name": name, "namespace": "ta"}, "spec": spec,
+                })),
+            )
+            .await;
+        assert_eq!(made.status, 201, "{}", made.text());
+    }
+    let rows = raw_on(&a, "GET", "/instances/web-1/interfaces", &[], None)
+        .await
+        .json();
+    let names: Vec<&str> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web-1-0", "late"], "{rows}");
+    assert_eq!(rows[1]["order"], 1);
+    assert_eq!(rows[0]["network_uuid"], net_uuid.as_str());
+    assert_eq!(rows[0]["instance_uuid"], uuid.as_str());
+    assert_eq!(rows[0]["model"], "virtio");
+}
