@@ -72,6 +72,7 @@ async fn get_phase(env: &common::Env, rate: u32, seconds: u64, workers: u32) -> 
                         name: "bench-get".into(),
                     }),
                     uid: String::new(),
+                    deleted: false,
                 })
                 .await
             })

@@ -149,6 +149,7 @@ impl Gateway {
                 let request = pb::GetResourceRequest {
                     key: Some(key(kind, namespace, name)),
                     uid: String::new(),
+                    deleted: false,
                 };
                 async move { g.get_resource(request).await }
             })
@@ -170,6 +171,7 @@ impl Gateway {
                 let request = pb::GetResourceRequest {
                     key: Some(key(kind, namespace, name)),
                     uid: String::new(),
+                    deleted: false,
                 };
                 async move { g.get_resource(request).await }
             })
@@ -186,6 +188,24 @@ impl Gateway {
                 let request = pb::GetResourceRequest {
                     key: Some(key(kind, "", "")),
                     uid: uid.to_string(),
+                    deleted: false,
+                };
+                async move { g.get_resource(request).await }
+            })
+            .await?;
+        parse(&reply.object)
+    }
+
+    /// The final state of a removed object by uid, while sf-database keeps its
+    /// tombstone (NotFound otherwise).
+    pub async fn get_deleted(&self, kind: &str, uid: &str) -> Result<Value, GatewayError> {
+        let reply = self
+            .client
+            .call("get_resource", |mut g| {
+                let request = pb::GetResourceRequest {
+                    key: Some(key(kind, "", "")),
+                    uid: uid.to_string(),
+                    deleted: true,
                 };
                 async move { g.get_resource(request).await }
             })

@@ -7,11 +7,15 @@
 //!   one sees every namespace; a tenant naming another namespace gets 404.
 //! - `GET|DELETE /instances/{ref}`, `GET|DELETE /networks/{ref}`: `ref` is a uuid or
 //!   a unique name in that scope (a name matching several objects is 400; no match
-//!   404). DELETE starts the deletion (finalizers release resources) and answers the
+//!   404). GET by uuid of an object removed within the change log's retention answers
+//!   its final state with `state: deleted` (sf-database's tombstones), as v0.8 keeps
+//!   deleted objects and its clients poll for that state after a delete. DELETE starts the deletion (finalizers release resources) and answers the
 //!   object as it then is (instances 200, networks 202 as in v0.8).
 //! - `POST /instances {name, cpus, memory, disk: [{size, base, bus, type}], network:
 //!   [{network_uuid, address, macaddress, model, float}], ssh_key, user_data, video,
-//!   uefi, secure_boot, configdrive, namespace, placed_on}` and `POST /networks
+//!   uefi, secure_boot, configdrive, namespace, placed_on}` (null members count as
+//!   absent, as v0.8 clients send every field; `metadata` and `side_channels` with a
+//!   value are 400: not carried here) and `POST /networks
 //!   {name, netblock, provide_dhcp, provide_nat, provide_dns, namespace}` create the
 //!   objects (a `network_uuid` may be a network's uuid or name in the namespace).
 //! - Objects are answered flat: `uuid`, `name`, `namespace`, the spec's and status's
@@ -304,8 +308,35 @@ async fn show(
     query: Option<&str>,
 ) -> Result<Response, Response> {
     let ns = lookup_namespace(caller, param(query, &Value::Null, "namespace"))?;
-    let object = resolve(app, kind, ns, reference).await?;
-    Ok(json_response(StatusCode::OK, &flatten(&object)))
+    match resolve(app, kind, ns.clone(), reference).await {
+        Ok(object) => Ok(json_response(StatusCode::OK, &flatten(&object))),
+        Err(missing) => match deleted(app, kind, ns.as_deref(), reference).await {
+            Some(object) => {
+                let mut flat = flatten(&object);
+                flat["state"] = json!("deleted");
+                Ok(json_response(StatusCode::OK, &flat))
+            }
+            None => Err(missing),
+        },
+    }
+}
+
+/// The final state of an object of `kind` removed recently, by uuid, when it was in
+/// the lookup's scope (`namespace`; `None`: every namespace): v0.8 clients poll a
+/// deleted object by uuid until they read `state: deleted`, as Shaken Fist keeps
+/// deleted objects. sf-database keeps these tombstones as long as its change log.
+async fn deleted(app: &App, kind: &str, namespace: Option<&str>, uid: &str) -> Option<Value> {
+    if uuid::Uuid::parse_str(uid).is_err() {
+        return None;
+    }
+    let object = app.gateway.get_deleted(kind, uid).await.ok()?;
+    let in_scope = namespace.is_none_or(|ns| {
+        object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            == Some(ns)
+    });
+    in_scope.then_some(object)
 }
 
 async fn remove(
@@ -453,7 +484,48 @@ async fn delete_network(
 }
 
 /// Keys of a v0.8 create body that are not spec fields.
-const NOT_SPEC: &[&str] = &["name", "namespace", "disk", "network", "configdrive"];
+const NOT_SPEC: &[&str] = &[
+    "name",
+    "namespace",
+    "disk",
+    "network",
+    "configdrive",
+    "metadata",
+    "side_channels",
+];
+
+/// `value` without the object members whose value is null, at every depth: v0.8
+/// clients send `None` for what they leave unset (`shakenfist-client` sends every
+/// create field).
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A 400 for a v0.8 create field this API does not carry, when it is given a value.
+fn unsupported_field(body: &Value, field: &str, what: &str) -> Result<(), Response> {
+    let given = match body.get(field) {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    if given {
+        return Err(sf_error(
+            StatusCode::BAD_REQUEST,
+            format!("{field}: {what} are not supported by this API; omit {field}"),
+        ));
+    }
+    Ok(())
+}
 
 async fn create_instance(
     State(app): State<Arc<App>>,
@@ -462,9 +534,17 @@ async fn create_instance(
     body: Bytes,
 ) -> Response {
     let body = match body_json(&body) {
-        Ok(body) => body,
+        Ok(body) => without_nulls(&body),
         Err(response) => return response,
     };
+    for (field, what) in [
+        ("metadata", "instance metadata items"),
+        ("side_channels", "side channels"),
+    ] {
+        if let Err(response) = unsupported_field(&body, field, what) {
+            return response;
+        }
+    }
     let mut spec = Map::new();
     if let Some(map) = body.as_object() {
         for (k, v) in map {

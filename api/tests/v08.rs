@@ -135,6 +135,25 @@ async fn instances_and_networks_on_v08_paths() {
 
     let deleted = raw_on(&a, "DELETE", "/instances/web-1", &[], None).await;
     assert_eq!(deleted.status, 200, "{}", deleted.text());
+    // Gone, but a poll by uuid reads its final state as deleted (v0.8 keeps deleted
+    // objects); not by name, and not for another tenant.
+    let tomb = raw_on(&a, "GET", &format!("/instances/{uuid}"), &[], None).await;
+    assert_eq!(tomb.status, 200, "{}", tomb.text());
+    assert_eq!(tomb.json()["state"], "deleted");
+    assert_eq!(tomb.json()["name"], "web-1");
+    let by_name = raw_on(&a, "GET", "/instances/web-1", &[], None).await;
+    assert_eq!(by_name.status, 404, "{}", by_name.text());
+    let foreign = raw_on(&b, "GET", &format!("/instances/{uuid}"), &[], None).await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text());
+    let never = raw_on(
+        &a,
+        "GET",
+        "/instances/00000000-0000-4000-8000-000000000000",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(never.status, 404, "{}", never.text());
     let gone = raw_on(&a, "DELETE", "/networks/web", &[], None).await;
     assert_eq!(gone.status, 202, "{}", gone.text());
 }

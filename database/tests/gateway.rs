@@ -196,6 +196,7 @@ async fn calls_without_the_secret_are_refused_and_with_it_work() {
                     name: "a".into(),
                 }),
                 uid: String::new(),
+                deleted: false,
             })
             .await
         })

@@ -214,7 +214,36 @@ async fn delete_waits_for_finalizers_then_removes_the_row() {
         store.get(&key).await,
         Err(StoreError::NotFound { .. })
     ));
-    let _ = created;
+    // Its final state stays readable by uid (a tombstone) until purged with the
+    // change log's retention; only for its kind.
+    let uid = created.object["metadata"]["uid"].as_str().expect("uid");
+    let tomb = store.get_deleted("Instance", uid).await.expect("tombstone");
+    assert_eq!(tomb.object["metadata"]["name"], "a");
+    assert!(tomb.object["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(tomb.object["metadata"]["finalizers"], json!([]));
+    assert!(matches!(
+        store.get_deleted("Network", uid).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store
+            .purge_tombstones(std::time::Duration::from_secs(3600))
+            .await
+            .expect("purge"),
+        0,
+        "younger than the retention: kept"
+    );
+    assert_eq!(
+        store
+            .purge_tombstones(std::time::Duration::ZERO)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert!(matches!(
+        store.get_deleted("Instance", uid).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]

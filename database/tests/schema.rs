@@ -45,7 +45,8 @@ async fn schema_is_created_from_empty_with_innodb_utf8mb4_tables() {
         vec![
             "m0001_initial".to_string(),
             "m0002_blob_data".to_string(),
-            "m0003_fewer_queue_indexes".to_string()
+            "m0003_fewer_queue_indexes".to_string(),
+            "m0004_tombstones".to_string()
         ]
     );
     // Migration 3 dropped the two indexes no statement used.
@@ -154,6 +155,7 @@ async fn entities_match_the_tables_column_for_column() {
         entity_columns::<entity::event_objects::Entity>(),
         entity_columns::<entity::cluster_locks::Entity>(),
         entity_columns::<entity::blob_data::Entity>(),
+        entity_columns::<entity::tombstones::Entity>(),
     ];
     assert_eq!(all.len(), entity::TABLES.len());
     for (table, cols) in all {

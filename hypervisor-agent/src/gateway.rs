@@ -107,6 +107,7 @@ impl Gateway {
                     g.get_resource(pb::GetResourceRequest {
                         key: Some(k),
                         uid: String::new(),
+                        deleted: false,
                     })
                     .await
                 }
@@ -132,8 +133,12 @@ impl Gateway {
             .call("get_resource", |mut g| {
                 let (k, uid) = (k.clone(), uid.clone());
                 async move {
-                    g.get_resource(pb::GetResourceRequest { key: Some(k), uid })
-                        .await
+                    g.get_resource(pb::GetResourceRequest {
+                        key: Some(k),
+                        uid,
+                        deleted: false,
+                    })
+                    .await
                 }
             })
             .await;

@@ -67,6 +67,7 @@ async fn find(gateway: &GatewayClient) -> Result<Option<Floating>, ReconcileErro
     let by_uid = pb::GetResourceRequest {
         key: Some(key.clone()),
         uid: FLOATING_NETWORK_UID.into(),
+        deleted: false,
     };
     match gateway
         .call("get_resource", |mut g| {
@@ -82,6 +83,7 @@ async fn find(gateway: &GatewayClient) -> Result<Option<Floating>, ReconcileErro
     let by_name = pb::GetResourceRequest {
         key: Some(key),
         uid: String::new(),
+        deleted: false,
     };
     match gateway
         .call("get_resource", |mut g| {

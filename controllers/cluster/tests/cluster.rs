@@ -1189,6 +1189,7 @@ async fn a_floated_interface_gets_a_floating_address_and_dnat_on_the_network_nod
                                 name: "floating".into(),
                             }),
                             uid: String::new(),
+                            deleted: false,
                         })
                         .await
                     })

@@ -1,6 +1,6 @@
 //! sea-orm entities, one module per table created by the migrations.
 //!
-//! Contract: column names and types mirror the migrations (`migration::m0001_initial`, `m0002_blob_data`; `m0003` drops only indexes) exactly (a test
+//! Contract: column names and types mirror the migrations (`migration::m0001_initial`, `m0002_blob_data`, `m0004_tombstones`; `m0003` drops only indexes) exactly (a test
 //! compares them with information_schema); entities carry no behaviour. Enum columns are
 //! plain strings here: their meaning lives in `sf-schema`.
 
@@ -18,6 +18,7 @@ pub mod operation_dependencies;
 pub mod resources;
 pub mod revision_counter;
 pub mod schema_versions;
+pub mod tombstones;
 pub mod work_queue;
 
 /// Every table that has an entity, for the schema conformance test.
@@ -37,4 +38,5 @@ pub const TABLES: &[&str] = &[
     "event_objects",
     "cluster_locks",
     "blob_data",
+    "tombstones",
 ];

@@ -10,6 +10,7 @@
 mod m0001_initial;
 mod m0002_blob_data;
 mod m0003_fewer_queue_indexes;
+mod m0004_tombstones;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_blob_data::Migration),
             Box::new(m0003_fewer_queue_indexes::Migration),
+            Box::new(m0004_tombstones::Migration),
         ]
     }
 }
@@ -54,6 +56,7 @@ pub fn expected_versions() -> BTreeMap<&'static str, u32> {
         .iter()
         .chain(m0002_blob_data::TABLES)
         .chain(m0003_fewer_queue_indexes::TABLES)
+        .chain(m0004_tombstones::TABLES)
     {
         out.insert(tv.table, tv.version);
     }
@@ -299,7 +302,9 @@ mod tests {
         // Migration 3 only changes tables migration 1 made.
         assert_eq!(
             v.len(),
-            m0001_initial::TABLES.len() + m0002_blob_data::TABLES.len()
+            m0001_initial::TABLES.len()
+                + m0002_blob_data::TABLES.len()
+                + m0004_tombstones::TABLES.len()
         );
         assert!(v.contains_key("schema_versions"));
         assert_eq!(

@@ -174,11 +174,12 @@ impl Gateway for GatewayService {
         self.observe("get_resource", async {
             if !r.uid.is_empty() {
                 let kind = r.key.map(|k| k.kind).unwrap_or_default();
-                return self
-                    .store
-                    .get_by_uid(&kind, &r.uid)
-                    .await
-                    .map(resource_reply);
+                let stored = if r.deleted {
+                    self.store.get_deleted(&kind, &r.uid).await
+                } else {
+                    self.store.get_by_uid(&kind, &r.uid).await
+                };
+                return stored.map(resource_reply);
             }
             let key = key_from(r.key)?;
             self.store.get(&key).await.map(resource_reply)
@@ -334,6 +335,7 @@ impl Gateway for GatewayService {
             Ok(pb::CompactReply {
                 compacted_revision,
                 rows_deleted,
+                tombstones_deleted: 0,
             })
         })
         .await
@@ -891,13 +893,16 @@ impl Gateway for GatewayService {
     ) -> Reply<pb::CompactReply> {
         let r = request.into_inner();
         self.observe("compact_change_log", async {
+            let keep_for = Duration::from_secs(r.keep_seconds);
             let (compacted_revision, rows_deleted) = self
                 .store
-                .compact_retaining(r.keep_revisions, Duration::from_secs(r.keep_seconds))
+                .compact_retaining(r.keep_revisions, keep_for)
                 .await?;
+            let tombstones_deleted = self.store.purge_tombstones(keep_for).await?;
             Ok(pb::CompactReply {
                 compacted_revision,
                 rows_deleted,
+                tombstones_deleted,
             })
         })
         .await

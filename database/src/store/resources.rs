@@ -13,7 +13,10 @@
 //!   resourceVersion and writes no revision (no hot loops);
 //! - delete sets deletionTimestamp (and bumps generation) while finalizers remain; the
 //!   row goes, with a DELETED change, once they are empty, including when an update
-//!   removes the last finalizer of an object being deleted;
+//!   removes the last finalizer of an object being deleted; a removed Instance,
+//!   Network, NetworkInterface or Artifact leaves a tombstone (its final state, by
+//!   uid, [`Store::get_deleted`]) until `CompactChangeLog` purges it with the same
+//!   retention as the change log;
 //! - the building blocks (`lock_row`, `insert_object`, `replace_object`,
 //!   `remove_object`) are shared with the queue and IPAM so their resource writes
 //!   follow the same rules inside their own transactions.
@@ -572,7 +575,13 @@ pub(crate) async fn replace_object(
     result
 }
 
-/// Removes the locked `row` at `revision`; `object` is its final state.
+/// The kinds whose removed objects keep a tombstone (their final state, by uid) for
+/// the change log's retention: those Shaken Fist v0.8 clients poll by uuid after a
+/// delete.
+pub const TOMBSTONE_KINDS: &[&str] = &["Instance", "Network", "NetworkInterface", "Artifact"];
+
+/// Removes the locked `row` at `revision`; `object` is its final state (kept as a
+/// tombstone for the [`TOMBSTONE_KINDS`]).
 pub(crate) async fn remove_object(
     tx: &mut Tx,
     revision: u64,
@@ -589,6 +598,19 @@ pub(crate) async fn remove_object(
         .execute(&mut **tx)
         .await
         .map_err(StoreError::query("delete resource"))?;
+    if TOMBSTONE_KINDS.contains(&row.key.kind.as_str()) {
+        sqlx::query(
+            "REPLACE INTO tombstones (uid, kind, resource_version, object, deleted_at) \
+             VALUES (?, ?, ?, ?, NOW(6))",
+        )
+        .bind(&row.uid)
+        .bind(&row.key.kind)
+        .bind(revision)
+        .bind(object.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("record tombstone"))?;
+    }
     append_change(
         tx,
         revision,
@@ -847,6 +869,44 @@ impl Store {
             name: uid.to_string(),
         })?;
         stored_from_row(&row)
+    }
+
+    /// The final state of the removed object `uid` of `kind` while its tombstone is
+    /// kept ([`TOMBSTONE_KINDS`]; NotFound otherwise).
+    pub async fn get_deleted(&self, kind: &str, uid: &str) -> Result<Stored, StoreError> {
+        let row = sqlx::query(
+            "SELECT resource_version, object FROM tombstones WHERE uid = ? AND kind = ?",
+        )
+        .bind(uid)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::query("get tombstone"))?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: kind.to_string(),
+            namespace: String::new(),
+            name: uid.to_string(),
+        })?;
+        stored_from_row(&row)
+    }
+
+    /// Deletes the tombstones older than `keep_for`; returns how many.
+    pub async fn purge_tombstones(&self, keep_for: std::time::Duration) -> Result<u64, StoreError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(keep_for).unwrap_or(chrono::Duration::MAX);
+        let mut deleted = 0;
+        loop {
+            let n = sqlx::query("DELETE FROM tombstones WHERE deleted_at < ? LIMIT 5000")
+                .bind(cutoff.naive_utc())
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::query("purge tombstones"))?
+                .rows_affected();
+            deleted += n;
+            if n < 5000 {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Lists objects of `kind` (in `namespace`, or all when `None`) matching the

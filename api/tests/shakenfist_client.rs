@@ -1,0 +1,162 @@
+//! The real `shakenfist-client` from PyPI (pinned: 0.8.3) against sf-api's v0.8 paths:
+//! authentication, networks, instances, power actions, events, interfaces, artifacts,
+//! errors, and deletes (the instance's polled by uuid until it reads `deleted`), each
+//! through the client's own Python API.
+//!
+//! The client lives in a virtualenv under Cargo's target directory, made on the first
+//! run with `python3 -m venv` and `pip install` (PyPI is one of the registries these
+//! machines reach). Where python3, venv or PyPI is missing the test says so and is
+//! skipped; with `SF_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) it fails instead.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::start;
+use serde_json::{Value, json};
+
+const CLIENT: &str = "shakenfist-client==0.8.3";
+
+/// The client's steps; prints one JSON object of what each returned.
+const SCRIPT: &str = r#"
+import json, os
+from shakenfist_client import apiclient
+
+c = apiclient.Client(base_url=os.environ['SF_URL'], namespace='ta', key='key-a',
+                     suppress_configuration_lookup=True,
+                     async_strategy=apiclient.ASYNC_CONTINUE)
+out = {}
+net = c.allocate_network('10.0.0.0/24', True, False, 'web')
+out['network'] = net
+inst = c.create_instance(
+    'web-1', 1, 512, [{'network_uuid': net['uuid']}],
+    [{'size': 8, 'base': None, 'bus': None, 'type': 'disk'}], None, None)
+out['instance'] = inst
+out['instances'] = c.get_instances()
+out['by_name'] = c.get_instance('web-1')
+out['networks'] = c.get_networks()
+out['poweroff'] = c.power_off_instance('web-1')
+try:
+    c.pause_instance('web-1')
+    out['pause_when_off'] = 'accepted'
+except apiclient.APIException as e:
+    out['pause_when_off'] = type(e).__name__
+out['poweron'] = c.power_on_instance(inst['uuid'])
+out['pause'] = c.pause_instance('web-1')
+out['unpause'] = c.unpause_instance('web-1')
+out['events'] = c.get_instance_events('web-1', limit=5)
+out['interfaces'] = c.get_instance_interfaces('web-1')
+out['artifacts'] = c.get_artifacts()
+try:
+    c.get_instance('nothing-here')
+    out['missing'] = 'found'
+except apiclient.ResourceNotFoundException:
+    out['missing'] = 'ResourceNotFoundException'
+# A synchronous delete polls the instance by uuid until it reads state deleted.
+out['deleted'] = c.delete_instance(inst['uuid'])
+out['after_delete'] = c.get_instances()
+out['network_deleted'] = c.delete_network(net['uuid'])
+print(json.dumps(out))
+"#;
+
+/// Whether a missing prerequisite fails the test instead of skipping it.
+fn required() -> bool {
+    std::env::var("SF_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The virtualenv's python with the client installed (made when missing).
+fn client_python() -> Result<PathBuf, String> {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shakenfist-client-0.8.3");
+    let python = venv.join("bin").join("python");
+    let installed = |python: &PathBuf| {
+        Command::new(python)
+            .args(["-c", "import shakenfist_client.apiclient"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if installed(&python) {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        CLIENT,
+    ]))?;
+    if installed(&python) {
+        Ok(python)
+    } else {
+        Err(format!("{CLIENT} did not import after installing it"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shakenfist_client_drives_the_v08_paths() {
+    let python = match client_python() {
+        Ok(p) => p,
+        Err(e) if required() => panic!("the real shakenfist-client is required here: {e}"),
+        Err(e) => {
+            eprintln!("skipped: the real shakenfist-client could not be installed: {e}");
+            return;
+        }
+    };
+    let env = start().await;
+    let _ = env.tenant("ta", "key-a").await;
+    let url = env.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args(["-c", SCRIPT])
+            .env("SF_URL", url)
+            .output()
+            .expect("run the client")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the client failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
+
+    let uuid = got["instance"]["uuid"].as_str().expect("instance uuid");
+    assert_eq!(got["instance"]["name"], "web-1", "{got}");
+    assert_eq!(got["instance"]["namespace"], "ta");
+    assert_eq!(got["network"]["netblock"], "10.0.0.0/24");
+    assert_eq!(got["instances"].as_array().map(Vec::len), Some(1), "{got}");
+    assert_eq!(got["by_name"]["uuid"], uuid);
+    assert_eq!(got["networks"][0]["name"], "web");
+    assert_eq!(got["poweroff"]["power_state"], "off", "{got}");
+    assert_eq!(
+        got["pause_when_off"], "ResourceStateConflictException",
+        "{got}"
+    );
+    assert_eq!(got["poweron"]["power_state"], "on");
+    assert_eq!(got["pause"]["power_state"], "paused");
+    assert_eq!(got["unpause"]["power_state"], "on");
+    assert_eq!(got["events"], json!([]));
+    assert_eq!(got["interfaces"], json!([]));
+    assert_eq!(got["artifacts"], json!([]));
+    assert_eq!(got["missing"], "ResourceNotFoundException");
+    assert_eq!(got["deleted"]["uuid"], uuid, "{got}");
+    assert_eq!(got["deleted"]["state"], "deleted", "{got}");
+    assert_eq!(got["after_delete"], json!([]), "{got}");
+    assert_eq!(got["network_deleted"]["name"], "web", "{got}");
+}
