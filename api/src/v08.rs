@@ -19,7 +19,9 @@
 //!   {name, netblock, provide_dhcp, provide_nat, provide_dns, namespace}` create the
 //!   objects (a `network_uuid` may be a network's uuid or name in the namespace).
 //! - Objects are answered flat: `uuid`, `name`, `namespace`, the spec's and status's
-//!   fields in snake_case (`state` from status), `created` (creation time).
+//!   fields in snake_case (`state` from status), `created` (creation time); an
+//!   instance's `power_state` is the observed one once reported, `running` said as
+//!   v0.8's `on`.
 //! - Artifacts: `GET /artifacts` lists the caller's namespace plus the shared
 //!   artifacts of `system` (`spec.shared`); `GET /artifacts/{ref}` and `GET
 //!   /artifacts/{ref}/versions` resolve the caller's namespace first, then those shared
@@ -185,6 +187,13 @@ pub fn flatten(object: &Value) -> Value {
     if !out.contains_key("state") {
         out.insert("state".into(), json!("initial"));
     }
+    // An instance's power_state is what the hypervisor reports, in v0.8's words
+    // (`on`, not `running`); the desired state until it has reported.
+    if object.get("kind").and_then(Value::as_str) == Some("Instance")
+        && out.get("power_state").and_then(Value::as_str) == Some("running")
+    {
+        out.insert("power_state".into(), json!("on"));
+    }
     Value::Object(out)
 }
 
@@ -306,8 +315,10 @@ async fn show(
     kind: &str,
     reference: &str,
     query: Option<&str>,
+    body: &Bytes,
 ) -> Result<Response, Response> {
-    let ns = lookup_namespace(caller, param(query, &Value::Null, "namespace"))?;
+    let body = body_json(body)?;
+    let ns = lookup_namespace(caller, param(query, &body, "namespace"))?;
     match resolve(app, kind, ns.clone(), reference).await {
         Ok(object) => Ok(json_response(StatusCode::OK, &flatten(&object))),
         Err(missing) => match deleted(app, kind, ns.as_deref(), reference).await {
@@ -345,9 +356,11 @@ async fn remove(
     kind: &str,
     reference: &str,
     query: Option<&str>,
+    body: &Bytes,
     code: StatusCode,
 ) -> Result<Response, Response> {
-    let ns = lookup_namespace(caller, param(query, &Value::Null, "namespace"))?;
+    let body = body_json(body)?;
+    let ns = lookup_namespace(caller, param(query, &body, "namespace"))?;
     let object = resolve(app, kind, ns, reference).await?;
     let namespace = object
         .pointer("/metadata/namespace")
@@ -432,8 +445,19 @@ async fn get_instance(
     Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
     RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Response {
-    done(show(&app, &caller, "Instance", &reference, query.as_deref()).await)
+    done(
+        show(
+            &app,
+            &caller,
+            "Instance",
+            &reference,
+            query.as_deref(),
+            &body,
+        )
+        .await,
+    )
 }
 
 async fn get_network(
@@ -441,8 +465,19 @@ async fn get_network(
     Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
     RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Response {
-    done(show(&app, &caller, "Network", &reference, query.as_deref()).await)
+    done(
+        show(
+            &app,
+            &caller,
+            "Network",
+            &reference,
+            query.as_deref(),
+            &body,
+        )
+        .await,
+    )
 }
 
 async fn delete_instance(
@@ -450,6 +485,7 @@ async fn delete_instance(
     Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
     RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Response {
     done(
         remove(
@@ -458,6 +494,7 @@ async fn delete_instance(
             "Instance",
             &reference,
             query.as_deref(),
+            &body,
             StatusCode::OK,
         )
         .await,
@@ -469,6 +506,7 @@ async fn delete_network(
     Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
     RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Response {
     done(
         remove(
@@ -477,6 +515,7 @@ async fn delete_network(
             "Network",
             &reference,
             query.as_deref(),
+            &body,
             StatusCode::ACCEPTED,
         )
         .await,
@@ -887,6 +926,10 @@ async fn instance_action(
     done(power_action(&app, &caller, &reference, &action, query.as_deref(), &body).await)
 }
 
+/// Reads of the instance a power action makes before giving up on a moving
+/// resourceVersion.
+const POWER_ATTEMPTS: usize = 5;
+
 async fn power_action(
     app: &App,
     caller: &Caller,
@@ -909,57 +952,69 @@ async fn power_action(
         }
     };
     let body = body_json(body)?;
-    let mut object = instance_for(app, caller, reference, query, &body).await?;
-    let conflict = |message: String| sf_error(StatusCode::CONFLICT, message);
-    if object.pointer("/metadata/deletionTimestamp").is_some() {
-        return Err(conflict(format!("instance {reference} is being deleted")));
+    // A status write (the agent's, a controller's) between the read and the update
+    // moves the resourceVersion: read again and re-check, a few times.
+    for _ in 0..POWER_ATTEMPTS {
+        let mut object = instance_for(app, caller, reference, query, &body).await?;
+        let conflict = |message: String| sf_error(StatusCode::CONFLICT, message);
+        if object.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(conflict(format!("instance {reference} is being deleted")));
+        }
+        let desired = P::parse(
+            object
+                .pointer("/spec/powerState")
+                .and_then(Value::as_str)
+                .unwrap_or("on"),
+        );
+        match (action, &desired) {
+            ("pause", P::Off) => {
+                return Err(conflict(format!(
+                    "instance {reference} is powered off; power it on before pausing it"
+                )));
+            }
+            ("unpause", d) if *d != P::Paused => {
+                return Err(conflict(format!("instance {reference} is not paused")));
+            }
+            ("rebootsoft" | "reboothard", d) if *d != P::On => {
+                return Err(conflict(format!(
+                    "instance {reference} is {d}; only an instance that is on can be rebooted"
+                )));
+            }
+            _ => {}
+        }
+        if action.starts_with("reboot") {
+            let namespace = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let subject = subject_of(app, "Instance", &object)?;
+            crate::actions::create_instance_operation(
+                app,
+                &subject,
+                &namespace,
+                &object,
+                sf_schema::operation::OperationType::InstanceReboot,
+                json!({"hard": action == "reboothard"}),
+            )
+            .await
+            .map_err(|e| error_response(&e))?;
+        } else if desired != wanted {
+            if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("powerState".into(), json!(wanted.as_str()));
+            }
+            match update_spec(app, "Instance", object).await {
+                Ok(updated) => object = updated,
+                Err(response) if response.status() == StatusCode::CONFLICT => continue,
+                Err(response) => return Err(response),
+            }
+        }
+        return Ok(json_response(StatusCode::OK, &flatten(&object)));
     }
-    let desired = P::parse(
-        object
-            .pointer("/spec/powerState")
-            .and_then(Value::as_str)
-            .unwrap_or("on"),
-    );
-    match (action, &desired) {
-        ("pause", P::Off) => {
-            return Err(conflict(format!(
-                "instance {reference} is powered off; power it on before pausing it"
-            )));
-        }
-        ("unpause", d) if *d != P::Paused => {
-            return Err(conflict(format!("instance {reference} is not paused")));
-        }
-        ("rebootsoft" | "reboothard", d) if *d != P::On => {
-            return Err(conflict(format!(
-                "instance {reference} is {d}; only an instance that is on can be rebooted"
-            )));
-        }
-        _ => {}
-    }
-    if action.starts_with("reboot") {
-        let namespace = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let subject = subject_of(app, "Instance", &object)?;
-        crate::actions::create_instance_operation(
-            app,
-            &subject,
-            &namespace,
-            &object,
-            sf_schema::operation::OperationType::InstanceReboot,
-            json!({"hard": action == "reboothard"}),
-        )
-        .await
-        .map_err(|e| error_response(&e))?;
-    } else if desired != wanted {
-        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("powerState".into(), json!(wanted.as_str()));
-        }
-        object = update_spec(app, "Instance", object).await?;
-    }
-    Ok(json_response(StatusCode::OK, &flatten(&object)))
+    Err(sf_error(
+        StatusCode::CONFLICT,
+        format!("instance {reference} kept changing; retry"),
+    ))
 }
 
 async fn create_network(

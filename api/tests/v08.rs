@@ -486,9 +486,35 @@ async fn instance_actions_events_and_interfaces_on_v08_paths() {
         "PATCH",
         &format!("{k8s}/status"),
         &[("content-type", "application/merge-patch+json")],
-        Some(json!({"status": {"node": "hv-1"}})),
+        Some(json!({"status": {"node": "hv-1", "powerState": "running"}})),
     )
     .await;
+    // What the hypervisor reports, in v0.8's words.
+    let shown = raw_on(&a, "GET", "/instances/web-1", &[], None)
+        .await
+        .json();
+    assert_eq!(shown["power_state"], "on", "{shown}");
+    // The namespace a client names in the body scopes the lookup (a system caller
+    // naming tb finds no web-1 there).
+    let elsewhere = env
+        .raw(
+            "GET",
+            "/instances/web-1",
+            &[],
+            Some(json!({"namespace": "tb"})),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 404, "{}", elsewhere.text());
+    let refused = env
+        .raw(
+            "DELETE",
+            "/instances/web-1",
+            &[],
+            Some(json!({"namespace": "tb"})),
+        )
+        .await;
+    assert_eq!(refused.status, 404, "{}", refused.text());
+    assert_eq!(desired().await.0, "on", "nothing deleted");
     let reboot = raw_on(&a, "POST", "/instances/web-1/reboothard", &[], None).await;
     assert_eq!(reboot.status, 200, "{}", reboot.text());
     let ops = env

@@ -244,6 +244,26 @@ async fn delete_waits_for_finalizers_then_removes_the_row() {
         store.get_deleted("Instance", uid).await,
         Err(StoreError::NotFound { .. })
     ));
+    // A namespace's tombstones go with it: a namesake made later reads none.
+    let b = store
+        .create(instance("b", 1), false)
+        .await
+        .expect("create b");
+    let key_b = ObjectKey::new("Instance", "demo", "b");
+    store
+        .delete(&key_b, Preconditions::default(), false)
+        .await
+        .expect("delete b");
+    let uid_b = b.object["metadata"]["uid"].as_str().expect("uid");
+    store
+        .get_deleted("Instance", uid_b)
+        .await
+        .expect("tombstone b");
+    store.delete_namespace("demo").await.expect("delete demo");
+    assert!(matches!(
+        store.get_deleted("Instance", uid_b).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]

@@ -407,12 +407,16 @@ pub async fn observe_instance(
         if artifacts.iter().any(|a: &ArtifactReadiness| a.name == base) {
             continue;
         }
-        let replica = resolve_artifact(ctx, ns.as_deref(), &base)
-            .and_then(|artifact| blob_replica(ctx, &artifact));
+        let artifact = resolve_artifact(ctx, ns.as_deref(), &base);
+        let copyable = artifact
+            .as_ref()
+            .is_none_or(|a| sf_plan::artifact::copyable(&a.spec.source_url));
+        let replica = artifact.and_then(|artifact| blob_replica(ctx, &artifact));
         artifacts.push(ArtifactReadiness {
             name: base,
             ready: replica.is_some(),
             replica,
+            copyable,
         });
     }
     let plumbing = !plumbing_networks(ctx, instance).is_empty();

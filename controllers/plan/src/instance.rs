@@ -80,6 +80,10 @@ pub struct ArtifactReadiness {
     /// there; `None` when not known (nothing is replicated).
     #[serde(default)]
     pub replica: Option<BlobReplica>,
+    /// Its blobs can be copied to other nodes ([`crate::artifact::copyable`]); false
+    /// for a snapshot's, which stay where they were taken.
+    #[serde(default = "yes")]
+    pub copyable: bool,
 }
 
 /// Where an instance must go when a disk base's blob is never copied between nodes
@@ -88,13 +92,10 @@ pub struct ArtifactReadiness {
 fn holding_nodes(artifacts: &[ArtifactReadiness]) -> Option<(Vec<String>, String)> {
     let mut nodes: Option<BTreeSet<String>> = None;
     let mut names = Vec::new();
-    for artifact in artifacts {
+    for artifact in artifacts.iter().filter(|a| !a.copyable) {
         let Some(replica) = &artifact.replica else {
             continue;
         };
-        if crate::artifact::copyable(&replica.source_url) {
-            continue;
-        }
         names.push(artifact.name.clone());
         let here: BTreeSet<String> = replica.nodes.iter().cloned().collect();
         nodes = Some(match nodes {
@@ -109,6 +110,10 @@ fn holding_nodes(artifacts: &[ArtifactReadiness]) -> Option<(Vec<String>, String
         );
         (n.into_iter().collect(), why)
     })
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What observe() gathers for an instance.
@@ -318,6 +323,28 @@ impl<'a> Ctx<'a> {
                 node
             }
             None => {
+                // Where a snapshot's blob is decides the node: wait until it is known.
+                let unknown: Vec<&str> = self
+                    .observed
+                    .artifacts
+                    .iter()
+                    .filter(|a| !a.copyable && a.replica.is_none())
+                    .map(|a| a.name.as_str())
+                    .collect();
+                if !unknown.is_empty() {
+                    let message = format!(
+                        "waiting for artifacts: {} (a snapshot's node decides the placement)",
+                        unknown.join(", ")
+                    );
+                    self.condition(
+                        "Ready",
+                        ConditionStatus::False,
+                        "WaitingForArtifacts",
+                        message,
+                    );
+                    self.plan.requeue_in(self.ctx.wait_secs);
+                    return;
+                }
                 let mut request = InstanceRequest::for_instance(spec);
                 request.holding = holding_nodes(&self.observed.artifacts);
                 match schedule(&request, &self.observed.nodes, &self.ctx.scheduler) {
@@ -1099,6 +1126,7 @@ mod tests {
                 name: "u-1-vda".into(),
                 ready: true,
                 replica: Some(replica("sf://instance/u-1/vda", &["hv-2"])),
+                copyable: false,
             }],
             networks: vec![web(&["net-1"])],
             ..InstanceObservation::default()
@@ -1113,12 +1141,28 @@ mod tests {
         );
         // An image is copied where needed: no restriction.
         obs.artifacts[0].replica = Some(replica("https://x/y.qcow2", &["hv-2"]));
+        obs.artifacts[0].copyable = true;
         let plan = plan_instance(&i, &obs, &ctx());
         assert_eq!(
             plan[0],
             Action::Schedule {
                 node: "hv-1".into()
             }
+        );
+        obs.artifacts[0].copyable = false;
+        // A snapshot artifact whose blob is not known yet: no placement until it is.
+        obs.artifacts[0].replica = None;
+        let plan = plan_instance(&i, &obs, &ctx());
+        assert!(
+            !plan.iter().any(|a| matches!(a, Action::Schedule { .. })),
+            "{plan:?}"
+        );
+        assert_eq!(
+            plan.iter().find_map(|a| match a {
+                Action::SetCondition { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            }),
+            Some("WaitingForArtifacts")
         );
         // The snapshot on no node that can take it: unschedulable, saying why.
         obs.artifacts[0].replica = Some(replica("sf://instance/u-1/vda", &["hv-9"]));
@@ -1144,6 +1188,7 @@ mod tests {
                 name: "debian-12".into(),
                 ready: true,
                 replica: None,
+                copyable: true,
             }],
             networks: vec![web(&["net-1"])],
             ..InstanceObservation::default()
@@ -1230,6 +1275,7 @@ mod tests {
             name: "debian-12".into(),
             ready: false,
             replica: None,
+            copyable: true,
         }];
         let mut unprepared = base.clone();
         unprepared.networks[0].vxid = None;
@@ -1304,6 +1350,7 @@ mod tests {
                 name: "debian-12".into(),
                 ready: true,
                 replica: Some(replica),
+                copyable: true,
             }],
             ..InstanceObservation::default()
         };

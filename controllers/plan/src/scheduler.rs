@@ -321,8 +321,8 @@ pub struct Unschedulable {
     pub rejections: Vec<Rejection>,
 }
 
-/// Why `node` cannot take `request`; empty when it can.
-/// Why `node` cannot take `request`: [`rejections`], and not holding what it must.
+/// Why `node` cannot take `request`: [`rejections`], and not holding what it must;
+/// empty when it can.
 fn request_rejections(
     node: &NodeView,
     request: &InstanceRequest,
@@ -338,6 +338,7 @@ fn request_rejections(
     reasons
 }
 
+/// Why `node` cannot take `request`'s resources; empty when it can.
 fn rejections(node: &NodeView, request: &Resources, cfg: &SchedulerConfig) -> Vec<String> {
     let mut gates = Vec::new();
     if node.state != NodeState::Created {

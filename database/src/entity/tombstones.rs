@@ -11,6 +11,8 @@ pub struct Model {
     pub uid: String,
     /// Column `kind`.
     pub kind: String,
+    /// Column `namespace` (empty for cluster-scoped objects).
+    pub namespace: String,
     /// Column `resource_version`: the revision of its removal.
     pub resource_version: u64,
     /// Column `object`: its final state (JSON text).

@@ -1,10 +1,11 @@
 //! Migration 4: `tombstones`, the final state of recently deleted objects of the kinds
 //! Shaken Fist v0.8 clients look up after deleting them.
 //!
-//! Contract: idempotent like every migration. One row per removed Instance, Network,
-//! NetworkInterface or Artifact (by uid), written in the transaction that removes its
-//! `resources` row ([`crate::store::resources`]) and deleted once older than the change
-//! log's retention (`CompactChangeLog`). A v0.8 client polls a deleted object by uuid
+//! Contract: idempotent like every migration. One row per removed Instance or Network
+//! (by uid), written in the transaction that removes its `resources` row
+//! ([`crate::store::resources`]), deleted once older than the change log's retention
+//! (`CompactChangeLog`) or with its namespace (a namesake namespace made later never
+//! reads them). A v0.8 client polls a deleted object by uuid
 //! until it reads `state: deleted`; without this row the object is simply gone and
 //! the poll fails with 404.
 
@@ -27,10 +28,12 @@ impl MigrationTrait for Migration {
             "CREATE TABLE IF NOT EXISTS tombstones (
                 uid CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
                 kind VARCHAR(64) CHARACTER SET ascii NOT NULL,
+                namespace VARCHAR(253) NOT NULL,
                 resource_version BIGINT UNSIGNED NOT NULL,
                 object LONGTEXT NOT NULL,
                 deleted_at DATETIME(6) NOT NULL,
-                KEY ix_tombstones_deleted (deleted_at)
+                KEY ix_tombstones_deleted (deleted_at),
+                KEY ix_tombstones_namespace (namespace)
             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
         )
         .await?;

@@ -172,6 +172,11 @@ impl Gateway for GatewayService {
     ) -> Reply<pb::ResourceReply> {
         let r = request.into_inner();
         self.observe("get_resource", async {
+            if r.deleted && r.uid.is_empty() {
+                return Err(StoreError::Invalid(
+                    "a lookup of a deleted object needs its uid".into(),
+                ));
+            }
             if !r.uid.is_empty() {
                 let kind = r.key.map(|k| k.kind).unwrap_or_default();
                 let stored = if r.deleted {

@@ -314,6 +314,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query("delete namespace"))?;
+            // A namesake made later must not read the old objects' final states.
+            sqlx::query("DELETE FROM tombstones WHERE namespace = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("delete namespace"))?;
             remove_unlinked(&mut tx, &finished).await?;
             for row in &lease_rows {
                 let revision = allocate_revisions(&mut tx, 1).await?;

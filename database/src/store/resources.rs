@@ -13,10 +13,10 @@
 //!   resourceVersion and writes no revision (no hot loops);
 //! - delete sets deletionTimestamp (and bumps generation) while finalizers remain; the
 //!   row goes, with a DELETED change, once they are empty, including when an update
-//!   removes the last finalizer of an object being deleted; a removed Instance,
-//!   Network, NetworkInterface or Artifact leaves a tombstone (its final state, by
-//!   uid, [`Store::get_deleted`]) until `CompactChangeLog` purges it with the same
-//!   retention as the change log;
+//!   removes the last finalizer of an object being deleted; a removed Instance or
+//!   Network leaves a tombstone (its final state, by uid, [`Store::get_deleted`])
+//!   until `CompactChangeLog` purges it with the same retention as the change log, or
+//!   its namespace is deleted;
 //! - the building blocks (`lock_row`, `insert_object`, `replace_object`,
 //!   `remove_object`) are shared with the queue and IPAM so their resource writes
 //!   follow the same rules inside their own transactions.
@@ -578,7 +578,7 @@ pub(crate) async fn replace_object(
 /// The kinds whose removed objects keep a tombstone (their final state, by uid) for
 /// the change log's retention: those Shaken Fist v0.8 clients poll by uuid after a
 /// delete.
-pub const TOMBSTONE_KINDS: &[&str] = &["Instance", "Network", "NetworkInterface", "Artifact"];
+pub const TOMBSTONE_KINDS: &[&str] = &["Instance", "Network"];
 
 /// Removes the locked `row` at `revision`; `object` is its final state (kept as a
 /// tombstone for the [`TOMBSTONE_KINDS`]).
@@ -600,11 +600,12 @@ pub(crate) async fn remove_object(
         .map_err(StoreError::query("delete resource"))?;
     if TOMBSTONE_KINDS.contains(&row.key.kind.as_str()) {
         sqlx::query(
-            "REPLACE INTO tombstones (uid, kind, resource_version, object, deleted_at) \
-             VALUES (?, ?, ?, ?, NOW(6))",
+            "REPLACE INTO tombstones (uid, kind, namespace, resource_version, object, deleted_at) \
+             VALUES (?, ?, ?, ?, ?, NOW(6))",
         )
         .bind(&row.uid)
         .bind(&row.key.kind)
+        .bind(&row.key.namespace)
         .bind(revision)
         .bind(object.to_string())
         .execute(&mut **tx)
@@ -892,8 +893,12 @@ impl Store {
 
     /// Deletes the tombstones older than `keep_for`; returns how many.
     pub async fn purge_tombstones(&self, keep_for: std::time::Duration) -> Result<u64, StoreError> {
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::from_std(keep_for).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = chrono::Duration::from_std(keep_for)
+            .ok()
+            .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+        else {
+            return Ok(0); // Longer than time itself: nothing is that old.
+        };
         let mut deleted = 0;
         loop {
             let n = sqlx::query("DELETE FROM tombstones WHERE deleted_at < ? LIMIT 5000")
