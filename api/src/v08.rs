@@ -52,8 +52,15 @@
 //!   `{uuid, name, instance_uuid, network_uuid, macaddr, ipv4, floating, model, order,
 //!   state}` in the order the guest sees them.
 //!
-//! Not served: the other v0.8 paths (other sub-resources, snapshots, blobs, nodes,
-//! artifact upload, share/unshare, metadata, ...).
+//! - `POST /instances/{ref}/snapshot {all, device, max_versions, thin}` answers
+//!   `{device: {source_url, artifact_uuid, blob_uuid}}` at once (the artifacts made,
+//!   the `instance_snapshot` operation created, the blobs named as the agent will
+//!   write them; `thin` is 400, not supported); `GET /instances/{ref}/snapshot` lists
+//!   the recorded snapshots: each version of the instance's snapshot artifacts as the
+//!   artifact's view updated with its blob's (`blob_uuid`, `state`).
+//!
+//! Not served: the other v0.8 paths (other sub-resources, blobs, nodes, artifact
+//! upload, share/unshare, metadata, ...).
 
 // Helpers fail with the finished v0.8 error response, which handlers return as is.
 #![allow(clippy::result_large_err)]
@@ -69,6 +76,7 @@ use axum::routing::get;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 use sf_schema::API_VERSION;
+use sf_schema::snapshot::SnapshotRequest;
 
 use crate::admission::admit;
 use crate::auth::{Caller, sf_error};
@@ -89,6 +97,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route(
             "/instances/{reference}/interfaces",
             get(instance_interfaces),
+        )
+        .route(
+            "/instances/{reference}/snapshot",
+            get(instance_snapshots).post(snapshot_instance),
         )
         .route(
             "/instances/{reference}/{action}",
@@ -911,6 +923,201 @@ fn interface_row(iface: &Value, instance: &Value, networks: &[Value]) -> Value {
     })
 }
 
+/// `POST /instances/{ref}/snapshot {all, device, max_versions, thin}`: v0.8's answer
+/// at once, `{device: {source_url, artifact_uuid, blob_uuid}}`, for the devices the
+/// agent will take ([`sf_schema::snapshot::choose`]): each device's snapshot Artifact
+/// is made here when missing, the `instance_snapshot` operation created, and the
+/// blob each device will be written to named from the operation's uid as the agent
+/// names it. A bad body or a device that is not a disk is 400, an instance not placed
+/// or being deleted 409.
+async fn snapshot_instance(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(reference): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    done(
+        async {
+            let body = without_nulls(&body_json(&body)?);
+            let object = instance_for(&app, &caller, &reference, query.as_deref(), &body).await?;
+            let mut asked = body.clone();
+            if let Some(map) = asked.as_object_mut() {
+                map.remove("namespace");
+            }
+            let request = SnapshotRequest::parse(&asked).map_err(|errors| {
+                let messages: Vec<String> = errors.into_iter().map(|e| e.message).collect();
+                sf_error(StatusCode::BAD_REQUEST, messages.join("; "))
+            })?;
+            if object.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(sf_error(
+                    StatusCode::CONFLICT,
+                    format!("instance {reference} is being deleted"),
+                ));
+            }
+            let instance: sf_schema::Instance = serde_json::from_value(object.clone())
+                .map_err(|e| sf_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let devices = sf_schema::devices::guest_devices(&instance.spec).unwrap_or_default();
+            let names = sf_schema::snapshot::choose(&devices, &request)
+                .map_err(|e| sf_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let uid = instance.metadata.uid.clone().unwrap_or_default();
+            let name = instance.metadata.name.clone().unwrap_or_default();
+            let namespace = instance.metadata.namespace.clone().unwrap_or_default();
+            let mut artifacts = Vec::with_capacity(names.len());
+            for device in &names {
+                let artifact = snapshot_artifact(
+                    &app,
+                    &uid,
+                    &name,
+                    &namespace,
+                    device,
+                    request.max_versions,
+                )
+                .await?;
+                artifacts.push(artifact);
+            }
+            let subject = subject_of(&app, "Instance", &object)?;
+            let payload = serde_json::to_value(&request)
+                .map_err(|e| sf_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let op = crate::actions::create_instance_operation(
+                &app,
+                &subject,
+                &namespace,
+                &object,
+                sf_schema::operation::OperationType::InstanceSnapshot,
+                payload,
+            )
+            .await
+            .map_err(|e| error_response(&e))?;
+            let op_uid = op
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let mut out = Map::new();
+            for (device, artifact) in names.iter().zip(&artifacts) {
+                out.insert(
+                    device.clone(),
+                    json!({
+                        "source_url": sf_schema::snapshot::source_url(&uid, device),
+                        "artifact_uuid": artifact.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+                        "blob_uuid": sf_schema::common::derived_uuid(&format!("{op_uid}/{device}")),
+                    }),
+                );
+            }
+            Ok(json_response(StatusCode::OK, &Value::Object(out)))
+        }
+        .await,
+    )
+}
+
+/// The snapshot Artifact of `device` of an instance, made (admitted like any create)
+/// when missing; 409 when another artifact holds its name or it is being deleted.
+async fn snapshot_artifact(
+    app: &App,
+    uid: &str,
+    instance: &str,
+    namespace: &str,
+    device: &str,
+    max_versions: Option<u32>,
+) -> Result<Value, Response> {
+    let name = sf_schema::snapshot::artifact_name(uid, device);
+    let gateway_error = |e: &crate::gateway::GatewayError| {
+        error_response(&ApiError::from_gateway(e, &Default::default()))
+    };
+    let artifact = match app.gateway.get("Artifact", namespace, &name).await {
+        Ok(artifact) => artifact,
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+            let object = sf_schema::snapshot::artifact_object(
+                uid,
+                instance,
+                namespace,
+                device,
+                max_versions,
+            );
+            let subject = subject_of(app, "Artifact", &object)?;
+            let info = app
+                .kinds
+                .by_kind("Artifact")
+                .cloned()
+                .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
+            let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
+                .map_err(|e| error_response(&e.into_api(&subject)))?;
+            match app.gateway.create(&admitted.object, false).await {
+                Ok(created) => created,
+                Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => app
+                    .gateway
+                    .get("Artifact", namespace, &name)
+                    .await
+                    .map_err(|e| gateway_error(&e))?,
+                Err(e) => return Err(gateway_error(&e)),
+            }
+        }
+        Err(e) => return Err(gateway_error(&e)),
+    };
+    if !sf_schema::snapshot::is_snapshot_artifact_of(&artifact, uid, device)
+        || artifact.pointer("/metadata/deletionTimestamp").is_some()
+    {
+        return Err(sf_error(
+            StatusCode::CONFLICT,
+            format!(
+                "artifact {name} is being deleted or is not this instance's snapshot artifact \
+                 for {device}"
+            ),
+        ));
+    }
+    Ok(artifact)
+}
+
+/// `GET /instances/{ref}/snapshot`: every version of the instance's snapshot
+/// artifacts (source `sf://instance/<uid>/...`), each the artifact's v0.8 view
+/// updated with its blob's (`blob_uuid`, the blob's `state`, `size`, ...), as v0.8
+/// answers it; a snapshot appears once its version is recorded.
+async fn instance_snapshots(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(reference): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    done(
+        async {
+            let body = body_json(&body)?;
+            let object = instance_for(&app, &caller, &reference, query.as_deref(), &body).await?;
+            let uid = object
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let namespace = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let prefix = format!("sf://instance/{uid}/");
+            let mut out = Vec::new();
+            for artifact in list_kind(&app, "Artifact", namespace).await? {
+                let source = artifact
+                    .pointer("/spec/sourceUrl")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !source.starts_with(&prefix) {
+                    continue;
+                }
+                let base = flatten(&artifact);
+                for mut blob in version_views(&app, &artifact).await? {
+                    let mut row = base.clone();
+                    if let (Some(row), Some(view)) = (row.as_object_mut(), blob.as_object_mut()) {
+                        let blob_uuid = view.remove("uuid").unwrap_or(Value::Null);
+                        row.extend(std::mem::take(view));
+                        row.insert("blob_uuid".into(), blob_uuid);
+                    }
+                    out.push(row);
+                }
+            }
+            Ok(json_response(StatusCode::OK, &out))
+        }
+        .await,
+    )
+}
+
 /// `POST /instances/{ref}/{poweron|poweroff|pause|unpause|rebootsoft|reboothard}`:
 /// power changes set `spec.powerState` (the instance controller makes it so);
 /// reboots create an `instance_reboot` operation. Answers the instance (200), or 409
@@ -1196,6 +1403,17 @@ async fn artifact_versions(
     let run = async {
         let artifact =
             resolve_artifact_for_read(&app, &caller, &reference, query.as_deref()).await?;
+        let out = version_views(&app, &artifact).await?;
+        Ok(json_response(StatusCode::OK, &out))
+    };
+    done(run.await)
+}
+
+/// The versions of `artifact`, oldest first, each its blob's v0.8 view (`uuid`; state
+/// `missing` when the Blob is not stored) with the version's `index`, `size` and
+/// `created`.
+async fn version_views(app: &App, artifact: &Value) -> Result<Vec<Value>, Response> {
+    {
         let versions = artifact
             .pointer("/status/versions")
             .and_then(Value::as_array)
@@ -1230,9 +1448,8 @@ async fn artifact_versions(
             view["created"] = version.get("created").cloned().unwrap_or(Value::Null);
             out.push(view);
         }
-        Ok(json_response(StatusCode::OK, &out))
-    };
-    done(run.await)
+        Ok(out)
+    }
 }
 
 /// `DELETE /artifacts/{ref}`: names resolve in the caller's own namespace only (a

@@ -1,5 +1,6 @@
 //! The real `shakenfist-client` from PyPI (pinned: 0.8.3) against sf-api's v0.8 paths:
-//! authentication, networks, instances, power actions, events, interfaces, artifacts,
+//! authentication, networks, instances, power actions, a snapshot request and the
+//! snapshot list, events, interfaces, artifacts,
 //! errors, and deletes (the instance's polled by uuid until it reads `deleted`), each
 //! through the client's own Python API.
 //!
@@ -21,6 +22,7 @@ const CLIENT: &str = "shakenfist-client==0.8.3";
 /// The client's steps; prints one JSON object of what each returned.
 const SCRIPT: &str = r#"
 import json, os
+import requests
 from shakenfist_client import apiclient
 
 c = apiclient.Client(base_url=os.environ['SF_URL'], namespace='ta', key='key-a',
@@ -45,6 +47,15 @@ except apiclient.APIException as e:
 out['poweron'] = c.power_on_instance(inst['uuid'])
 out['pause'] = c.pause_instance('web-1')
 out['unpause'] = c.unpause_instance('web-1')
+# Placed (what the scheduler would write), then snapshotted through the client.
+placed = requests.patch(
+    os.environ['SF_URL'] + '/apis/shakenfist.io/v1alpha1/namespaces/ta/instances/web-1/status',
+    headers={'Authorization': 'Bearer ' + os.environ['SF_SYSTEM_TOKEN'],
+             'Content-Type': 'application/merge-patch+json'},
+    data=json.dumps({'status': {'node': 'hv-1'}}), timeout=30)
+placed.raise_for_status()
+out['snapshot'] = c.snapshot_instance('web-1')
+out['snapshots'] = c.get_instance_snapshots('web-1')
 out['events'] = c.get_instance_events('web-1', limit=5)
 out['interfaces'] = c.get_instance_interfaces('web-1')
 out['artifacts'] = c.get_artifacts()
@@ -119,10 +130,12 @@ async fn shakenfist_client_drives_the_v08_paths() {
     let env = start().await;
     let _ = env.tenant("ta", "key-a").await;
     let url = env.url.clone();
+    let token = env.system_token.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&python)
             .args(["-c", SCRIPT])
             .env("SF_URL", url)
+            .env("SF_SYSTEM_TOKEN", token)
             .output()
             .expect("run the client")
     })
@@ -151,9 +164,25 @@ async fn shakenfist_client_drives_the_v08_paths() {
     assert_eq!(got["poweron"]["power_state"], "on");
     assert_eq!(got["pause"]["power_state"], "paused");
     assert_eq!(got["unpause"]["power_state"], "on");
+    // The snapshot answer names what the agent will write; nothing recorded yet.
+    let vda = &got["snapshot"]["vda"];
+    assert_eq!(
+        vda["source_url"],
+        format!("sf://instance/{uuid}/vda"),
+        "{got}"
+    );
+    assert!(vda["artifact_uuid"].is_string(), "{got}");
+    assert_eq!(vda["blob_uuid"].as_str().map(str::len), Some(36), "{got}");
+    assert_eq!(got["snapshot"].as_object().map(|o| o.len()), Some(1));
+    assert_eq!(got["snapshots"], json!([]));
+    assert_eq!(env.count_rows("ClusterOperation"), 1);
     assert_eq!(got["events"], json!([]));
     assert_eq!(got["interfaces"], json!([]));
-    assert_eq!(got["artifacts"], json!([]));
+    // The snapshot artifact, made with the request.
+    let artifacts = got["artifacts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(artifacts.len(), 1, "{got}");
+    assert_eq!(artifacts[0]["artifact_type"], "snapshot");
+    assert_eq!(artifacts[0]["uuid"], vda["artifact_uuid"]);
     assert_eq!(got["missing"], "ResourceNotFoundException");
     assert_eq!(got["deleted"]["uuid"], uuid, "{got}");
     assert_eq!(got["deleted"]["state"], "deleted", "{got}");

@@ -634,3 +634,146 @@ async fn instance_actions_events_and_interfaces_on_v08_paths() {
     assert_eq!(rows[0]["instance_uuid"], uuid.as_str());
     assert_eq!(rows[0]["model"], "virtio");
 }
+
+/// v0.8 snapshots: the answer names artifact and blob at once; bad requests are 400;
+/// the list shows each recorded version with its blob's state.
+#[tokio::test]
+async fn snapshots_on_v08_paths() {
+    let env = start().await;
+    let a = env.tenant("ta", "key-a").await;
+    let b = env.tenant("tb", "key-b").await;
+    let made = raw_on(
+        &a,
+        "POST",
+        "/instances",
+        &[],
+        Some(json!({
+            "name": "db", "cpus": 1, "memory": 512,
+            "disk": [{"size": 8}, {"size": 4, "bus": "sata"}],
+        })),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.text());
+    let uuid = made.json()["uuid"].as_str().expect("uuid").to_string();
+    let path = "/instances/db/snapshot";
+    let unplaced = raw_on(&a, "POST", path, &[], Some(json!({"all": true}))).await;
+    assert_eq!(unplaced.status, 409, "{}", unplaced.text());
+    env.raw(
+        "PATCH",
+        "/apis/shakenfist.io/v1alpha1/namespaces/ta/instances/db/status",
+        &[("content-type", "application/merge-patch+json")],
+        Some(json!({"status": {"node": "hv-1"}})),
+    )
+    .await;
+    for (body, why) in [
+        (json!({"thin": true}), "thin"),
+        (json!({"device": "vdb"}), "the config drive"),
+        (json!({"device": "sdz"}), "no such disk"),
+    ] {
+        let bad = raw_on(&a, "POST", path, &[], Some(body)).await;
+        assert_eq!(bad.status, 400, "{why}: {}", bad.text());
+        assert_eq!(bad.json()["status"], 400);
+    }
+    assert_eq!(env.count_rows("ClusterOperation"), 0);
+    let hidden = raw_on(
+        &b,
+        "POST",
+        &format!("/instances/{uuid}/snapshot"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+
+    let taken = raw_on(
+        &a,
+        "POST",
+        path,
+        &[],
+        Some(json!({"all": true, "device": null, "thin": false})),
+    )
+    .await;
+    assert_eq!(taken.status, 200, "{}", taken.text());
+    let taken = taken.json();
+    let mut devices: Vec<&String> = taken.as_object().expect("map").keys().collect();
+    devices.sort();
+    assert_eq!(devices, ["sda", "vda"], "{taken}");
+    assert_eq!(
+        taken["sda"]["source_url"],
+        format!("sf://instance/{uuid}/sda")
+    );
+    let ops = env
+        .raw(
+            "GET",
+            "/apis/shakenfist.io/v1alpha1/namespaces/ta/clusteroperations",
+            &[],
+            None,
+        )
+        .await
+        .json();
+    let op = &ops["items"][0];
+    assert_eq!(op["spec"]["operationType"], "instance_snapshot");
+    assert_eq!(op["spec"]["payload"], json!({"all": true}));
+    let op_uid = op["metadata"]["uid"].as_str().expect("op uid");
+    assert_eq!(
+        taken["vda"]["blob_uuid"],
+        sf_schema::common::derived_uuid(&format!("{op_uid}/vda")).as_str(),
+        "named as the agent names it"
+    );
+    // Nothing recorded yet.
+    let empty = raw_on(&a, "GET", path, &[], None).await;
+    assert_eq!(empty.status, 200, "{}", empty.text());
+    assert_eq!(empty.json(), json!([]));
+
+    // Recorded as the artifact controller records a completed snapshot.
+    let artifact = format!("{uuid}-vda");
+    let blob = taken["vda"]["blob_uuid"]
+        .as_str()
+        .expect("blob")
+        .to_string();
+    let created = env
+        .raw(
+            "POST",
+            "/apis/shakenfist.io/v1alpha1/blobs",
+            &[],
+            Some(json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
+                "metadata": {"name": blob},
+                "spec": {"ownerNamespace": "ta", "mimeType": "application/x-qcow2"},
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    for (kind_path, status) in [
+        (
+            format!("/apis/shakenfist.io/v1alpha1/blobs/{blob}/status"),
+            json!({"status": {"state": "created", "size": 4096, "nodes": ["hv-1"]}}),
+        ),
+        (
+            format!("/apis/shakenfist.io/v1alpha1/namespaces/ta/artifacts/{artifact}/status"),
+            json!({"status": {"state": "created", "versions": [
+                {"index": 1, "blob": blob, "size": 4096, "created": "2026-11-26T12:00:00Z"}
+            ]}}),
+        ),
+    ] {
+        let patched = env
+            .raw(
+                "PATCH",
+                &kind_path,
+                &[("content-type", "application/merge-patch+json")],
+                Some(status),
+            )
+            .await;
+        assert_eq!(patched.status, 200, "{}", patched.text());
+    }
+    let listed = raw_on(&a, "GET", &format!("/instances/{uuid}/snapshot"), &[], None)
+        .await
+        .json();
+    let rows = listed.as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["blob_uuid"], blob.as_str());
+    assert_eq!(rows[0]["state"], "created");
+    assert_eq!(rows[0]["index"], 1);
+    assert_eq!(rows[0]["uuid"], taken["vda"]["artifact_uuid"]);
+    assert_eq!(rows[0]["source_url"], format!("sf://instance/{uuid}/vda"));
+}

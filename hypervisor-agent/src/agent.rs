@@ -55,7 +55,7 @@ use sf_schema::interface::NetworkInterface;
 use sf_schema::network::Network;
 use sf_schema::node::{Node, NodeRole, NodeState};
 use sf_schema::operation::{ClusterOperation, OperationType};
-use sf_schema::snapshot::{SNAPSHOT_OF_LABEL, SnapshotRequest, SnapshotResult, SnapshotTaken};
+use sf_schema::snapshot::{SnapshotRequest, SnapshotResult, SnapshotTaken};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tracing::Instrument;
@@ -1274,7 +1274,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         };
         let layout = crate::domain_xml::layout_disks(&input)
             .map_err(|e| HandlerError::BadOperation(e.to_string()))?;
-        let chosen = crate::snapshot::choose(&layout, &request)?;
+        let chosen = crate::snapshot::choose(&inst.spec, &layout, &request)?;
         let blobs_dir = self.inner.settings.storage_path.join("blobs");
         let op_uid = op.metadata.uid.clone().unwrap_or_default();
         let mut snapshots = Vec::new();
@@ -1376,30 +1376,21 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
     ) -> Result<(String, String), HandlerError> {
         let uid = inst.metadata.uid.clone().unwrap_or_default();
         let name = sf_schema::snapshot::artifact_name(&uid, device);
-        let source = sf_schema::snapshot::source_url(&uid, device);
         let g = &self.inner.gateway;
-        let existing: Option<Artifact> = g.get("Artifact", Some(namespace), &name).await?;
+        let existing: Option<Value> = g.get("Artifact", Some(namespace), &name).await?;
         let artifact = match existing {
             Some(a) => a,
             None => {
-                let object = json!({
-                    "apiVersion": sf_schema::API_VERSION,
-                    "kind": "Artifact",
-                    "metadata": {
-                        "name": name,
-                        "namespace": namespace,
-                        "labels": {SNAPSHOT_OF_LABEL: inst.metadata.name.clone().unwrap_or_default()},
-                    },
-                    "spec": {
-                        "sourceUrl": source,
-                        "artifactType": "snapshot",
-                        "maxVersions": max_versions.unwrap_or(sf_schema::artifact::DEFAULT_MAX_VERSIONS),
-                    },
-                });
+                let object = sf_schema::snapshot::artifact_object(
+                    &uid,
+                    inst.metadata.name.as_deref().unwrap_or_default(),
+                    namespace,
+                    device,
+                    max_versions,
+                );
                 match g.create(&object).await {
-                    Ok(created) => serde_json::from_value(created)
-                        .map_err(|e| HandlerError::BadOperation(e.to_string()))?,
-                    // A racing re-run made it: read it back.
+                    Ok(created) => created,
+                    // A racing request or re-run made it: read it back.
                     Err(e) if e.code() == Some(Code::AlreadyExists) => g
                         .get("Artifact", Some(namespace), &name)
                         .await?
@@ -1410,21 +1401,23 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 }
             }
         };
-        if artifact.spec.source_url != source
-            || artifact.spec.artifact_type != sf_schema::artifact::ArtifactType::Snapshot
-        {
+        if !sf_schema::snapshot::is_snapshot_artifact_of(&artifact, &uid, device) {
             return Err(HandlerError::BadOperation(format!(
                 "artifact {namespace}/{name} exists and does not hold snapshots of {device} of \
-                 this instance (a {} artifact from {})",
-                artifact.spec.artifact_type, artifact.spec.source_url
+                 this instance"
             )));
         }
-        if artifact.metadata.deletion_timestamp.is_some() {
+        if artifact.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(HandlerError::NotReady(format!(
                 "artifact {namespace}/{name} is being deleted; the snapshot is retried into a new one"
             )));
         }
-        Ok((name, artifact.metadata.uid.unwrap_or_default()))
+        let artifact_uid = artifact
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok((name, artifact_uid))
     }
 
     async fn hot_plug(&self, op: &ClusterOperation) -> Result<Value, HandlerError> {

@@ -13,7 +13,9 @@
 //!   second block device when `configDrive: openstack-disk`. Device names per prefix:
 //!   virtio → `vdX`; sata, scsi and usb share `sdX`; nvme → `nvmeN` (attached through
 //!   `qemu:commandline`, as libvirt 9 has no emulated NVMe disk bus). A cdrom asked for
-//!   on virtio is moved to usb. An unknown bus, disk type, NIC model, video model or
+//!   on virtio is moved to usb. Buses and names come from
+//!   `sf_schema::devices::guest_devices`, which the API names snapshot devices by. An
+//!   unknown bus, disk type, NIC model, video model or
 //!   display type is a [`RenderError`] naming the spec field (e.g. `spec.disks[1].bus`).
 //! - NICs are `type='bridge'` on `sf_hostnet::bridge_name(vxid)` with MAC, model and
 //!   MTU ([`render_interface`] is also the hot-plug device XML).
@@ -282,44 +284,6 @@ fn concrete_bus(bus: &DiskBus, field: impl FnOnce() -> String) -> Result<Bus, Re
     })
 }
 
-/// `0 → a`, `25 → z`, `26 → aa` (libvirt's disk naming).
-fn letters(mut n: usize) -> String {
-    let mut out = Vec::new();
-    loop {
-        out.push(b'a' + u8::try_from(n % 26).unwrap_or(0));
-        if n < 26 {
-            break;
-        }
-        n = n / 26 - 1;
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
-}
-
-#[derive(Default)]
-struct Namer {
-    vd: usize,
-    sd: usize,
-    nvme: usize,
-}
-
-impl Namer {
-    fn next(&mut self, bus: Bus) -> String {
-        let (prefix, counter) = match bus {
-            Bus::Virtio => ("vd", &mut self.vd),
-            Bus::Sata | Bus::Scsi | Bus::Usb => ("sd", &mut self.sd),
-            Bus::Nvme => {
-                let n = self.nvme;
-                self.nvme += 1;
-                return format!("nvme{n}");
-            }
-        };
-        let name = format!("{prefix}{}", letters(*counter));
-        *counter += 1;
-        name
-    }
-}
-
 /// Lays out the block devices of `input` (see the module contract).
 pub fn layout_disks(input: &DomainInput<'_>) -> Result<Vec<DiskLayout>, RenderError> {
     let spec = input.spec;
@@ -329,26 +293,18 @@ pub fn layout_disks(input: &DomainInput<'_>) -> Result<Vec<DiskLayout>, RenderEr
             message: "an instance needs at least one disk".into(),
         });
     }
-    let config_drive = match &spec.config_drive {
-        ConfigDrive::OpenstackDisk => true,
-        ConfigDrive::None => false,
-        ConfigDrive::Other(v) => {
-            return Err(unsupported(
-                "spec.configDrive".into(),
-                "config drive",
-                v,
-                ConfigDrive::known(),
-            ));
-        }
-    };
-    let mut names = Namer::default();
-    let mut out = Vec::new();
+    if let ConfigDrive::Other(v) = &spec.config_drive {
+        return Err(unsupported(
+            "spec.configDrive".into(),
+            "config drive",
+            v,
+            ConfigDrive::known(),
+        ));
+    }
     for (i, disk) in spec.disks.iter().enumerate() {
         let field = || format!("spec.disks[{i}].bus");
-        let mut bus = concrete_bus(&disk.bus, field)?;
-        let kind = match &disk.disk_type {
-            DiskType::Disk => DeviceKind::Disk,
-            DiskType::Cdrom => DeviceKind::Cdrom,
+        let bus = concrete_bus(&disk.bus, field)?;
+        match &disk.disk_type {
             DiskType::Other(v) => {
                 return Err(unsupported(
                     format!("spec.disks[{i}].type"),
@@ -357,45 +313,40 @@ pub fn layout_disks(input: &DomainInput<'_>) -> Result<Vec<DiskLayout>, RenderEr
                     DiskType::known(),
                 ));
             }
-        };
-        if kind == DeviceKind::Cdrom {
-            match bus {
-                Bus::Virtio => bus = Bus::Usb,
-                Bus::Nvme => {
-                    return Err(RenderError::Invalid {
-                        field: field(),
-                        message: "a cdrom cannot use the nvme bus".into(),
-                    });
-                }
-                _ => {}
+            DiskType::Cdrom if bus == Bus::Nvme => {
+                return Err(RenderError::Invalid {
+                    field: field(),
+                    message: "a cdrom cannot use the nvme bus".into(),
+                });
             }
+            _ => {}
         }
-        let (source, format) = match kind {
-            DeviceKind::Disk => (Some(input.paths.disk(i)), "qcow2"),
-            DeviceKind::Cdrom => (input.cdrom_sources.get(i).cloned().flatten(), "raw"),
+    }
+    // Buses and names from the one definition the API names snapshot devices by.
+    let devices = sf_schema::devices::guest_devices(spec).ok_or_else(|| RenderError::Invalid {
+        field: "spec.disks".into(),
+        message: "no device layout for these disks".into(),
+    })?;
+    let mut out = Vec::with_capacity(devices.len());
+    for device in devices {
+        let bus = concrete_bus(&device.bus, || "spec.disks".into())?;
+        let (kind, source, format) = match device.index {
+            None => (DeviceKind::Disk, Some(input.paths.config_drive()), "raw"),
+            Some(i) if device.cdrom => (
+                DeviceKind::Cdrom,
+                input.cdrom_sources.get(i).cloned().flatten(),
+                "raw",
+            ),
+            Some(i) => (DeviceKind::Disk, Some(input.paths.disk(i)), "qcow2"),
         };
         out.push(DiskLayout {
-            index: Some(i),
+            index: device.index,
             kind,
             bus,
-            target: names.next(bus),
+            target: device.name,
             source,
             format,
         });
-        if i == 0 && config_drive {
-            let cd_bus = match bus {
-                Bus::Nvme => Bus::Virtio,
-                other => other,
-            };
-            out.push(DiskLayout {
-                index: None,
-                kind: DeviceKind::Disk,
-                bus: cd_bus,
-                target: names.next(cd_bus),
-                source: Some(input.paths.config_drive()),
-                format: "raw",
-            });
-        }
     }
     Ok(out)
 }
@@ -785,16 +736,6 @@ pub fn graphics_port(xml: &str) -> Option<(String, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn letters_follow_libvirt() {
-        assert_eq!(letters(0), "a");
-        assert_eq!(letters(25), "z");
-        assert_eq!(letters(26), "aa");
-        assert_eq!(letters(27), "ab");
-        assert_eq!(letters(701), "zz");
-        assert_eq!(letters(702), "aaa");
-    }
 
     #[test]
     fn escapes_markup() {

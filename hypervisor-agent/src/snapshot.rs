@@ -2,11 +2,10 @@
 //! ([`sf_schema::snapshot`] has the request and the result).
 //!
 //! Contract:
-//! - [`choose`] is pure: the laid-out devices a request takes. `device` → that disk
-//!   (a name that is not one of the instance's disks is [`SnapshotError::NoDevice`],
-//!   listing the disks it has); `all` → every disk in device order; neither → the
-//!   instance's first disk (`spec.disks[0]`). Cdroms and the config drive are never
-//!   taken; a request that takes nothing is [`SnapshotError::NothingToSnapshot`].
+//! - [`choose`] is pure: the laid-out disks a request takes, by the names
+//!   `sf_schema::snapshot::choose` picks (the API names the same devices in its
+//!   answers); a request that names no disk of the instance, or takes nothing, is
+//!   [`SnapshotError::Choice`], not retried.
 //! - [`capture`] writes `<blobs>/<blob>` as a standalone qcow2 image of a disk file:
 //!   `qemu-img convert -U -O qcow2` flattens the disk's backing chain, and `-U` reads a
 //!   disk a running guest holds open. As with Shaken Fist's snapshots, a disk the
@@ -22,32 +21,20 @@
 
 use std::path::{Path, PathBuf};
 
-use sf_schema::snapshot::SnapshotRequest;
+use sf_schema::devices::guest_devices;
+use sf_schema::instance::InstanceSpec;
+use sf_schema::snapshot::{ChoiceError, SnapshotRequest};
 use tokio::process::Command;
 
 use crate::FileError;
-use crate::domain_xml::{DeviceKind, DiskLayout};
+use crate::domain_xml::DiskLayout;
 
 /// Why a snapshot could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// The asked device is not one of the instance's disks.
-    #[error("instance has no disk {device}; its disks are {}", .disks.join(", "))]
-    NoDevice {
-        /// The asked device.
-        device: String,
-        /// The disks it has.
-        disks: Vec<String>,
-    },
-    /// Nothing to take: the first device is not a disk and neither `device` nor
-    /// `all` was given, or the instance has no disk at all.
-    #[error(
-        "the instance's first device {first} is not a disk; name a disk with device, or set all"
-    )]
-    NothingToSnapshot {
-        /// The first device.
-        first: String,
-    },
+    /// The request takes no device of the instance.
+    #[error(transparent)]
+    Choice(#[from] ChoiceError),
     /// The disk file is not on this node (the instance is not created here yet).
     #[error("disk {device} has no file at {}", .path.display())]
     DiskMissing {
@@ -74,8 +61,8 @@ impl SnapshotError {
     /// The error report code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NoDevice { .. } => "NoSuchDevice",
-            Self::NothingToSnapshot { .. } => "NothingToSnapshot",
+            Self::Choice(ChoiceError::NoDevice { .. }) => "NoSuchDevice",
+            Self::Choice(ChoiceError::NothingToSnapshot { .. }) => "NothingToSnapshot",
             Self::BadName(_) => "BadBlobName",
             Self::DiskMissing { .. } => "DiskMissing",
             Self::Convert(_) | Self::Hash(_) | Self::Io(_) => "SnapshotFailed",
@@ -84,10 +71,7 @@ impl SnapshotError {
 
     /// Whether trying again may succeed.
     pub fn retryable(&self) -> bool {
-        !matches!(
-            self,
-            Self::NoDevice { .. } | Self::NothingToSnapshot { .. } | Self::BadName(_)
-        )
+        !matches!(self, Self::Choice(_) | Self::BadName(_))
     }
 }
 
@@ -100,51 +84,25 @@ pub struct Chosen {
     pub path: PathBuf,
 }
 
-/// The disks `request` takes from `layout` (see the module contract).
+/// The disks `request` takes from `layout` (see the module contract): the names
+/// [`sf_schema::snapshot::choose`] picks, with their files.
 pub fn choose(
+    spec: &InstanceSpec,
     layout: &[DiskLayout],
     request: &SnapshotRequest,
 ) -> Result<Vec<Chosen>, SnapshotError> {
-    let disks: Vec<&DiskLayout> = layout
-        .iter()
-        .filter(|d| d.index.is_some() && d.kind == DeviceKind::Disk)
-        .collect();
-    let chosen = |d: &DiskLayout| {
-        d.source.clone().map(|path| Chosen {
-            device: d.target.clone(),
-            path,
+    let devices = guest_devices(spec).unwrap_or_default();
+    let names = sf_schema::snapshot::choose(&devices, request)?;
+    Ok(names
+        .into_iter()
+        .filter_map(|device| {
+            let d = layout.iter().find(|d| d.target == device)?;
+            Some(Chosen {
+                device,
+                path: d.source.clone()?,
+            })
         })
-    };
-    if let Some(device) = &request.device {
-        return disks
-            .iter()
-            .find(|d| &d.target == device)
-            .and_then(|d| chosen(d))
-            .map(|c| vec![c])
-            .ok_or_else(|| SnapshotError::NoDevice {
-                device: device.clone(),
-                disks: disks.iter().map(|d| d.target.clone()).collect(),
-            });
-    }
-    let taken: Vec<Chosen> = if request.all {
-        disks.iter().filter_map(|d| chosen(d)).collect()
-    } else {
-        match layout.iter().find(|d| d.index == Some(0)) {
-            Some(first) if first.kind == DeviceKind::Disk => chosen(first).into_iter().collect(),
-            Some(first) => {
-                return Err(SnapshotError::NothingToSnapshot {
-                    first: first.target.clone(),
-                });
-            }
-            None => Vec::new(),
-        }
-    };
-    if taken.is_empty() {
-        return Err(SnapshotError::NothingToSnapshot {
-            first: "(none)".into(),
-        });
-    }
-    Ok(taken)
+        .collect())
 }
 
 /// Removes a `.partial` file when dropped, unless disarmed (a capture that fails,
@@ -215,75 +173,55 @@ pub async fn capture(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain_xml::Bus;
-
-    fn device(index: Option<usize>, kind: DeviceKind, target: &str) -> DiskLayout {
-        DiskLayout {
-            index,
-            kind,
-            bus: Bus::Virtio,
-            target: target.into(),
-            source: Some(PathBuf::from(format!("/i/{target}"))),
-            format: "qcow2",
-        }
-    }
-
-    fn layout() -> Vec<DiskLayout> {
-        vec![
-            device(Some(0), DeviceKind::Disk, "vda"),
-            device(None, DeviceKind::Disk, "vdb"), // the config drive
-            device(Some(1), DeviceKind::Cdrom, "sda"),
-            device(Some(2), DeviceKind::Disk, "vdc"),
-        ]
-    }
-
-    fn names(chosen: &[Chosen]) -> Vec<&str> {
-        chosen.iter().map(|c| c.device.as_str()).collect()
-    }
 
     #[test]
-    fn the_first_disk_one_device_or_all_disks() {
-        let first = choose(&layout(), &SnapshotRequest::default()).expect("first");
-        assert_eq!(names(&first), ["vda"]);
-        assert_eq!(first[0].path, PathBuf::from("/i/vda"));
+    fn the_chosen_devices_come_with_their_files() {
+        let spec: InstanceSpec = serde_json::from_value(serde_json::json!({
+            "cpus": 1, "memory": 512,
+            "disks": [{"size": 1}, {"base": "iso", "type": "cdrom"}, {"size": 1}],
+        }))
+        .expect("spec");
+        let paths = crate::domain_xml::InstancePaths::new(Path::new("/s"), "u-1");
+        let input = crate::domain_xml::DomainInput {
+            uid: "u-1",
+            namespace: "demo",
+            name: "web",
+            spec: &spec,
+            nics: &[],
+            paths: &paths,
+            cdrom_sources: &[],
+            nvram_template: None,
+        };
+        let layout = crate::domain_xml::layout_disks(&input).expect("layout");
         let all = SnapshotRequest {
             all: true,
             ..SnapshotRequest::default()
         };
+        let chosen = choose(&spec, &layout, &all).expect("all");
         assert_eq!(
-            names(&choose(&layout(), &all).expect("all")),
-            ["vda", "vdc"]
+            chosen,
+            [
+                Chosen {
+                    device: "vda".into(),
+                    path: paths.disk(0)
+                },
+                Chosen {
+                    device: "vdc".into(),
+                    path: paths.disk(2)
+                },
+            ]
         );
-        let one = SnapshotRequest {
-            device: Some("vdc".into()),
-            ..SnapshotRequest::default()
-        };
-        assert_eq!(names(&choose(&layout(), &one).expect("one")), ["vdc"]);
-    }
-
-    #[test]
-    fn cdroms_and_the_config_drive_are_never_taken() {
-        for device in ["vdb", "sda", "vdz"] {
-            let request = SnapshotRequest {
-                device: Some(device.into()),
+        let e = choose(
+            &spec,
+            &layout,
+            &SnapshotRequest {
+                device: Some("vdb".into()),
                 ..SnapshotRequest::default()
-            };
-            let e = choose(&layout(), &request).expect_err(device);
-            assert_eq!(
-                e.to_string(),
-                format!("instance has no disk {device}; its disks are vda, vdc")
-            );
-            assert!(!e.retryable());
-        }
-        let cdrom_first = vec![device(Some(0), DeviceKind::Cdrom, "sda")];
-        let e = choose(&cdrom_first, &SnapshotRequest::default()).expect_err("cdrom");
-        assert_eq!(e.code(), "NothingToSnapshot");
-        let all = SnapshotRequest {
-            all: true,
-            ..SnapshotRequest::default()
-        };
-        let e = choose(&cdrom_first, &all).expect_err("no disk at all");
-        assert_eq!(e.code(), "NothingToSnapshot");
+            },
+        )
+        .expect_err("the config drive");
+        assert_eq!(e.code(), "NoSuchDevice");
+        assert!(!e.retryable());
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 pub mod artifact;
 pub mod common;
 pub mod crd;
+pub mod devices;
 pub mod instance;
 pub mod interface;
 pub mod ipam;

@@ -6,7 +6,8 @@
 //! Contract (Shaken Fist's `{all, device, max_versions, thin}`):
 //! - Without `device` or `all`, the instance's first disk is snapshotted; `device`
 //!   (`vda`, `sdb`, `nvme0`) picks one disk by its guest device name; `all` takes every
-//!   disk (cdroms and the config drive are never snapshotted).
+//!   disk (cdroms and the config drive are never snapshotted): [`choose`], over the
+//!   names of [`crate::devices`], which the agent's domain XML uses too.
 //! - Each snapshotted device has its own Artifact in the instance's namespace, named
 //!   [`artifact_name`] (`<instance uid>-<device>`, as Shaken Fist names it
 //!   `<instance uuid>/<device>`), type `snapshot`, source [`source_url`]
@@ -21,6 +22,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::devices::GuestDevice;
 use crate::validation::{FieldError, FieldErrorReason};
 
 /// The longest device name accepted.
@@ -135,6 +137,70 @@ impl SnapshotRequest {
     }
 }
 
+/// Why a snapshot request takes no device of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChoiceError {
+    /// The asked device is not one of the instance's disks.
+    #[error("instance has no disk {device}; its disks are {}", .disks.join(", "))]
+    NoDevice {
+        /// The asked device.
+        device: String,
+        /// The disks it has.
+        disks: Vec<String>,
+    },
+    /// Nothing to take: the first device is not a disk and neither `device` nor
+    /// `all` was given, or the instance has no disk at all.
+    #[error(
+        "the instance's first device {first} is not a disk; name a disk with device, or set all"
+    )]
+    NothingToSnapshot {
+        /// The first device.
+        first: String,
+    },
+}
+
+/// The device names `request` takes from `devices` ([`crate::devices::guest_devices`]):
+/// `device` → that disk; `all` → every disk in device order; neither → the first
+/// `spec.disks` entry. Cdroms and the config drive are never taken.
+pub fn choose(
+    devices: &[GuestDevice],
+    request: &SnapshotRequest,
+) -> Result<Vec<String>, ChoiceError> {
+    let disks: Vec<&GuestDevice> = devices
+        .iter()
+        .filter(|d| d.index.is_some() && !d.cdrom)
+        .collect();
+    if let Some(device) = &request.device {
+        return disks
+            .iter()
+            .find(|d| &d.name == device)
+            .map(|d| vec![d.name.clone()])
+            .ok_or_else(|| ChoiceError::NoDevice {
+                device: device.clone(),
+                disks: disks.iter().map(|d| d.name.clone()).collect(),
+            });
+    }
+    let taken: Vec<String> = if request.all {
+        disks.iter().map(|d| d.name.clone()).collect()
+    } else {
+        match devices.iter().find(|d| d.index == Some(0)) {
+            Some(first) if !first.cdrom => vec![first.name.clone()],
+            Some(first) => {
+                return Err(ChoiceError::NothingToSnapshot {
+                    first: first.name.clone(),
+                });
+            }
+            None => Vec::new(),
+        }
+    };
+    if taken.is_empty() {
+        return Err(ChoiceError::NothingToSnapshot {
+            first: "(none)".into(),
+        });
+    }
+    Ok(taken)
+}
+
 /// Whether `name` can be a guest device name.
 pub fn valid_device(name: &str) -> bool {
     !name.is_empty()
@@ -157,6 +223,43 @@ pub fn source_url(instance_uid: &str, device: &str) -> String {
 
 /// The label on a snapshot Artifact naming the instance it was taken of.
 pub const SNAPSHOT_OF_LABEL: &str = "shakenfist.io/snapshot-of";
+
+/// The snapshot Artifact of `device` of the instance `instance_uid` (named
+/// `instance_name`) in `namespace`, as whoever makes it first (sf-api answering a v0.8
+/// request, or the agent) creates it; `max_versions` applies at creation only.
+pub fn artifact_object(
+    instance_uid: &str,
+    instance_name: &str,
+    namespace: &str,
+    device: &str,
+    max_versions: Option<u32>,
+) -> Value {
+    serde_json::json!({
+        "apiVersion": crate::API_VERSION,
+        "kind": "Artifact",
+        "metadata": {
+            "name": artifact_name(instance_uid, device),
+            "namespace": namespace,
+            "labels": {SNAPSHOT_OF_LABEL: instance_name},
+        },
+        "spec": {
+            "sourceUrl": source_url(instance_uid, device),
+            "artifactType": "snapshot",
+            "maxVersions": max_versions.unwrap_or(crate::artifact::DEFAULT_MAX_VERSIONS),
+        },
+    })
+}
+
+/// Whether the stored Artifact `artifact` (JSON) is the snapshot artifact of `device`
+/// of the instance `instance_uid` (and not another artifact that took its name).
+pub fn is_snapshot_artifact_of(artifact: &Value, instance_uid: &str, device: &str) -> bool {
+    artifact.pointer("/spec/sourceUrl").and_then(Value::as_str)
+        == Some(source_url(instance_uid, device).as_str())
+        && artifact
+            .pointer("/spec/artifactType")
+            .and_then(Value::as_str)
+            == Some("snapshot")
+}
 
 /// One snapshot taken: a device's disk captured into a blob on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +359,58 @@ mod tests {
         let both = SnapshotRequest::parse(&json!({"all": true, "device": "vda"}));
         assert_eq!(both.expect_err("both")[0].field, "device");
         assert!(SnapshotRequest::parse(&json!([1])).is_err());
+    }
+
+    fn devices() -> Vec<GuestDevice> {
+        let spec: crate::InstanceSpec = serde_json::from_value(json!({
+            "cpus": 1, "memory": 512,
+            "disks": [{"size": 1}, {"base": "iso", "type": "cdrom"}, {"size": 1}],
+        }))
+        .expect("spec");
+        crate::devices::guest_devices(&spec).expect("devices")
+    }
+
+    #[test]
+    fn the_first_disk_one_device_or_all_disks() {
+        // vda, the config drive vdb, the cdrom sda, vdc.
+        let first = choose(&devices(), &SnapshotRequest::default()).expect("first");
+        assert_eq!(first, ["vda"]);
+        let all = SnapshotRequest {
+            all: true,
+            ..SnapshotRequest::default()
+        };
+        assert_eq!(choose(&devices(), &all).expect("all"), ["vda", "vdc"]);
+        let one = SnapshotRequest {
+            device: Some("vdc".into()),
+            ..SnapshotRequest::default()
+        };
+        assert_eq!(choose(&devices(), &one).expect("one"), ["vdc"]);
+    }
+
+    #[test]
+    fn cdroms_and_the_config_drive_are_never_taken() {
+        for device in ["vdb", "sda", "vdz"] {
+            let request = SnapshotRequest {
+                device: Some(device.into()),
+                ..SnapshotRequest::default()
+            };
+            let e = choose(&devices(), &request).expect_err(device);
+            assert_eq!(
+                e.to_string(),
+                format!("instance has no disk {device}; its disks are vda, vdc")
+            );
+        }
+        let mut cdrom_first = devices();
+        cdrom_first.retain(|d| d.cdrom);
+        cdrom_first[0].index = Some(0);
+        let e = choose(&cdrom_first, &SnapshotRequest::default()).expect_err("cdrom");
+        assert!(matches!(e, ChoiceError::NothingToSnapshot { .. }));
+        let all = SnapshotRequest {
+            all: true,
+            ..SnapshotRequest::default()
+        };
+        let e = choose(&cdrom_first, &all).expect_err("no disk at all");
+        assert!(matches!(e, ChoiceError::NothingToSnapshot { .. }));
     }
 
     #[test]

@@ -139,8 +139,9 @@ fn an_artifact_is_fetched_replicated_and_backs_instance_disks() {
     let fail = |what: String| -> ! {
         let ops = system.sf(&["get", "clusteroperations", "-A", "-o", "wide"]);
         panic!(
-            "{what}\noperations:\n{}\nartifacts: {:?}\nblobs: {:?}\n{}",
+            "{what}\noperations:\n{}\ninstances: {:?}\nartifacts: {:?}\nblobs: {:?}\n{}",
             String::from_utf8_lossy(&ops.stdout),
+            get(&system, &["get", "instances", "-n", "arts", "-o", "json"]),
             get(&system, &["get", "artifacts", "-n", "arts", "-o", "json"]),
             get(&system, &["get", "blobs", "-o", "json"]),
             system.logs()
