@@ -372,10 +372,22 @@ pub async fn reconcile_node(obj: Arc<Node>, ctx: Arc<Context>) -> Result<Requeue
     .await
 }
 
-/// A shared store for kind `K`: its reader, writer and the subscriptions asked for.
+/// A store for kind `K` fed by one watch on sf-api, and the trigger streams of the
+/// controllers that follow it.
+///
+/// Not kube-runtime's shared streams: its `ReflectHandle` (kube-runtime 5.0.0,
+/// `reflector/dispatcher.rs`) answers `Pending` without arranging a wake-up when the
+/// object an event names has left the store before the handle read it (an update
+/// followed at once by the object's removal, as an instance's last status write and
+/// its finalizer removal are). The stream then never yields again, and every later
+/// change of that kind reaches no controller (seen as an instance delete that was
+/// never acted on). Here each subscriber gets every object itself, removals
+/// included, through its own unbounded channel: nothing is lost and no slow
+/// subscriber holds the watch back.
 struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
+    subscribers: Arc<Subscribers<K>>,
 }
 
 impl<K> Shared<K>
@@ -389,33 +401,70 @@ where
         + 'static,
 {
     fn new() -> Self {
-        let (reader, writer) = reflector::store_shared(1024);
-        Self { reader, writer }
+        let (reader, writer) = reflector::store();
+        Self {
+            reader,
+            writer,
+            subscribers: Arc::default(),
+        }
     }
 
-    fn subscribe(&self) -> reflector::ReflectHandle<K> {
-        // A shared writer always has a dispatcher.
-        #[allow(clippy::expect_used)]
-        self.writer
-            .subscribe()
-            .expect("store_shared writers always subscribe")
+    /// A new trigger stream: every object the watch applies or removes (and every
+    /// object once the initial list is stored), from now on.
+    fn subscribe(&self) -> futures::channel::mpsc::UnboundedReceiver<Arc<K>> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        if let Ok(mut subscribers) = self.subscribers.lock() {
+            subscribers.push(tx);
+        }
+        rx
     }
 
-    /// The reflector driving this store from one watch on sf-api.
+    /// The reflector driving this store from one watch on sf-api; it hands each event's
+    /// object to every subscriber after storing it.
     fn drive(self, client: kube::Client) -> BoxFut {
         let api: Api<K> = Api::all(client);
         let kind = K::kind(&()).into_owned();
+        let reader = self.reader;
+        let subscribers = self.subscribers;
         Box::pin(
             watcher(api, watcher::Config::default())
                 .default_backoff()
-                .reflect_shared(self.writer)
+                .reflect(self.writer)
                 .for_each(move |event| {
-                    if let Err(e) = event {
-                        tracing::warn!(kind = %kind, error = %e, "watch");
+                    match event {
+                        Ok(event) => fan_out(&reader, &subscribers, event),
+                        Err(e) => tracing::warn!(kind = %kind, error = %e, "watch"),
                     }
                     std::future::ready(())
                 }),
         )
+    }
+}
+
+/// The subscribers of one [`Shared`] store.
+type Subscribers<K> = std::sync::Mutex<Vec<futures::channel::mpsc::UnboundedSender<Arc<K>>>>;
+
+/// Hands the object of a stored watch event to every subscriber: an applied or
+/// removed object, or every object once the initial list is stored. A subscriber
+/// whose receiver went away (its controller stopped) is dropped.
+fn fan_out<K>(reader: &Store<K>, subscribers: &Subscribers<K>, event: watcher::Event<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let objects: Vec<Arc<K>> = match event {
+        watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => vec![Arc::new(obj)],
+        watcher::Event::InitDone => reader.state(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+    };
+    if objects.is_empty() {
+        return;
+    }
+    if let Ok(mut subscribers) = subscribers.lock() {
+        subscribers.retain(|tx| {
+            objects
+                .iter()
+                .all(|obj| tx.unbounded_send(obj.clone()).is_ok())
+        });
     }
 }
 
@@ -924,4 +973,60 @@ pub async fn run(
         Box::pin(node_controller),
     ];
     futures::future::join_all(futures).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use kube::runtime::watcher::Event;
+    use sf_schema::node::NodeSpec;
+
+    use super::*;
+
+    fn node(name: &str) -> Node {
+        Node::new(name, NodeSpec::default())
+    }
+
+    /// The lost wake-up of kube-runtime's shared streams: an object applied and
+    /// removed before a subscriber reads it. Every subscriber still gets both events
+    /// and every later one; a subscriber that went away no longer holds anything.
+    #[tokio::test]
+    async fn every_subscriber_gets_every_change_removals_included() {
+        let (reader, mut writer) = reflector::store::<Node>();
+        let subscribers: Subscribers<Node> = std::sync::Mutex::default();
+        let subscribe = || {
+            let (tx, rx) = futures::channel::mpsc::unbounded();
+            subscribers.lock().expect("lock").push(tx);
+            rx
+        };
+        let mut a = subscribe();
+        let mut b = subscribe();
+        let gone = subscribe();
+        drop(gone);
+        for event in [Event::Init, Event::InitApply(node("hv-0")), Event::InitDone] {
+            writer.apply_watcher_event(&event);
+            fan_out(&reader, &subscribers, event);
+        }
+        for event in [
+            Event::Apply(node("near")),
+            Event::Delete(node("near")),
+            Event::Apply(node("far")),
+        ] {
+            writer.apply_watcher_event(&event);
+            fan_out(&reader, &subscribers, event);
+        }
+        for rx in [&mut a, &mut b] {
+            let mut names = Vec::new();
+            for _ in 0..4 {
+                names.push(rx.next().await.expect("an event").name_any());
+            }
+            assert_eq!(names, ["hv-0", "near", "near", "far"]);
+        }
+        assert_eq!(
+            subscribers.lock().expect("lock").len(),
+            2,
+            "the dropped one is gone"
+        );
+        assert!(reader.get(&ObjectRef::new("near")).is_none());
+    }
 }
