@@ -182,30 +182,23 @@ impl Gateway {
     /// Reads one object of `kind` by its uid (in whatever namespace it is: callers
     /// check the scope).
     pub async fn get_by_uid(&self, kind: &str, uid: &str) -> Result<Value, GatewayError> {
-        let reply = self
-            .client
-            .call("get_resource", |mut g| {
-                let request = pb::GetResourceRequest {
-                    key: Some(key(kind, "", "")),
-                    uid: uid.to_string(),
-                    deleted: false,
-                };
-                async move { g.get_resource(request).await }
-            })
-            .await?;
-        parse(&reply.object)
+        self.by_uid(kind, uid, false).await
     }
 
     /// The final state of a removed object by uid, while sf-database keeps its
     /// tombstone (NotFound otherwise).
     pub async fn get_deleted(&self, kind: &str, uid: &str) -> Result<Value, GatewayError> {
+        self.by_uid(kind, uid, true).await
+    }
+
+    async fn by_uid(&self, kind: &str, uid: &str, deleted: bool) -> Result<Value, GatewayError> {
         let reply = self
             .client
             .call("get_resource", |mut g| {
                 let request = pb::GetResourceRequest {
                     key: Some(key(kind, "", "")),
                     uid: uid.to_string(),
-                    deleted: true,
+                    deleted,
                 };
                 async move { g.get_resource(request).await }
             })

@@ -163,15 +163,7 @@ async fn instance_operations_follow_the_intent_sequence() {
             object_uuid: uid.clone(),
         }],
     };
-    env.gateway
-        .call("record_event_batch", |mut g| {
-            let request = sf_proto::v1::RecordEventBatchRequest {
-                events: vec![event.clone()],
-            };
-            async move { g.record_event_batch(request).await }
-        })
-        .await
-        .expect("record");
+    env.record_event(event.clone()).await;
     let rows = env
         .raw("GET", &format!("{inst}/events?limit=5"), &[], None)
         .await

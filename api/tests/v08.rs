@@ -561,15 +561,7 @@ async fn instance_actions_events_and_interfaces_on_v08_paths() {
                 object_uuid: uuid.clone(),
             }],
         };
-        env.gateway
-            .call("record_event_batch", |mut g| {
-                let request = sf_proto::v1::RecordEventBatchRequest {
-                    events: vec![event.clone()],
-                };
-                async move { g.record_event_batch(request).await }
-            })
-            .await
-            .expect("record");
+        env.record_event(event).await;
     }
     let all = raw_on(&a, "GET", "/instances/web-1/events", &[], None).await;
     assert_eq!(all.status, 200, "{}", all.text());

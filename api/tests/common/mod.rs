@@ -200,6 +200,19 @@ impl Env {
         kube_client_ca(&self.url, Some(token), self.ca.as_deref())
     }
 
+    /// Records `event` through the gateway (as a daemon's spool drains it).
+    pub async fn record_event(&self, event: sf_proto::v1::Event) {
+        self.gateway
+            .call("record_event_batch", |mut g| {
+                let request = sf_proto::v1::RecordEventBatchRequest {
+                    events: vec![event.clone()],
+                };
+                async move { g.record_event_batch(request).await }
+            })
+            .await
+            .expect("record");
+    }
+
     /// Creates namespace `ns` through the gateway (fine if it exists).
     pub async fn add_namespace(&self, ns: &str) {
         if let Err(e) = self.api_gateway().create_namespace(ns).await {

@@ -856,39 +856,47 @@ impl Store {
 
     /// Reads one object of `kind` by uid.
     pub async fn get_by_uid(&self, kind: &str, uid: &str) -> Result<Stored, StoreError> {
-        let row = sqlx::query(
+        self.one_by_uid(
             "SELECT resource_version, object FROM resources WHERE uid = ? AND kind = ?",
+            "get resource by uid",
+            kind,
+            uid,
         )
-        .bind(uid)
-        .bind(kind)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(StoreError::query("get resource by uid"))?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: kind.to_string(),
-            namespace: String::new(),
-            name: uid.to_string(),
-        })?;
+    }
+
+    /// The row `sql` (binding uid, then kind) reads, as a Stored; NotFound when none.
+    async fn one_by_uid(
+        &self,
+        sql: &'static str,
+        action: &'static str,
+        kind: &str,
+        uid: &str,
+    ) -> Result<Stored, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(uid)
+            .bind(kind)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::query(action))?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: kind.to_string(),
+                namespace: String::new(),
+                name: uid.to_string(),
+            })?;
         stored_from_row(&row)
     }
 
     /// The final state of the removed object `uid` of `kind` while its tombstone is
     /// kept ([`TOMBSTONE_KINDS`]; NotFound otherwise).
     pub async fn get_deleted(&self, kind: &str, uid: &str) -> Result<Stored, StoreError> {
-        let row = sqlx::query(
+        self.one_by_uid(
             "SELECT resource_version, object FROM tombstones WHERE uid = ? AND kind = ?",
+            "get tombstone",
+            kind,
+            uid,
         )
-        .bind(uid)
-        .bind(kind)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(StoreError::query("get tombstone"))?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: kind.to_string(),
-            namespace: String::new(),
-            name: uid.to_string(),
-        })?;
-        stored_from_row(&row)
     }
 
     /// Deletes the tombstones older than `keep_for`; returns how many.
