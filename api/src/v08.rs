@@ -48,7 +48,7 @@
 //!   instance (200); 409 for a deleted instance, a pause of one powered off, an
 //!   unpause of one not paused, a reboot of one not on; another action 404.
 //! - `GET /instances/{ref}/events`: v0.8 event rows, newest first (`event_type` and
-//!   `limit` from the query or the JSON body); `GET /instances/{ref}/interfaces`:
+//!   `limit` from the query or the JSON body; a recently deleted instance's by uuid); `GET /instances/{ref}/interfaces`:
 //!   `{uuid, name, instance_uuid, network_uuid, macaddr, ipv4, floating, model, order,
 //!   state}` in the order the guest sees them.
 //!
@@ -794,7 +794,8 @@ async fn instance_for(
 }
 
 /// `GET /instances/{ref}/events` (filters `event_type` and `limit` in the query or
-/// the JSON body, as `shakenfist-client` sends them).
+/// the JSON body, as `shakenfist-client` sends them); a recently deleted instance's
+/// too, by uuid (its tombstone), as v0.8 keeps deleted objects' events readable.
 async fn instance_events(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -805,7 +806,17 @@ async fn instance_events(
     done(
         async {
             let body = body_json(&body)?;
-            let object = instance_for(&app, &caller, &reference, query.as_deref(), &body).await?;
+            let object =
+                match instance_for(&app, &caller, &reference, query.as_deref(), &body).await {
+                    Ok(object) => object,
+                    Err(missing) => {
+                        let ns =
+                            lookup_namespace(&caller, param(query.as_deref(), &body, "namespace"))?;
+                        deleted(&app, "Instance", ns.as_deref(), &reference)
+                            .await
+                            .ok_or(missing)?
+                    }
+                };
             let event_type = param(query.as_deref(), &body, "event_type").unwrap_or_default();
             let limit = match body.get("limit").and_then(Value::as_i64) {
                 Some(n) => Some(n.to_string()),

@@ -141,6 +141,12 @@ async fn instances_and_networks_on_v08_paths() {
     assert_eq!(tomb.status, 200, "{}", tomb.text());
     assert_eq!(tomb.json()["state"], "deleted");
     assert_eq!(tomb.json()["name"], "web-1");
+    // Its events stay readable by uuid (none were recorded here); not for others.
+    let events = raw_on(&a, "GET", &format!("/instances/{uuid}/events"), &[], None).await;
+    assert_eq!(events.status, 200, "{}", events.text());
+    assert_eq!(events.json(), json!([]));
+    let hidden = raw_on(&b, "GET", &format!("/instances/{uuid}/events"), &[], None).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
     let by_name = raw_on(&a, "GET", "/instances/web-1", &[], None).await;
     assert_eq!(by_name.status, 404, "{}", by_name.text());
     let foreign = raw_on(&b, "GET", &format!("/instances/{uuid}"), &[], None).await;
