@@ -405,31 +405,42 @@ async fn create(
     let ns = lookup_namespace(caller, param(query, body, "namespace"))?
         .unwrap_or_else(|| caller.namespace.clone());
     let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
-    let info = app
-        .kinds
-        .by_kind(kind)
-        .cloned()
-        .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
     let object = json!({
         "apiVersion": API_VERSION,
         "kind": kind,
         "metadata": {"name": name, "namespace": ns},
         "spec": spec,
     });
-    let subject = crate::error::Subject {
-        group: sf_schema::GROUP.into(),
-        plural: info.plural.clone(),
-        kind: kind.into(),
-        name: name.into(),
-    };
+    let created = create_object(app, object, &ns).await?;
+    Ok(json_response(StatusCode::OK, &flatten(&created)))
+}
+
+/// `object` (of the kind it names) admitted like any write of the Kubernetes paths
+/// (strict decoding, validation), with its subject for errors.
+fn admitted(app: &App, object: Value) -> Result<(Value, crate::error::Subject), Response> {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let subject = subject_of(app, &kind, &object)?;
+    let info = app
+        .kinds
+        .by_kind(&kind)
+        .cloned()
+        .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
     let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
         .map_err(|e| error_response(&e.into_api(&subject)))?;
-    let created = app
-        .gateway
-        .create(&admitted.object, false)
+    Ok((admitted.object, subject))
+}
+
+/// Creates `object` in `namespace` once [`admitted`]; a missing namespace is 404.
+async fn create_object(app: &App, object: Value, namespace: &str) -> Result<Value, Response> {
+    let (object, subject) = admitted(app, object)?;
+    app.gateway
+        .create(&object, false)
         .await
-        .map_err(|e| error_response(&ApiError::from_create(&e, &subject, Some(&ns))))?;
-    Ok(json_response(StatusCode::OK, &flatten(&created)))
+        .map_err(|e| error_response(&ApiError::from_create(&e, &subject, Some(namespace))))
 }
 
 fn done(result: Result<Response, Response>) -> Response {
@@ -734,7 +745,7 @@ async fn set_routes(
     if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
         spec.insert("routedAddressCount".into(), json!(count));
     }
-    let updated = update_spec(app, "Network", object).await?;
+    let updated = update_spec(app, object).await?;
     Ok(json_response(StatusCode::ACCEPTED, &flatten(&updated)))
 }
 
@@ -759,7 +770,7 @@ fn subject_of(app: &App, kind: &str, object: &Value) -> Result<crate::error::Sub
 /// Stores the spec of `object` (read from the store, then changed by the caller),
 /// admitted as an update with the read resourceVersion as precondition: a write
 /// made in between is a 409, never overwritten.
-async fn update_spec(app: &App, kind: &str, mut object: Value) -> Result<Value, Response> {
+async fn update_spec(app: &App, mut object: Value) -> Result<Value, Response> {
     let resource_version = object
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -767,16 +778,9 @@ async fn update_spec(app: &App, kind: &str, mut object: Value) -> Result<Value, 
     if let Some(o) = object.as_object_mut() {
         o.remove("status");
     }
-    let subject = subject_of(app, kind, &object)?;
-    let info = app
-        .kinds
-        .by_kind(kind)
-        .cloned()
-        .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
-    let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
-        .map_err(|e| error_response(&e.into_api(&subject)))?;
+    let (object, subject) = admitted(app, object)?;
     app.gateway
-        .update(&admitted.object, resource_version, Part::Main, false)
+        .update(&object, resource_version, Part::Main, false)
         .await
         .map_err(|e| error_response(&ApiError::from_gateway(&e, &subject)))
 }
@@ -1045,15 +1049,8 @@ async fn snapshot_artifact(
                 device,
                 max_versions,
             );
-            let subject = subject_of(app, "Artifact", &object)?;
-            let info = app
-                .kinds
-                .by_kind("Artifact")
-                .cloned()
-                .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
-            let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
-                .map_err(|e| error_response(&e.into_api(&subject)))?;
-            match app.gateway.create(&admitted.object, false).await {
+            let (object, _) = admitted(app, object)?;
+            match app.gateway.create(&object, false).await {
                 Ok(created) => created,
                 Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => app
                     .gateway
@@ -1221,7 +1218,7 @@ async fn power_action(
             if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("powerState".into(), json!(wanted.as_str()));
             }
-            match update_spec(app, "Instance", object).await {
+            match update_spec(app, object).await {
                 Ok(updated) => object = updated,
                 Err(response) if response.status() == StatusCode::CONFLICT => continue,
                 Err(response) => return Err(response),
@@ -1544,30 +1541,13 @@ async fn create_artifact(
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .map_or_else(|| artifact_name(&url), str::to_string);
-        let info = app
-            .kinds
-            .by_kind("Artifact")
-            .cloned()
-            .ok_or_else(|| sf_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown kind"))?;
         let object = json!({
             "apiVersion": API_VERSION,
             "kind": "Artifact",
             "metadata": {"name": name, "namespace": ns},
             "spec": {"sourceUrl": url, "artifactType": "image", "shared": shared},
         });
-        let subject = crate::error::Subject {
-            group: sf_schema::GROUP.into(),
-            plural: info.plural.clone(),
-            kind: "Artifact".into(),
-            name: name.clone(),
-        };
-        let admitted = admit(&info, object, Part::Main, FieldValidation::Strict)
-            .map_err(|e| error_response(&e.into_api(&subject)))?;
-        let created = app
-            .gateway
-            .create(&admitted.object, false)
-            .await
-            .map_err(|e| error_response(&ApiError::from_create(&e, &subject, Some(&ns))))?;
+        let created = create_object(&app, object, &ns).await?;
         Ok(json_response(StatusCode::OK, &flatten_artifact(&created)))
     };
     done(run.await)

@@ -316,6 +316,22 @@ enum Ended {
     Released,
 }
 
+/// A Blob this agent records: bytes it wrote (`size`, `mime` type, where from) for
+/// `namespace`.
+fn blob_object(name: &str, namespace: &str, size: u64, mime: &str, source: &str) -> Value {
+    json!({
+        "apiVersion": sf_schema::API_VERSION,
+        "kind": "Blob",
+        "metadata": {"name": name},
+        "spec": {
+            "ownerNamespace": namespace,
+            "size": size,
+            "mimeType": mime,
+            "source": source,
+        },
+    })
+}
+
 /// The lock serialising work on one instance.
 fn instance_lock_key(namespace: &str, name: &str) -> String {
     format!("instance:{namespace}/{name}")
@@ -1216,29 +1232,22 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let namespace = t.namespace.clone().unwrap_or_default();
-        let object = json!({
-            "apiVersion": sf_schema::API_VERSION,
-            "kind": "Blob",
-            "metadata": {"name": blob_name},
-            "spec": {
-                "ownerNamespace": namespace,
-                "size": size,
-                "mimeType": mime,
-                "source": format!("screenshot of instance {namespace}/{}", t.name),
-            },
-        });
+        let source = format!("screenshot of instance {namespace}/{}", t.name);
+        let object = blob_object(
+            &blob_name,
+            &namespace,
+            u64::try_from(size).unwrap_or(u64::MAX),
+            &mime,
+            &source,
+        );
         let g = &self.inner.gateway;
-        let blob = match g.create(&object).await {
-            Ok(b) => b,
-            Err(e) if e.code() == Some(Code::AlreadyExists) => g
-                .get::<Value>("Blob", None, &blob_name)
-                .await?
-                .ok_or_else(|| HandlerError::NotFound {
-                    kind: "Blob",
-                    name: blob_name.clone(),
-                })?,
-            Err(e) => return Err(e.into()),
-        };
+        let blob = g
+            .create_or_get(&object)
+            .await?
+            .ok_or_else(|| HandlerError::NotFound {
+                kind: "Blob",
+                name: blob_name.clone(),
+            })?;
         let blob_uid = blob["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
@@ -1318,26 +1327,14 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         sha512: &str,
     ) -> Result<(), HandlerError> {
         let g = &self.inner.gateway;
-        let object = json!({
-            "apiVersion": sf_schema::API_VERSION,
-            "kind": "Blob",
-            "metadata": {"name": blob},
-            "spec": {
-                "ownerNamespace": namespace,
-                "size": size,
-                "mimeType": sf_schema::snapshot::SNAPSHOT_MIME_TYPE,
-                "source": source,
-            },
-        });
-        let stored: Blob = match g.create(&object).await {
-            Ok(created) => serde_json::from_value(created)
-                .map_err(|e| HandlerError::BadOperation(e.to_string()))?,
-            Err(e) if e.code() == Some(Code::AlreadyExists) => g
-                .get("Blob", None, blob)
-                .await?
-                .ok_or_else(|| HandlerError::NotReady(format!("blob {blob} vanished")))?,
-            Err(e) => return Err(e.into()),
-        };
+        let mime = sf_schema::snapshot::SNAPSHOT_MIME_TYPE;
+        let object = blob_object(blob, namespace, size, mime, source);
+        let stored = g
+            .create_or_get(&object)
+            .await?
+            .ok_or_else(|| HandlerError::NotReady(format!("blob {blob} vanished")))?;
+        let stored: Blob = serde_json::from_value(stored)
+            .map_err(|e| HandlerError::BadOperation(e.to_string()))?;
         let status = stored.status.unwrap_or_default();
         let node = self.node_name().to_owned();
         if status.state == ResourceState::Deleted
@@ -1377,30 +1374,17 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         let uid = inst.metadata.uid.clone().unwrap_or_default();
         let name = sf_schema::snapshot::artifact_name(&uid, device);
         let g = &self.inner.gateway;
-        let existing: Option<Value> = g.get("Artifact", Some(namespace), &name).await?;
-        let artifact = match existing {
-            Some(a) => a,
-            None => {
-                let object = sf_schema::snapshot::artifact_object(
-                    &uid,
-                    inst.metadata.name.as_deref().unwrap_or_default(),
-                    namespace,
-                    device,
-                    max_versions,
-                );
-                match g.create(&object).await {
-                    Ok(created) => created,
-                    // A racing request or re-run made it: read it back.
-                    Err(e) if e.code() == Some(Code::AlreadyExists) => g
-                        .get("Artifact", Some(namespace), &name)
-                        .await?
-                        .ok_or_else(|| {
-                            HandlerError::NotReady(format!("artifact {name} vanished"))
-                        })?,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+        let object = sf_schema::snapshot::artifact_object(
+            &uid,
+            inst.metadata.name.as_deref().unwrap_or_default(),
+            namespace,
+            device,
+            max_versions,
+        );
+        let artifact = g
+            .create_or_get(&object)
+            .await?
+            .ok_or_else(|| HandlerError::NotReady(format!("artifact {name} vanished")))?;
         if !sf_schema::snapshot::is_snapshot_artifact_of(&artifact, &uid, device) {
             return Err(HandlerError::BadOperation(format!(
                 "artifact {namespace}/{name} exists and does not hold snapshots of {device} of \

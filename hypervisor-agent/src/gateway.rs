@@ -170,6 +170,26 @@ impl Gateway {
         reply.objects.iter().map(|o| decode(kind, o)).collect()
     }
 
+    /// Creates `object`, or reads it back when it exists already (a re-run, or a
+    /// racing maker, made it); `None` when it went again in between.
+    pub async fn create_or_get(&self, object: &Value) -> Result<Option<Value>, GatewayError> {
+        match self.create(object).await {
+            Ok(created) => Ok(Some(created)),
+            Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                let kind = object["kind"].as_str().unwrap_or_default();
+                let namespace = object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str);
+                let name = object
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                self.get(kind, namespace, name).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates an object; returns it as stored.
     pub async fn create(&self, object: &Value) -> Result<Value, GatewayError> {
         let kind = object["kind"].as_str().unwrap_or("object").to_owned();
