@@ -30,6 +30,11 @@ if ! command -v kubectl >/dev/null 2>&1; then
 fi
 
 missing=()
+# The real shakenfist-client test (sf-api) installs it into a virtualenv: Debian's own
+# python3 needs python3-venv for that; a pyenv or other full Python has it built in.
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  missing+=("python3-venv")
+fi
 for entry in "${needs[@]}"; do
   probe=${entry%%:*}
   pkg=${entry#*:}
