@@ -7,7 +7,7 @@
 //! against it unchanged (see `shared/research/k8s-api.md`).
 //!
 //! Modules: [`actions`] (instance operations, blob data, events, admin resources),
-//! [`v08`] (Shaken Fist v0.8 `/instances`, `/networks`, `/artifacts`), [`openapi`] (OpenAPI v3 for kubectl), [`requests`] (metrics, api-requests events), [`plan`] (dry-run plans with sf-plan), [`table`] (kubectl Table output), [`auth`] (keys, tokens, the token check), [`namespaces`] (namespace and
+//! [`v08`] (Shaken Fist v0.8 `/instances`, `/networks`, `/interfaces`, `/artifacts`, `/nodes`, `/blobs`), [`openapi`] (OpenAPI v3 for kubectl), [`requests`] (metrics, api-requests events), [`plan`] (dry-run plans with sf-plan), [`table`] (kubectl Table output), [`auth`] (keys, tokens, the token check), [`namespaces`] (namespace and
 //! key management), [`config`] (keys), [`server`] (routes, request ids, health, shutdown), [`tls`]
 //! (HTTPS: certificates, reloading, self-signed generation),
 //! [`resources`] (CRUD, patch, `/status`), [`watch`], [`discovery`], [`admission`]

@@ -226,7 +226,20 @@ async fn root() -> Response {
 }
 
 /// What this API can do (Shaken Fist's `GET /` capability strings).
-pub const CAPABILITIES: &[&str] = &["kubernetes-api", "namespace-keys", "events-by-type"];
+/// Each names a `shakenfist-client` check (`check_capability`) whose calls are served.
+pub const CAPABILITIES: &[&str] = &[
+    "kubernetes-api",
+    "namespace-keys",
+    "events-by-type",
+    "blob-events",
+    "get-instance-namespace",
+    "get-network-namespace",
+    "list-addresses",
+    "route-addresses",
+    "node-get",
+    "provide-dns",
+    "cluster-resources",
+];
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     match app.requests.encode() {

@@ -1,8 +1,10 @@
 //! The real `shakenfist-client` from PyPI (pinned: 0.8.3) against sf-api's v0.8 paths:
 //! authentication, networks, instances, power actions, a snapshot request and the
-//! snapshot list, events, interfaces, artifacts,
-//! errors, and deletes (the instance's polled by uuid until it reads `deleted`), each
-//! through the client's own Python API.
+//! snapshot list, events (of instances, networks and artifacts), interfaces (by
+//! instance, by network, by uuid; float and defloat), network addresses, nodes,
+//! blobs, artifacts, errors, and deletes (one instance, and every instance of a
+//! namespace, each polled by uuid until it reads `deleted`), each through the
+//! client's own Python API.
 //!
 //! The client lives in a virtualenv under Cargo's target directory, made on the first
 //! run with `python3 -m venv` and `pip install` (PyPI is one of the registries these
@@ -59,6 +61,24 @@ out['snapshots'] = c.get_instance_snapshots('web-1')
 out['events'] = c.get_instance_events('web-1', limit=5)
 out['interfaces'] = c.get_instance_interfaces('web-1')
 out['artifacts'] = c.get_artifacts()
+out['artifact_events'] = c.get_artifact_events(out['artifacts'][0]['uuid'])
+# An interface (what the instance controller would make), through the client.
+made = requests.post(
+    os.environ['SF_URL'] + '/apis/shakenfist.io/v1alpha1/namespaces/ta/networkinterfaces',
+    headers={'Authorization': 'Bearer ' + os.environ['SF_SYSTEM_TOKEN']},
+    json={'apiVersion': 'shakenfist.io/v1alpha1', 'kind': 'NetworkInterface',
+          'metadata': {'name': 'web-1-0', 'namespace': 'ta'},
+          'spec': {'instance': 'web-1', 'network': 'web'}}, timeout=30)
+made.raise_for_status()
+iface = made.json()['metadata']['uid']
+out['interface'] = c.get_interface(iface)
+out['float'] = c.float_interface(iface)
+out['defloat'] = c.defloat_interface(iface)
+out['network_interfaces'] = c.get_network_interfaces('web')
+out['network_addresses'] = c.get_network_addresses('web')
+out['network_events'] = c.get_network_events('web', limit=5)
+out['nodes'] = c.get_nodes()
+out['blobs'] = c.get_blobs()
 try:
     c.get_instance('nothing-here')
     out['missing'] = 'found'
@@ -67,6 +87,12 @@ except apiclient.ResourceNotFoundException:
 # A synchronous delete polls the instance by uuid until it reads state deleted.
 out['deleted'] = c.delete_instance(inst['uuid'])
 out['after_delete'] = c.get_instances()
+# Deleting every instance of the namespace waits until each reads deleted.
+second = c.create_instance(
+    'web-2', 1, 512, [], [{'size': 8, 'base': None, 'bus': None, 'type': 'disk'}], None, None)
+out['second'] = second
+out['deleted_all'] = c.delete_all_instances('ta')
+out['after_delete_all'] = c.get_instances()
 out['network_deleted'] = c.delete_network(net['uuid'])
 print(json.dumps(out))
 "#;
@@ -188,4 +214,20 @@ async fn shakenfist_client_drives_the_v08_paths() {
     assert_eq!(got["deleted"]["state"], "deleted", "{got}");
     assert_eq!(got["after_delete"], json!([]), "{got}");
     assert_eq!(got["network_deleted"]["name"], "web", "{got}");
+    assert_eq!(got["artifact_events"], json!([]), "{got}");
+    assert_eq!(got["interface"]["instance_uuid"], uuid, "{got}");
+    assert_eq!(got["interface"]["network_uuid"], got["network"]["uuid"]);
+    assert_eq!(got["float"]["uuid"], got["interface"]["uuid"]);
+    assert_eq!(got["defloat"]["uuid"], got["interface"]["uuid"]);
+    assert_eq!(
+        got["network_interfaces"][0]["uuid"], got["interface"]["uuid"],
+        "{got}"
+    );
+    // No controller runs here: nothing reserved, no node, no blob.
+    assert_eq!(got["network_addresses"], json!([]), "{got}");
+    assert_eq!(got["network_events"], json!([]), "{got}");
+    assert_eq!(got["nodes"], json!([]), "{got}");
+    assert_eq!(got["blobs"], json!([]), "{got}");
+    assert_eq!(got["deleted_all"], json!([got["second"]["uuid"]]), "{got}");
+    assert_eq!(got["after_delete_all"], json!([]), "{got}");
 }

@@ -775,3 +775,358 @@ async fn snapshots_on_v08_paths() {
     assert_eq!(rows[0]["uuid"], taken["vda"]["artifact_uuid"]);
     assert_eq!(rows[0]["source_url"], format!("sf://instance/{uuid}/vda"));
 }
+
+/// v0.8 interfaces (by uuid, float and defloat), a network's interfaces and
+/// addresses, nodes and blobs with their events, and deleting every instance of a
+/// namespace.
+#[tokio::test]
+async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
+    let env = start().await;
+    let a = env.tenant("ta", "key-a").await;
+    let b = env.tenant("tb", "key-b").await;
+    let api = "/apis/shakenfist.io/v1alpha1";
+    let net = raw_on(
+        &a,
+        "POST",
+        "/networks",
+        &[],
+        Some(json!({"name": "web", "netblock": "10.0.0.0/24"})),
+    )
+    .await
+    .json();
+    let net_uuid = net["uuid"].as_str().expect("uuid").to_string();
+    let inst = raw_on(
+        &a,
+        "POST",
+        "/instances",
+        &[],
+        Some(json!({"name": "web-1", "cpus": 1, "memory": 512, "disk": [{"size": 8}]})),
+    )
+    .await
+    .json();
+    let inst_uuid = inst["uuid"].as_str().expect("uuid").to_string();
+    let made = env
+        .raw(
+            "POST",
+            &format!("{api}/namespaces/ta/networkinterfaces"),
+            &[],
+            Some(json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "NetworkInterface",
+                "metadata": {"name": "web-1-0", "namespace": "ta"},
+                "spec": {"instance": "web-1", "network": "web"},
+            })),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let iface_uuid = made.json()["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+
+    // One interface by uuid, only in its namespace.
+    let shown = raw_on(&a, "GET", &format!("/interfaces/{iface_uuid}"), &[], None).await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    assert_eq!(shown.json()["instance_uuid"], inst_uuid.as_str());
+    assert_eq!(shown.json()["network_uuid"], net_uuid.as_str());
+    assert_eq!(shown.json()["order"], 0);
+    let hidden = raw_on(&b, "GET", &format!("/interfaces/{iface_uuid}"), &[], None).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+
+    // float / defloat set spec.float; a repeat writes nothing.
+    let stored = || async {
+        let got = env
+            .raw(
+                "GET",
+                &format!("{api}/namespaces/ta/networkinterfaces/web-1-0"),
+                &[],
+                None,
+            )
+            .await
+            .json();
+        (
+            got["spec"]["float"].as_bool().unwrap_or(false),
+            got["metadata"]["resourceVersion"].clone(),
+        )
+    };
+    let float = raw_on(
+        &a,
+        "POST",
+        &format!("/interfaces/{iface_uuid}/float"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(float.status, 200, "{}", float.text());
+    assert_eq!(float.json()["uuid"], iface_uuid.as_str());
+    let (floating, version) = stored().await;
+    assert!(floating);
+    raw_on(
+        &a,
+        "POST",
+        &format!("/interfaces/{iface_uuid}/float"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        stored().await.1,
+        version,
+        "already floating: nothing written"
+    );
+    let foreign = raw_on(
+        &b,
+        "POST",
+        &format!("/interfaces/{iface_uuid}/defloat"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text());
+    assert!(stored().await.0, "another tenant changed nothing");
+    raw_on(
+        &a,
+        "POST",
+        &format!("/interfaces/{iface_uuid}/defloat"),
+        &[],
+        None,
+    )
+    .await;
+    assert!(!stored().await.0);
+    let unknown = raw_on(
+        &a,
+        "POST",
+        &format!("/interfaces/{iface_uuid}/sink"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+
+    // The network's interfaces and its addresses (leases, in address order).
+    let rows = raw_on(&a, "GET", "/networks/web/interfaces", &[], None)
+        .await
+        .json();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["uuid"], iface_uuid.as_str());
+    let gateway = || env.gateway.clone();
+    gateway()
+        .call("prepare_network", |mut g| {
+            let network_uid = net_uuid.clone();
+            async move {
+                g.prepare_network(sf_proto::v1::PrepareNetworkRequest { network_uid })
+                    .await
+            }
+        })
+        .await
+        .expect("prepare network");
+    let reserve = |address: &'static str| {
+        let network_uid = net_uuid.clone();
+        let owner_uid = iface_uuid.clone();
+        async move {
+            gateway()
+                .call("reserve_address", |mut g| {
+                    let request = sf_proto::v1::ReserveAddressRequest {
+                        network_uid: network_uid.clone(),
+                        address: address.into(),
+                        reservation_type: "instance".into(),
+                        owner_kind: "NetworkInterface".into(),
+                        owner_uid: owner_uid.clone(),
+                        owner_name: "web-1-0".into(),
+                        comment: String::new(),
+                    };
+                    async move { g.reserve_address(request).await }
+                })
+                .await
+                .expect("reserve")
+        }
+    };
+    reserve("10.0.0.20").await;
+    let addresses = raw_on(&a, "GET", "/networks/web/addresses", &[], None)
+        .await
+        .json();
+    let listed: Vec<(String, String)> = addresses
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap_or_default().to_owned(),
+                r["type"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let types: std::collections::HashMap<&str, &str> = listed
+        .iter()
+        .map(|(a, t)| (a.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(types.get("10.0.0.20"), Some(&"instance"), "{addresses}");
+    assert_eq!(types.get("10.0.0.0"), Some(&"network"), "{addresses}");
+    assert_eq!(types.get("10.0.0.255"), Some(&"broadcast"), "{addresses}");
+    assert_eq!(listed.first().map(|(a, _)| a.as_str()), Some("10.0.0.0"));
+    assert_eq!(listed.last().map(|(a, _)| a.as_str()), Some("10.0.0.255"));
+    let held = addresses
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["address"] == "10.0.0.20")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        held["user"],
+        json!(["networkinterface", iface_uuid]),
+        "{held}"
+    );
+    assert!(held["when"].as_f64().is_some_and(|w| w > 1.7e9), "{held}");
+    let elsewhere = raw_on(
+        &b,
+        "GET",
+        &format!("/networks/{net_uuid}/addresses"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(elsewhere.status, 404, "{}", elsewhere.text());
+
+    // Nodes (every caller sees them) and blobs (a tenant sees its own).
+    let node = env
+        .raw(
+            "POST",
+            &format!("{api}/nodes"),
+            &[],
+            Some(json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Node",
+                "metadata": {"name": "hv-1"}, "spec": {"roles": ["hypervisor"]},
+            })),
+        )
+        .await;
+    assert_eq!(node.status, 201, "{}", node.text());
+    let nodes = raw_on(&b, "GET", "/nodes", &[], None).await.json();
+    assert_eq!(nodes[0]["name"], "hv-1", "{nodes}");
+    assert_eq!(nodes[0]["is_hypervisor"], true);
+    assert_eq!(nodes[0]["lastseen"], json!(0.0));
+    let one = raw_on(&a, "GET", "/nodes/hv-1", &[], None).await;
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(
+        raw_on(&a, "GET", "/nodes/hv-9", &[], None).await.status,
+        404
+    );
+    let blob_name = "0b5e1e9c-8d1c-4a4e-9f53-2f1f0c3a7b11";
+    let blob = env
+        .raw(
+            "POST",
+            &format!("{api}/blobs"),
+            &[],
+            Some(json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
+                "metadata": {"name": blob_name}, "spec": {"ownerNamespace": "ta", "size": 7},
+            })),
+        )
+        .await;
+    assert_eq!(blob.status, 201, "{}", blob.text());
+    let blob_uid = blob.json()["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let mine = raw_on(&a, "GET", "/blobs", &[], None).await.json();
+    assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine[0]["uuid"], blob_name);
+    assert_eq!(mine[0]["size"], 7);
+    assert_eq!(
+        raw_on(&b, "GET", "/blobs", &[], None).await.json(),
+        json!([])
+    );
+    assert_eq!(
+        raw_on(&b, "GET", &format!("/blobs/{blob_name}"), &[], None)
+            .await
+            .status,
+        404
+    );
+    let on_node = raw_on(&a, "GET", "/blobs?node=hv-1", &[], None)
+        .await
+        .json();
+    assert_eq!(on_node, json!([]), "no replica on hv-1 yet");
+
+    // Events of each kind are keyed by the object's uid.
+    for (i, (object_type, uid)) in [
+        ("network", net_uuid.as_str()),
+        ("node", ""),
+        ("blob", blob_uid.as_str()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let uid = if object_type == "node" {
+            env.raw("GET", &format!("{api}/nodes/hv-1"), &[], None)
+                .await
+                .json()["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            uid.to_owned()
+        };
+        env.record_event(sf_proto::v1::Event {
+            event_uuid: format!("00000000-0000-4000-8000-00000000010{i}"),
+            event_type: "audit".into(),
+            timestamp: 1_700_000_000.0 + i as f64,
+            fqdn: "hv-1".into(),
+            duration: None,
+            message: format!("{object_type} event"),
+            extra: Vec::new(),
+            request_id: None,
+            objects: vec![sf_proto::v1::EventObject {
+                object_type: object_type.into(),
+                object_uuid: uid,
+            }],
+        })
+        .await;
+    }
+    for (path, message) in [
+        ("/networks/web/events", "network event"),
+        ("/nodes/hv-1/events", "node event"),
+        (&format!("/blobs/{blob_name}/events") as &str, "blob event"),
+    ] {
+        let rows = raw_on(&a, "GET", path, &[], None).await;
+        assert_eq!(rows.status, 200, "{path}: {}", rows.text());
+        assert_eq!(rows.json()[0]["message"], message, "{path}");
+    }
+    let hidden = raw_on(&b, "GET", "/networks/web/events", &[], None).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+
+    // Deleting every instance of a namespace needs confirm, and system names it.
+    let unconfirmed = raw_on(&a, "DELETE", "/instances", &[], Some(json!({}))).await;
+    assert_eq!(unconfirmed.status, 400, "{}", unconfirmed.text());
+    assert!(
+        unconfirmed.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("confirm"))
+    );
+    let unnamed = env
+        .raw("DELETE", "/instances", &[], Some(json!({"confirm": true})))
+        .await;
+    assert_eq!(unnamed.status, 400, "{}", unnamed.text());
+    assert_eq!(env.count_rows("Instance"), 1, "nothing deleted");
+    let foreign = raw_on(
+        &b,
+        "DELETE",
+        "/instances",
+        &[],
+        Some(json!({"confirm": true, "namespace": "ta"})),
+    )
+    .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text());
+    let deleted = raw_on(
+        &a,
+        "DELETE",
+        "/instances",
+        &[],
+        Some(json!({"confirm": true, "namespace": "ta"})),
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(deleted.json(), json!([inst_uuid]));
+    let after = raw_on(&a, "GET", &format!("/instances/{inst_uuid}"), &[], None)
+        .await
+        .json();
+    assert_eq!(after["state"], "deleted", "{after}");
+}

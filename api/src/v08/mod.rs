@@ -47,10 +47,6 @@
 //!   `instance_reboot` operation as the Kubernetes path does. Each answers the
 //!   instance (200); 409 for a deleted instance, a pause of one powered off, an
 //!   unpause of one not paused, a reboot of one not on; another action 404.
-//! - `GET /instances/{ref}/events`: v0.8 event rows, newest first (`event_type` and
-//!   `limit` from the query or the JSON body; a recently deleted instance's by uuid); `GET /instances/{ref}/interfaces`:
-//!   `{uuid, name, instance_uuid, network_uuid, macaddr, ipv4, floating, model, order,
-//!   state}` in the order the guest sees them.
 //!
 //! - `POST /instances/{ref}/snapshot {all, device, max_versions, thin}` answers
 //!   `{device: {source_url, artifact_uuid, blob_uuid}}` at once (the artifacts made,
@@ -59,11 +55,23 @@
 //!   the recorded snapshots: each version of the instance's snapshot artifacts as the
 //!   artifact's view updated with its blob's (`blob_uuid`, `state`).
 //!
-//! Not served: the other v0.8 paths (other sub-resources, blobs, nodes, artifact
-//! upload, share/unshare, metadata, ...).
+//! - `DELETE /instances` and `DELETE /networks` `{confirm: true, namespace}` start
+//!   deleting every object of the kind in the namespace (the caller's; `system` must
+//!   name one) and answer their uuids; without `confirm: true`, or a system caller
+//!   without `namespace`, 400 and nothing deleted.
+//! - `GET /{instances,networks}/{ref}/events` (a recently deleted one's too, by uuid)
+//!   and `GET /artifacts/{ref}/events`: v0.8 event rows, newest first (`event_type`
+//!   and `limit` from the query or the JSON body).
+//! - Interfaces and network addresses: [`interfaces`]; nodes and blobs: [`inventory`].
+//!
+//! Not served: the other v0.8 paths (artifact upload, share/unshare, metadata,
+//! cluster operations, consoles, agent operations, ...).
 
 // Helpers fail with the finished v0.8 error response, which handlers return as is.
 #![allow(clippy::result_large_err)]
+
+mod interfaces;
+mod inventory;
 
 use std::sync::Arc;
 
@@ -88,7 +96,12 @@ use crate::server::App;
 /// The routes of this module.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/instances", get(list_instances).post(create_instance))
+        .route(
+            "/instances",
+            get(list_instances)
+                .post(create_instance)
+                .delete(delete_instances),
+        )
         .route(
             "/instances/{reference}",
             get(get_instance).delete(delete_instance),
@@ -96,7 +109,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/instances/{reference}/events", get(instance_events))
         .route(
             "/instances/{reference}/interfaces",
-            get(instance_interfaces),
+            get(interfaces::instance_interfaces),
         )
         .route(
             "/instances/{reference}/snapshot",
@@ -106,10 +119,24 @@ pub fn routes() -> Router<Arc<App>> {
             "/instances/{reference}/{action}",
             axum::routing::post(instance_action),
         )
-        .route("/networks", get(list_networks).post(create_network))
+        .route(
+            "/networks",
+            get(list_networks)
+                .post(create_network)
+                .delete(delete_networks),
+        )
         .route(
             "/networks/{reference}",
             get(get_network).delete(delete_network),
+        )
+        .route("/networks/{reference}/events", get(network_events))
+        .route(
+            "/networks/{reference}/interfaces",
+            get(interfaces::network_interfaces),
+        )
+        .route(
+            "/networks/{reference}/addresses",
+            get(interfaces::network_addresses),
         )
         .route(
             "/networks/{reference}/route",
@@ -119,12 +146,24 @@ pub fn routes() -> Router<Arc<App>> {
             "/networks/{reference}/route/{address}",
             axum::routing::delete(unroute_network),
         )
+        .route("/interfaces/{uuid}", get(interfaces::get_interface))
+        .route(
+            "/interfaces/{uuid}/{action}",
+            axum::routing::post(interfaces::interface_action),
+        )
         .route("/artifacts", get(list_artifacts).post(create_artifact))
         .route(
             "/artifacts/{reference}",
             get(get_artifact).delete(delete_artifact),
         )
+        .route("/artifacts/{reference}/events", get(artifact_events))
         .route("/artifacts/{reference}/versions", get(artifact_versions))
+        .route("/nodes", get(inventory::list_nodes))
+        .route("/nodes/{name}", get(inventory::get_node))
+        .route("/nodes/{name}/events", get(inventory::node_events))
+        .route("/blobs", get(inventory::list_blobs))
+        .route("/blobs/{uuid}", get(inventory::get_blob))
+        .route("/blobs/{uuid}/events", get(inventory::blob_events))
 }
 
 /// camelCase → snake_case.
@@ -545,6 +584,84 @@ async fn delete_network(
     )
 }
 
+/// `DELETE /instances` and `DELETE /networks` `{confirm: true, namespace}`: starts the
+/// deletion of every object of `kind` in the namespace (the caller's own; `system`
+/// must name one) and answers their uuids. Without `confirm: true` it is 400 and
+/// nothing is deleted.
+async fn remove_all(
+    app: &App,
+    caller: &Caller,
+    kind: &str,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<Response, Response> {
+    let body = body_json(body)?;
+    let confirmed = body.get("confirm").and_then(Value::as_bool) == Some(true)
+        || param(query, &body, "confirm").as_deref() == Some("true");
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    if !confirmed {
+        return Err(sf_error(
+            StatusCode::BAD_REQUEST,
+            format!("confirm: must be true to delete every {plural} of a namespace"),
+        ));
+    }
+    let named = param(query, &body, "namespace").filter(|n| !n.is_empty());
+    if caller.is_system() && named.is_none() {
+        return Err(sf_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "namespace: the system namespace must name the namespace whose {plural} to delete"
+            ),
+        ));
+    }
+    let ns = lookup_namespace(caller, named)?.unwrap_or_else(|| caller.namespace.clone());
+    let mut uuids = Vec::new();
+    for object in list_kind(app, kind, Some(ns.clone())).await? {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if object.pointer("/metadata/deletionTimestamp").is_none() {
+            match app.gateway.delete(kind, &ns, name, None, None, false).await {
+                Ok(_) => {}
+                // Gone in the meantime: what was asked for.
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => {}
+                Err(e) => {
+                    return Err(error_response(&ApiError::from_gateway(
+                        &e,
+                        &Default::default(),
+                    )));
+                }
+            }
+        }
+        uuids.push(
+            object
+                .pointer("/metadata/uid")
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+    }
+    Ok(json_response(StatusCode::OK, &uuids))
+}
+
+async fn delete_instances(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    done(remove_all(&app, &caller, "Instance", query.as_deref(), &body).await)
+}
+
+async fn delete_networks(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    done(remove_all(&app, &caller, "Network", query.as_deref(), &body).await)
+}
+
 /// Keys of a v0.8 create body that are not spec fields.
 const NOT_SPEC: &[&str] = &[
     "name",
@@ -797,9 +914,65 @@ async fn instance_for(
     resolve(app, "Instance", ns, reference).await
 }
 
-/// `GET /instances/{ref}/events` (filters `event_type` and `limit` in the query or
-/// the JSON body, as `shakenfist-client` sends them); a recently deleted instance's
-/// too, by uuid (its tombstone), as v0.8 keeps deleted objects' events readable.
+/// `event_type` and `limit` of a v0.8 events request, from the query or the JSON body
+/// (as `shakenfist-client` sends them); a `limit` that is not an integer is 400.
+fn event_filters(query: Option<&str>, body: &Value) -> Result<(String, Option<i32>), Response> {
+    let event_type = param(query, body, "event_type").unwrap_or_default();
+    let limit = match body.get("limit").and_then(Value::as_i64) {
+        Some(n) => Some(n.to_string()),
+        None => param(query, body, "limit"),
+    };
+    let limit = match limit {
+        Some(v) => Some(v.parse::<i32>().map_err(|_| {
+            sf_error(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be an integer, got {v:?}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok((event_type, limit))
+}
+
+/// The v0.8 event rows of `object` (of `kind`), newest first, filtered as the request
+/// asks ([`event_filters`]).
+async fn events_of(
+    app: &App,
+    kind: &str,
+    object: &Value,
+    query: Option<&str>,
+    body: &Value,
+) -> Result<Response, Response> {
+    let (event_type, limit) = event_filters(query, body)?;
+    let subject = subject_of(app, kind, object)?;
+    let rows = crate::actions::event_rows(app, kind, &subject, object, &event_type, limit)
+        .await
+        .map_err(|e| error_response(&e))?;
+    Ok(json_response(StatusCode::OK, &rows))
+}
+
+/// `GET /{instances,networks}/{ref}/events`: the object in the caller's scope, or one
+/// deleted recently, by uuid (its tombstone), as v0.8 keeps deleted objects' events
+/// readable.
+async fn scoped_events(
+    app: &App,
+    caller: &Caller,
+    kind: &str,
+    reference: &str,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<Response, Response> {
+    let body = body_json(body)?;
+    let ns = lookup_namespace(caller, param(query, &body, "namespace"))?;
+    let object = match resolve(app, kind, ns.clone(), reference).await {
+        Ok(object) => object,
+        Err(missing) => deleted(app, kind, ns.as_deref(), reference)
+            .await
+            .ok_or(missing)?,
+    };
+    events_of(app, kind, &object, query, &body).await
+}
+
 async fn instance_events(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -808,134 +981,53 @@ async fn instance_events(
     body: Bytes,
 ) -> Response {
     done(
-        async {
-            let body = body_json(&body)?;
-            let object =
-                match instance_for(&app, &caller, &reference, query.as_deref(), &body).await {
-                    Ok(object) => object,
-                    Err(missing) => {
-                        let ns =
-                            lookup_namespace(&caller, param(query.as_deref(), &body, "namespace"))?;
-                        deleted(&app, "Instance", ns.as_deref(), &reference)
-                            .await
-                            .ok_or(missing)?
-                    }
-                };
-            let event_type = param(query.as_deref(), &body, "event_type").unwrap_or_default();
-            let limit = match body.get("limit").and_then(Value::as_i64) {
-                Some(n) => Some(n.to_string()),
-                None => param(query.as_deref(), &body, "limit"),
-            };
-            let limit = match limit {
-                Some(v) => Some(v.parse::<i32>().map_err(|_| {
-                    sf_error(
-                        StatusCode::BAD_REQUEST,
-                        format!("limit must be an integer, got {v:?}"),
-                    )
-                })?),
-                None => None,
-            };
-            let subject = subject_of(&app, "Instance", &object)?;
-            let rows =
-                crate::actions::event_rows(&app, "Instance", &subject, &object, &event_type, limit)
-                    .await
-                    .map_err(|e| error_response(&e))?;
-            Ok(json_response(StatusCode::OK, &rows))
-        }
+        scoped_events(
+            &app,
+            &caller,
+            "Instance",
+            &reference,
+            query.as_deref(),
+            &body,
+        )
         .await,
     )
 }
 
-/// `GET /instances/{ref}/interfaces`: v0.8's interface rows, in the order the guest
-/// sees them.
-async fn instance_interfaces(
+async fn network_events(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
     RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Response {
     done(
-        async {
-            let object =
-                instance_for(&app, &caller, &reference, query.as_deref(), &Value::Null).await?;
-            let namespace = object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let name = object
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let interfaces = list_kind(&app, "NetworkInterface", namespace.clone()).await?;
-            let networks = list_kind(&app, "Network", namespace).await?;
-            let mut rows: Vec<((u64, String), Value)> = interfaces
-                .iter()
-                .filter(|i| i.pointer("/spec/instance").and_then(Value::as_str) == Some(&name))
-                .map(|i| {
-                    (
-                        interface_order(i, &name),
-                        interface_row(i, &object, &networks),
-                    )
-                })
-                .collect();
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
-            let rows: Vec<Value> = rows
-                .into_iter()
-                .enumerate()
-                .map(|(position, (_, mut row))| {
-                    row["order"] = json!(position);
-                    row
-                })
-                .collect();
-            Ok(json_response(StatusCode::OK, &rows))
-        }
+        scoped_events(
+            &app,
+            &caller,
+            "Network",
+            &reference,
+            query.as_deref(),
+            &body,
+        )
         .await,
     )
 }
 
-/// Where an interface sits on its instance: `spec.order`, else the index of a boot
-/// interface `<instance>-<i>`, else after those (then by name), as the agent orders
-/// them.
-fn interface_order(iface: &Value, instance: &str) -> (u64, String) {
-    let name = iface
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    if let Some(order) = iface.pointer("/spec/order").and_then(Value::as_u64) {
-        return (order, name);
-    }
-    let boot = name
-        .strip_prefix(instance)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|i| i.parse::<u64>().ok());
-    (boot.unwrap_or(10_000), name)
-}
-
-/// One interface in v0.8's shape: `uuid, instance_uuid, network_uuid, macaddr, ipv4,
-/// floating, model, order, state`.
-fn interface_row(iface: &Value, instance: &Value, networks: &[Value]) -> Value {
-    let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
-    let network = text(iface, "/spec/network").unwrap_or_default();
-    let network_uuid = networks
-        .iter()
-        .find(|n| {
-            text(n, "/metadata/name").as_deref() == Some(&network)
-                || text(n, "/metadata/uid").as_deref() == Some(&network)
-        })
-        .and_then(|n| text(n, "/metadata/uid"));
-    json!({
-        "uuid": text(iface, "/metadata/uid"),
-        "name": text(iface, "/metadata/name"),
-        "instance_uuid": text(instance, "/metadata/uid"),
-        "network_uuid": network_uuid,
-        "macaddr": text(iface, "/status/macaddr").or_else(|| text(iface, "/spec/macaddr")),
-        "ipv4": text(iface, "/status/ipv4"),
-        "floating": text(iface, "/status/floatingAddress"),
-        "model": text(iface, "/spec/model").unwrap_or_else(|| "virtio".into()),
-        "state": text(iface, "/status/state").unwrap_or_else(|| "initial".into()),
-    })
+/// `GET /artifacts/{ref}/events`: the artifact as `GET /artifacts/{ref}` finds it.
+async fn artifact_events(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(reference): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let run = async {
+        let body = body_json(&body)?;
+        let artifact =
+            resolve_artifact_for_read(&app, &caller, &reference, query.as_deref()).await?;
+        events_of(&app, "Artifact", &artifact, query.as_deref(), &body).await
+    };
+    done(run.await)
 }
 
 /// `POST /instances/{ref}/snapshot {all, device, max_versions, thin}`: v0.8's answer
@@ -1435,12 +1527,7 @@ async fn version_views(app: &App, artifact: &Value) -> Result<Vec<Value>, Respon
                 .unwrap_or_default()
                 .to_string();
             let mut view = match app.gateway.get("Blob", "", &blob).await {
-                Ok(object) => {
-                    let mut flat = flatten(&object);
-                    // A Blob is named by its uuid.
-                    flat["uuid"] = json!(blob);
-                    flat
-                }
+                Ok(object) => inventory::blob_view(&object),
                 Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                     json!({"uuid": blob, "state": "missing"})
                 }
