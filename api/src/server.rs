@@ -239,6 +239,10 @@ pub const CAPABILITIES: &[&str] = &[
     "node-get",
     "provide-dns",
     "cluster-resources",
+    "artifact-metadata",
+    "blob-metadata",
+    "interface-metadata",
+    "node-metadata",
 ];
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -2,7 +2,7 @@
 //! authentication, networks, instances, power actions, a snapshot request and the
 //! snapshot list, events (of instances, networks and artifacts), interfaces (by
 //! instance, by network, by uuid; float and defloat), network addresses, nodes,
-//! blobs, artifacts, errors, and deletes (one instance, and every instance of a
+//! blobs, metadata items (set, delete, read), artifacts, errors, and deletes (one instance, and every instance of a
 //! namespace, each polled by uuid until it reads `deleted`), each through the
 //! client's own Python API.
 //!
@@ -78,6 +78,14 @@ out['network_interfaces'] = c.get_network_interfaces('web')
 out['network_addresses'] = c.get_network_addresses('web')
 out['network_events'] = c.get_network_events('web', limit=5)
 out['nodes'] = c.get_nodes()
+c.set_instance_metadata_item('web-1', 'owner', 'ops')
+c.set_instance_metadata_item('web-1', 'tags', ['front'])
+c.delete_instance_metadata_item('web-1', 'owner')
+out['instance_metadata'] = c.get_instance_metadata('web-1')
+c.set_network_metadata_item('web', 'tier', 'front')
+out['network_metadata'] = c.get_network_metadata('web')
+c.set_interface_metadata_item(iface, 'role', 'public')
+out['interface_metadata'] = c.get_interface_metadata(iface)
 out['blobs'] = c.get_blobs()
 try:
     c.get_instance('nothing-here')
@@ -228,6 +236,17 @@ async fn shakenfist_client_drives_the_v08_paths() {
     assert_eq!(got["network_events"], json!([]), "{got}");
     assert_eq!(got["nodes"], json!([]), "{got}");
     assert_eq!(got["blobs"], json!([]), "{got}");
+    assert_eq!(
+        got["instance_metadata"],
+        json!({"tags": ["front"]}),
+        "{got}"
+    );
+    assert_eq!(got["network_metadata"], json!({"tier": "front"}), "{got}");
+    assert_eq!(
+        got["interface_metadata"],
+        json!({"role": "public"}),
+        "{got}"
+    );
     assert_eq!(got["deleted_all"], json!([got["second"]["uuid"]]), "{got}");
     assert_eq!(got["after_delete_all"], json!([]), "{got}");
 }

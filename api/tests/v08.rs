@@ -1130,3 +1130,166 @@ async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
         .json();
     assert_eq!(after["state"], "deleted", "{after}");
 }
+
+/// v0.8 metadata items: stored in the object's annotation, set at create or one key
+/// at a time, removed, scoped like the objects; `affinity` refused; nodes written
+/// by `system` only.
+#[tokio::test]
+async fn metadata_on_v08_paths() {
+    let env = start().await;
+    let a = env.tenant("ta", "key-a").await;
+    let b = env.tenant("tb", "key-b").await;
+    let api = "/apis/shakenfist.io/v1alpha1";
+    let refused = raw_on(
+        &a,
+        "POST",
+        "/instances",
+        &[],
+        Some(
+            json!({"name": "web-1", "cpus": 1, "memory": 512, "disk": [{"size": 8}],
+                    "metadata": {"affinity": {"cpu": {"web": 1}}}}),
+        ),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("affinity"))
+    );
+    assert_eq!(env.count_rows("Instance"), 0, "nothing stored");
+    let made = raw_on(
+        &a,
+        "POST",
+        "/instances",
+        &[],
+        Some(
+            json!({"name": "web-1", "cpus": 1, "memory": 512, "disk": [{"size": 8}],
+                    "metadata": {"tags": ["front"]}}),
+        ),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.text());
+    let read = || async {
+        raw_on(&a, "GET", "/instances/web-1/metadata", &[], None)
+            .await
+            .json()
+    };
+    assert_eq!(read().await, json!({"tags": ["front"]}));
+    // It is an annotation on the Kubernetes paths.
+    let stored = env
+        .raw(
+            "GET",
+            &format!("{api}/namespaces/ta/instances/web-1"),
+            &[],
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        stored["metadata"]["annotations"]["shakenfist.io/metadata"], r#"{"tags":["front"]}"#,
+        "{stored}"
+    );
+
+    let set = raw_on(
+        &a,
+        "PUT",
+        "/instances/web-1/metadata/owner",
+        &[],
+        Some(json!({"value": "ops"})),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(set.json(), json!({"tags": ["front"], "owner": "ops"}));
+    let no_value = raw_on(
+        &a,
+        "PUT",
+        "/instances/web-1/metadata/owner",
+        &[],
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(no_value.status, 400, "{}", no_value.text());
+    let affinity = raw_on(
+        &a,
+        "PUT",
+        "/instances/web-1/metadata/affinity",
+        &[],
+        Some(json!({"value": {}})),
+    )
+    .await;
+    assert_eq!(affinity.status, 400, "{}", affinity.text());
+    let foreign = raw_on(
+        &b,
+        "PUT",
+        "/instances/web-1/metadata/owner",
+        &[],
+        Some(json!({"value": "thief"})),
+    )
+    .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text());
+    assert_eq!(
+        raw_on(&b, "GET", "/instances/web-1/metadata", &[], None)
+            .await
+            .status,
+        404
+    );
+    let removed = raw_on(&a, "DELETE", "/instances/web-1/metadata/tags", &[], None).await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    assert_eq!(read().await, json!({"owner": "ops"}));
+    let again = raw_on(&a, "DELETE", "/instances/web-1/metadata/tags", &[], None).await;
+    assert_eq!(again.status, 404, "{}", again.text());
+
+    // Networks too; nodes are written by system only, read by all.
+    raw_on(
+        &a,
+        "POST",
+        "/networks",
+        &[],
+        Some(json!({"name": "web", "netblock": "10.0.0.0/24"})),
+    )
+    .await;
+    let tier = raw_on(
+        &a,
+        "PUT",
+        "/networks/web/metadata/tier",
+        &[],
+        Some(json!({"value": "front"})),
+    )
+    .await;
+    assert_eq!(tier.json(), json!({"tier": "front"}), "{}", tier.text());
+    env.raw(
+        "POST",
+        &format!("{api}/nodes"),
+        &[],
+        Some(
+            json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Node",
+                    "metadata": {"name": "hv-1"}, "spec": {}}),
+        ),
+    )
+    .await;
+    let tenant = raw_on(
+        &a,
+        "PUT",
+        "/nodes/hv-1/metadata/rack",
+        &[],
+        Some(json!({"value": "r1"})),
+    )
+    .await;
+    assert_eq!(tenant.status, 401, "{}", tenant.text());
+    let system = env
+        .raw(
+            "PUT",
+            "/nodes/hv-1/metadata/rack",
+            &[],
+            Some(json!({"value": "r1"})),
+        )
+        .await;
+    assert_eq!(system.status, 200, "{}", system.text());
+    assert_eq!(
+        raw_on(&a, "GET", "/nodes/hv-1/metadata", &[], None)
+            .await
+            .json(),
+        json!({"rack": "r1"})
+    );
+}

@@ -29,7 +29,9 @@ use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{done, list_kind, lookup_namespace, param, resolve, sf_error, update_spec};
+use super::{
+    POWER_ATTEMPTS, done, list_kind, lookup_namespace, param, resolve, sf_error, update_object,
+};
 use crate::auth::Caller;
 use crate::error::json_response;
 use crate::server::App;
@@ -66,7 +68,7 @@ fn named<'a>(items: &'a [Value], reference: &str) -> Option<&'a Value> {
 type SortKey = (String, String, (u64, String));
 
 /// The interfaces of one namespace with what their rows need.
-struct Namespace {
+pub(super) struct Namespace {
     interfaces: Vec<Value>,
     instances: Vec<Value>,
     networks: Vec<Value>,
@@ -210,7 +212,7 @@ pub(super) async fn network_interfaces(
 }
 
 /// The interface `uuid` names in the caller's scope (any namespace for `system`).
-async fn interface_by_uuid(
+pub(super) async fn interface_by_uuid(
     app: &App,
     caller: &Caller,
     uuid: &str,
@@ -270,27 +272,39 @@ pub(super) async fn interface_action(
                 ));
             }
         };
-        let (mut iface, mut namespace) =
-            interface_by_uuid(&app, &caller, &uuid, query.as_deref()).await?;
-        if iface.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(sf_error(
-                StatusCode::CONFLICT,
-                format!("interface {uuid} is being deleted"),
-            ));
-        }
-        let current = iface.pointer("/spec/float").and_then(Value::as_bool) == Some(true);
-        if current != float {
-            if let Some(spec) = iface.get_mut("spec").and_then(Value::as_object_mut) {
-                spec.insert("float".into(), json!(float));
+        // A status write (the controller's) between the read and the update moves the
+        // resourceVersion: read again and re-check, a few times.
+        for _ in 0..POWER_ATTEMPTS {
+            let (mut iface, mut namespace) =
+                interface_by_uuid(&app, &caller, &uuid, query.as_deref()).await?;
+            if iface.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(sf_error(
+                    StatusCode::CONFLICT,
+                    format!("interface {uuid} is being deleted"),
+                ));
             }
-            let updated = update_spec(&app, iface).await?;
-            for stored in namespace.interfaces.iter_mut() {
-                if text(stored, "/metadata/uid").as_deref() == Some(uuid.as_str()) {
-                    *stored = updated.clone();
+            let current = iface.pointer("/spec/float").and_then(Value::as_bool) == Some(true);
+            if current != float {
+                if let Some(spec) = iface.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.insert("float".into(), json!(float));
+                }
+                let updated = match update_object(&app, iface).await {
+                    Ok(updated) => updated,
+                    Err(response) if response.status() == StatusCode::CONFLICT => continue,
+                    Err(response) => return Err(response),
+                };
+                for stored in namespace.interfaces.iter_mut() {
+                    if text(stored, "/metadata/uid").as_deref() == Some(uuid.as_str()) {
+                        *stored = updated.clone();
+                    }
                 }
             }
+            return Ok(json_response(StatusCode::OK, &row_of(&namespace, &uuid)));
         }
-        Ok(json_response(StatusCode::OK, &row_of(&namespace, &uuid)))
+        Err(sf_error(
+            StatusCode::CONFLICT,
+            format!("interface {uuid} kept changing; retry"),
+        ))
     };
     done(run.await)
 }

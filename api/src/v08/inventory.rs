@@ -99,7 +99,7 @@ async fn nodes(app: &App) -> Result<Vec<Value>, Response> {
     list_kind(app, "Node", None).await
 }
 
-async fn node_named(app: &App, name: &str) -> Result<Value, Response> {
+pub(super) async fn node_named(app: &App, name: &str) -> Result<Value, Response> {
     nodes(app)
         .await?
         .into_iter()
@@ -118,7 +118,7 @@ async fn blobs(app: &App, caller: &Caller) -> Result<Vec<Value>, Response> {
     Ok(items)
 }
 
-async fn blob_named(app: &App, caller: &Caller, uuid: &str) -> Result<Value, Response> {
+pub(super) async fn blob_named(app: &App, caller: &Caller, uuid: &str) -> Result<Value, Response> {
     blobs(app, caller)
         .await?
         .into_iter()

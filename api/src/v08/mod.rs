@@ -13,9 +13,10 @@
 //!   object as it then is (instances 200, networks 202 as in v0.8).
 //! - `POST /instances {name, cpus, memory, disk: [{size, base, bus, type}], network:
 //!   [{network_uuid, address, macaddress, model, float}], ssh_key, user_data, video,
-//!   uefi, secure_boot, configdrive, namespace, placed_on}` (null members count as
-//!   absent, as v0.8 clients send every field; `metadata` and `side_channels` with a
-//!   value are 400: not carried here) and `POST /networks
+//!   uefi, secure_boot, configdrive, namespace, placed_on, metadata}` (null members
+//!   count as absent, as v0.8 clients send every field; `metadata` items are stored
+//!   as [`metadata`] does; `side_channels` with a value is 400: not carried here)
+//!   and `POST /networks
 //!   {name, netblock, provide_dhcp, provide_nat, provide_dns, namespace}` create the
 //!   objects (a `network_uuid` may be a network's uuid or name in the namespace).
 //! - Objects are answered flat: `uuid`, `name`, `namespace`, the spec's and status's
@@ -62,16 +63,18 @@
 //! - `GET /{instances,networks}/{ref}/events` (a recently deleted one's too, by uuid)
 //!   and `GET /artifacts/{ref}/events`: v0.8 event rows, newest first (`event_type`
 //!   and `limit` from the query or the JSON body).
-//! - Interfaces and network addresses: [`interfaces`]; nodes and blobs: [`inventory`].
+//! - Interfaces and network addresses: [`interfaces`]; nodes and blobs: [`inventory`];
+//!   metadata items of every kind here: [`metadata`].
 //!
-//! Not served: the other v0.8 paths (artifact upload, share/unshare, metadata,
-//! cluster operations, consoles, agent operations, ...).
+//! Not served: the other v0.8 paths (artifact upload, share/unshare, namespace
+//! metadata, cluster operations, consoles, agent operations, ...).
 
 // Helpers fail with the finished v0.8 error response, which handlers return as is.
 #![allow(clippy::result_large_err)]
 
 mod interfaces;
 mod inventory;
+pub mod metadata;
 
 use std::sync::Arc;
 
@@ -164,6 +167,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/blobs", get(inventory::list_blobs))
         .route("/blobs/{uuid}", get(inventory::get_blob))
         .route("/blobs/{uuid}/events", get(inventory::blob_events))
+        .merge(metadata::routes())
 }
 
 /// camelCase → snake_case.
@@ -444,12 +448,27 @@ async fn create(
     let ns = lookup_namespace(caller, param(query, body, "namespace"))?
         .unwrap_or_else(|| caller.namespace.clone());
     let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
-    let object = json!({
+    let mut object = json!({
         "apiVersion": API_VERSION,
         "kind": kind,
         "metadata": {"name": name, "namespace": ns},
         "spec": spec,
     });
+    match body.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(items)) => {
+            for key in items.keys() {
+                metadata::check_key(key)?;
+            }
+            metadata::store_items(&mut object, items);
+        }
+        Some(_) => {
+            return Err(sf_error(
+                StatusCode::BAD_REQUEST,
+                "metadata: must be an object of key → value items",
+            ));
+        }
+    }
     let created = create_object(app, object, &ns).await?;
     Ok(json_response(StatusCode::OK, &flatten(&created)))
 }
@@ -716,13 +735,8 @@ async fn create_instance(
         Ok(body) => without_nulls(&body),
         Err(response) => return response,
     };
-    for (field, what) in [
-        ("metadata", "instance metadata items"),
-        ("side_channels", "side channels"),
-    ] {
-        if let Err(response) = unsupported_field(&body, field, what) {
-            return response;
-        }
+    if let Err(response) = unsupported_field(&body, "side_channels", "side channels") {
+        return response;
     }
     let mut spec = Map::new();
     if let Some(map) = body.as_object() {
@@ -862,7 +876,7 @@ async fn set_routes(
     if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
         spec.insert("routedAddressCount".into(), json!(count));
     }
-    let updated = update_spec(app, object).await?;
+    let updated = update_object(app, object).await?;
     Ok(json_response(StatusCode::ACCEPTED, &flatten(&updated)))
 }
 
@@ -884,10 +898,10 @@ fn subject_of(app: &App, kind: &str, object: &Value) -> Result<crate::error::Sub
     })
 }
 
-/// Stores the spec of `object` (read from the store, then changed by the caller),
-/// admitted as an update with the read resourceVersion as precondition: a write
+/// Stores the main part (metadata and spec) of `object` (read from the store, then
+/// changed by the caller), admitted as an update with the read resourceVersion as precondition: a write
 /// made in between is a 409, never overwritten.
-async fn update_spec(app: &App, mut object: Value) -> Result<Value, Response> {
+async fn update_object(app: &App, mut object: Value) -> Result<Value, Response> {
     let resource_version = object
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -1310,7 +1324,7 @@ async fn power_action(
             if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("powerState".into(), json!(wanted.as_str()));
             }
-            match update_spec(app, object).await {
+            match update_object(app, object).await {
                 Ok(updated) => object = updated,
                 Err(response) if response.status() == StatusCode::CONFLICT => continue,
                 Err(response) => return Err(response),
