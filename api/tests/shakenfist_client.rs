@@ -2,7 +2,7 @@
 //! authentication, networks, instances, power actions, a snapshot request and the
 //! snapshot list, events (of instances, networks and artifacts), interfaces (by
 //! instance, by network, by uuid; float and defloat), network addresses, nodes,
-//! blobs, metadata items (set, delete, read), artifacts, errors, and deletes (one instance, and every instance of a
+//! blobs, metadata items (set, delete, read), artifacts (max versions, delete all), errors, and deletes (one instance, and every instance of a
 //! namespace, each polled by uuid until it reads `deleted`), each through the
 //! client's own Python API.
 //!
@@ -62,6 +62,7 @@ out['events'] = c.get_instance_events('web-1', limit=5)
 out['interfaces'] = c.get_instance_interfaces('web-1')
 out['artifacts'] = c.get_artifacts()
 out['artifact_events'] = c.get_artifact_events(out['artifacts'][0]['uuid'])
+out['max_versions'] = c.set_artifact_max_versions(out['artifacts'][0]['uuid'], 2)
 # An interface (what the instance controller would make), through the client.
 made = requests.post(
     os.environ['SF_URL'] + '/apis/shakenfist.io/v1alpha1/namespaces/ta/networkinterfaces',
@@ -101,6 +102,7 @@ second = c.create_instance(
 out['second'] = second
 out['deleted_all'] = c.delete_all_instances('ta')
 out['after_delete_all'] = c.get_instances()
+out['artifacts_deleted'] = c.delete_all_artifacts('ta')
 out['network_deleted'] = c.delete_network(net['uuid'])
 print(json.dumps(out))
 "#;
@@ -249,4 +251,10 @@ async fn shakenfist_client_drives_the_v08_paths() {
     );
     assert_eq!(got["deleted_all"], json!([got["second"]["uuid"]]), "{got}");
     assert_eq!(got["after_delete_all"], json!([]), "{got}");
+    assert_eq!(got["max_versions"]["max_versions"], 2, "{got}");
+    assert_eq!(
+        got["artifacts_deleted"],
+        json!([artifacts[0]["uuid"]]),
+        "{got}"
+    );
 }

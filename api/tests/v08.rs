@@ -1293,3 +1293,150 @@ async fn metadata_on_v08_paths() {
         json!({"rack": "r1"})
     );
 }
+
+/// v0.8 artifact management: max_versions, share/unshare (system only), deleting
+/// every artifact of a namespace; dropping one version is 501.
+#[tokio::test]
+async fn artifact_management_on_v08_paths() {
+    let env = start().await;
+    let a = env.tenant("ta", "key-a").await;
+    let b = env.tenant("tb", "key-b").await;
+    let api = "/apis/shakenfist.io/v1alpha1";
+    let made = raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(json!({"url": "https://images.example/deb.qcow2", "name": "deb"})),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.text());
+    let uuid = made.json()["uuid"].as_str().expect("uuid").to_string();
+    let spec = |ns: &'static str, name: &'static str| {
+        let env = &env;
+        async move {
+            env.raw(
+                "GET",
+                &format!("{api}/namespaces/{ns}/artifacts/{name}"),
+                &[],
+                None,
+            )
+            .await
+            .json()["spec"]
+                .clone()
+        }
+    };
+
+    let set = raw_on(
+        &a,
+        "POST",
+        "/artifacts/deb/versions",
+        &[],
+        Some(json!({"max_versions": 1})),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(set.json()["max_versions"], 1);
+    assert_eq!(spec("ta", "deb").await["maxVersions"], 1);
+    for bad in [
+        json!({"max_versions": 0}),
+        json!({"max_versions": "x"}),
+        json!({}),
+    ] {
+        let refused = raw_on(
+            &a,
+            "POST",
+            "/artifacts/deb/versions",
+            &[],
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text());
+        assert!(
+            refused.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_versions"))
+        );
+    }
+    assert_eq!(spec("ta", "deb").await["maxVersions"], 1, "nothing stored");
+    let foreign = raw_on(
+        &b,
+        "POST",
+        &format!("/artifacts/{uuid}/versions"),
+        &[],
+        Some(json!({"max_versions": 5})),
+    )
+    .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text());
+    let one = raw_on(&a, "DELETE", "/artifacts/deb/versions/1", &[], None).await;
+    assert_eq!(one.status, 501, "{}", one.text());
+    assert!(
+        one.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_versions"))
+    );
+
+    // Sharing: system only; a shared system artifact is visible to tenants.
+    let tenant_share = raw_on(&a, "POST", "/artifacts/deb/share", &[], None).await;
+    assert_eq!(tenant_share.status, 403, "{}", tenant_share.text());
+    assert_eq!(spec("ta", "deb").await["shared"], false);
+    let base = env
+        .raw(
+            "POST",
+            "/artifacts",
+            &[],
+            Some(
+                json!({"url": "https://images.example/base.qcow2", "name": "base",
+                        "namespace": "system"}),
+            ),
+        )
+        .await;
+    assert_eq!(base.status, 200, "{}", base.text());
+    let visible = |c: &kube::Client| {
+        let c = c.clone();
+        async move {
+            raw_on(&c, "GET", "/artifacts", &[], None)
+                .await
+                .json()
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["name"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(!visible(&b).await.contains(&"base".to_owned()));
+    let shared = env.raw("POST", "/artifacts/base/share", &[], None).await;
+    assert_eq!(shared.status, 200, "{}", shared.text());
+    assert_eq!(shared.json()["shared"], true);
+    assert!(visible(&b).await.contains(&"base".to_owned()));
+    env.raw("POST", "/artifacts/base/unshare", &[], None).await;
+    assert!(!visible(&b).await.contains(&"base".to_owned()));
+    let unknown = env.raw("POST", "/artifacts/base/polish", &[], None).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+
+    // Every artifact of a namespace.
+    let unconfirmed = raw_on(
+        &a,
+        "DELETE",
+        "/artifacts",
+        &[],
+        Some(json!({"namespace": "ta"})),
+    )
+    .await;
+    assert_eq!(unconfirmed.status, 400, "{}", unconfirmed.text());
+    let deleted = raw_on(
+        &a,
+        "DELETE",
+        "/artifacts",
+        &[],
+        Some(json!({"confirm": true, "namespace": "ta"})),
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(deleted.json(), json!([uuid]));
+    assert_eq!(
+        raw_on(&a, "GET", "/artifacts/deb", &[], None).await.status,
+        404
+    );
+}

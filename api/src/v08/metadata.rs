@@ -29,10 +29,10 @@ use axum::routing::get;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use super::artifacts::resolve_artifact_for_read;
 use super::inventory::{blob_named, node_named};
 use super::{
-    POWER_ATTEMPTS, body_json, done, lookup_namespace, param, resolve, resolve_artifact_for_read,
-    sf_error, update_object,
+    POWER_ATTEMPTS, body_json, done, lookup_namespace, param, resolve, sf_error, update_object,
 };
 use crate::auth::Caller;
 use crate::error::json_response;

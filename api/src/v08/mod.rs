@@ -23,15 +23,7 @@
 //!   fields in snake_case (`state` from status), `created` (creation time); an
 //!   instance's `power_state` is the observed one once reported, `running` said as
 //!   v0.8's `on`.
-//! - Artifacts: `GET /artifacts` lists the caller's namespace plus the shared
-//!   artifacts of `system` (`spec.shared`); `GET /artifacts/{ref}` and `GET
-//!   /artifacts/{ref}/versions` resolve the caller's namespace first, then those shared
-//!   ones (a `namespace` parameter scopes to it alone); `DELETE /artifacts/{ref}`
-//!   resolves in the caller's namespace only; `POST /artifacts {url, namespace,
-//!   shared, name}` creates an image Artifact with `sourceUrl` (the artifact controller
-//!   fetches it; the same URL in the same namespace answers the existing one; sharing
-//!   is for `system` only, 403). Artifacts are answered with v0.8's `blobs` (version
-//!   index → blob `uuid`, `size`), `index` and `blob_uuid` of the newest version.
+//! - Artifacts: [`artifacts`].
 //!
 //! - `POST /networks/{ref}/route` asks for one more routed address (increments
 //!   `spec.routedAddressCount`, admitted as an update with the read resourceVersion
@@ -60,18 +52,18 @@
 //!   deleting every object of the kind in the namespace (the caller's; `system` must
 //!   name one) and answer their uuids; without `confirm: true`, or a system caller
 //!   without `namespace`, 400 and nothing deleted.
-//! - `GET /{instances,networks}/{ref}/events` (a recently deleted one's too, by uuid)
-//!   and `GET /artifacts/{ref}/events`: v0.8 event rows, newest first (`event_type`
+//! - `GET /{instances,networks}/{ref}/events` (a recently deleted one's too, by uuid):
+//!   v0.8 event rows, newest first (`event_type`
 //!   and `limit` from the query or the JSON body).
 //! - Interfaces and network addresses: [`interfaces`]; nodes and blobs: [`inventory`];
 //!   metadata items of every kind here: [`metadata`].
 //!
-//! Not served: the other v0.8 paths (artifact upload, share/unshare, namespace
-//! metadata, cluster operations, consoles, agent operations, ...).
+//! Not served: the other v0.8 paths (artifact upload, namespace metadata, cluster operations, consoles, agent operations, ...).
 
 // Helpers fail with the finished v0.8 error response, which handlers return as is.
 #![allow(clippy::result_large_err)]
 
+mod artifacts;
 mod interfaces;
 mod inventory;
 pub mod metadata;
@@ -154,13 +146,32 @@ pub fn routes() -> Router<Arc<App>> {
             "/interfaces/{uuid}/{action}",
             axum::routing::post(interfaces::interface_action),
         )
-        .route("/artifacts", get(list_artifacts).post(create_artifact))
+        .route(
+            "/artifacts",
+            get(artifacts::list_artifacts)
+                .post(artifacts::create_artifact)
+                .delete(artifacts::delete_artifacts),
+        )
         .route(
             "/artifacts/{reference}",
-            get(get_artifact).delete(delete_artifact),
+            get(artifacts::get_artifact).delete(artifacts::delete_artifact),
         )
-        .route("/artifacts/{reference}/events", get(artifact_events))
-        .route("/artifacts/{reference}/versions", get(artifact_versions))
+        .route(
+            "/artifacts/{reference}/events",
+            get(artifacts::artifact_events),
+        )
+        .route(
+            "/artifacts/{reference}/versions",
+            get(artifacts::artifact_versions).post(artifacts::set_max_versions),
+        )
+        .route(
+            "/artifacts/{reference}/versions/{index}",
+            axum::routing::delete(artifacts::delete_version),
+        )
+        .route(
+            "/artifacts/{reference}/{action}",
+            axum::routing::post(artifacts::artifact_action),
+        )
         .route("/nodes", get(inventory::list_nodes))
         .route("/nodes/{name}", get(inventory::get_node))
         .route("/nodes/{name}/events", get(inventory::node_events))
@@ -1027,23 +1038,6 @@ async fn network_events(
     )
 }
 
-/// `GET /artifacts/{ref}/events`: the artifact as `GET /artifacts/{ref}` finds it.
-async fn artifact_events(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    Path(reference): Path<String>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let run = async {
-        let body = body_json(&body)?;
-        let artifact =
-            resolve_artifact_for_read(&app, &caller, &reference, query.as_deref()).await?;
-        events_of(&app, "Artifact", &artifact, query.as_deref(), &body).await
-    };
-    done(run.await)
-}
-
 /// `POST /instances/{ref}/snapshot {all, device, max_versions, thin}`: v0.8's answer
 /// at once, `{device: {source_url, artifact_uuid, blob_uuid}}`, for the devices the
 /// agent will take ([`sf_schema::snapshot::choose`]): each device's snapshot Artifact
@@ -1216,7 +1210,7 @@ async fn instance_snapshots(
                     continue;
                 }
                 let base = flatten(&artifact);
-                for mut blob in version_views(&app, &artifact).await? {
+                for mut blob in artifacts::version_views(&app, &artifact).await? {
                     let mut row = base.clone();
                     if let (Some(row), Some(view)) = (row.as_object_mut(), blob.as_object_mut()) {
                         let blob_uuid = view.remove("uuid").unwrap_or(Value::Null);
@@ -1369,291 +1363,6 @@ async fn create_network(
     )
 }
 
-/// The namespace whose shared artifacts every namespace sees.
-const SHARED_NAMESPACE: &str = crate::auth::SYSTEM;
-
-fn is_shared(artifact: &Value) -> bool {
-    artifact.pointer("/spec/shared").and_then(Value::as_bool) == Some(true)
-}
-
-/// The shared artifacts of the system namespace (none for the system caller, which
-/// sees them in its own namespace anyway).
-async fn shared_artifacts(app: &App, caller: &Caller) -> Result<Vec<Value>, Response> {
-    if caller.is_system() {
-        return Ok(Vec::new());
-    }
-    let mut items = list_kind(app, "Artifact", Some(SHARED_NAMESPACE.into())).await?;
-    items.retain(is_shared);
-    Ok(items)
-}
-
-/// The v0.8 shape of an Artifact: the flat fields plus `blobs` (version index → blob
-/// uuid, size, created, instances), and `index` and `blob_uuid` of the newest version.
-pub fn flatten_artifact(object: &Value) -> Value {
-    let mut flat = flatten(object);
-    let versions = object
-        .pointer("/status/versions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut blobs = Map::new();
-    let mut newest: Option<(u64, Value)> = None;
-    for version in &versions {
-        let Some(index) = version.get("index").and_then(Value::as_u64) else {
-            continue;
-        };
-        let blob = version.get("blob").cloned().unwrap_or(Value::Null);
-        blobs.insert(
-            index.to_string(),
-            json!({
-                "uuid": blob,
-                "size": version.get("size").cloned().unwrap_or(json!(0)),
-                "created": version.get("created").cloned().unwrap_or(Value::Null),
-                "instances": [],
-            }),
-        );
-        if newest.as_ref().is_none_or(|(i, _)| index > *i) {
-            newest = Some((index, blob));
-        }
-    }
-    flat["blobs"] = Value::Object(blobs);
-    let (index, blob) = newest.unwrap_or((0, Value::Null));
-    flat["index"] = json!(index);
-    flat["blob_uuid"] = blob;
-    flat
-}
-
-/// Reads an artifact: the caller's namespace first (uuid or unique name), then the
-/// shared artifacts of `system`; a namespace named in the query scopes the lookup to
-/// it alone (as v0.8's `from_db_by_ref_visible_to`).
-async fn resolve_artifact_for_read(
-    app: &App,
-    caller: &Caller,
-    reference: &str,
-    query: Option<&str>,
-) -> Result<Value, Response> {
-    let named = param(query, &Value::Null, "namespace").filter(|n| !n.is_empty());
-    let explicit = named.is_some();
-    let ns = lookup_namespace(caller, named)?;
-    let items = list_kind(app, "Artifact", ns).await?;
-    if let Some(found) = find(&items, "Artifact", reference)? {
-        return Ok(found);
-    }
-    if !explicit {
-        let shared = shared_artifacts(app, caller).await?;
-        if let Some(found) = find(&shared, "Artifact", reference)? {
-            return Ok(found);
-        }
-    }
-    Err(not_found("Artifact", reference))
-}
-
-/// A DNS label naming the artifact of `url`: its readable part and a hash of the
-/// whole URL (two URLs never share a name).
-pub fn artifact_name(url: &str) -> String {
-    use sha2::Digest;
-    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let mut readable = String::with_capacity(without_scheme.len());
-    for c in without_scheme.chars().map(|c| c.to_ascii_lowercase()) {
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            readable.push(c);
-        } else if !readable.ends_with('-') {
-            readable.push('-');
-        }
-    }
-    let readable: String = readable.trim_matches('-').chars().take(50).collect();
-    let readable = readable.trim_end_matches('-');
-    let digest = sha2::Sha256::digest(url.as_bytes());
-    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    if readable.is_empty() {
-        format!("artifact-{hash}")
-    } else {
-        format!("{readable}-{hash}")
-    }
-}
-
-async fn list_artifacts(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let run = async {
-        let named = param(query.as_deref(), &Value::Null, "namespace").filter(|n| !n.is_empty());
-        let explicit = named.is_some();
-        let ns = lookup_namespace(&caller, named)?;
-        let mut items = list_kind(&app, "Artifact", ns).await?;
-        if !explicit {
-            items.extend(shared_artifacts(&app, &caller).await?);
-        }
-        Ok(json_response(
-            StatusCode::OK,
-            &items.iter().map(flatten_artifact).collect::<Vec<_>>(),
-        ))
-    };
-    done(run.await)
-}
-
-async fn get_artifact(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    Path(reference): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    done(
-        resolve_artifact_for_read(&app, &caller, &reference, query.as_deref())
-            .await
-            .map(|a| json_response(StatusCode::OK, &flatten_artifact(&a))),
-    )
-}
-
-/// `GET /artifacts/{ref}/versions`: oldest first, each the version's blob (as v0.8's
-/// blob view, when the Blob exists) with its `index`.
-async fn artifact_versions(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    Path(reference): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let run = async {
-        let artifact =
-            resolve_artifact_for_read(&app, &caller, &reference, query.as_deref()).await?;
-        let out = version_views(&app, &artifact).await?;
-        Ok(json_response(StatusCode::OK, &out))
-    };
-    done(run.await)
-}
-
-/// The versions of `artifact`, oldest first, each its blob's v0.8 view (`uuid`; state
-/// `missing` when the Blob is not stored) with the version's `index`, `size` and
-/// `created`.
-async fn version_views(app: &App, artifact: &Value) -> Result<Vec<Value>, Response> {
-    {
-        let versions = artifact
-            .pointer("/status/versions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut out = Vec::with_capacity(versions.len());
-        for version in versions {
-            let blob = version
-                .get("blob")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let mut view = match app.gateway.get("Blob", "", &blob).await {
-                Ok(object) => inventory::blob_view(&object),
-                Err(e) if e.code() == Some(tonic::Code::NotFound) => {
-                    json!({"uuid": blob, "state": "missing"})
-                }
-                Err(e) => {
-                    return Err(error_response(&ApiError::from_gateway(
-                        &e,
-                        &Default::default(),
-                    )));
-                }
-            };
-            view["index"] = version.get("index").cloned().unwrap_or(Value::Null);
-            view["size"] = version.get("size").cloned().unwrap_or(json!(0));
-            view["created"] = version.get("created").cloned().unwrap_or(Value::Null);
-            out.push(view);
-        }
-        Ok(out)
-    }
-}
-
-/// `DELETE /artifacts/{ref}`: names resolve in the caller's own namespace only (a
-/// shared artifact of `system` is not the tenant's to delete: 404).
-async fn delete_artifact(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    Path(reference): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let run = async {
-        let ns = lookup_namespace(&caller, param(query.as_deref(), &Value::Null, "namespace"))?;
-        let object = resolve(&app, "Artifact", ns, &reference).await?;
-        let namespace = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let deleted = app
-            .gateway
-            .delete("Artifact", namespace, name, None, None, false)
-            .await
-            .map_err(|e| error_response(&ApiError::from_gateway(&e, &Default::default())))?;
-        let mut flat = flatten_artifact(&deleted.object);
-        if deleted.removed {
-            flat["state"] = json!("deleted");
-        }
-        Ok(json_response(StatusCode::OK, &flat))
-    };
-    done(run.await)
-}
-
-/// `POST /artifacts {url, namespace, shared, name}`: an image Artifact with `sourceUrl`
-/// (the artifact controller fetches it). The same URL again in the same namespace
-/// answers the existing artifact. Only `system` shares (403 otherwise); `name` is
-/// optional (default: derived from the URL, see [`artifact_name`]).
-async fn create_artifact(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let run = async {
-        let body = body_json(&body)?;
-        let url = param(query.as_deref(), &body, "url")
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| sf_error(StatusCode::BAD_REQUEST, "missing url"))?;
-        let shared = match body.get("shared") {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Null) | None => param(query.as_deref(), &Value::Null, "shared")
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")),
-            Some(other) => {
-                return Err(sf_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("shared must be true or false, not {other}"),
-                ));
-            }
-        };
-        if shared && !caller.is_system() {
-            return Err(sf_error(
-                StatusCode::FORBIDDEN,
-                "only the system namespace may share artifacts",
-            ));
-        }
-        let ns = lookup_namespace(&caller, param(query.as_deref(), &body, "namespace"))?
-            .unwrap_or_else(|| caller.namespace.clone());
-        let existing = list_kind(&app, "Artifact", Some(ns.clone())).await?;
-        if let Some(found) = existing.iter().find(|a| {
-            a.pointer("/spec/sourceUrl").and_then(Value::as_str) == Some(url.as_str())
-                && a.pointer("/spec/artifactType")
-                    .and_then(Value::as_str)
-                    .is_none_or(|t| t == "image")
-        }) {
-            return Ok(json_response(StatusCode::OK, &flatten_artifact(found)));
-        }
-        let name = body
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .map_or_else(|| artifact_name(&url), str::to_string);
-        let object = json!({
-            "apiVersion": API_VERSION,
-            "kind": "Artifact",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"sourceUrl": url, "artifactType": "image", "shared": shared},
-        });
-        let created = create_object(&app, object, &ns).await?;
-        Ok(json_response(StatusCode::OK, &flatten_artifact(&created)))
-    };
-    done(run.await)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1672,41 +1381,5 @@ mod tests {
         assert_eq!(flat["provide_dhcp"], true);
         assert_eq!(flat["state"], "created");
         assert_eq!(flat["vxid"], 7);
-    }
-
-    #[test]
-    fn artifacts_flatten_with_their_versions() {
-        let flat = flatten_artifact(&json!({
-            "metadata": {"name": "deb", "namespace": "demo", "uid": "u-2"},
-            "spec": {"sourceUrl": "https://x/deb.qcow2", "artifactType": "image", "shared": false, "maxVersions": 3},
-            "status": {"state": "created", "versions": [
-                {"index": 1, "blob": "b-1", "size": 10, "created": "2026-01-01T00:00:00Z"},
-                {"index": 2, "blob": "b-2", "size": 20, "created": "2026-01-02T00:00:00Z"},
-            ]},
-        }));
-        assert_eq!(flat["source_url"], "https://x/deb.qcow2");
-        assert_eq!(flat["artifact_type"], "image");
-        assert_eq!(flat["max_versions"], 3);
-        assert_eq!(flat["index"], 2);
-        assert_eq!(flat["blob_uuid"], "b-2");
-        assert_eq!(flat["blobs"]["1"]["uuid"], "b-1");
-        assert_eq!(flat["blobs"]["2"]["size"], 20);
-    }
-
-    #[test]
-    fn artifact_names_are_dns_labels_unique_per_url() {
-        let a = artifact_name("https://images.example.com/Debian-12_generic.qcow2");
-        assert!(
-            a.starts_with("images-example-com-debian-12-generic-qcow2-"),
-            "{a}"
-        );
-        assert!(sf_schema::validation::is_dns_label(&a), "{a}");
-        let long = artifact_name(&format!("https://x/{}", "a".repeat(300)));
-        assert!(sf_schema::validation::is_dns_label(&long), "{long}");
-        assert_ne!(
-            artifact_name("https://x/a.img"),
-            artifact_name("https://x/a-img")
-        );
-        assert!(sf_schema::validation::is_dns_label(&artifact_name("://")));
     }
 }

@@ -20,7 +20,8 @@
 //!   blob, size, sha512, MIME type) whose blob is not a version yet, a version is
 //!   appended (index = last + 1, `created` = the operation's completion time) unless
 //!   its sha512 equals the latest version's (Shaken Fist dedups: no new version); the
-//!   oldest versions beyond `spec.maxVersions` are pruned. Condition `Fetched`
+//!   oldest versions beyond `spec.maxVersions` are pruned (at every reconcile, so a
+//!   lowered `maxVersions` takes effect at once). Condition `Fetched`
 //!   tracks the latest fetch (Fetching, Retrying while the queue retries it,
 //!   FetchFailed, Fetched, Unchanged); `Ready` is True once a version exists.
 //! - Snapshots (`snapshot` artifacts, [`sf_schema::snapshot`]): every completed
@@ -615,6 +616,8 @@ impl Ctx<'_> {
             fetch_status = Some(self.fetch());
         }
         self.record_snapshots(&mut versions);
+        // A lowered `spec.maxVersions` takes effect now, not at the next version.
+        self.prune(&mut versions);
 
         self.write_blobs(&before, &versions);
         if versions != before {
@@ -1454,6 +1457,28 @@ mod tests {
                 sha512: sum(c),
             },
         }
+    }
+
+    #[test]
+    fn lowering_max_versions_prunes_at_once_and_releases_the_blobs() {
+        let mut a = artifact(ResourceState::Created, &[(1, BLOB_1), (2, BLOB_2)], 11);
+        a.spec.max_versions = 1;
+        let obs = ArtifactObservation {
+            nodes: vec![hv("hv-1")],
+            blobs: vec![
+                stored(BLOB_1, &sum('a'), &["hv-1"], 1),
+                stored(BLOB_2, &sum('b'), &["hv-1"], 1),
+            ],
+            ..ArtifactObservation::default()
+        };
+        let plan = plan_artifact(&a, &obs, &ctx());
+        assert_eq!(versions_of(&plan), Some(vec![(2, BLOB_2.to_owned())]));
+        let hv1 = vec!["hv-1".to_owned()];
+        assert_eq!(blob_writes(&plan), vec![(BLOB_1.to_owned(), hv1, 0)]);
+        assert!(ops_of(&plan).is_empty(), "no fetch for a prune");
+        // Within the limit: nothing to do.
+        a.spec.max_versions = 2;
+        assert_eq!(versions_of(&plan_artifact(&a, &obs, &ctx())), None);
     }
 
     #[test]
