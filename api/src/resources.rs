@@ -266,6 +266,94 @@ fn check_body_namespace(target: &Target, object: &Value) -> Result<(), ApiError>
     Ok(())
 }
 
+/// What only the system namespace may ask of an Artifact (403 for a tenant):
+/// `spec.shared` (every namespace would see it and may base disks on it), and a
+/// `file://` source (the agent would copy the hypervisor's own files into the
+/// tenant's blob).
+pub fn tenant_artifact_rules(object: &Value) -> Result<(), ApiError> {
+    if object.pointer("/spec/shared").and_then(Value::as_bool) == Some(true) {
+        return Err(ApiError::Forbidden(
+            "artifacts.shakenfist.io is forbidden: spec.shared: only the system namespace \
+             shares artifacts"
+                .into(),
+        ));
+    }
+    let source = object
+        .pointer("/spec/sourceUrl")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim_start()
+        .to_ascii_lowercase();
+    if source.starts_with("file:") {
+        return Err(ApiError::Forbidden(
+            "artifacts.shakenfist.io is forbidden: spec.sourceUrl: file:// sources read the \
+             hypervisor's own files; only the system namespace may use them"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an image reference names a file of the hypervisor itself (a path or a
+/// `file://` URL), which the agent would open as it is.
+fn names_host_file(reference: &str) -> bool {
+    let reference = reference.trim_start();
+    reference.starts_with('/') || reference.to_ascii_lowercase().starts_with("file:")
+}
+
+/// What only the system namespace may ask of an Instance (403 for a tenant): a disk
+/// base or NVRAM template that names a hypervisor file (a path or `file://` URL) —
+/// the guest would boot from, or read, the host's own files.
+fn tenant_instance_rules(object: &Value) -> Result<(), ApiError> {
+    let refused = |field: String| {
+        ApiError::Forbidden(format!(
+            "instances.shakenfist.io is forbidden: {field}: paths and file:// URLs name the \
+             hypervisor's own files; only the system namespace may use them"
+        ))
+    };
+    let disks = object
+        .pointer("/spec/disks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for (i, disk) in disks.enumerate() {
+        if disk
+            .get("base")
+            .and_then(Value::as_str)
+            .is_some_and(names_host_file)
+        {
+            return Err(refused(format!("spec.disks[{i}].base")));
+        }
+    }
+    if object
+        .pointer("/spec/nvramTemplate")
+        .and_then(Value::as_str)
+        .is_some_and(names_host_file)
+    {
+        return Err(refused("spec.nvramTemplate".into()));
+    }
+    Ok(())
+}
+
+/// What a tenant may not write into an object of `kind` (403): see
+/// [`tenant_artifact_rules`] and the Instance rules (no hypervisor files as disk
+/// bases or NVRAM templates). The v0.8 paths apply the same rules.
+pub fn tenant_rules(kind: &str, object: &Value) -> Result<(), ApiError> {
+    match kind {
+        "Artifact" => tenant_artifact_rules(object),
+        "Instance" => tenant_instance_rules(object),
+        _ => Ok(()),
+    }
+}
+
+/// A tenant's write of `object` within what tenants may ask ([`tenant_rules`]).
+fn check_tenant_rules(target: &Target, object: &Value) -> Result<(), ApiError> {
+    if target.tenant.is_some() {
+        tenant_rules(&target.kind.kind, object)?;
+    }
+    Ok(())
+}
+
 /// Whether a tenant-scoped target may see `object` (a Blob it does not own: no).
 fn visible(target: &Target, object: &Value) -> bool {
     match &target.owner_namespace {
@@ -740,6 +828,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let mut object = read_object(headers, body).await?;
     check_body_namespace(target, &object)?;
+    check_tenant_rules(target, &object)?;
     fix_identity(&mut object, target, None)?;
     let meta = metadata_mut(&mut object)?;
     if meta
@@ -822,6 +911,7 @@ async fn replace(
     let subject = target.subject();
     let mut object = read_object(headers, body).await?;
     check_body_namespace(target, &object)?;
+    check_tenant_rules(target, &object)?;
     fix_identity(&mut object, target, Some(name))?;
     let rv = require_rv(&object, &subject)?;
     let candidate = match part {
@@ -947,6 +1037,7 @@ async fn patch(
             ));
         }
         check_body_namespace(target, &patched)?;
+        check_tenant_rules(target, &patched)?;
         if part == Part::Main {
             check_immutable(target, &current, &patched)?;
         }

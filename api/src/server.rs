@@ -243,6 +243,10 @@ pub const CAPABILITIES: &[&str] = &[
     "blob-metadata",
     "interface-metadata",
     "node-metadata",
+    "get-cluster-operations",
+    "cluster-operations-by-target",
+    "cluster-operation-chain",
+    "hot-plug-interface",
 ];
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

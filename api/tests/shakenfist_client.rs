@@ -1,7 +1,7 @@
 //! The real `shakenfist-client` from PyPI (pinned: 0.8.3) against sf-api's v0.8 paths:
 //! authentication, networks, instances, power actions, a snapshot request and the
 //! snapshot list, events (of instances, networks and artifacts), interfaces (by
-//! instance, by network, by uuid; float and defloat), network addresses, nodes,
+//! instance, by network, by uuid; hot plug; float and defloat), network addresses, nodes,
 //! blobs, metadata items (set, delete, read), artifacts (max versions, delete all), errors, and deletes (one instance, and every instance of a
 //! namespace, each polled by uuid until it reads `deleted`), each through the
 //! client's own Python API.
@@ -75,6 +75,7 @@ iface = made.json()['metadata']['uid']
 out['interface'] = c.get_interface(iface)
 out['float'] = c.float_interface(iface)
 out['defloat'] = c.defloat_interface(iface)
+out['plugged'] = c.add_instance_interface('web-1', {'network_uuid': net['uuid']})
 out['network_interfaces'] = c.get_network_interfaces('web')
 out['network_addresses'] = c.get_network_addresses('web')
 out['network_events'] = c.get_network_events('web', limit=5)
@@ -233,6 +234,8 @@ async fn shakenfist_client_drives_the_v08_paths() {
         got["network_interfaces"][0]["uuid"], got["interface"]["uuid"],
         "{got}"
     );
+    assert_eq!(got["plugged"]["order"], 1, "{got}");
+    assert_eq!(got["network_interfaces"][1]["uuid"], got["plugged"]["uuid"]);
     // No controller runs here: nothing reserved, no node, no blob.
     assert_eq!(got["network_addresses"], json!([]), "{got}");
     assert_eq!(got["network_events"], json!([]), "{got}");

@@ -536,6 +536,78 @@ async fn instance_actions_events_and_interfaces_on_v08_paths() {
     assert_eq!(items.len(), 1, "{ops}");
     assert_eq!(items[0]["spec"]["operationType"], "instance_reboot");
     assert_eq!(items[0]["spec"]["payload"]["hard"], true);
+    // The same operation on the v0.8 cluster operation paths.
+    let op_uuid = items[0]["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    let by_target = raw_on(
+        &a,
+        "GET",
+        "/clusteroperations",
+        &[],
+        Some(json!({"target_object_type": "instance", "target_uuid": uuid})),
+    )
+    .await
+    .json();
+    assert_eq!(by_target.as_array().map(Vec::len), Some(1), "{by_target}");
+    assert_eq!(by_target[0]["uuid"], op_uuid.as_str());
+    assert_eq!(by_target[0]["operation_type"], "instance_reboot");
+    assert_eq!(by_target[0]["target_uuid"], uuid.as_str());
+    let other_target = raw_on(
+        &a,
+        "GET",
+        "/clusteroperations?target_object_type=network",
+        &[],
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(other_target, json!([]));
+    let one = raw_on(
+        &a,
+        "GET",
+        &format!("/clusteroperations/instance_reboot/{op_uuid}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(one.json()["state"], "queued");
+    let wrong_type = raw_on(
+        &a,
+        "GET",
+        &format!("/clusteroperations/instance_delete/{op_uuid}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(wrong_type.status, 404, "{}", wrong_type.text());
+    let chain = raw_on(
+        &a,
+        "GET",
+        &format!("/clusteroperations/{op_uuid}/chain"),
+        &[],
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(chain.as_array().map(Vec::len), Some(1), "{chain}");
+    let hidden = raw_on(
+        &b,
+        "GET",
+        &format!("/clusteroperations/instance_reboot/{op_uuid}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+    assert_eq!(
+        raw_on(&b, "GET", "/clusteroperations", &[], None)
+            .await
+            .json(),
+        json!([])
+    );
 
     // Unknown actions and other tenants: 404, nothing changed.
     let unknown = raw_on(&a, "POST", "/instances/web-1/explode", &[], None).await;
@@ -902,12 +974,54 @@ async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
     .await;
     assert_eq!(unknown.status, 404, "{}", unknown.text());
 
+    // Hot plug: a NetworkInterface one past the instance's last.
+    let plugged = raw_on(
+        &a,
+        "POST",
+        "/instances/web-1/interfaces",
+        &[],
+        Some(json!({"network": {"network_uuid": net_uuid, "float": true}})),
+    )
+    .await;
+    assert_eq!(plugged.status, 200, "{}", plugged.text());
+    assert_eq!(plugged.json()["name"], "web-1-nic1", "{}", plugged.text());
+    assert_eq!(plugged.json()["order"], 1);
+    let stored_plug = env
+        .raw(
+            "GET",
+            &format!("{api}/namespaces/ta/networkinterfaces/web-1-nic1"),
+            &[],
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(stored_plug["spec"]["order"], 1, "{stored_plug}");
+    assert_eq!(stored_plug["spec"]["network"], "web");
+    assert_eq!(stored_plug["spec"]["float"], true);
+    for (client, body, code) in [
+        (&b, json!({"network": {"network_uuid": net_uuid}}), 404),
+        (&a, json!({"network": {"network_uuid": "nowhere"}}), 404),
+        (&a, json!({}), 400),
+    ] {
+        let refused = raw_on(
+            client,
+            "POST",
+            "/instances/web-1/interfaces",
+            &[],
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(refused.status, code, "{body}: {}", refused.text());
+    }
+    assert_eq!(env.count_rows("NetworkInterface"), 2, "nothing more stored");
+
     // The network's interfaces and its addresses (leases, in address order).
     let rows = raw_on(&a, "GET", "/networks/web/interfaces", &[], None)
         .await
         .json();
-    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{rows}");
     assert_eq!(rows[0]["uuid"], iface_uuid.as_str());
+    assert_eq!(rows[1]["name"], "web-1-nic1");
     let gateway = || env.gateway.clone();
     gateway()
         .call("prepare_network", |mut g| {
@@ -1093,7 +1207,17 @@ async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
     let hidden = raw_on(&b, "GET", "/networks/web/events", &[], None).await;
     assert_eq!(hidden.status, 404, "{}", hidden.text());
 
-    // Deleting every instance of a namespace needs confirm, and system names it.
+    // Deleting every instance of a namespace needs confirm, and system names it;
+    // another namespace's instance is never touched.
+    let other = raw_on(
+        &b,
+        "POST",
+        "/instances",
+        &[],
+        Some(json!({"name": "web-1", "cpus": 1, "memory": 512, "disk": [{"size": 8}]})),
+    )
+    .await;
+    assert_eq!(other.status, 200, "{}", other.text());
     let unconfirmed = raw_on(&a, "DELETE", "/instances", &[], Some(json!({}))).await;
     assert_eq!(unconfirmed.status, 400, "{}", unconfirmed.text());
     assert!(
@@ -1105,7 +1229,16 @@ async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
         .raw("DELETE", "/instances", &[], Some(json!({"confirm": true})))
         .await;
     assert_eq!(unnamed.status, 400, "{}", unnamed.text());
-    assert_eq!(env.count_rows("Instance"), 1, "nothing deleted");
+    let overruled = raw_on(
+        &a,
+        "DELETE",
+        "/instances?confirm=true",
+        &[],
+        Some(json!({"confirm": false})),
+    )
+    .await;
+    assert_eq!(overruled.status, 400, "the body wins: {}", overruled.text());
+    assert_eq!(env.count_rows("Instance"), 2, "nothing deleted");
     let foreign = raw_on(
         &b,
         "DELETE",
@@ -1129,6 +1262,9 @@ async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
         .await
         .json();
     assert_eq!(after["state"], "deleted", "{after}");
+    let survivor = raw_on(&b, "GET", "/instances/web-1", &[], None).await;
+    assert_eq!(survivor.status, 200, "{}", survivor.text());
+    assert_ne!(survivor.json()["state"], "deleted");
 }
 
 /// v0.8 metadata items: stored in the object's annotation, set at create or one key
@@ -1292,6 +1428,41 @@ async fn metadata_on_v08_paths() {
             .json(),
         json!({"rack": "r1"})
     );
+    let blob = "3c1d2e4f-0000-4000-8000-000000000001";
+    env.raw(
+        "POST",
+        &format!("{api}/blobs"),
+        &[],
+        Some(
+            json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Blob",
+                    "metadata": {"name": blob}, "spec": {"ownerNamespace": "ta"}}),
+        ),
+    )
+    .await;
+    let own_blob = raw_on(
+        &a,
+        "PUT",
+        &format!("/blobs/{blob}/metadata/k"),
+        &[],
+        Some(json!({"value": "v"})),
+    )
+    .await;
+    assert_eq!(own_blob.status, 401, "{}", own_blob.text());
+    assert_eq!(
+        raw_on(&a, "GET", &format!("/blobs/{blob}/metadata"), &[], None)
+            .await
+            .json(),
+        json!({})
+    );
+    let null = raw_on(
+        &a,
+        "PUT",
+        "/networks/web/metadata/tier",
+        &[],
+        Some(json!({"value": null})),
+    )
+    .await;
+    assert_eq!(null.status, 400, "{}", null.text());
 }
 
 /// v0.8 artifact management: max_versions, share/unshare (system only), deleting
@@ -1406,14 +1577,87 @@ async fn artifact_management_on_v08_paths() {
         }
     };
     assert!(!visible(&b).await.contains(&"base".to_owned()));
+    // A tenant's namesake is never the one shared, and a name only a tenant has is
+    // not system's to share.
+    raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(json!({"url": "https://images.example/mine.qcow2", "name": "base"})),
+    )
+    .await;
+    let tenant_only = env.raw("POST", "/artifacts/deb/share", &[], None).await;
+    assert_eq!(tenant_only.status, 404, "{}", tenant_only.text());
+    assert_eq!(spec("ta", "deb").await["shared"], false);
     let shared = env.raw("POST", "/artifacts/base/share", &[], None).await;
     assert_eq!(shared.status, 200, "{}", shared.text());
     assert_eq!(shared.json()["shared"], true);
+    assert_eq!(shared.json()["namespace"], "system");
+    assert_eq!(spec("ta", "base").await["shared"], false);
     assert!(visible(&b).await.contains(&"base".to_owned()));
     env.raw("POST", "/artifacts/base/unshare", &[], None).await;
     assert!(!visible(&b).await.contains(&"base".to_owned()));
     let unknown = env.raw("POST", "/artifacts/base/polish", &[], None).await;
     assert_eq!(unknown.status, 404, "{}", unknown.text());
+
+    // What only system may ask of an artifact, on both paths: 403, nothing stored.
+    let file = raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(json!({"url": "file:///etc/shadow"})),
+    )
+    .await;
+    assert_eq!(file.status, 403, "{}", file.text());
+    for spec_body in [
+        json!({"sourceUrl": "FILE:///etc/shadow"}),
+        json!({"sourceUrl": "https://images.example/x.qcow2", "shared": true}),
+    ] {
+        let refused = raw_on(
+            &a,
+            "POST",
+            &format!("{api}/namespaces/ta/artifacts"),
+            &[],
+            Some(
+                json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
+                        "metadata": {"name": "sneaky"}, "spec": spec_body}),
+            ),
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{spec_body}: {}", refused.text());
+        assert_eq!(refused.json()["kind"], "Status");
+    }
+    let mut deb = env
+        .raw(
+            "GET",
+            &format!("{api}/namespaces/ta/artifacts/deb"),
+            &[],
+            None,
+        )
+        .await
+        .json();
+    deb["spec"]["shared"] = json!(true);
+    let put = raw_on(
+        &a,
+        "PUT",
+        &format!("{api}/namespaces/ta/artifacts/deb"),
+        &[],
+        Some(deb),
+    )
+    .await;
+    assert_eq!(put.status, 403, "{}", put.text());
+    let patch = raw_on(
+        &a,
+        "PATCH",
+        &format!("{api}/namespaces/ta/artifacts/deb"),
+        &[("content-type", "application/merge-patch+json")],
+        Some(json!({"spec": {"shared": true}})),
+    )
+    .await;
+    assert_eq!(patch.status, 403, "{}", patch.text());
+    assert_eq!(spec("ta", "deb").await["shared"], false);
 
     // Every artifact of a namespace.
     let unconfirmed = raw_on(
@@ -1434,9 +1678,89 @@ async fn artifact_management_on_v08_paths() {
     )
     .await;
     assert_eq!(deleted.status, 200, "{}", deleted.text());
-    assert_eq!(deleted.json(), json!([uuid]));
+    let gone = deleted.json();
+    assert_eq!(
+        gone.as_array().map(Vec::len),
+        Some(2),
+        "deb and ta's base: {gone}"
+    );
+    assert!(gone.as_array().is_some_and(|g| g.contains(&json!(uuid))));
     assert_eq!(
         raw_on(&a, "GET", "/artifacts/deb", &[], None).await.status,
         404
     );
+    let kept = env
+        .raw(
+            "GET",
+            &format!("{api}/namespaces/system/artifacts/base"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        kept.status,
+        200,
+        "system's base is not ta's: {}",
+        kept.text()
+    );
+}
+
+/// Hypervisor files (paths, `file://`) as disk bases or NVRAM templates are for the
+/// system namespace only: 403 for a tenant on both paths, nothing stored.
+#[tokio::test]
+async fn tenants_cannot_boot_from_hypervisor_files() {
+    let env = start().await;
+    let a = env.tenant("ta", "key-a").await;
+    let api = "/apis/shakenfist.io/v1alpha1";
+    for disk in [
+        json!({"size": 8, "base": "/etc/shadow"}),
+        json!({"size": 8, "base": "file:///etc/shadow"}),
+    ] {
+        let v08 = raw_on(
+            &a,
+            "POST",
+            "/instances",
+            &[],
+            Some(json!({"name": "web-1", "cpus": 1, "memory": 512, "disk": [disk.clone()]})),
+        )
+        .await;
+        assert_eq!(v08.status, 403, "{disk}: {}", v08.text());
+        assert!(
+            v08.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("spec.disks[0].base"))
+        );
+    }
+    let mut spec = json!({"cpus": 1, "memory": 512, "disks": [{"size": 8}]});
+    spec["nvramTemplate"] = json!("/usr/share/OVMF/OVMF_VARS.fd");
+    spec["uefi"] = json!(true);
+    let object = |spec: serde_json::Value| {
+        json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+               "metadata": {"name": "web-2"}, "spec": spec})
+    };
+    let k8s = raw_on(
+        &a,
+        "POST",
+        &format!("{api}/namespaces/ta/instances"),
+        &[],
+        Some(object(spec.clone())),
+    )
+    .await;
+    assert_eq!(k8s.status, 403, "{}", k8s.text());
+    assert!(
+        k8s.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.nvramTemplate"))
+    );
+    assert_eq!(env.count_rows("Instance"), 0, "nothing stored");
+    // The system namespace may (an operator's local image).
+    let system = env
+        .raw(
+            "POST",
+            &format!("{api}/namespaces/system/instances"),
+            &[],
+            Some(object(spec)),
+        )
+        .await;
+    assert_eq!(system.status, 201, "{}", system.text());
 }

@@ -598,8 +598,9 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
 
     // --- Instances ---------------------------------------------------------------
 
-    /// The image file of a disk `base`: a path or `file://` URL as is; an Artifact
-    /// (this namespace, then shared in `system`, then by uid) its latest version's
+    /// The image file of a disk `base`: a path or `file://` URL as is (sf-api lets
+    /// only the system namespace write those); an Artifact (this namespace, then
+    /// shared in `system`, then by uid in this namespace or shared) its latest version's
     /// blob file, which must be on this node (the instance plan replicates it before
     /// `instance_create`; missing is `NotReady`, retried). `None`: no such artifact or
     /// no version.
@@ -626,7 +627,12 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 .filter(|a| a.spec.shared);
         }
         if artifact.is_none() && uuid::Uuid::parse_str(base).is_ok() {
-            artifact = g.get_by_uid("Artifact", base).await?;
+            // By uid: the instance's own namespace or a shared one, never another
+            // tenant's (as sf-cluster resolves it).
+            artifact = g
+                .get_by_uid::<Artifact>("Artifact", base)
+                .await?
+                .filter(|a| a.metadata.namespace.as_deref() == Some(namespace) || a.spec.shared);
         }
         let Some(version) = artifact.and_then(|a| a.status?.versions.last().cloned()) else {
             return Ok(None);
@@ -650,8 +656,10 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         if let Some(n) = g.get::<Network>("Network", Some(namespace), name).await? {
             return Ok(n);
         }
+        // By uid only within the namespace: never another tenant's network.
         if uuid::Uuid::parse_str(name).is_ok()
             && let Some(n) = g.get_by_uid::<Network>("Network", name).await?
+            && n.metadata.namespace.as_deref() == Some(namespace)
         {
             return Ok(n);
         }

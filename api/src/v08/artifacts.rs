@@ -5,11 +5,14 @@
 //!   `system` (`spec.shared`); `GET /artifacts/{ref}`, `GET /artifacts/{ref}/versions`
 //!   and `GET /artifacts/{ref}/events` resolve the caller's namespace first, then those
 //!   shared ones (a `namespace` parameter scopes to it alone).
-//! - Writes resolve in the caller's own namespace only (a shared artifact of `system`
-//!   is not a tenant's): `DELETE /artifacts/{ref}`; `POST /artifacts/{ref}/versions
+//! - Writes resolve in the caller's scope (a tenant's own namespace: a shared artifact
+//!   of `system` is not a tenant's; `system`: every namespace, or the one named): `DELETE /artifacts/{ref}`; `POST /artifacts/{ref}/versions
 //!   {max_versions}` sets `spec.maxVersions` (an integer ≥ 1, else 400; the artifact
 //!   controller prunes the oldest versions at once); `POST
-//!   /artifacts/{ref}/{share|unshare}` sets `spec.shared`, `system` only (403).
+//!   /artifacts/{ref}/{share|unshare}` sets `spec.shared`, `system` only (403) and only
+//!   on artifacts of the `system` namespace (a tenant's image never becomes every
+//!   namespace's disk base). A tenant's `POST /artifacts` with a `file://` URL is 403
+//!   (`crate::resources::tenant_rules`).
 //!   Each is an update with the read resourceVersion as precondition, retried on a
 //!   conflicting write; nothing is written when nothing changes.
 //! - `DELETE /artifacts {confirm: true, namespace}` starts deleting every artifact of
@@ -252,9 +255,10 @@ pub(super) async fn delete_artifact(
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
         let deleted = app
             .gateway
-            .delete("Artifact", namespace, name, None, None, false)
+            .delete("Artifact", namespace, name, None, uid, false)
             .await
             .map_err(|e| error_response(&ApiError::from_gateway(&e, &Default::default())))?;
         let mut flat = flatten_artifact(&deleted.object);
@@ -297,6 +301,10 @@ pub(super) async fn create_artifact(
                 StatusCode::FORBIDDEN,
                 "only the system namespace may share artifacts",
             ));
+        }
+        if !caller.is_system() {
+            crate::resources::tenant_rules("Artifact", &json!({"spec": {"sourceUrl": url}}))
+                .map_err(|e| error_response(&e))?;
         }
         let ns = lookup_namespace(&caller, param(query.as_deref(), &body, "namespace"))?
             .unwrap_or_else(|| caller.namespace.clone());
@@ -343,19 +351,17 @@ pub(super) async fn artifact_events(
     done(run.await)
 }
 
-/// Sets `field` of the spec of the artifact `reference` names in the caller's own
-/// namespace to `value`, retried on a conflicting write; answers the artifact.
+/// Sets `field` of the spec of the artifact `reference` names in `ns` (`None`: every
+/// namespace) to `value`, retried on a conflicting write; answers the artifact.
 async fn set_spec_field(
     app: &App,
-    caller: &Caller,
+    ns: Option<String>,
     reference: &str,
-    query: Option<&str>,
     field: &str,
     value: Value,
 ) -> Result<Response, Response> {
     for _ in 0..POWER_ATTEMPTS {
-        let ns = lookup_namespace(caller, param(query, &Value::Null, "namespace"))?;
-        let mut object = resolve(app, "Artifact", ns, reference).await?;
+        let mut object = resolve(app, "Artifact", ns.clone(), reference).await?;
         if object.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(sf_error(
                 StatusCode::CONFLICT,
@@ -409,15 +415,8 @@ pub(super) async fn set_max_versions(
                 ),
             )
         })?;
-        set_spec_field(
-            &app,
-            &caller,
-            &reference,
-            query.as_deref(),
-            "maxVersions",
-            json!(max),
-        )
-        .await
+        let ns = lookup_namespace(&caller, param(query.as_deref(), &Value::Null, "namespace"))?;
+        set_spec_field(&app, ns, &reference, "maxVersions", json!(max)).await
     };
     done(run.await)
 }
@@ -427,7 +426,6 @@ pub(super) async fn artifact_action(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     Path((reference, action)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
 ) -> Response {
     let run = async {
         let shared = match action.as_str() {
@@ -446,11 +444,12 @@ pub(super) async fn artifact_action(
                 "only the system namespace may share or unshare artifacts",
             ));
         }
+        // Only system's own artifacts are shared: a tenant's image never becomes
+        // every namespace's disk base.
         set_spec_field(
             &app,
-            &caller,
+            Some(SHARED_NAMESPACE.to_owned()),
             &reference,
-            query.as_deref(),
             "shared",
             json!(shared),
         )
@@ -459,8 +458,21 @@ pub(super) async fn artifact_action(
     done(run.await)
 }
 
-/// `DELETE /artifacts/{ref}/versions/{index}`: not supported (see the module contract).
-pub(super) async fn delete_version(Path((reference, index)): Path<(String, String)>) -> Response {
+/// `DELETE /artifacts/{ref}/versions/{index}`: not supported (see the module contract);
+/// an artifact the caller cannot see is 404 first.
+pub(super) async fn delete_version(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((reference, index)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let ns = match lookup_namespace(&caller, param(query.as_deref(), &Value::Null, "namespace")) {
+        Ok(ns) => ns,
+        Err(response) => return response,
+    };
+    if let Err(missing) = resolve(&app, "Artifact", ns, &reference).await {
+        return missing;
+    }
     sf_error(
         StatusCode::NOT_IMPLEMENTED,
         format!(

@@ -8,6 +8,13 @@
 //! - `GET /instances/{ref}/interfaces` and `GET /networks/{ref}/interfaces`: the rows
 //!   of one instance (in order) or of one network (by instance, then order), the
 //!   instance or network resolved as `GET /instances/{ref}` does.
+//! - `POST /instances/{ref}/interfaces {network: {network_uuid, address, macaddress,
+//!   model, float}}` hot-plugs one: a NetworkInterface `<instance>-nic<order>` (the
+//!   instance name shortened to fit a DNS label; the next free number when taken)
+//!   with `spec.order` one past the instance's last interface; the interface
+//!   controller reserves its address and plugs it once the instance is created. An
+//!   instance being deleted is 409, a missing network 404; the answer is the new
+//!   interface's row.
 //! - `GET /interfaces/{uuid}`: one interface of the caller's namespace (`system`: any)
 //!   by uuid; 404 otherwise.
 //! - `POST /interfaces/{uuid}/float` and `/defloat` set `spec.float` (admitted as an
@@ -24,13 +31,15 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{
-    POWER_ATTEMPTS, done, list_kind, lookup_namespace, param, resolve, sf_error, update_object,
+    POWER_ATTEMPTS, body_json, create_object, done, list_kind, lookup_namespace, nic_fields, param,
+    resolve, sf_error, update_object, without_nulls,
 };
 use crate::auth::Caller;
 use crate::error::json_response;
@@ -54,6 +63,18 @@ fn interface_order(iface: &Value) -> (u64, String) {
         .and_then(|rest| rest.strip_prefix('-'))
         .and_then(|i| i.parse::<u64>().ok());
     (boot.unwrap_or(10_000), name)
+}
+
+/// The MAC address the interface has or will have: reported, asked for, or the one
+/// derived from its uid that the agent will plug it with.
+fn mac_of(iface: &Value) -> Option<String> {
+    text(iface, "/status/macaddr")
+        .or_else(|| text(iface, "/spec/macaddr"))
+        .or_else(|| {
+            serde_json::from_value::<sf_schema::NetworkInterface>(iface.clone())
+                .ok()
+                .map(|i| i.mac())
+        })
 }
 
 /// The object of `items` named `reference` (its name or uid).
@@ -138,7 +159,7 @@ impl Namespace {
             "name": text(iface, "/metadata/name"),
             "instance_uuid": named(&instances, &instance).and_then(|i| text(i, "/metadata/uid")),
             "network_uuid": named(&networks, &network).and_then(|n| text(n, "/metadata/uid")),
-            "macaddr": text(iface, "/status/macaddr").or_else(|| text(iface, "/spec/macaddr")),
+            "macaddr": mac_of(iface),
             "ipv4": text(iface, "/status/ipv4"),
             "floating": text(iface, "/status/floatingAddress"),
             "model": text(iface, "/spec/model").unwrap_or_else(|| "virtio".into()),
@@ -209,6 +230,85 @@ pub(super) async fn network_interfaces(
         )
         .await,
     )
+}
+
+/// The longest Kubernetes object name (a DNS label).
+const MAX_NAME: usize = 63;
+
+/// `<instance>-nic<n>`, the instance part shortened so the whole fits [`MAX_NAME`].
+fn hot_plug_name(instance: &str, n: u64) -> String {
+    let suffix = format!("-nic{n}");
+    let room = MAX_NAME.saturating_sub(suffix.len());
+    let head: String = instance.chars().take(room).collect();
+    format!("{}{suffix}", head.trim_end_matches('-'))
+}
+
+/// `POST /instances/{ref}/interfaces`.
+pub(super) async fn add_interface(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(reference): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let run = async {
+        let body = without_nulls(&body_json(&body)?);
+        let query = query.as_deref();
+        let ns = lookup_namespace(&caller, param(query, &body, "namespace"))?;
+        let instance = resolve(&app, "Instance", ns, &reference).await?;
+        if instance.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(sf_error(
+                StatusCode::CONFLICT,
+                format!("instance {reference} is being deleted"),
+            ));
+        }
+        let Some(net) = body.get("network").filter(|n| n.is_object()) else {
+            return Err(sf_error(
+                StatusCode::BAD_REQUEST,
+                "network: required, a networkspec object ({\"network_uuid\": ...})",
+            ));
+        };
+        let network_ref = net
+            .get("network_uuid")
+            .or_else(|| net.get("network"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let namespace = text(&instance, "/metadata/namespace").unwrap_or_default();
+        let network = resolve(&app, "Network", Some(namespace.clone()), network_ref).await?;
+        let existing = Namespace::read(&app, Some(namespace.clone())).await?;
+        let rows = existing.rows(|i| refers_to(i, "/spec/instance", &instance));
+        let next = rows
+            .iter()
+            .filter_map(|r| r["order"].as_u64())
+            .max()
+            .map_or(0, |m| m + 1);
+        let instance_name = text(&instance, "/metadata/name").unwrap_or_default();
+        let taken = |name: &str| {
+            existing
+                .interfaces
+                .iter()
+                .any(|i| text(i, "/metadata/name").as_deref() == Some(name))
+        };
+        let name = (next..next + 1000)
+            .map(|n| hot_plug_name(&instance_name, n))
+            .find(|n| !taken(n))
+            .unwrap_or_else(|| hot_plug_name(&instance_name, next));
+        let mut spec = nic_fields(net, &network);
+        spec["instance"] = json!(instance_name);
+        spec["order"] = json!(next);
+        let object = json!({
+            "apiVersion": sf_schema::API_VERSION,
+            "kind": "NetworkInterface",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        });
+        let created = create_object(&app, object, &namespace).await?;
+        let mut namespace_now = existing;
+        namespace_now.interfaces.push(created.clone());
+        let uid = text(&created, "/metadata/uid").unwrap_or_default();
+        Ok(json_response(StatusCode::OK, &row_of(&namespace_now, &uid)))
+    };
+    done(run.await)
 }
 
 /// The interface `uuid` names in the caller's scope (any namespace for `system`).
@@ -409,6 +509,17 @@ mod tests {
             got,
             [("a-0".into(), 0), ("late".into(), 2), ("b-0".into(), 0)]
         );
+    }
+
+    #[test]
+    fn hot_plugged_names_fit_a_dns_label() {
+        assert_eq!(hot_plug_name("web-1", 2), "web-1-nic2");
+        let long = hot_plug_name(&"a".repeat(63), 12);
+        assert_eq!(long.len(), 63);
+        assert!(long.ends_with("-nic12"));
+        assert!(sf_schema::validation::is_dns_label(&long), "{long}");
+        let dashed = hot_plug_name(&format!("{}-b", "a".repeat(57)), 3);
+        assert!(sf_schema::validation::is_dns_label(&dashed), "{dashed}");
     }
 
     #[test]

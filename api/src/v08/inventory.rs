@@ -4,7 +4,7 @@
 //! paths (`crate::resources::authorize`): every caller sees every Node; a tenant sees
 //! the Blobs whose `spec.ownerNamespace` is its namespace, `system` sees all (another
 //! namespace's blob is 404, as a missing one).
-//! - `GET /nodes`, `GET /nodes/{name}`: `{name, uuid, fqdn, ip, lastseen, version,
+//! - `GET /nodes`, `GET /nodes/{name}` (its name or uuid): `{name, uuid, fqdn, ip, lastseen, version,
 //!   release, state, schedulable, roles, is_hypervisor, is_network_node,
 //!   is_cluster_maintainer, is_database_node}`; `lastseen` in seconds since the epoch
 //!   (0 before the first check-in), `ip` the node's address (empty when unknown).
@@ -103,7 +103,10 @@ pub(super) async fn node_named(app: &App, name: &str) -> Result<Value, Response>
     nodes(app)
         .await?
         .into_iter()
-        .find(|n| text(n, "/metadata/name").as_deref() == Some(name))
+        .find(|n| {
+            text(n, "/metadata/name").as_deref() == Some(name)
+                || text(n, "/metadata/uid").as_deref() == Some(name)
+        })
         .ok_or_else(|| not_found("Node", name))
 }
 

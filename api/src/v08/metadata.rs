@@ -300,10 +300,10 @@ async fn set(
 ) -> Result<Response, Response> {
     check_key(key)?;
     let body = body_json(body)?;
-    let Some(value) = body.get("value").cloned() else {
+    let Some(value) = body.get("value").filter(|v| !v.is_null()).cloned() else {
         return Err(sf_error(
             StatusCode::BAD_REQUEST,
-            "value: required (the body is {\"value\": ...})",
+            "value: required and not null (the body is {\"value\": ...})",
         ));
     };
     change(app, caller, owner, reference, query, |items| {

@@ -56,7 +56,8 @@
 //!   v0.8 event rows, newest first (`event_type`
 //!   and `limit` from the query or the JSON body).
 //! - Interfaces and network addresses: [`interfaces`]; nodes and blobs: [`inventory`];
-//!   metadata items of every kind here: [`metadata`].
+//!   metadata items of every kind here: [`metadata`]; cluster operations:
+//!   [`operations`].
 //!
 //! Not served: the other v0.8 paths (artifact upload, namespace metadata, cluster operations, consoles, agent operations, ...).
 
@@ -67,6 +68,7 @@ mod artifacts;
 mod interfaces;
 mod inventory;
 pub mod metadata;
+mod operations;
 
 use std::sync::Arc;
 
@@ -104,7 +106,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/instances/{reference}/events", get(instance_events))
         .route(
             "/instances/{reference}/interfaces",
-            get(interfaces::instance_interfaces),
+            get(interfaces::instance_interfaces).post(interfaces::add_interface),
         )
         .route(
             "/instances/{reference}/snapshot",
@@ -178,6 +180,15 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/blobs", get(inventory::list_blobs))
         .route("/blobs/{uuid}", get(inventory::get_blob))
         .route("/blobs/{uuid}/events", get(inventory::blob_events))
+        .route("/clusteroperations", get(operations::list_operations))
+        .route(
+            "/clusteroperations/{reference}/chain",
+            get(operations::operation_chain),
+        )
+        .route(
+            "/clusteroperations/{reference}/{uuid}",
+            get(operations::get_operation),
+        )
         .merge(metadata::routes())
 }
 
@@ -436,9 +447,11 @@ async fn remove(
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // The uid as precondition: a namesake made since the lookup is not deleted.
+    let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
     let deleted = app
         .gateway
-        .delete(kind, namespace, name, None, None, false)
+        .delete(kind, namespace, name, None, uid, false)
         .await
         .map_err(|e| error_response(&ApiError::from_gateway(&e, &Default::default())))?;
     let mut flat = flatten(&deleted.object);
@@ -465,6 +478,9 @@ async fn create(
         "metadata": {"name": name, "namespace": ns},
         "spec": spec,
     });
+    if !caller.is_system() {
+        crate::resources::tenant_rules(kind, &object).map_err(|e| error_response(&e))?;
+    }
     match body.get("metadata") {
         None | Some(Value::Null) => {}
         Some(Value::Object(items)) => {
@@ -626,8 +642,11 @@ async fn remove_all(
     body: &Bytes,
 ) -> Result<Response, Response> {
     let body = body_json(body)?;
-    let confirmed = body.get("confirm").and_then(Value::as_bool) == Some(true)
-        || param(query, &body, "confirm").as_deref() == Some("true");
+    // The body wins over the query, as for every v0.8 parameter.
+    let confirmed = match body.get("confirm") {
+        Some(given) => given.as_bool() == Some(true),
+        None => param(query, &body, "confirm").as_deref() == Some("true"),
+    };
     let plural = format!("{}s", kind.to_ascii_lowercase());
     if !confirmed {
         return Err(sf_error(
@@ -651,11 +670,14 @@ async fn remove_all(
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
         if object.pointer("/metadata/deletionTimestamp").is_none() {
-            match app.gateway.delete(kind, &ns, name, None, None, false).await {
+            match app.gateway.delete(kind, &ns, name, None, uid, false).await {
                 Ok(_) => {}
-                // Gone in the meantime: what was asked for.
-                Err(e) if e.code() == Some(tonic::Code::NotFound) => {}
+                // Gone in the meantime (or replaced by a namesake, which the uid
+                // precondition spares): what was asked for.
+                Err(e)
+                    if matches!(e.code(), Some(tonic::Code::NotFound | tonic::Code::Aborted)) => {}
                 Err(e) => {
                     return Err(error_response(&ApiError::from_gateway(
                         &e,
@@ -736,6 +758,26 @@ fn unsupported_field(body: &Value, field: &str, what: &str) -> Result<(), Respon
     Ok(())
 }
 
+/// The interface fields of a v0.8 networkspec (`address`, `macaddress`, `model`,
+/// `float`) with `network` (already resolved) named: a `spec.networks` entry of an
+/// Instance, or the spec of a hot-plugged NetworkInterface.
+fn nic_fields(net: &Value, network: &Value) -> Value {
+    let mut entry =
+        json!({"network": network.pointer("/metadata/name").cloned().unwrap_or(Value::Null)});
+    for (from, to) in [
+        ("address", "address"),
+        ("macaddress", "macaddr"),
+        ("macaddr", "macaddr"),
+        ("model", "model"),
+        ("float", "float"),
+    ] {
+        if let Some(v) = net.get(from).filter(|v| !v.is_null()) {
+            entry[to] = v.clone();
+        }
+    }
+    entry
+}
+
 async fn create_instance(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -784,20 +826,7 @@ async fn create_instance(
             Ok(network) => network,
             Err(response) => return response,
         };
-        let mut entry =
-            json!({"network": network.pointer("/metadata/name").cloned().unwrap_or(Value::Null)});
-        for (from, to) in [
-            ("address", "address"),
-            ("macaddress", "macaddr"),
-            ("macaddr", "macaddr"),
-            ("model", "model"),
-            ("float", "float"),
-        ] {
-            if let Some(v) = net.get(from).filter(|v| !v.is_null()) {
-                entry[to] = v.clone();
-            }
-        }
-        networks.push(entry);
+        networks.push(nic_fields(net, &network));
     }
     if !networks.is_empty() {
         spec.insert("networks".into(), Value::Array(networks));
