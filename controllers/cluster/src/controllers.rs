@@ -426,13 +426,14 @@ where
         let kind = K::kind(&()).into_owned();
         let reader = self.reader;
         let subscribers = self.subscribers;
+        let mut relisting = Vec::new();
         Box::pin(
             watcher(api, watcher::Config::default())
                 .default_backoff()
                 .reflect(self.writer)
                 .for_each(move |event| {
                     match event {
-                        Ok(event) => fan_out(&reader, &subscribers, event),
+                        Ok(event) => fan_out(&reader, &subscribers, event, &mut relisting),
                         Err(e) => tracing::warn!(kind = %kind, error = %e, "watch"),
                     }
                     std::future::ready(())
@@ -445,16 +446,40 @@ where
 type Subscribers<K> = std::sync::Mutex<Vec<futures::channel::mpsc::UnboundedSender<Arc<K>>>>;
 
 /// Hands the object of a stored watch event to every subscriber: an applied or
-/// removed object, or every object once the initial list is stored. A subscriber
-/// whose receiver went away (its controller stopped) is dropped.
-fn fan_out<K>(reader: &Store<K>, subscribers: &Subscribers<K>, event: watcher::Event<K>)
-where
+/// removed object, or every object once a (re)list is stored, together with every
+/// object the relist no longer has (removed while the watch was down: a removal
+/// whose own event was never seen). `before` holds the store's objects from the
+/// start of a relist to its end. A subscriber whose receiver went away (its
+/// controller stopped) is dropped.
+fn fan_out<K>(
+    reader: &Store<K>,
+    subscribers: &Subscribers<K>,
+    event: watcher::Event<K>,
+    before: &mut Vec<Arc<K>>,
+) where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     let objects: Vec<Arc<K>> = match event {
         watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => vec![Arc::new(obj)],
-        watcher::Event::InitDone => reader.state(),
-        watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+        // The store keeps serving the previous list until the relist is done.
+        watcher::Event::Init => {
+            *before = reader.state();
+            Vec::new()
+        }
+        watcher::Event::InitApply(_) => Vec::new(),
+        watcher::Event::InitDone => {
+            let mut now = reader.state();
+            let kept: std::collections::HashSet<ObjectRef<K>> = now
+                .iter()
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect();
+            now.extend(
+                before
+                    .drain(..)
+                    .filter(|o| !kept.contains(&ObjectRef::from_obj(o.as_ref()))),
+            );
+            now
+        }
     };
     if objects.is_empty() {
         return;
@@ -1003,9 +1028,10 @@ mod tests {
         let mut b = subscribe();
         let gone = subscribe();
         drop(gone);
+        let mut before = Vec::new();
         for event in [Event::Init, Event::InitApply(node("hv-0")), Event::InitDone] {
             writer.apply_watcher_event(&event);
-            fan_out(&reader, &subscribers, event);
+            fan_out(&reader, &subscribers, event, &mut before);
         }
         for event in [
             Event::Apply(node("near")),
@@ -1013,7 +1039,7 @@ mod tests {
             Event::Apply(node("far")),
         ] {
             writer.apply_watcher_event(&event);
-            fan_out(&reader, &subscribers, event);
+            fan_out(&reader, &subscribers, event, &mut before);
         }
         for rx in [&mut a, &mut b] {
             let mut names = Vec::new();
@@ -1028,5 +1054,37 @@ mod tests {
             "the dropped one is gone"
         );
         assert!(reader.get(&ObjectRef::new("near")).is_none());
+    }
+
+    /// An object removed while the watch was down (no Delete event ever seen) still
+    /// reaches the subscribers when the relist ends, beside the listed ones.
+    #[test]
+    fn a_relist_hands_on_what_it_no_longer_has() {
+        let (reader, mut writer) = reflector::store::<Node>();
+        let subscribers: Subscribers<Node> = std::sync::Mutex::default();
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        subscribers.lock().expect("lock").push(tx);
+        let mut before = Vec::new();
+        let list = |names: &[&str]| {
+            let mut events = vec![Event::Init];
+            events.extend(names.iter().map(|n| Event::InitApply(node(n))));
+            events.push(Event::InitDone);
+            events
+        };
+        for event in list(&["hv-0", "hv-1"]).into_iter().chain(list(&["hv-1"])) {
+            writer.apply_watcher_event(&event);
+            fan_out(&reader, &subscribers, event, &mut before);
+        }
+        let mut names = Vec::new();
+        while let Ok(obj) = rx.try_recv() {
+            names.push(obj.name_any());
+        }
+        names[..2].sort();
+        assert_eq!(names, ["hv-0", "hv-1", "hv-1", "hv-0"]);
+        assert!(
+            reader.get(&ObjectRef::new("hv-0")).is_none(),
+            "gone from the store"
+        );
+        assert!(before.is_empty(), "nothing held between relists");
     }
 }
