@@ -1168,3 +1168,118 @@ async fn instance_snapshot_captures_disks_into_artifacts() {
         .expect_err("thin");
     assert_eq!(err.code(), "BadOperation", "{err}");
 }
+
+/// The backing file of a qcow2 disk, from `qemu-img info`.
+fn backing_of(disk: &std::path::Path) -> Option<String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(disk)
+        .output()
+        .expect("qemu-img info");
+    assert!(out.status.success(), "qemu-img info {}", disk.display());
+    let info: Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    info["backing-filename"].as_str().map(str::to_owned)
+}
+
+/// A disk base given as an artifact uid resolves within the instance's own
+/// namespace only (or to a shared artifact): another namespace's image never backs
+/// an instance's disk, however its uid became known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_base_by_uid_never_reaches_another_namespace() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let g = &env.gateway;
+    g.client()
+        .call("create_namespace", |mut c| async move {
+            c.create_namespace(pb::NamespaceRequest {
+                namespace: "other".into(),
+            })
+            .await
+        })
+        .await
+        .expect("namespace other");
+    let storage = env.dir.path().join("storage");
+    std::fs::create_dir_all(storage.join("blobs")).expect("blobs dir");
+    let mut uids = Vec::new();
+    for (ns, blob) in [
+        ("other", "0c0c0c0c-0000-4000-8000-000000000001"),
+        ("demo", "0c0c0c0c-0000-4000-8000-000000000002"),
+    ] {
+        qemu_img(
+            &["create", "-q", "-f", "qcow2"],
+            &[&storage.join("blobs").join(blob)],
+            Some("1M"),
+        );
+        let artifact = g
+            .create(&json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
+                "metadata": {"name": "img", "namespace": ns},
+                "spec": {"sourceUrl": "https://images.example/img.qcow2"},
+            }))
+            .await
+            .expect("artifact");
+        env.merge(
+            "Artifact",
+            Some(ns),
+            "img",
+            json!({"state": "created", "versions": [
+                {"index": 1, "blob": blob, "size": 1_048_576, "created": "2026-11-26T00:00:00Z"}
+            ]}),
+        )
+        .await;
+        uids.push(
+            artifact["metadata"]["uid"]
+                .as_str()
+                .expect("uid")
+                .to_owned(),
+        );
+    }
+    let instance = g
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "web-1", "namespace": "demo"},
+            "spec": {"cpus": 1, "memory": 256, "powerState": "off",
+                     "disks": [{"size": 1, "base": uids[0]}, {"size": 1, "base": uids[1]}]},
+        }))
+        .await
+        .expect("instance");
+    let uid = instance["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    env.merge(
+        "Instance",
+        Some("demo"),
+        "web-1",
+        json!({"state": "creating", "node": NODE}),
+    )
+    .await;
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let agent = env.agent(hv, "66666666-6666-4666-8666-666666666666");
+    let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+        "operationType": "instance_create",
+        "target": {"kind": "Instance", "name": "web-1", "namespace": "demo", "uid": uid},
+        "node": NODE,
+        "payload": {"interfaces": [], "powerState": "off"},
+    }))
+    .expect("spec");
+    let mut op = sf_schema::ClusterOperation::new("instance-web-1-1-create", spec);
+    op.metadata.namespace = Some("demo".into());
+    op.metadata.uid = Some("0c0c0c0c-0000-4000-8000-0000000000ff".into());
+    agent.execute(&op).await.expect("instance_create");
+    let disks = storage.join("instances").join(&uid);
+    assert_eq!(
+        backing_of(&disks.join("disk-0.qcow2")),
+        None,
+        "another namespace's artifact, by uid: no backing file"
+    );
+    let own = backing_of(&disks.join("disk-1.qcow2")).unwrap_or_default();
+    assert!(
+        own.ends_with("0c0c0c0c-0000-4000-8000-000000000002"),
+        "the instance's own namespace's artifact backs disk 1: {own}"
+    );
+}
