@@ -679,19 +679,52 @@ impl System {
 
     /// A plain HTTP GET on sf-api (no token): status code and body.
     pub fn http_get(&self, path: &str) -> Result<(u16, String), E2eError> {
+        self.http("GET", path, None, None)
+    }
+
+    /// A GET on sf-api as the system namespace (a token from `POST /auth` with the
+    /// system key): status code and body. For the v0.8 paths, which `sf` does not use.
+    pub fn system_get(&self, path: &str) -> Result<(u16, String), E2eError> {
+        let auth = serde_json::json!({"namespace": "system", "key": self.system_key}).to_string();
+        let (code, body) = self.http("POST", "/auth", None, Some(&auth))?;
+        let token = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["access_token"].as_str().map(str::to_owned))
+            .ok_or_else(|| E2eError::Command {
+                command: "POST /auth".into(),
+                output: format!("{code}: {body}"),
+            })?;
+        self.http("GET", path, Some(&token), None)
+    }
+
+    /// One HTTP/1.1 request to sf-api (`Connection: close`): status code and body.
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<(u16, String), E2eError> {
         let addr = self.api_url.trim_start_matches("http://");
         let io = |source| E2eError::Io {
-            what: format!("GET {path}"),
+            what: format!("{method} {path}"),
             source,
         };
         let mut s = TcpStream::connect(addr).map_err(io)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(io)?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .map_err(io)?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        write!(s, "{head}\r\n{body}").map_err(io)?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).map_err(io)?;
         let code = buf

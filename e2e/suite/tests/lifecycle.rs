@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sf_e2e::{System, SystemOptions, require_root, wait_for};
 
 const NETWORK_AND_INSTANCES: &str = r#"
@@ -147,6 +147,44 @@ fn network_and_instances_through_their_whole_life() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");
     assert!(table.contains("10.77.0.50"), "{table}");
+    // The same, as shakenfist-client reads it on the v0.8 paths, from the objects the
+    // live controllers wrote.
+    let v08 = |path: &str| -> Value {
+        let (code, body) = system.system_get(path).expect("v0.8 GET");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    };
+    let rows = v08("/instances/web-3/interfaces?namespace=e2e");
+    assert_eq!(rows[0]["ipv4"], "10.77.0.50", "{rows}");
+    assert_eq!(rows[0]["state"], "created", "{rows}");
+    let addresses = v08("/networks/web/addresses?namespace=e2e");
+    let held = addresses
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["address"] == "10.77.0.50")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(held["type"], "instance", "{addresses}");
+    assert_eq!(
+        held["user"],
+        json!(["networkinterface", rows[0]["uuid"]]),
+        "{addresses}"
+    );
+    let nodes = v08("/nodes");
+    assert_eq!(
+        nodes.as_array().map(Vec::len),
+        Some(system.nodes.len()),
+        "{nodes}"
+    );
+    assert!(
+        nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|n| n["lastseen"].as_f64().is_some_and(|t| t > 0.0)),
+        "every node has checked in: {nodes}"
+    );
 
     // Power changes reach the observed state.
     for (verb, power) in [
