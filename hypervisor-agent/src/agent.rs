@@ -203,6 +203,9 @@ pub enum HandlerError {
         /// The name.
         name: String,
     },
+    /// A disk base or NVRAM template names no image the instance may use.
+    #[error("{0}")]
+    ImageNotFound(String),
     /// Something the operation needs is not ready yet.
     #[error("{0}")]
     NotReady(String),
@@ -232,6 +235,7 @@ impl HandlerError {
             Self::Gateway(e) if e.unavailable() => "DatabaseUnavailable".into(),
             Self::Gateway(_) => "DatabaseCallFailed".into(),
             Self::NotFound { .. } => "TargetNotFound".into(),
+            Self::ImageNotFound(_) => "ImageNotFound".into(),
             Self::NotReady(_) => "NotReady".into(),
             Self::BadOperation(_) => "BadOperation".into(),
             Self::Unsupported(_) => "UnsupportedOperation".into(),
@@ -251,7 +255,10 @@ impl HandlerError {
             ),
             Self::Gateway(e) => e.unavailable(),
             Self::NotReady(_) => true,
-            Self::NotFound { .. } | Self::BadOperation(_) | Self::Unsupported(_) => false,
+            Self::NotFound { .. }
+            | Self::ImageNotFound(_)
+            | Self::BadOperation(_)
+            | Self::Unsupported(_) => false,
             Self::Fetch(e) => e.retryable(),
             Self::BlobRemove(e) => e.retryable(),
             Self::Snapshot(e) => e.retryable(),
@@ -651,6 +658,25 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         }
     }
 
+    /// [`Self::resolve_image`] of `reference` (at `field` of the instance spec), which
+    /// must name an image: a reference that resolves to nothing fails the operation
+    /// ([`HandlerError::ImageNotFound`]) rather than giving the guest a blank disk.
+    async fn image(
+        &self,
+        namespace: &str,
+        reference: &str,
+        field: &str,
+    ) -> Result<PathBuf, HandlerError> {
+        self.resolve_image(namespace, reference)
+            .await?
+            .ok_or_else(|| {
+                HandlerError::ImageNotFound(format!(
+                    "{field} {reference}: no artifact with a version that this instance may use \
+                     (one of its namespace, or a shared one of system)"
+                ))
+            })
+    }
+
     async fn network_of(&self, namespace: &str, name: &str) -> Result<Network, HandlerError> {
         let g = &self.inner.gateway;
         if let Some(n) = g.get::<Network>("Network", Some(namespace), name).await? {
@@ -726,11 +752,35 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
     }
 
     /// The lifecycle context of `inst`; `required` interfaces must exist with an
-    /// address (else [`HandlerError::NotReady`]).
+    /// address (else [`HandlerError::NotReady`]). Disk bases are resolved only for
+    /// `instance_create` ([`Self::create_context`]), the one operation that makes disks
+    /// from them: every later operation finds the disks made, and must not fail
+    /// because a base artifact moved on to a version this node does not hold, or went
+    /// away. The NVRAM template is resolved when it can be.
     pub async fn instance_context(
         &self,
         inst: &Instance,
         required: &[String],
+    ) -> Result<InstanceContext, HandlerError> {
+        self.context(inst, required, false).await
+    }
+
+    /// [`Self::instance_context`] with every image resolved; one that resolves to
+    /// nothing fails ([`HandlerError::ImageNotFound`]) rather than giving the guest a
+    /// blank disk.
+    pub async fn create_context(
+        &self,
+        inst: &Instance,
+        required: &[String],
+    ) -> Result<InstanceContext, HandlerError> {
+        self.context(inst, required, true).await
+    }
+
+    async fn context(
+        &self,
+        inst: &Instance,
+        required: &[String],
+        images: bool,
     ) -> Result<InstanceContext, HandlerError> {
         let namespace = inst.metadata.namespace.clone().unwrap_or_default();
         let name = inst.metadata.name.clone().unwrap_or_default();
@@ -759,14 +809,21 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             nics.push(self.nic_context(&namespace, iface).await?);
         }
         let mut base_images = Vec::with_capacity(inst.spec.disks.len());
-        for disk in &inst.spec.disks {
+        for (i, disk) in inst.spec.disks.iter().enumerate() {
             base_images.push(match &disk.base {
-                Some(b) => self.resolve_image(&namespace, b).await?,
-                None => None,
+                Some(b) if images => Some(
+                    self.image(&namespace, b, &format!("spec.disks[{i}].base"))
+                        .await?,
+                ),
+                _ => None,
             });
         }
+        // The template also serves a later first start (libvirt copies it when the
+        // NVRAM file does not exist yet): resolved for every operation, but only
+        // instance_create fails without it.
         let nvram_template = match &inst.spec.nvram_template {
-            Some(t) => self.resolve_image(&namespace, t).await?,
+            Some(t) if images => Some(self.image(&namespace, t, "spec.nvramTemplate").await?),
+            Some(t) => self.resolve_image(&namespace, t).await.ok().flatten(),
             None => None,
         };
         Ok(InstanceContext {
@@ -1064,7 +1121,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     .as_str()
                     .map(DesiredPowerState::parse)
                     .unwrap_or_else(|| inst.spec.power_state.clone());
-                let ctx = self.instance_context(&inst, &required).await?;
+                let ctx = self.create_context(&inst, &required).await?;
                 let state = life.create(&ctx, &desired).await?;
                 self.report_instance(
                     t.namespace.as_deref(),

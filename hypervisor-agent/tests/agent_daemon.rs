@@ -1183,7 +1183,8 @@ fn backing_of(disk: &std::path::Path) -> Option<String> {
 
 /// A disk base given as an artifact uid resolves within the instance's own
 /// namespace only (or to a shared artifact): another namespace's image never backs
-/// an instance's disk, however its uid became known.
+/// an instance's disk, however its uid became known, and a base that resolves to
+/// nothing fails the create instead of leaving the guest a blank disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_base_by_uid_never_reaches_another_namespace() {
     if !privileged() {
@@ -1236,50 +1237,69 @@ async fn a_disk_base_by_uid_never_reaches_another_namespace() {
                 .to_owned(),
         );
     }
-    let instance = g
-        .create(&json!({
-            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
-            "metadata": {"name": "web-1", "namespace": "demo"},
-            "spec": {"cpus": 1, "memory": 256, "powerState": "off",
-                     "disks": [{"size": 1, "base": uids[0]}, {"size": 1, "base": uids[1]}]},
-        }))
-        .await
-        .expect("instance");
-    let uid = instance["metadata"]["uid"]
-        .as_str()
-        .expect("uid")
-        .to_owned();
-    env.merge(
-        "Instance",
-        Some("demo"),
-        "web-1",
-        json!({"state": "creating", "node": NODE}),
-    )
-    .await;
     let hv = LibvirtHypervisor::connect(env.uri.clone())
         .await
         .expect("libvirt");
     let agent = env.agent(hv, "66666666-6666-4666-8666-666666666666");
-    let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
-        "operationType": "instance_create",
-        "target": {"kind": "Instance", "name": "web-1", "namespace": "demo", "uid": uid},
-        "node": NODE,
-        "payload": {"interfaces": [], "powerState": "off"},
-    }))
-    .expect("spec");
-    let mut op = sf_schema::ClusterOperation::new("instance-web-1-1-create", spec);
-    op.metadata.namespace = Some("demo".into());
-    op.metadata.uid = Some("0c0c0c0c-0000-4000-8000-0000000000ff".into());
-    agent.execute(&op).await.expect("instance_create");
+    let create = |name: &str, base: &str| {
+        let name = name.to_owned();
+        let base = base.to_owned();
+        let env = &env;
+        let agent = &agent;
+        async move {
+            let instance = env
+                .gateway
+                .create(&json!({
+                    "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+                    "metadata": {"name": name, "namespace": "demo"},
+                    "spec": {"cpus": 1, "memory": 256, "powerState": "off",
+                             "disks": [{"size": 1, "base": base}]},
+                }))
+                .await
+                .expect("instance");
+            let uid = instance["metadata"]["uid"]
+                .as_str()
+                .expect("uid")
+                .to_owned();
+            env.merge(
+                "Instance",
+                Some("demo"),
+                &name,
+                json!({"state": "creating", "node": NODE}),
+            )
+            .await;
+            let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+                "operationType": "instance_create",
+                "target": {"kind": "Instance", "name": name, "namespace": "demo", "uid": uid},
+                "node": NODE,
+                "payload": {"interfaces": [], "powerState": "off"},
+            }))
+            .expect("spec");
+            let mut op =
+                sf_schema::ClusterOperation::new(&format!("instance-{name}-1-create"), spec);
+            op.metadata.namespace = Some("demo".into());
+            op.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+            (uid, agent.execute(&op).await)
+        }
+    };
+    // Another namespace's artifact by uid: the create fails, no disk is made.
+    let (uid, refused) = create("web-1", &uids[0]).await;
+    let err = refused.expect_err("another namespace's image");
+    assert_eq!(err.code(), "ImageNotFound", "{err}");
+    assert!(!err.retryable());
+    assert!(err.to_string().contains("spec.disks[0].base"), "{err}");
     let disks = storage.join("instances").join(&uid);
-    assert_eq!(
-        backing_of(&disks.join("disk-0.qcow2")),
-        None,
-        "another namespace's artifact, by uid: no backing file"
+    assert!(
+        !disks.join("disk-0.qcow2").exists(),
+        "no blank disk instead"
     );
-    let own = backing_of(&disks.join("disk-1.qcow2")).unwrap_or_default();
+    // Its own namespace's artifact by uid backs the disk.
+    let (uid, made) = create("web-2", &uids[1]).await;
+    made.expect("instance_create");
+    let own =
+        backing_of(&storage.join("instances").join(&uid).join("disk-0.qcow2")).unwrap_or_default();
     assert!(
         own.ends_with("0c0c0c0c-0000-4000-8000-000000000002"),
-        "the instance's own namespace's artifact backs disk 1: {own}"
+        "the instance's own namespace's artifact backs its disk: {own}"
     );
 }
