@@ -38,18 +38,12 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{
-    POWER_ATTEMPTS, body_json, create_object, done, list_kind, lookup_namespace, nic_fields, param,
-    resolve, sf_error, update_object, without_nulls,
+    POWER_ATTEMPTS, body_json, create_object, done, epoch, list_kind, lookup_namespace, nic_fields,
+    param, resolve, sf_error, text, update_object, without_nulls,
 };
 use crate::auth::Caller;
 use crate::error::json_response;
 use crate::server::App;
-
-fn text(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
 
 /// Where an interface sits on its instance (see the module contract), as a sort key.
 fn interface_order(iface: &Value) -> (u64, String) {
@@ -409,13 +403,6 @@ pub(super) async fn interface_action(
     done(run.await)
 }
 
-/// Seconds since the epoch of an RFC 3339 time (`null` when absent or unreadable).
-fn epoch_seconds(time: Option<String>) -> Value {
-    time.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        .map(|t| json!(t.timestamp_micros() as f64 / 1e6))
-        .unwrap_or(Value::Null)
-}
-
 /// One lease in v0.8's address shape, with its address as a sort key.
 fn address_row(lease: &Value) -> (u32, Value) {
     let address = text(lease, "/spec/address").unwrap_or_default();
@@ -440,7 +427,7 @@ fn address_row(lease: &Value) -> (u32, Value) {
         "address": address,
         "type": kind,
         "user": user,
-        "when": epoch_seconds(text(lease, "/metadata/creationTimestamp")),
+        "when": epoch(lease, "/metadata/creationTimestamp"),
         "comment": text(lease, "/spec/comment").unwrap_or_default(),
     });
     (key, row)

@@ -25,24 +25,10 @@ use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{body_json, done, events_of, flatten, list_kind, not_found, param};
+use super::{body_json, done, epoch, events_of, flatten, list_kind, not_found, param, text};
 use crate::auth::Caller;
 use crate::error::json_response;
 use crate::server::App;
-
-fn text(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
-
-/// Seconds since the epoch of the RFC 3339 time at `pointer` (0 when absent).
-fn epoch_seconds(v: &Value, pointer: &str) -> f64 {
-    text(v, pointer)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        .map(|t| t.timestamp_micros() as f64 / 1e6)
-        .unwrap_or(0.0)
-}
 
 /// A Node in v0.8's shape.
 pub fn node_view(object: &Value) -> Value {
@@ -61,7 +47,7 @@ pub fn node_view(object: &Value) -> Value {
     let agent = text(object, "/status/versions/agent");
     view["ip"] = json!(text(object, "/status/address").unwrap_or_default());
     view["fqdn"] = json!(text(object, "/status/fqdn"));
-    view["lastseen"] = json!(epoch_seconds(object, "/status/lastSeen"));
+    view["lastseen"] = json!(epoch(object, "/status/lastSeen").unwrap_or(0.0));
     view["version"] = json!(agent);
     view["release"] = json!(agent);
     view["is_hypervisor"] = json!(has("hypervisor"));

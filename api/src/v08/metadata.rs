@@ -86,6 +86,24 @@ pub(super) fn routes() -> Router<Arc<App>> {
         ("nodes", "name", Owner::Node),
         ("blobs", "uuid", Owner::Blob),
     ] {
+        let set_item = move |State(app): State<Arc<App>>,
+                             Extension(caller): Extension<Caller>,
+                             Path((reference, key)): Path<(String, String)>,
+                             RawQuery(query): RawQuery,
+                             body: Bytes| async move {
+            done(
+                set(
+                    &app,
+                    &caller,
+                    owner,
+                    &reference,
+                    &key,
+                    query.as_deref(),
+                    &body,
+                )
+                .await,
+            )
+        };
         router = router
             .route(
                 &format!("/{plural}/{{{param}}}/metadata"),
@@ -100,47 +118,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
             )
             .route(
                 &format!("/{plural}/{{{param}}}/metadata/{{key}}"),
-                axum::routing::put(
-                    move |State(app): State<Arc<App>>,
-                          Extension(caller): Extension<Caller>,
-                          Path((reference, key)): Path<(String, String)>,
-                          RawQuery(query): RawQuery,
-                          body: Bytes| async move {
-                        done(
-                            set(
-                                &app,
-                                &caller,
-                                owner,
-                                &reference,
-                                &key,
-                                query.as_deref(),
-                                &body,
-                            )
-                            .await,
-                        )
-                    },
-                )
-                .post(
-                    move |State(app): State<Arc<App>>,
-                          Extension(caller): Extension<Caller>,
-                          Path((reference, key)): Path<(String, String)>,
-                          RawQuery(query): RawQuery,
-                          body: Bytes| async move {
-                        done(
-                            set(
-                                &app,
-                                &caller,
-                                owner,
-                                &reference,
-                                &key,
-                                query.as_deref(),
-                                &body,
-                            )
-                            .await,
-                        )
-                    },
-                )
-                .delete(
+                axum::routing::put(set_item).post(set_item).delete(
                     move |State(app): State<Arc<App>>,
                           Extension(caller): Extension<Caller>,
                           Path((reference, key)): Path<(String, String)>,

@@ -274,6 +274,21 @@ pub fn flatten(object: &Value) -> Value {
     Value::Object(out)
 }
 
+/// The string at `pointer` of `v`.
+fn text(v: &Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Seconds since the epoch of the RFC 3339 time at `pointer` of `v` (v0.8 gives
+/// times as numbers); `None` when absent or unreadable.
+fn epoch(v: &Value, pointer: &str) -> Option<f64> {
+    text(v, pointer)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.timestamp_micros() as f64 / 1e6)
+}
+
 fn error_response(e: &ApiError) -> Response {
     let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     sf_error(code, e.to_string())

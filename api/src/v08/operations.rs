@@ -27,24 +27,10 @@ use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{body_json, done, list_kind, lookup_namespace, param, sf_error};
+use super::{body_json, done, epoch, list_kind, lookup_namespace, param, sf_error, text};
 use crate::auth::Caller;
 use crate::error::json_response;
 use crate::server::App;
-
-fn text(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
-
-/// Seconds since the epoch of the RFC 3339 time at `pointer` (null when absent).
-fn epoch(v: &Value, pointer: &str) -> Value {
-    text(v, pointer)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        .map(|t| json!(t.timestamp_micros() as f64 / 1e6))
-        .unwrap_or(Value::Null)
-}
 
 /// The operations the caller may see, in the scope a `namespace` parameter asks for.
 async fn visible(
