@@ -247,18 +247,7 @@ pub(super) async fn delete_artifact(
     let run = async {
         let ns = lookup_namespace(&caller, param(query.as_deref(), &Value::Null, "namespace"))?;
         let object = resolve(&app, "Artifact", ns, &reference).await?;
-        let namespace = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
-        let deleted = app
-            .gateway
-            .delete("Artifact", namespace, name, None, uid, false)
+        let deleted = super::delete_found(&app, "Artifact", &object)
             .await
             .map_err(|e| error_response(&ApiError::from_gateway(&e, &Default::default())))?;
         let mut flat = flatten_artifact(&deleted.object);

@@ -442,6 +442,21 @@ async fn deleted(app: &App, kind: &str, namespace: Option<&str>, uid: &str) -> O
     in_scope.then_some(object)
 }
 
+/// Starts deleting `object` (of `kind`, as read): by its namespace and name, with its
+/// uid as precondition, so a namesake made since the lookup is not deleted.
+async fn delete_found(
+    app: &App,
+    kind: &str,
+    object: &Value,
+) -> Result<crate::gateway::Deleted, crate::gateway::GatewayError> {
+    let namespace = text(object, "/metadata/namespace").unwrap_or_default();
+    let name = text(object, "/metadata/name").unwrap_or_default();
+    let uid = text(object, "/metadata/uid");
+    app.gateway
+        .delete(kind, &namespace, &name, None, uid.as_deref(), false)
+        .await
+}
+
 async fn remove(
     app: &App,
     caller: &Caller,
@@ -454,19 +469,7 @@ async fn remove(
     let body = body_json(body)?;
     let ns = lookup_namespace(caller, param(query, &body, "namespace"))?;
     let object = resolve(app, kind, ns, reference).await?;
-    let namespace = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    // The uid as precondition: a namesake made since the lookup is not deleted.
-    let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
-    let deleted = app
-        .gateway
-        .delete(kind, namespace, name, None, uid, false)
+    let deleted = delete_found(app, kind, &object)
         .await
         .map_err(|e| error_response(&ApiError::from_gateway(&e, &Default::default())))?;
     let mut flat = flatten(&deleted.object);
@@ -681,13 +684,8 @@ async fn remove_all(
     let ns = lookup_namespace(caller, named)?.unwrap_or_else(|| caller.namespace.clone());
     let mut uuids = Vec::new();
     for object in list_kind(app, kind, Some(ns.clone())).await? {
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
         if object.pointer("/metadata/deletionTimestamp").is_none() {
-            match app.gateway.delete(kind, &ns, name, None, uid, false).await {
+            match delete_found(app, kind, &object).await {
                 Ok(_) => {}
                 // Gone in the meantime (or replaced by a namesake, which the uid
                 // precondition spares): what was asked for.
