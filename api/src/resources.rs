@@ -267,9 +267,10 @@ fn check_body_namespace(target: &Target, object: &Value) -> Result<(), ApiError>
 }
 
 /// What only the system namespace may ask of an Artifact (403 for a tenant):
-/// `spec.shared` (every namespace would see it and may base disks on it), and a
+/// `spec.shared` (every namespace would see it and may base disks on it), a
 /// `file://` source (the agent would copy the hypervisor's own files into the
-/// tenant's blob).
+/// tenant's blob), and a source on an internal address ([`internal_host`]: the
+/// hypervisor would fetch from the cloud's own networks for the tenant).
 pub fn tenant_artifact_rules(object: &Value) -> Result<(), ApiError> {
     if object.pointer("/spec/shared").and_then(Value::as_bool) == Some(true) {
         return Err(ApiError::Forbidden(
@@ -291,7 +292,47 @@ pub fn tenant_artifact_rules(object: &Value) -> Result<(), ApiError> {
                 .into(),
         ));
     }
+    if let Some(host) = internal_host(&source) {
+        return Err(ApiError::Forbidden(format!(
+            "artifacts.shakenfist.io is forbidden: spec.sourceUrl: {host} is a loopback, \
+             link-local or private address, which the hypervisor would fetch from inside \
+             the cloud; only the system namespace may use such sources"
+        )));
+    }
     Ok(())
+}
+
+/// The host of an `http(s)://` URL when it names the hypervisor itself or an
+/// internal network: `localhost`, or a loopback, link-local, private (RFC 1918),
+/// unique-local, CGNAT or unspecified address literal. A name that resolves to such
+/// an address is not caught here.
+fn internal_host(url: &str) -> Option<String> {
+    let uri = url.parse::<http::Uri>().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let lower = host.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return Some(host.to_owned());
+    }
+    let internal = match host.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(ip) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || (ip.octets()[0] == 100 && (64..128).contains(&ip.octets()[1]))
+        }
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_unique_local()
+                || ip.is_unicast_link_local()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
+        }
+    };
+    internal.then(|| host.to_owned())
 }
 
 /// Whether an image reference names a file of the hypervisor itself (a path or a
@@ -1165,6 +1206,30 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_sources_are_named() {
+        for url in [
+            "http://127.0.0.1:8080/x.qcow2",
+            "https://LOCALHOST/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.1.2.3/x",
+            "http://192.168.0.1/x",
+            "http://[::1]/x",
+            "http://[fd00::1]/x",
+            "http://100.64.0.1/x",
+            "http://0.0.0.0/x",
+        ] {
+            assert!(internal_host(url).is_some(), "{url}");
+        }
+        for url in [
+            "https://images.example/x.qcow2",
+            "http://203.0.113.7/x",
+            "sf://instance/u/vda",
+        ] {
+            assert_eq!(internal_host(url), None, "{url}");
+        }
+    }
     use crate::kinds::Kinds;
 
     #[test]

@@ -1611,6 +1611,15 @@ async fn artifact_management_on_v08_paths() {
     )
     .await;
     assert_eq!(file.status, 403, "{}", file.text());
+    let metadata_service = raw_on(
+        &a,
+        "POST",
+        "/artifacts",
+        &[],
+        Some(json!({"url": "http://169.254.169.254/latest/user-data"})),
+    )
+    .await;
+    assert_eq!(metadata_service.status, 403, "{}", metadata_service.text());
     for spec_body in [
         json!({"sourceUrl": "FILE:///etc/shadow"}),
         json!({"sourceUrl": "https://images.example/x.qcow2", "shared": true}),

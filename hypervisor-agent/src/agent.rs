@@ -634,12 +634,15 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 .filter(|a| a.spec.shared);
         }
         if artifact.is_none() && uuid::Uuid::parse_str(base).is_ok() {
-            // By uid: the instance's own namespace or a shared one, never another
-            // tenant's (as sf-cluster resolves it).
+            // By uid: the instance's own namespace or a shared one of system, never
+            // another tenant's (as sf-cluster resolves it).
             artifact = g
                 .get_by_uid::<Artifact>("Artifact", base)
                 .await?
-                .filter(|a| a.metadata.namespace.as_deref() == Some(namespace) || a.spec.shared);
+                .filter(|a| {
+                    let ns = a.metadata.namespace.as_deref();
+                    ns == Some(namespace) || (ns == Some("system") && a.spec.shared)
+                });
         }
         let Some(version) = artifact.and_then(|a| a.status?.versions.last().cloned()) else {
             return Ok(None);
@@ -752,11 +755,11 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
     }
 
     /// The lifecycle context of `inst`; `required` interfaces must exist with an
-    /// address (else [`HandlerError::NotReady`]). Disk bases are resolved only for
+    /// address (else [`HandlerError::NotReady`]). Disk bases must resolve only for
     /// `instance_create` ([`Self::create_context`]), the one operation that makes disks
-    /// from them: every later operation finds the disks made, and must not fail
-    /// because a base artifact moved on to a version this node does not hold, or went
-    /// away. The NVRAM template is resolved when it can be.
+    /// from them: a later operation finds the disks made, and must not fail because a
+    /// base artifact moved on to a version this node does not hold, or went away (a
+    /// cdrom takes what resolves now). The NVRAM template must always resolve.
     pub async fn instance_context(
         &self,
         inst: &Instance,
@@ -815,15 +818,18 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     self.image(&namespace, b, &format!("spec.disks[{i}].base"))
                         .await?,
                 ),
-                _ => None,
+                // After the create: what resolves here, if anything. A cdrom keeps its
+                // image; a disk exists already (one that is gone is not remade from
+                // nothing: `Lifecycle::define` refuses a based disk without its base).
+                Some(b) => self.resolve_image(&namespace, b).await.ok().flatten(),
+                None => None,
             });
         }
         // The template also serves a later first start (libvirt copies it when the
-        // NVRAM file does not exist yet): resolved for every operation, but only
-        // instance_create fails without it.
+        // NVRAM file does not exist yet), so a failure to resolve it fails any
+        // operation, as it would the create.
         let nvram_template = match &inst.spec.nvram_template {
-            Some(t) if images => Some(self.image(&namespace, t, "spec.nvramTemplate").await?),
-            Some(t) => self.resolve_image(&namespace, t).await.ok().flatten(),
+            Some(t) => Some(self.image(&namespace, t, "spec.nvramTemplate").await?),
             None => None,
         };
         Ok(InstanceContext {

@@ -6,7 +6,10 @@
 //!   (`qemu-img create -f qcow2 -F <base format> -b <base> FILE [SIZE]`), else a plain
 //!   qcow2 of the asked size. A base that is given but missing is
 //!   [`DiskError::BaseMissing`] (retryable: it may still arrive), never a blank disk
-//!   in its place. Files are written under a temporary name and
+//!   in its place. A base must be a standalone raw or qcow2 image: one whose header
+//!   names another file (a backing file, a qcow2 external data file) or in another
+//!   format (vmdk extents, ...) would have qemu open hypervisor files for the guest,
+//!   and is [`DiskError::UnsafeBase`] (not retried). Files are written under a temporary name and
 //!   renamed, so a crash never leaves a half-made disk behind the real name.
 //! - [`config_drive_files`] is pure: the files of an `openstack-disk` config drive
 //!   (`openstack/latest/meta_data.json`, `network_data.json`, `vendor_data.json` and,
@@ -44,6 +47,27 @@ pub enum DiskError {
         index: usize,
         /// The base image path.
         path: PathBuf,
+    },
+    /// A disk's file is missing and its base names no image that resolves now: it is
+    /// not remade blank.
+    #[error(
+        "spec.disks[{index}]: the disk file is missing and its base {base} does not resolve to an image on this node"
+    )]
+    BaseUnresolved {
+        /// The disk index.
+        index: usize,
+        /// The base as the spec names it.
+        base: String,
+    },
+    /// A base image refers to other files or is not raw or qcow2.
+    #[error("spec.disks[{index}]: base image {path} is refused: {reason}")]
+    UnsafeBase {
+        /// The disk index.
+        index: usize,
+        /// The base image path.
+        path: PathBuf,
+        /// What makes it unsafe.
+        reason: String,
     },
     /// A disk has neither a size nor a usable base image.
     #[error("spec.disks[{index}]: no size and no base image available on this node")]
@@ -99,6 +123,45 @@ pub async fn image_format(path: &Path) -> Result<String, DiskError> {
     Ok(info["format"].as_str().unwrap_or("raw").to_owned())
 }
 
+/// Why `qemu-img info` of a base image makes it unsafe to put under a guest disk
+/// (see the module contract); `None` when it is a standalone raw or qcow2 image.
+pub fn unsafe_base(info: &Value) -> Option<String> {
+    let format = info["format"].as_str().unwrap_or_default();
+    if !matches!(format, "raw" | "qcow2") {
+        return Some(format!("format {format:?} is not raw or qcow2"));
+    }
+    if let Some(backing) = info["backing-filename"].as_str() {
+        return Some(format!("it names a backing file ({backing})"));
+    }
+    if let Some(data) = info["format-specific"]["data"]["data-file"].as_str() {
+        return Some(format!("it names an external data file ({data})"));
+    }
+    None
+}
+
+/// The format of base image `path`, once it is known to be safe ([`unsafe_base`]).
+pub async fn base_format(index: usize, path: &Path) -> Result<String, DiskError> {
+    let out = run(
+        "qemu-img",
+        Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(path),
+    )
+    .await?;
+    let info: Value = serde_json::from_str(&out).map_err(|e| DiskError::Tool {
+        tool: "qemu-img",
+        message: format!("unreadable info output: {e}"),
+    })?;
+    match unsafe_base(&info) {
+        Some(reason) => Err(DiskError::UnsafeBase {
+            index,
+            path: path.to_owned(),
+            reason,
+        }),
+        None => Ok(info["format"].as_str().unwrap_or("raw").to_owned()),
+    }
+}
+
 fn tmp_name(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
@@ -138,7 +201,7 @@ pub async fn ensure_disk(
     cmd.args(["create", "-q", "-f", "qcow2"]);
     match base {
         Some(b) => {
-            let format = image_format(b).await?;
+            let format = base_format(index, b).await?;
             cmd.arg("-F").arg(format).arg("-b").arg(b).arg(&tmp);
             if let Some(size) = size_gib {
                 cmd.arg(format!("{size}G"));
@@ -338,6 +401,27 @@ async fn tempfile_dir(parent: &Path) -> Result<PathBuf, DiskError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_standalone_raw_and_qcow2_bases_are_safe() {
+        assert_eq!(unsafe_base(&json!({"format": "qcow2"})), None);
+        assert_eq!(unsafe_base(&json!({"format": "raw"})), None);
+        for (info, why) in [
+            (json!({"format": "vmdk"}), "format"),
+            (
+                json!({"format": "qcow2", "backing-filename": "/etc/shadow"}),
+                "backing file",
+            ),
+            (
+                json!({"format": "qcow2", "format-specific": {"type": "qcow2",
+                       "data": {"data-file": "/dev/sda"}}}),
+                "data file",
+            ),
+        ] {
+            let reason = unsafe_base(&info).unwrap_or_default();
+            assert!(reason.contains(why), "{info}: {reason}");
+        }
+    }
+
     fn input() -> ConfigDriveInput {
         ConfigDriveInput {
             uid: "u-1".into(),
@@ -391,6 +475,31 @@ mod tests {
             ))
         );
         assert_eq!(netmask_and_gateway("nope"), None);
+    }
+
+    /// An image whose header names a host file never backs a guest disk.
+    #[tokio::test]
+    async fn a_base_that_names_another_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("host-secret");
+        std::fs::write(&secret, b"not for guests").expect("secret");
+        let sneaky = dir.path().join("sneaky.qcow2");
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&secret)
+            .arg(&sneaky)
+            .arg("1M");
+        run("qemu-img", &mut cmd).await.expect("sneaky image");
+        let disk = dir.path().join("inst/disk-0.qcow2");
+        let err = ensure_disk(&disk, 0, Some(1), Some(&sneaky))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&err, DiskError::UnsafeBase { index: 0, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("backing file"), "{err}");
+        assert!(!disk.exists(), "no disk made");
     }
 
     #[tokio::test]

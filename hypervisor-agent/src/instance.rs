@@ -218,6 +218,7 @@ impl LifecycleError {
         match self {
             Self::Render(_) => "InvalidSpec",
             Self::Disk(DiskError::NoSize { .. } | DiskError::UserData(_)) => "InvalidSpec",
+            Self::Disk(DiskError::UnsafeBase { .. }) => "UnsafeBaseImage",
             Self::Disk(_) => "DiskFailed",
             Self::Hypervisor(HypervisorError::Connect { .. }) => "HypervisorUnavailable",
             Self::Hypervisor(_) => "HypervisorCallFailed",
@@ -234,7 +235,9 @@ impl LifecycleError {
     pub fn retryable(&self) -> bool {
         match self {
             Self::Render(_) | Self::InvalidLifecycle { .. } | Self::InstanceOff { .. } => false,
-            Self::Disk(DiskError::NoSize { .. } | DiskError::UserData(_)) => false,
+            Self::Disk(
+                DiskError::NoSize { .. } | DiskError::UserData(_) | DiskError::UnsafeBase { .. },
+            ) => false,
             Self::NotDefined { .. } => false,
             Self::Disk(_)
             | Self::Hypervisor(_)
@@ -326,6 +329,17 @@ impl<H: Hypervisor> Lifecycle<H> {
                 continue;
             }
             let base = ctx.base_images.get(i).cloned().flatten();
+            // A disk made from a base that no longer resolves is not remade blank.
+            if base.is_none()
+                && let Some(named) = &disk.base
+                && !tokio::fs::try_exists(paths.disk(i)).await.unwrap_or(false)
+            {
+                return Err(DiskError::BaseUnresolved {
+                    index: i,
+                    base: named.clone(),
+                }
+                .into());
+            }
             disks::ensure_disk(&paths.disk(i), i, disk.size, base.as_deref()).await?;
         }
         self.write_config_drive(ctx).await?;

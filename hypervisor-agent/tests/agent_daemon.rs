@@ -1303,3 +1303,88 @@ async fn a_disk_base_by_uid_never_reaches_another_namespace() {
         "the instance's own namespace's artifact backs its disk: {own}"
     );
 }
+
+/// A cdrom keeps its image through operations after the create (power on redefines
+/// the domain from a context whose disk bases need not resolve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cdrom_keeps_its_image_after_the_create() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let g = &env.gateway;
+    let storage = env.dir.path().join("storage");
+    std::fs::create_dir_all(storage.join("blobs")).expect("blobs dir");
+    let blob = "0d0d0d0d-0000-4000-8000-000000000001";
+    std::fs::write(storage.join("blobs").join(blob), vec![0u8; 4096]).expect("iso");
+    g.create(&json!({
+        "apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
+        "metadata": {"name": "iso", "namespace": "demo"},
+        "spec": {"sourceUrl": "https://images.example/boot.iso"},
+    }))
+    .await
+    .expect("artifact");
+    env.merge(
+        "Artifact",
+        Some("demo"),
+        "iso",
+        json!({"state": "created", "versions": [
+            {"index": 1, "blob": blob, "size": 4096, "created": "2026-11-26T00:00:00Z"}
+        ]}),
+    )
+    .await;
+    let instance = g
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "cd-1", "namespace": "demo"},
+            "spec": {"cpus": 1, "memory": 256, "powerState": "off",
+                     "disks": [{"size": 1}, {"base": "iso", "type": "cdrom"}]},
+        }))
+        .await
+        .expect("instance");
+    let uid = instance["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    env.merge(
+        "Instance",
+        Some("demo"),
+        "cd-1",
+        json!({"state": "creating", "node": NODE}),
+    )
+    .await;
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let agent = env.agent(hv.clone(), "77777777-7777-4777-8777-777777777777");
+    let op = |n: u32, operation_type: &str, payload: Value| {
+        let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+            "operationType": operation_type,
+            "target": {"kind": "Instance", "name": "cd-1", "namespace": "demo", "uid": uid},
+            "node": NODE,
+            "payload": payload,
+        }))
+        .expect("spec");
+        let mut op = sf_schema::ClusterOperation::new(&format!("instance-cd-1-{n}"), spec);
+        op.metadata.namespace = Some("demo".into());
+        op.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+        op
+    };
+    agent
+        .execute(&op(
+            1,
+            "instance_create",
+            json!({"interfaces": [], "powerState": "off"}),
+        ))
+        .await
+        .expect("instance_create");
+    agent
+        .execute(&op(2, "instance_power_on", json!({})))
+        .await
+        .expect("instance_power_on");
+    let xml = hv.xml(&domain_name(&uid), false).await.expect("domain XML");
+    assert!(
+        xml.contains(&format!("blobs/{blob}")),
+        "the cdrom still holds its image after power on:\n{xml}"
+    );
+}

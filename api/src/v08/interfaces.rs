@@ -270,12 +270,25 @@ pub(super) async fn add_interface(
         let namespace = text(&instance, "/metadata/namespace").unwrap_or_default();
         let network = resolve(&app, "Network", Some(namespace.clone()), network_ref).await?;
         let existing = Namespace::read(&app, Some(namespace.clone())).await?;
-        let rows = existing.rows(|i| refers_to(i, "/spec/instance", &instance));
-        let next = rows
+        // Past every interface the instance has or will have: its boot interfaces
+        // (one per spec.networks entry, made by the controller, maybe not yet) and
+        // every order in use (one freed by an unplug is not reused).
+        let mine: Vec<&Value> = existing
+            .interfaces
             .iter()
-            .filter_map(|r| r["order"].as_u64())
+            .filter(|i| refers_to(i, "/spec/instance", &instance))
+            .collect();
+        let boot = instance
+            .pointer("/spec/networks")
+            .and_then(Value::as_array)
+            .map_or(0, |n| n.len() as u64);
+        let next = mine
+            .iter()
+            .map(|i| interface_order(i).0 + 1)
+            .filter(|o| *o < 10_000)
+            .chain([boot, mine.len() as u64])
             .max()
-            .map_or(0, |m| m + 1);
+            .unwrap_or(0);
         let instance_name = text(&instance, "/metadata/name").unwrap_or_default();
         let taken = |name: &str| {
             existing

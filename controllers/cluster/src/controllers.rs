@@ -468,16 +468,12 @@ fn fan_out<K>(
         }
         watcher::Event::InitApply(_) => Vec::new(),
         watcher::Event::InitDone => {
+            // By uid too: a namesake re-created while the watch was down does not
+            // hide its predecessor's removal.
+            let key = |o: &Arc<K>| (ObjectRef::from_obj(o.as_ref()), o.meta().uid.clone());
             let mut now = reader.state();
-            let kept: std::collections::HashSet<ObjectRef<K>> = now
-                .iter()
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect();
-            now.extend(
-                before
-                    .drain(..)
-                    .filter(|o| !kept.contains(&ObjectRef::from_obj(o.as_ref()))),
-            );
+            let kept: std::collections::HashSet<_> = now.iter().map(key).collect();
+            now.extend(before.drain(..).filter(|o| !kept.contains(&key(o))));
             now
         }
     };

@@ -546,7 +546,8 @@ pub async fn observe_interface(
 }
 
 /// The Artifact a disk `base` names, as Shaken Fist resolves it: `namespace` first,
-/// then a shared artifact of `system`, then by uid (in `namespace` or shared).
+/// then a shared artifact of `system`, then by uid (in `namespace`, or shared by
+/// `system`).
 pub fn resolve_artifact(
     ctx: &Context,
     namespace: Option<&str>,
@@ -565,8 +566,11 @@ pub fn resolve_artifact(
     {
         return Some(a);
     }
+    // By uid: in `namespace`, or a shared artifact of system (only system shares).
     store.state().into_iter().find(|a| {
-        a.uid().as_deref() == Some(base) && (a.namespace().as_deref() == namespace || a.spec.shared)
+        let ns = a.namespace();
+        a.uid().as_deref() == Some(base)
+            && (ns.as_deref() == namespace || (ns.as_deref() == Some("system") && a.spec.shared))
     })
 }
 
