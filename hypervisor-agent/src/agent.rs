@@ -680,6 +680,20 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             })
     }
 
+    /// [`Self::resolve_image`], where an image not (or no longer) on this node is
+    /// `None` rather than an error; sf-database failing is still an error.
+    async fn resolve_leniently(
+        &self,
+        namespace: &str,
+        reference: &str,
+    ) -> Result<Option<PathBuf>, HandlerError> {
+        match self.resolve_image(namespace, reference).await {
+            Ok(found) => Ok(found),
+            Err(HandlerError::NotReady(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn network_of(&self, namespace: &str, name: &str) -> Result<Network, HandlerError> {
         let g = &self.inner.gateway;
         if let Some(n) = g.get::<Network>("Network", Some(namespace), name).await? {
@@ -759,7 +773,8 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
     /// `instance_create` ([`Self::create_context`]), the one operation that makes disks
     /// from them: a later operation finds the disks made, and must not fail because a
     /// base artifact moved on to a version this node does not hold, or went away (a
-    /// cdrom takes what resolves now). The NVRAM template must always resolve.
+    /// cdrom takes what resolves now). The NVRAM template must resolve until the
+    /// instance's first start has copied it.
     pub async fn instance_context(
         &self,
         inst: &Instance,
@@ -821,15 +836,20 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 // After the create: what resolves here, if anything. A cdrom keeps its
                 // image; a disk exists already (one that is gone is not remade from
                 // nothing: `Lifecycle::define` refuses a based disk without its base).
-                Some(b) => self.resolve_image(&namespace, b).await.ok().flatten(),
+                Some(b) => self.resolve_leniently(&namespace, b).await?,
                 None => None,
             });
         }
-        // The template also serves a later first start (libvirt copies it when the
-        // NVRAM file does not exist yet), so a failure to resolve it fails any
-        // operation, as it would the create.
+        // The template serves the first start (libvirt copies it when the NVRAM file
+        // does not exist yet): it must resolve until then, not after.
+        let first_start = !tokio::fs::try_exists(self.inner.life.paths(&uid).nvram())
+            .await
+            .unwrap_or(false);
         let nvram_template = match &inst.spec.nvram_template {
-            Some(t) => Some(self.image(&namespace, t, "spec.nvramTemplate").await?),
+            Some(t) if images || first_start => {
+                Some(self.image(&namespace, t, "spec.nvramTemplate").await?)
+            }
+            Some(t) => self.resolve_leniently(&namespace, t).await?,
             None => None,
         };
         Ok(InstanceContext {

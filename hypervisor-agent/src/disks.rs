@@ -6,10 +6,12 @@
 //!   (`qemu-img create -f qcow2 -F <base format> -b <base> FILE [SIZE]`), else a plain
 //!   qcow2 of the asked size. A base that is given but missing is
 //!   [`DiskError::BaseMissing`] (retryable: it may still arrive), never a blank disk
-//!   in its place. A base must be a standalone raw or qcow2 image: one whose header
-//!   names another file (a backing file, a qcow2 external data file) or in another
-//!   format (vmdk extents, ...) would have qemu open hypervisor files for the guest,
-//!   and is [`DiskError::UnsafeBase`] (not retried). Files are written under a temporary name and
+//!   in its place. A base is opened as qcow2 only when its header says qcow2 and
+//!   names no other file, else as raw (`-F raw`: never probed, so a vmdk descriptor's
+//!   extents or any other format's references are only bytes to the guest); a qcow2
+//!   header naming a backing file or an external data file would have qemu open
+//!   hypervisor files for the guest, and is [`DiskError::UnsafeBase`] (not retried).
+//!   The header is read in Rust ([`base_format_of`]): nothing is run on the file. Files are written under a temporary name and
 //!   renamed, so a crash never leaves a half-made disk behind the real name.
 //! - [`config_drive_files`] is pure: the files of an `openstack-disk` config drive
 //!   (`openstack/latest/meta_data.json`, `network_data.json`, `vendor_data.json` and,
@@ -123,43 +125,52 @@ pub async fn image_format(path: &Path) -> Result<String, DiskError> {
     Ok(info["format"].as_str().unwrap_or("raw").to_owned())
 }
 
-/// Why `qemu-img info` of a base image makes it unsafe to put under a guest disk
-/// (see the module contract); `None` when it is a standalone raw or qcow2 image.
-pub fn unsafe_base(info: &Value) -> Option<String> {
-    let format = info["format"].as_str().unwrap_or_default();
-    if !matches!(format, "raw" | "qcow2") {
-        return Some(format!("format {format:?} is not raw or qcow2"));
+/// The format a base image is opened in, from its first bytes: `qcow2` for a qcow2
+/// header that names no other file, `raw` for anything else (qemu is then told
+/// `-F raw` and never probes it, so a vmdk descriptor or any other format's header is
+/// only bytes to the guest). A qcow2 header with a backing file or an external data
+/// file is refused with the reason (see the module contract). Nothing is run on the
+/// file: `qemu-img info` itself would open what a hostile header names.
+pub fn base_format_of(header: &[u8]) -> Result<&'static str, String> {
+    let be64 = |at: usize| {
+        header
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    if !header.starts_with(b"QFI\xfb") {
+        return Ok("raw");
     }
-    if let Some(backing) = info["backing-filename"].as_str() {
-        return Some(format!("it names a backing file ({backing})"));
+    let version = header
+        .get(4..8)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_be_bytes);
+    if be64(8) != 0 {
+        return Err("its qcow2 header names a backing file".into());
     }
-    if let Some(data) = info["format-specific"]["data"]["data-file"].as_str() {
-        return Some(format!("it names an external data file ({data})"));
+    // Version 3: incompatible feature bit 2 is an external data file.
+    if version >= 3 && be64(72) & (1 << 2) != 0 {
+        return Err("its qcow2 header names an external data file".into());
     }
-    None
+    Ok("qcow2")
 }
 
-/// The format of base image `path`, once it is known to be safe ([`unsafe_base`]).
-pub async fn base_format(index: usize, path: &Path) -> Result<String, DiskError> {
-    let out = run(
-        "qemu-img",
-        Command::new("qemu-img")
-            .args(["info", "--output=json", "-U"])
-            .arg(path),
-    )
-    .await?;
-    let info: Value = serde_json::from_str(&out).map_err(|e| DiskError::Tool {
-        tool: "qemu-img",
-        message: format!("unreadable info output: {e}"),
-    })?;
-    match unsafe_base(&info) {
-        Some(reason) => Err(DiskError::UnsafeBase {
-            index,
-            path: path.to_owned(),
-            reason,
-        }),
-        None => Ok(info["format"].as_str().unwrap_or("raw").to_owned()),
-    }
+/// [`base_format_of`] the first bytes of base image `path`.
+pub async fn base_format(index: usize, path: &Path) -> Result<&'static str, DiskError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = Vec::with_capacity(512);
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(io("open", path))?;
+    file.take(512)
+        .read_to_end(&mut header)
+        .await
+        .map_err(io("read", path))?;
+    base_format_of(&header).map_err(|reason| DiskError::UnsafeBase {
+        index,
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
@@ -402,24 +413,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_standalone_raw_and_qcow2_bases_are_safe() {
-        assert_eq!(unsafe_base(&json!({"format": "qcow2"})), None);
-        assert_eq!(unsafe_base(&json!({"format": "raw"})), None);
-        for (info, why) in [
-            (json!({"format": "vmdk"}), "format"),
-            (
-                json!({"format": "qcow2", "backing-filename": "/etc/shadow"}),
-                "backing file",
-            ),
-            (
-                json!({"format": "qcow2", "format-specific": {"type": "qcow2",
-                       "data": {"data-file": "/dev/sda"}}}),
-                "data file",
-            ),
-        ] {
-            let reason = unsafe_base(&info).unwrap_or_default();
-            assert!(reason.contains(why), "{info}: {reason}");
-        }
+    fn bases_are_qcow2_without_other_files_or_raw() {
+        let qcow2 = |version: u32, backing: u64, incompatible: u64| {
+            let mut h = vec![0u8; 104];
+            h[..4].copy_from_slice(b"QFI\xfb");
+            h[4..8].copy_from_slice(&version.to_be_bytes());
+            h[8..16].copy_from_slice(&backing.to_be_bytes());
+            h[72..80].copy_from_slice(&incompatible.to_be_bytes());
+            h
+        };
+        assert_eq!(base_format_of(&qcow2(3, 0, 0)), Ok("qcow2"));
+        assert_eq!(
+            base_format_of(&qcow2(2, 0, 4)),
+            Ok("qcow2"),
+            "v2 has no such bit"
+        );
+        assert!(base_format_of(&qcow2(3, 104, 0)).is_err_and(|e| e.contains("backing")));
+        assert!(base_format_of(&qcow2(3, 0, 4)).is_err_and(|e| e.contains("data file")));
+        let vmdk = b"# Disk DescriptorFile\nRW 8 FLAT \"/etc/shadow\" 0\n";
+        assert_eq!(base_format_of(vmdk), Ok("raw"));
+        assert_eq!(base_format_of(b""), Ok("raw"));
     }
 
     fn input() -> ConfigDriveInput {
@@ -499,6 +512,21 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("backing file"), "{err}");
+        assert!(!disk.exists(), "no disk made");
+        let data = dir.path().join("sneaky-data.qcow2");
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!(
+                "data_file={}",
+                dir.path().join("host-device").display()
+            ))
+            .arg(&data)
+            .arg("1M");
+        run("qemu-img", &mut cmd).await.expect("data-file image");
+        let err = ensure_disk(&disk, 0, Some(1), Some(&data))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("external data file"), "{err}");
         assert!(!disk.exists(), "no disk made");
     }
 

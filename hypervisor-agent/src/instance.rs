@@ -219,6 +219,7 @@ impl LifecycleError {
             Self::Render(_) => "InvalidSpec",
             Self::Disk(DiskError::NoSize { .. } | DiskError::UserData(_)) => "InvalidSpec",
             Self::Disk(DiskError::UnsafeBase { .. }) => "UnsafeBaseImage",
+            Self::Disk(DiskError::BaseUnresolved { .. }) => "ImageNotFound",
             Self::Disk(_) => "DiskFailed",
             Self::Hypervisor(HypervisorError::Connect { .. }) => "HypervisorUnavailable",
             Self::Hypervisor(_) => "HypervisorCallFailed",
@@ -236,7 +237,10 @@ impl LifecycleError {
         match self {
             Self::Render(_) | Self::InvalidLifecycle { .. } | Self::InstanceOff { .. } => false,
             Self::Disk(
-                DiskError::NoSize { .. } | DiskError::UserData(_) | DiskError::UnsafeBase { .. },
+                DiskError::NoSize { .. }
+                | DiskError::UserData(_)
+                | DiskError::UnsafeBase { .. }
+                | DiskError::BaseUnresolved { .. },
             ) => false,
             Self::NotDefined { .. } => false,
             Self::Disk(_)

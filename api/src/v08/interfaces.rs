@@ -48,15 +48,20 @@ use crate::server::App;
 /// Where an interface sits on its instance (see the module contract), as a sort key.
 fn interface_order(iface: &Value) -> (u64, String) {
     let name = text(iface, "/metadata/name").unwrap_or_default();
+    (known_order(iface).unwrap_or(10_000), name)
+}
+
+/// The interface's place when it has one: `spec.order`, else the index of a boot
+/// interface `<instance>-<i>`.
+fn known_order(iface: &Value) -> Option<u64> {
     if let Some(order) = iface.pointer("/spec/order").and_then(Value::as_u64) {
-        return (order, name);
+        return Some(order);
     }
+    let name = text(iface, "/metadata/name").unwrap_or_default();
     let instance = text(iface, "/spec/instance").unwrap_or_default();
-    let boot = name
-        .strip_prefix(instance.as_str())
+    name.strip_prefix(instance.as_str())
         .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|i| i.parse::<u64>().ok());
-    (boot.unwrap_or(10_000), name)
+        .and_then(|i| i.parse::<u64>().ok())
 }
 
 /// The MAC address the interface has or will have: reported, asked for, or the one
@@ -284,8 +289,7 @@ pub(super) async fn add_interface(
             .map_or(0, |n| n.len() as u64);
         let next = mine
             .iter()
-            .map(|i| interface_order(i).0 + 1)
-            .filter(|o| *o < 10_000)
+            .filter_map(|i| known_order(i).map(|o| o + 1))
             .chain([boot, mine.len() as u64])
             .max()
             .unwrap_or(0);

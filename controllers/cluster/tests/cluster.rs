@@ -1268,20 +1268,31 @@ async fn a_floated_interface_gets_a_floating_address_and_dnat_on_the_network_nod
         nat_rules(&nn, vxid).contains(&dnat).then_some(())
     })
     .await;
+    // Every network-node create that carried the floats ends (the DNAT above is the
+    // first one's; a later re-plumb may still be running on a loaded machine).
     let replumbs: Vec<ClusterOperation> = env
-        .all_operations()
-        .await
-        .into_iter()
-        .filter(|o| {
-            o.spec.operation_type.as_str() == "network_create_on_node"
-                && o.spec.node.as_deref() == Some(nn.as_str())
-                && o.spec.payload["floating"].is_string()
-        })
-        .collect();
-    assert!(
-        !replumbs.is_empty(),
-        "no network-node create carried the floats"
-    );
+        .eventually(
+            "the network-node creates carrying the floats",
+            WAIT,
+            || async {
+                let ops: Vec<ClusterOperation> = env
+                    .all_operations()
+                    .await
+                    .into_iter()
+                    .filter(|o| {
+                        o.spec.operation_type.as_str() == "network_create_on_node"
+                            && o.spec.node.as_deref() == Some(nn.as_str())
+                            && o.spec.payload["floating"].is_string()
+                    })
+                    .collect();
+                let ended = ops.iter().all(|o| {
+                    state_of(o) != OperationState::Queued
+                        && state_of(o) != OperationState::Executing
+                });
+                (!ops.is_empty() && ended).then_some(ops)
+            },
+        )
+        .await;
     for op in &replumbs {
         assert_completed_on(op, &nn);
     }
