@@ -37,8 +37,8 @@ use serde_json::{Map, Value, json};
 use sf_schema::API_VERSION;
 
 use super::{
-    POWER_ATTEMPTS, body_json, create_object, done, error_response, events_of, find, flatten,
-    list_kind, lookup_namespace, not_found, param, resolve, sf_error, update_object,
+    body_json, create_object, done, error_response, events_of, find, flatten, list_kind,
+    lookup_namespace, not_deleting, not_found, param, read_change_write, resolve, sf_error,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, json_response};
@@ -349,30 +349,24 @@ async fn set_spec_field(
     field: &str,
     value: Value,
 ) -> Result<Response, Response> {
-    for _ in 0..POWER_ATTEMPTS {
-        let mut object = resolve(app, "Artifact", ns.clone(), reference).await?;
-        if object.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(sf_error(
-                StatusCode::CONFLICT,
-                format!("artifact {reference} is being deleted"),
-            ));
-        }
-        if object.pointer(&format!("/spec/{field}")) == Some(&value) {
-            return Ok(json_response(StatusCode::OK, &flatten_artifact(&object)));
-        }
-        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert(field.into(), value.clone());
-        }
-        match update_object(app, object).await {
-            Ok(updated) => return Ok(json_response(StatusCode::OK, &flatten_artifact(&updated))),
-            Err(response) if response.status() == StatusCode::CONFLICT => continue,
-            Err(response) => return Err(response),
-        }
-    }
-    Err(sf_error(
-        StatusCode::CONFLICT,
-        format!("artifact {reference} kept changing; retry"),
-    ))
+    let what = format!("artifact {reference}");
+    let object = read_change_write(
+        app,
+        &what,
+        || resolve(app, "Artifact", ns.clone(), reference),
+        |object| {
+            not_deleting(object, &what)?;
+            if object.pointer(&format!("/spec/{field}")) == Some(&value) {
+                return Ok(false);
+            }
+            if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert(field.into(), value.clone());
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, &flatten_artifact(&object)))
 }
 
 /// `POST /artifacts/{ref}/versions {max_versions}`.

@@ -38,8 +38,8 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{
-    POWER_ATTEMPTS, body_json, create_object, done, epoch, list_kind, lookup_namespace, nic_fields,
-    param, resolve, sf_error, text, update_object, without_nulls,
+    body_json, create_object, done, epoch, list_kind, lookup_namespace, nic_fields, not_deleting,
+    param, read_change_write, resolve, sf_error, text, without_nulls,
 };
 use crate::auth::Caller;
 use crate::error::json_response;
@@ -88,7 +88,7 @@ fn named<'a>(items: &'a [Value], reference: &str) -> Option<&'a Value> {
 type SortKey = (String, String, (u64, String));
 
 /// The interfaces of one namespace with what their rows need.
-pub(super) struct Namespace {
+struct Namespace {
     interfaces: Vec<Value>,
     instances: Vec<Value>,
     networks: Vec<Value>,
@@ -323,25 +323,30 @@ pub(super) async fn add_interface(
 }
 
 /// The interface `uuid` names in the caller's scope (any namespace for `system`).
-pub(super) async fn interface_by_uuid(
+async fn interface_by_uuid(
     app: &App,
     caller: &Caller,
     uuid: &str,
     query: Option<&str>,
 ) -> Result<(Value, Namespace), Response> {
-    let ns = lookup_namespace(caller, param(query, &Value::Null, "namespace"))?;
-    let interfaces = list_kind(app, "NetworkInterface", ns).await?;
-    let Some(iface) = interfaces
-        .into_iter()
-        .find(|i| text(i, "/metadata/uid").as_deref() == Some(uuid))
-    else {
-        return Err(sf_error(
-            StatusCode::NOT_FOUND,
-            format!("interface {uuid} not found"),
-        ));
-    };
+    let iface = find_interface(app, caller, uuid, query).await?;
     let namespace = Namespace::read(app, text(&iface, "/metadata/namespace")).await?;
     Ok((iface, namespace))
+}
+
+/// The interface `uuid` names in the caller's scope, alone.
+pub(super) async fn find_interface(
+    app: &App,
+    caller: &Caller,
+    uuid: &str,
+    query: Option<&str>,
+) -> Result<Value, Response> {
+    let ns = lookup_namespace(caller, param(query, &Value::Null, "namespace"))?;
+    let interfaces = list_kind(app, "NetworkInterface", ns).await?;
+    interfaces
+        .into_iter()
+        .find(|i| text(i, "/metadata/uid").as_deref() == Some(uuid))
+        .ok_or_else(|| sf_error(StatusCode::NOT_FOUND, format!("interface {uuid} not found")))
 }
 
 /// The row of the interface with uid `uuid` among `namespace`'s.
@@ -383,39 +388,31 @@ pub(super) async fn interface_action(
                 ));
             }
         };
-        // A status write (the controller's) between the read and the update moves the
-        // resourceVersion: read again and re-check, a few times.
-        for _ in 0..POWER_ATTEMPTS {
-            let (mut iface, mut namespace) =
-                interface_by_uuid(&app, &caller, &uuid, query.as_deref()).await?;
-            if iface.pointer("/metadata/deletionTimestamp").is_some() {
-                return Err(sf_error(
-                    StatusCode::CONFLICT,
-                    format!("interface {uuid} is being deleted"),
-                ));
-            }
-            let current = iface.pointer("/spec/float").and_then(Value::as_bool) == Some(true);
-            if current != float {
+        let what = format!("interface {uuid}");
+        let query = query.as_deref();
+        let iface = read_change_write(
+            &app,
+            &what,
+            || find_interface(&app, &caller, &uuid, query),
+            |iface| {
+                not_deleting(iface, &what)?;
+                if (iface.pointer("/spec/float").and_then(Value::as_bool) == Some(true)) == float {
+                    return Ok(false);
+                }
                 if let Some(spec) = iface.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.insert("float".into(), json!(float));
                 }
-                let updated = match update_object(&app, iface).await {
-                    Ok(updated) => updated,
-                    Err(response) if response.status() == StatusCode::CONFLICT => continue,
-                    Err(response) => return Err(response),
-                };
-                for stored in namespace.interfaces.iter_mut() {
-                    if text(stored, "/metadata/uid").as_deref() == Some(uuid.as_str()) {
-                        *stored = updated.clone();
-                    }
-                }
+                Ok(true)
+            },
+        )
+        .await?;
+        let mut namespace = Namespace::read(&app, text(&iface, "/metadata/namespace")).await?;
+        for stored in namespace.interfaces.iter_mut() {
+            if text(stored, "/metadata/uid").as_deref() == Some(uuid.as_str()) {
+                *stored = iface.clone();
             }
-            return Ok(json_response(StatusCode::OK, &row_of(&namespace, &uuid)));
         }
-        Err(sf_error(
-            StatusCode::CONFLICT,
-            format!("interface {uuid} kept changing; retry"),
-        ))
+        Ok(json_response(StatusCode::OK, &row_of(&namespace, &uuid)))
     };
     done(run.await)
 }

@@ -31,9 +31,7 @@ use serde_json::{Map, Value, json};
 
 use super::artifacts::resolve_artifact_for_read;
 use super::inventory::{blob_named, node_named};
-use super::{
-    POWER_ATTEMPTS, body_json, done, lookup_namespace, param, resolve, sf_error, update_object,
-};
+use super::{body_json, done, lookup_namespace, param, read_change_write, resolve, sf_error};
 use crate::auth::Caller;
 use crate::error::json_response;
 use crate::server::App;
@@ -209,9 +207,7 @@ async fn find(
             resolve(app, "Artifact", ns, reference).await
         }
         Owner::Artifact => resolve_artifact_for_read(app, caller, reference, query).await,
-        Owner::Interface => super::interfaces::interface_by_uuid(app, caller, reference, query)
-            .await
-            .map(|(iface, _)| iface),
+        Owner::Interface => super::interfaces::find_interface(app, caller, reference, query).await,
         Owner::Node => node_named(app, reference).await,
         Owner::Blob => blob_named(app, caller, reference).await,
     }
@@ -241,29 +237,25 @@ async fn change(
     query: Option<&str>,
     change: impl Fn(&mut Map<String, Value>) -> Result<(), Response>,
 ) -> Result<Response, Response> {
-    for _ in 0..POWER_ATTEMPTS {
-        let mut object = find(app, caller, owner, reference, query, true).await?;
-        let mut current = items(&object);
-        let before = current.clone();
-        change(&mut current)?;
-        if current == before {
-            return Ok(json_response(StatusCode::OK, &Value::Object(current)));
-        }
-        store_items(&mut object, &current);
-        match update_object(app, object).await {
-            Ok(updated) => {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &Value::Object(items(&updated)),
-                ));
+    let object = read_change_write(
+        app,
+        reference,
+        || find(app, caller, owner, reference, query, true),
+        |object| {
+            let mut current = items(object);
+            let before = current.clone();
+            change(&mut current)?;
+            if current == before {
+                return Ok(false);
             }
-            Err(response) if response.status() == StatusCode::CONFLICT => continue,
-            Err(response) => return Err(response),
-        }
-    }
-    Err(sf_error(
-        StatusCode::CONFLICT,
-        format!("{reference} kept changing; retry"),
+            store_items(object, &current);
+            Ok(true)
+        },
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &Value::Object(items(&object)),
     ))
 }
 

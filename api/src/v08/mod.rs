@@ -1283,9 +1283,54 @@ async fn instance_action(
     done(power_action(&app, &caller, &reference, &action, query.as_deref(), &body).await)
 }
 
-/// Reads of the instance a power action makes before giving up on a moving
+/// Reads of an object a v0.8 write makes before giving up on a moving
 /// resourceVersion.
-const POWER_ATTEMPTS: usize = 5;
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// Read, change, write with the read resourceVersion as precondition: `read` fetches
+/// the object, `change` checks and alters it and says whether there is anything to
+/// write. A write made in between (a controller's or agent's status write moves the
+/// resourceVersion) is a conflict: read again and re-check, up to
+/// [`UPDATE_ATTEMPTS`] times, then 409 naming `what`. Answers the object as stored,
+/// or as read when there was nothing to write.
+async fn read_change_write<R, F, C>(
+    app: &App,
+    what: &str,
+    mut read: R,
+    mut change: C,
+) -> Result<Value, Response>
+where
+    R: FnMut() -> F,
+    F: std::future::Future<Output = Result<Value, Response>>,
+    C: FnMut(&mut Value) -> Result<bool, Response>,
+{
+    for _ in 0..UPDATE_ATTEMPTS {
+        let mut object = read().await?;
+        if !change(&mut object)? {
+            return Ok(object);
+        }
+        match update_object(app, object).await {
+            Ok(updated) => return Ok(updated),
+            Err(response) if response.status() == StatusCode::CONFLICT => continue,
+            Err(response) => return Err(response),
+        }
+    }
+    Err(sf_error(
+        StatusCode::CONFLICT,
+        format!("{what} kept changing; retry"),
+    ))
+}
+
+/// 409 for `object` (named `what` in the message) when it is being deleted.
+fn not_deleting(object: &Value, what: &str) -> Result<(), Response> {
+    if object.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(sf_error(
+            StatusCode::CONFLICT,
+            format!("{what} is being deleted"),
+        ));
+    }
+    Ok(())
+}
 
 async fn power_action(
     app: &App,
@@ -1309,69 +1354,62 @@ async fn power_action(
         }
     };
     let body = body_json(body)?;
-    // A status write (the agent's, a controller's) between the read and the update
-    // moves the resourceVersion: read again and re-check, a few times.
-    for _ in 0..POWER_ATTEMPTS {
-        let mut object = instance_for(app, caller, reference, query, &body).await?;
-        let conflict = |message: String| sf_error(StatusCode::CONFLICT, message);
-        if object.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(conflict(format!("instance {reference} is being deleted")));
-        }
-        let desired = P::parse(
-            object
-                .pointer("/spec/powerState")
-                .and_then(Value::as_str)
-                .unwrap_or("on"),
-        );
-        match (action, &desired) {
-            ("pause", P::Off) => {
-                return Err(conflict(format!(
-                    "instance {reference} is powered off; power it on before pausing it"
-                )));
+    let reboot = action.starts_with("reboot");
+    let what = format!("instance {reference}");
+    let object = read_change_write(
+        app,
+        &what,
+        || instance_for(app, caller, reference, query, &body),
+        |object| {
+            not_deleting(object, &what)?;
+            let conflict = |message: String| sf_error(StatusCode::CONFLICT, message);
+            let desired = P::parse(
+                object
+                    .pointer("/spec/powerState")
+                    .and_then(Value::as_str)
+                    .unwrap_or("on"),
+            );
+            match (action, &desired) {
+                ("pause", P::Off) => {
+                    return Err(conflict(format!(
+                        "instance {reference} is powered off; power it on before pausing it"
+                    )));
+                }
+                ("unpause", d) if *d != P::Paused => {
+                    return Err(conflict(format!("instance {reference} is not paused")));
+                }
+                ("rebootsoft" | "reboothard", d) if *d != P::On => {
+                    return Err(conflict(format!(
+                        "instance {reference} is {d}; only an instance that is on can be rebooted"
+                    )));
+                }
+                _ => {}
             }
-            ("unpause", d) if *d != P::Paused => {
-                return Err(conflict(format!("instance {reference} is not paused")));
+            if reboot || desired == wanted {
+                return Ok(false);
             }
-            ("rebootsoft" | "reboothard", d) if *d != P::On => {
-                return Err(conflict(format!(
-                    "instance {reference} is {d}; only an instance that is on can be rebooted"
-                )));
-            }
-            _ => {}
-        }
-        if action.starts_with("reboot") {
-            let namespace = object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let subject = subject_of(app, "Instance", &object)?;
-            crate::actions::create_instance_operation(
-                app,
-                &subject,
-                &namespace,
-                &object,
-                sf_schema::operation::OperationType::InstanceReboot,
-                json!({"hard": action == "reboothard"}),
-            )
-            .await
-            .map_err(|e| error_response(&e))?;
-        } else if desired != wanted {
             if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("powerState".into(), json!(wanted.as_str()));
             }
-            match update_object(app, object).await {
-                Ok(updated) => object = updated,
-                Err(response) if response.status() == StatusCode::CONFLICT => continue,
-                Err(response) => return Err(response),
-            }
-        }
-        return Ok(json_response(StatusCode::OK, &flatten(&object)));
+            Ok(true)
+        },
+    )
+    .await?;
+    if reboot {
+        let namespace = text(&object, "/metadata/namespace").unwrap_or_default();
+        let subject = subject_of(app, "Instance", &object)?;
+        crate::actions::create_instance_operation(
+            app,
+            &subject,
+            &namespace,
+            &object,
+            sf_schema::operation::OperationType::InstanceReboot,
+            json!({"hard": action == "reboothard"}),
+        )
+        .await
+        .map_err(|e| error_response(&e))?;
     }
-    Err(sf_error(
-        StatusCode::CONFLICT,
-        format!("instance {reference} kept changing; retry"),
-    ))
+    Ok(json_response(StatusCode::OK, &flatten(&object)))
 }
 
 async fn create_network(
