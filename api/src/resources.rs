@@ -34,6 +34,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
+use sf_schema::addresses::{inet_aton, is_internal};
 use sf_schema::{API_VERSION, GROUP};
 
 use crate::admission::admit;
@@ -307,7 +308,8 @@ pub fn tenant_artifact_rules(object: &Value) -> Result<(), ApiError> {
 /// unique-local, CGNAT, broadcast or unspecified address, written in any form the
 /// fetcher's resolver accepts (`127.1`, `0x7f.1`, `2130706433`, `0177.0.0.1`, a
 /// trailing dot, IPv4-mapped IPv6). A name that resolves to such an address, or a
-/// redirect to one, is not caught here.
+/// redirect to one, cannot be seen here: the agent refuses those when it fetches
+/// (sf-agent's `artifact` module), where an operator may also allow internal mirrors.
 fn internal_host(url: &str) -> Option<String> {
     let uri = url.parse::<http::Uri>().ok()?;
     let raw = uri.host()?;
@@ -320,58 +322,10 @@ fn internal_host(url: &str) -> Option<String> {
         return Some(raw.to_owned());
     }
     let internal = match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip.is_unique_local()
-                || ip.is_unicast_link_local()
-                || ip.to_ipv4_mapped().is_some_and(internal_v4)
-        }
-        Ok(std::net::IpAddr::V4(ip)) => internal_v4(ip),
-        Err(_) => inet_aton(host).is_some_and(internal_v4),
+        Ok(ip) => is_internal(ip),
+        Err(_) => inet_aton(host).is_some_and(|v4| is_internal(v4.into())),
     };
     internal.then(|| raw.to_owned())
-}
-
-fn internal_v4(ip: std::net::Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b))
-}
-
-/// An IPv4 address as C's `inet_aton` (glibc's resolver) reads it: one to four parts,
-/// each decimal, octal (a leading `0`) or hex (`0x`), the last filling the rest.
-fn inet_aton(text: &str) -> Option<std::net::Ipv4Addr> {
-    let parts: Vec<u32> = text
-        .split('.')
-        .map(|p| {
-            let lower = p.to_ascii_lowercase();
-            if let Some(hex) = lower.strip_prefix("0x") {
-                if hex.is_empty() {
-                    Some(0)
-                } else {
-                    u32::from_str_radix(hex, 16).ok()
-                }
-            } else if lower.len() > 1 && lower.starts_with('0') {
-                u32::from_str_radix(&lower[1..], 8).ok()
-            } else {
-                lower.parse::<u32>().ok()
-            }
-        })
-        .collect::<Option<_>>()?;
-    let value = match parts.as_slice() {
-        [a] => *a,
-        [a, b] if *a < 256 && *b < 1 << 24 => a << 24 | b,
-        [a, b, c] if *a < 256 && *b < 256 && *c < 1 << 16 => a << 24 | b << 16 | c,
-        [a, b, c, d] if [a, b, c, d].iter().all(|p| **p < 256) => a << 24 | b << 16 | c << 8 | d,
-        _ => return None,
-    };
-    Some(std::net::Ipv4Addr::from(value))
 }
 
 /// Whether an image reference names a file of the hypervisor itself (a path or a

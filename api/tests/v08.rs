@@ -162,6 +162,33 @@ async fn instances_and_networks_on_v08_paths() {
     assert_eq!(never.status, 404, "{}", never.text());
     let gone = raw_on(&a, "DELETE", "/networks/web", &[], None).await;
     assert_eq!(gone.status, 202, "{}", gone.text());
+
+    // A method the path does not serve: 405 in v0.8's shape, with Allow; the
+    // Kubernetes paths keep their Status.
+    let wrong = raw_on(&a, "PUT", "/instances", &[], Some(json!({}))).await;
+    assert_eq!(wrong.status, 405, "{}", wrong.text());
+    assert_eq!(wrong.json()["status"], 405, "{}", wrong.text());
+    assert!(wrong.json()["error"].is_string(), "{}", wrong.text());
+    let allow = wrong
+        .headers
+        .get(http::header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let wrong = raw_on(
+        &a,
+        "PATCH",
+        &format!("/networks/{net_uuid}/events"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(wrong.status, 405, "{}", wrong.text());
+    assert_eq!(wrong.json()["status"], 405, "{}", wrong.text());
+    let k8s = raw_on(&a, "POST", "/version", &[], None).await;
+    assert_eq!(k8s.status, 405, "{}", k8s.text());
+    assert_eq!(k8s.json()["kind"], "Status", "{}", k8s.text());
 }
 
 #[tokio::test]

@@ -107,6 +107,8 @@ pub struct AgentSettings {
     pub operation_delay: Duration,
     /// The largest artifact an `artifact_fetch` downloads, bytes.
     pub artifact_max_bytes: u64,
+    /// Internal blocks a tenant's artifacts may be fetched from.
+    pub artifact_tenant_allowed: Vec<sf_schema::addresses::Cidr>,
 }
 
 impl Default for AgentSettings {
@@ -129,6 +131,7 @@ impl Default for AgentSettings {
             network_resync_interval: Duration::from_secs(60),
             operation_delay: Duration::ZERO,
             artifact_max_bytes: crate::config::DEFAULT_ARTIFACT_MAX_BYTES,
+            artifact_tenant_allowed: Vec::new(),
         }
     }
 }
@@ -1249,9 +1252,14 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             OperationType::ArtifactFetch => {
                 let request = crate::artifact::FetchRequest::from_payload(payload)?;
                 let s = &self.inner.settings;
-                let settings = crate::artifact::FetchSettings::new(
+                let mut settings = crate::artifact::FetchSettings::new(
                     s.storage_path.join("blobs"),
                     s.artifact_max_bytes,
+                );
+                // A tenant's artifact reaches only external addresses.
+                settings.policy = crate::artifact::AddressPolicy::for_namespace(
+                    op.spec.target.namespace.as_deref(),
+                    &s.artifact_tenant_allowed,
                 );
                 let fetched = crate::artifact::fetch(&settings, &request).await?;
                 Ok(fetched.to_result(self.node_name()))

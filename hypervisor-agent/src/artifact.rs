@@ -27,19 +27,35 @@
 //! - MIME type: the response's `Content-Type` unless absent or generic
 //!   (`application/octet-stream`), else sniffed from the first bytes (qcow2, gzip,
 //!   xz, bzip2, VMDK, ISO 9660, PNG).
+//! - Where it may connect ([`AddressPolicy`]): a tenant's artifact (any namespace but
+//!   `system`) is fetched only from external addresses. Every hop, redirects
+//!   included, is checked: an IP literal before connecting, a name on the addresses it
+//!   resolves to, and the connection goes only to the addresses checked (no second
+//!   lookup a DNS answer could change in between). An internal address
+//!   ([`sf_schema::addresses::is_internal`]) outside the operator's allowed blocks is
+//!   [`FetchError::InternalAddress`], a `file://` source [`FetchError::SourceRefused`];
+//!   neither is retried. The system namespace's artifacts may use any address and
+//!   `file://`. A redirect to a scheme other than `http`/`https` is refused for all.
 //! - The per-operation heartbeat of the claim loop keeps the lease alive however long
 //!   a download takes; the error report's `retryable` comes from
 //!   [`FetchError::retryable`].
 
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use sf_schema::addresses::{Cidr, is_internal};
 use sha2::{Digest, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -137,6 +153,24 @@ pub enum FetchError {
         /// The existing file's SHA-512.
         got: String,
     },
+    /// A tenant's source reaches an internal address.
+    #[error(
+        "GET {url}: {} an internal address; a tenant's artifacts are fetched only from \
+         external addresses (an operator can allow blocks with \
+         SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS)",
+        host_is(.host, .address)
+    )]
+    InternalAddress {
+        /// The URL of the hop refused (after redirects).
+        url: String,
+        /// Its host as written.
+        host: String,
+        /// The internal address it is or resolves to.
+        address: IpAddr,
+    },
+    /// A tenant's source names a file of the hypervisor.
+    #[error("{0}: a tenant's artifacts cannot be fetched from the hypervisor's own files")]
+    SourceRefused(String),
     /// A `file://` source does not exist.
     #[error("source {0} does not exist")]
     SourceNotFound(PathBuf),
@@ -167,6 +201,8 @@ impl FetchError {
             Self::ChecksumMismatch { .. } => "ChecksumMismatch",
             Self::SizeMismatch { .. } => "SizeMismatch",
             Self::BlobMismatch { .. } => "BlobMismatch",
+            Self::InternalAddress { .. } => "InternalAddressRefused",
+            Self::SourceRefused(_) => "SourceRefused",
             Self::SourceNotFound(_) => "SourceNotFound",
             Self::Tls { .. } => "TlsUnavailable",
             Self::Io(_) => "StorageIoFailed",
@@ -179,6 +215,16 @@ impl FetchError {
             self,
             Self::Http { .. } | Self::Transfer { .. } | Self::Stalled { .. } | Self::Io(_)
         )
+    }
+}
+
+/// `127.0.0.2 is` for a literal, `mirror resolves to 10.0.0.5,` for a name.
+fn host_is(host: &str, address: &IpAddr) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok_and(|ip| ip == *address) {
+        format!("{host} is")
+    } else {
+        format!("{host} resolves to {address},")
     }
 }
 
@@ -198,6 +244,46 @@ pub struct FetchSettings {
     pub connect_timeout: Duration,
     /// A body silent this long fails (retryable).
     pub idle_timeout: Duration,
+    /// Where the fetch may connect.
+    pub policy: AddressPolicy,
+}
+
+/// Where a fetch may connect (see the module contract).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AddressPolicy {
+    /// Any address, and `file://`: the system namespace's artifacts.
+    #[default]
+    Any,
+    /// External addresses, and internal ones inside `allowed`; no `file://`: a
+    /// tenant's artifacts.
+    External {
+        /// Internal blocks the operator allows (local mirrors).
+        allowed: Vec<Cidr>,
+    },
+}
+
+impl AddressPolicy {
+    /// The policy for an artifact in `namespace` (`None`: unknown, treated as a
+    /// tenant's).
+    pub fn for_namespace(namespace: Option<&str>, tenant_allowed: &[Cidr]) -> Self {
+        if namespace == Some(sf_schema::namespace::SYSTEM_NAMESPACE) {
+            Self::Any
+        } else {
+            Self::External {
+                allowed: tenant_allowed.to_vec(),
+            }
+        }
+    }
+
+    /// Whether `ip` may not be connected to.
+    pub fn refuses(&self, ip: IpAddr) -> bool {
+        match self {
+            Self::Any => false,
+            Self::External { allowed } => {
+                is_internal(ip) && !allowed.iter().any(|block| block.contains(ip))
+            }
+        }
+    }
 }
 
 impl FetchSettings {
@@ -209,6 +295,7 @@ impl FetchSettings {
             max_bytes,
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            policy: AddressPolicy::Any,
         }
     }
 }
@@ -481,6 +568,9 @@ pub async fn fetch(
         .unwrap_or_default();
     let content_type = match scheme.as_str() {
         "http" | "https" => download(settings, url, &mut partial).await?,
+        "file" if settings.policy != AddressPolicy::Any => {
+            return Err(FetchError::SourceRefused(url.to_owned()));
+        }
         "file" => {
             copy_file(url, &mut partial).await?;
             None
@@ -558,9 +648,60 @@ async fn copy_file(url: &str, partial: &mut Partial) -> Result<(), FetchError> {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<CheckedResolver>>, Empty<Bytes>>;
 
-fn client(settings: &FetchSettings, url: &str) -> Result<HttpsClient, FetchError> {
+/// The connector's DNS resolver: looks a name up (as the default resolver does, with
+/// `getaddrinfo` off the runtime) and hands the connector only addresses the policy
+/// accepts. A name with any refused address fails, and the address is kept in
+/// `refused` so the fetch can report it.
+#[derive(Clone)]
+struct CheckedResolver {
+    policy: Arc<AddressPolicy>,
+    refused: Arc<Mutex<Option<IpAddr>>>,
+}
+
+type Resolving =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, std::io::Error>> + Send>>;
+
+impl tower::Service<Name> for CheckedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let policy = Arc::clone(&self.policy);
+        let refused = Arc::clone(&self.refused);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if let Some(bad) = addrs
+                .iter()
+                .map(SocketAddr::ip)
+                .find(|ip| policy.refuses(*ip))
+            {
+                if let Ok(mut slot) = refused.lock() {
+                    *slot = Some(bad);
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{name} resolves to the internal address {bad}"),
+                ));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+fn client(
+    settings: &FetchSettings,
+    url: &str,
+    resolver: CheckedResolver,
+) -> Result<HttpsClient, FetchError> {
     let provider = rustls::crypto::ring::default_provider();
     let tls = |message: String| FetchError::Tls {
         url: url.to_owned(),
@@ -579,7 +720,7 @@ fn client(settings: &FetchSettings, url: &str) -> Result<HttpsClient, FetchError
             .with_no_client_auth();
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
     };
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_connect_timeout(Some(settings.connect_timeout));
     let connector = builder.https_or_http().enable_http1().wrap_connector(http);
@@ -617,23 +758,53 @@ async fn download(
     let mut current = url.to_owned();
     let mut hops = 0;
     let response = loop {
+        let scheme = current
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        if scheme != "http" && scheme != "https" {
+            return Err(FetchError::UnsupportedSource(current));
+        }
         let uri: http::Uri = current
             .parse()
             .map_err(|e| FetchError::BadRequest(format!("{current}: {e}")))?;
+        let host = uri.host().unwrap_or_default().to_owned();
+        let refused = |address: IpAddr| FetchError::InternalAddress {
+            url: current.clone(),
+            host: host.clone(),
+            address,
+        };
+        // An IP literal never reaches the resolver: check it here.
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            && settings.policy.refuses(ip)
+        {
+            return Err(refused(ip));
+        }
+        let resolver = CheckedResolver {
+            policy: Arc::new(settings.policy.clone()),
+            refused: Arc::new(Mutex::new(None)),
+        };
+        let refusal = Arc::clone(&resolver.refused);
         let request = http::Request::get(uri.clone())
             .header(http::header::USER_AGENT, "sf-agent")
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::BadRequest(format!("{current}: {e}")))?;
         let response = tokio::time::timeout(
             settings.connect_timeout + settings.idle_timeout,
-            client(settings, &current)?.request(request),
+            client(settings, &current, resolver)?.request(request),
         )
         .await
         .map_err(|_| FetchError::Stalled {
             url: current.clone(),
             secs: (settings.connect_timeout + settings.idle_timeout).as_secs(),
         })?
-        .map_err(|e| transfer(&current, error_chain(&e)))?;
+        .map_err(|e| match refusal.lock().ok().and_then(|slot| *slot) {
+            Some(ip) => refused(ip),
+            None => transfer(&current, error_chain(&e)),
+        })?;
         let status = response.status();
         if status.is_redirection() {
             let location = response

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sf_daemon::config::{ConfigError, TelemetryArgs, Validate};
+use sf_schema::addresses::Cidr;
 
 use crate::domain_xml::{DomainType, OvmfPaths, RenderSettings};
 use crate::instance::LifecycleSettings;
@@ -178,6 +179,15 @@ pub struct Config {
         default_value_t = DEFAULT_ARTIFACT_MAX_BYTES
     )]
     pub artifact_max_bytes: u64,
+    /// Internal address blocks (comma-separated CIDRs, e.g. a local mirror's
+    /// `10.0.5.0/24`) that a tenant's artifacts may be fetched from; by default none:
+    /// a tenant's source must resolve to external addresses only.
+    #[arg(
+        long,
+        env = "SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS",
+        default_value = ""
+    )]
+    pub artifact_tenant_allowed_cidrs: String,
     /// The event spool (`<STORAGE_PATH>/spool`).
     #[command(flatten)]
     pub spool: sf_database_client::spool::SpoolArgs,
@@ -225,6 +235,7 @@ impl Validate for Config {
             &self.mariadb_gateway_hosts,
             sf_database_client::DEFAULT_PORT,
         )?;
+        self.artifact_tenant_allowed()?;
         for (key, value) in [
             (
                 "SHAKENFIST_AGENT_HEARTBEAT_INTERVAL",
@@ -342,6 +353,20 @@ impl Config {
         LifecycleSettings::new(self.storage_path.clone(), self.render_settings())
     }
 
+    /// `SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS` as blocks.
+    pub fn artifact_tenant_allowed(&self) -> Result<Vec<Cidr>, ConfigError> {
+        self.artifact_tenant_allowed_cidrs
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|block| {
+                Cidr::parse(block).map_err(|why| {
+                    ConfigError::invalid("SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS", why)
+                })
+            })
+            .collect()
+    }
+
     /// The agent settings.
     pub fn agent_settings(&self, node_uuid: String) -> crate::agent::AgentSettings {
         crate::agent::AgentSettings {
@@ -359,6 +384,8 @@ impl Config {
             mtu: self.max_hypervisor_mtu - 50,
             operation_delay: Duration::from_millis(self.agent_test_operation_delay_ms),
             artifact_max_bytes: self.artifact_max_bytes,
+            // Validated at start-up.
+            artifact_tenant_allowed: self.artifact_tenant_allowed().unwrap_or_default(),
             ..crate::agent::AgentSettings::default()
         }
     }
@@ -410,5 +437,33 @@ mod tests {
             err.to_string().contains("SHAKENFIST_MARIADB_GATEWAY_HOSTS"),
             "{err}"
         );
+        let err = parse(&["--artifact-tenant-allowed-cidrs=10.0.5.0/24,10.0.6.1/24"])
+            .expect_err("host bits");
+        assert!(
+            err.to_string()
+                .contains("SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS")
+                && err.to_string().contains("host bits"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tenant_mirrors_are_allowed_by_block() {
+        assert!(
+            parse(&[])
+                .expect("config")
+                .agent_settings("u".into())
+                .artifact_tenant_allowed
+                .is_empty()
+        );
+        let c =
+            parse(&["--artifact-tenant-allowed-cidrs= 10.0.5.0/24, fd00:5::/64"]).expect("config");
+        let blocks: Vec<String> = c
+            .agent_settings("u".into())
+            .artifact_tenant_allowed
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(blocks, ["10.0.5.0/24", "fd00:5::/64"]);
     }
 }

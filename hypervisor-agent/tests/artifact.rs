@@ -1,12 +1,16 @@
 //! `artifact_fetch` against real sources: a tiny HTTP/1.1 server on 127.0.0.1 that
 //! this test runs, and files (`file://`). Checks the checksum verification, the
 //! errors (mismatch, HTTP 404, too large, stalled) and their retryability, idempotent
-//! reruns, redirects, and that no partial file survives a failure or a cancellation.
+//! reruns, redirects, that no partial file survives a failure or a cancellation, and
+//! that a tenant's fetch reaches no internal address, by literal, name or redirect.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sf_agent::artifact::{FetchError, FetchRequest, FetchSettings, fetch};
+use sf_agent::artifact::{AddressPolicy, FetchError, FetchRequest, FetchSettings, fetch};
+use sf_schema::addresses::Cidr;
 use sha2::{Digest, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -28,17 +32,26 @@ fn sha512(bytes: &[u8]) -> String {
 /// Serves on 127.0.0.1 (never another address) until the test ends:
 /// `/image` (200, `application/octet-stream`), `/typed` (200, `text/plain`),
 /// `/redirect` (302 to `/image`), `/loop` (302 to itself), `/stall` (headers and a
-/// few bytes, then silence), anything else 404.
+/// few bytes, then silence), `/elsewhere` (302 to `/image` on 127.0.0.2, the same
+/// port), `/to-file` (302 to `file:///etc/hostname`), anything else 404.
 async fn serve() -> String {
+    serve_counting().await.0
+}
+
+/// [`serve`], and how many connections it accepted.
+async fn serve_counting() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1");
     let addr = listener.local_addr().expect("local address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -72,6 +85,12 @@ async fn serve() -> String {
                     ),
                     "/redirect" => respond("302 Found", "Location: /image\r\n", b""),
                     "/loop" => respond("302 Found", "Location: /loop\r\n", b""),
+                    "/elsewhere" => respond(
+                        "302 Found",
+                        &format!("Location: http://127.0.0.2:{}/image\r\n", addr.port()),
+                        b"",
+                    ),
+                    "/to-file" => respond("302 Found", "Location: file:///etc/hostname\r\n", b""),
                     "/stall" => {
                         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n";
                         let _ = stream.write_all(head).await;
@@ -87,7 +106,7 @@ async fn serve() -> String {
             });
         }
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), accepted)
 }
 
 fn request(url: &str, blob: &str, sha512: Option<String>) -> FetchRequest {
@@ -368,5 +387,105 @@ async fn a_file_source_is_copied_and_verified() {
         .await
         .expect_err("relative");
     assert_eq!(err.code(), "BadOperation");
+    assert_eq!(listing(&settings.blobs_dir), [BLOB_A]);
+}
+
+#[tokio::test]
+async fn a_tenants_fetch_reaches_no_internal_address() {
+    let (base, accepted) = serve_counting().await;
+    let port = base.rsplit(':').next().expect("a port").to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
+    settings.policy = AddressPolicy::for_namespace(Some("demo"), &[]);
+
+    // A literal, a name, and a form only the resolver reads as 127.0.0.1.
+    for (url, host) in [
+        (format!("{base}/image"), "127.0.0.1"),
+        (format!("http://localhost:{port}/image"), "localhost"),
+        (format!("http://127.1:{port}/image"), "127.1"),
+    ] {
+        let err = fetch(&settings, &request(&url, BLOB_A, None))
+            .await
+            .expect_err("an internal address");
+        let FetchError::InternalAddress {
+            host: refused,
+            address,
+            ..
+        } = &err
+        else {
+            panic!("{url}: {err}");
+        };
+        assert_eq!(refused, host, "{err}");
+        assert!(address.is_loopback(), "{err}");
+        assert_eq!(
+            (err.code(), err.retryable()),
+            ("InternalAddressRefused", false)
+        );
+        assert!(
+            err.to_string()
+                .contains("SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS")
+        );
+    }
+    let err = fetch(&settings, &request("file:///etc/hostname", BLOB_A, None))
+        .await
+        .expect_err("a host file");
+    assert_eq!((err.code(), err.retryable()), ("SourceRefused", false));
+    // Refused before connecting; nothing kept.
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    assert!(listing(&settings.blobs_dir).is_empty());
+
+    // The system namespace's artifacts may use the same source.
+    let system = AddressPolicy::for_namespace(Some("system"), &[]);
+    assert_eq!(system, AddressPolicy::Any);
+    settings.policy = system;
+    let fetched = fetch(&settings, &request(&format!("{base}/image"), BLOB_A, None))
+        .await
+        .expect("the system namespace fetches from loopback");
+    assert_eq!(fetched.size, image().len() as u64);
+}
+
+#[tokio::test]
+async fn an_allowed_mirror_cannot_redirect_a_tenant_inside() {
+    let (base, accepted) = serve_counting().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
+    let mirror = Cidr::parse("127.0.0.1/32").expect("a block");
+    settings.policy = AddressPolicy::for_namespace(Some("demo"), &[mirror]);
+
+    // The operator allows the mirror: a tenant fetches from it.
+    let fetched = fetch(&settings, &request(&format!("{base}/image"), BLOB_A, None))
+        .await
+        .expect("an allowed mirror");
+    assert_eq!(fetched.sha512, sha512(&image()));
+
+    // Its redirect to another internal address is refused before connecting there.
+    let err = fetch(
+        &settings,
+        &request(&format!("{base}/elsewhere"), BLOB_B, None),
+    )
+    .await
+    .expect_err("a redirect inside");
+    let FetchError::InternalAddress { url, address, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(url.starts_with("http://127.0.0.2:"), "{err}");
+    assert_eq!(address.to_string(), "127.0.0.2");
+    assert!(!err.retryable());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the mirror, twice; never 127.0.0.2"
+    );
+
+    // No redirect leaves HTTP, whoever fetches.
+    settings.policy = AddressPolicy::Any;
+    let err = fetch(
+        &settings,
+        &request(&format!("{base}/to-file"), BLOB_C, None),
+    )
+    .await
+    .expect_err("a redirect to a file");
+    assert_eq!((err.code(), err.retryable()), ("UnsupportedSource", false));
+    assert!(err.to_string().contains("file:///etc/hostname"), "{err}");
     assert_eq!(listing(&settings.blobs_dir), [BLOB_A]);
 }

@@ -7,10 +7,11 @@
 //! camelCase. Specs reject unknown fields; string enums accept any string so that
 //! [`validation`] can report every bad value with its field path.
 //!
-//! Modules: [`common`] (conditions, references, string enums), one module per kind
+//! Modules: [`addresses`] (internal addresses, CIDR blocks), [`common`] (conditions, references, string enums), one module per kind
 //! ([`namespace`], [`instance`], [`network`], [`interface`], [`ipam`], [`artifact`]
 //! with Artifact and Blob, [`node`], [`operation`]), [`validation`] and [`crd`].
 
+pub mod addresses;
 pub mod artifact;
 pub mod common;
 pub mod crd;

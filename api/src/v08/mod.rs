@@ -59,6 +59,9 @@
 //!   metadata items of every kind here: [`metadata`]; cluster operations:
 //!   [`operations`].
 //!
+//! - A method a path does not serve is 405 in the `{"error", "status"}` shape, with
+//!   `Allow`.
+//!
 //! Not served: the other v0.8 paths (artifact upload, namespace metadata, cluster operations, consoles, agent operations, ...).
 
 // Helpers fail with the finished v0.8 error response, which handlers return as is.
@@ -190,6 +193,13 @@ pub fn routes() -> Router<Arc<App>> {
             get(operations::get_operation),
         )
         .merge(metadata::routes())
+        // A v0.8 client gets its own error shape (and the `Allow` header axum adds).
+        .method_not_allowed_fallback(|| async {
+            sf_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the method is not allowed for the requested URL",
+            )
+        })
 }
 
 /// camelCase → snake_case.

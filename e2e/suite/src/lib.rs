@@ -553,6 +553,13 @@ impl System {
                     "SHAKENFIST_AGENT_HEARTBEAT_INTERVAL".to_string(),
                     "2".to_string(),
                 ),
+                // Tests serve images on 127.0.0.1, standing in for an operator's
+                // mirror that tenants may fetch from; every other internal address
+                // stays refused to tenants.
+                (
+                    "SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS".to_string(),
+                    "127.0.0.1/32".to_string(),
+                ),
                 (
                     "SHAKENFIST_AGENT_TEST_OPERATION_DELAY_MS".to_string(),
                     opts.agent_operation_delay_ms.to_string(),

@@ -254,6 +254,48 @@ fn an_artifact_is_fetched_replicated_and_backs_instance_disks() {
     assert_eq!(replica["status"]["state"], "complete", "{replica}");
     assert_eq!(hits.load(Ordering::SeqCst), 2, "one download per node");
 
+    // The agents allow the mirror (127.0.0.1/32) to tenants, nothing else internal: an
+    // artifact of `arts` on another loopback address goes to error, never fetched.
+    let inside = url.replace("127.0.0.1", "127.0.0.2");
+    let out = system.apply(
+        "inside",
+        &format!(
+            "apiVersion: shakenfist.io/v1alpha1\nkind: Artifact\n\
+             metadata: {{name: inside, namespace: arts}}\nspec: {{sourceUrl: \"{inside}\"}}\n"
+        ),
+    );
+    if !out.status.success() {
+        fail(format!(
+            "apply inside: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let refused = wait_for(
+        "the inside artifact in error",
+        Duration::from_secs(90),
+        || {
+            let list = get(&system, &["get", "artifacts", "-n", "arts", "-o", "json"])?;
+            let a = named(&list, "inside")?.clone();
+            (a["status"]["state"] == "error").then_some(a)
+        },
+    )
+    .unwrap_or_else(|e| fail(e.to_string()));
+    assert!(
+        refused["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("127.0.0.2 is an internal address"))),
+        "{refused}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "nothing more was downloaded"
+    );
+
     // On each node the blob file is the image, and the instance disk is backed by it.
     let instances = get(&system, &["get", "instances", "-n", "arts", "-o", "json"])
         .unwrap_or_else(|| fail("list instances".into()));
