@@ -612,12 +612,15 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
     /// only the system namespace write those); an Artifact (this namespace, then
     /// shared in `system`, then by uid in this namespace or shared) its latest version's
     /// blob file, which must be on this node (the instance plan replicates it before
-    /// `instance_create`; missing is `NotReady`, retried). `None`: no such artifact or
-    /// no version.
+    /// `instance_create`; missing is `NotReady`, retried). With `pin` (the blob the
+    /// instance plan replicated here), the version holding that blob while the
+    /// artifact still has it, so a version landing meanwhile changes nothing. `None`:
+    /// no such artifact or no version.
     async fn resolve_image(
         &self,
         namespace: &str,
         base: &str,
+        pin: Option<&str>,
     ) -> Result<Option<PathBuf>, HandlerError> {
         if base.starts_with('/') {
             return Ok(Some(PathBuf::from(base)));
@@ -647,7 +650,12 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     ns == Some(namespace) || (ns == Some("system") && a.spec.shared)
                 });
         }
-        let Some(version) = artifact.and_then(|a| a.status?.versions.last().cloned()) else {
+        let versions = artifact
+            .and_then(|a| a.status)
+            .map(|s| s.versions)
+            .unwrap_or_default();
+        let pinned = pin.and_then(|blob| versions.iter().find(|v| v.blob == blob));
+        let Some(version) = pinned.or(versions.last()) else {
             return Ok(None);
         };
         let path = crate::artifact::blob_path(
@@ -672,8 +680,9 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         namespace: &str,
         reference: &str,
         field: &str,
+        pin: Option<&str>,
     ) -> Result<PathBuf, HandlerError> {
-        self.resolve_image(namespace, reference)
+        self.resolve_image(namespace, reference, pin)
             .await?
             .ok_or_else(|| {
                 HandlerError::ImageNotFound(format!(
@@ -690,7 +699,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         namespace: &str,
         reference: &str,
     ) -> Result<Option<PathBuf>, HandlerError> {
-        match self.resolve_image(namespace, reference).await {
+        match self.resolve_image(namespace, reference, None).await {
             Ok(found) => Ok(found),
             Err(HandlerError::NotReady(_)) => Ok(None),
             Err(e) => Err(e),
@@ -783,26 +792,31 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         inst: &Instance,
         required: &[String],
     ) -> Result<InstanceContext, HandlerError> {
-        self.context(inst, required, false).await
+        self.context(inst, required, None).await
     }
 
     /// [`Self::instance_context`] with every image resolved; one that resolves to
     /// nothing fails ([`HandlerError::ImageNotFound`]) rather than giving the guest a
-    /// blank disk.
+    /// blank disk. `pins` is `instance_create`'s `blobs` (image reference → the blob
+    /// replicated to this node for it; see [`Self::resolve_image`]).
     pub async fn create_context(
         &self,
         inst: &Instance,
         required: &[String],
+        pins: &Value,
     ) -> Result<InstanceContext, HandlerError> {
-        self.context(inst, required, true).await
+        self.context(inst, required, Some(pins)).await
     }
 
+    /// `pins`: `Some` for `instance_create` (every image must resolve), `None` after.
     async fn context(
         &self,
         inst: &Instance,
         required: &[String],
-        images: bool,
+        pins: Option<&Value>,
     ) -> Result<InstanceContext, HandlerError> {
+        let images = pins.is_some();
+        let pin = |reference: &str| pins.and_then(|p| p.get(reference)).and_then(Value::as_str);
         let namespace = inst.metadata.namespace.clone().unwrap_or_default();
         let name = inst.metadata.name.clone().unwrap_or_default();
         let uid = inst.metadata.uid.clone().unwrap_or_default();
@@ -833,7 +847,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         for (i, disk) in inst.spec.disks.iter().enumerate() {
             base_images.push(match &disk.base {
                 Some(b) if images => Some(
-                    self.image(&namespace, b, &format!("spec.disks[{i}].base"))
+                    self.image(&namespace, b, &format!("spec.disks[{i}].base"), pin(b))
                         .await?,
                 ),
                 // After the create: what resolves here, if anything. A cdrom keeps its
@@ -849,9 +863,10 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .await
             .unwrap_or(false);
         let nvram_template = match &inst.spec.nvram_template {
-            Some(t) if images || first_start => {
-                Some(self.image(&namespace, t, "spec.nvramTemplate").await?)
-            }
+            Some(t) if images || first_start => Some(
+                self.image(&namespace, t, "spec.nvramTemplate", pin(t))
+                    .await?,
+            ),
             Some(t) => self.resolve_leniently(&namespace, t).await?,
             None => None,
         };
@@ -1150,7 +1165,9 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     .as_str()
                     .map(DesiredPowerState::parse)
                     .unwrap_or_else(|| inst.spec.power_state.clone());
-                let ctx = self.create_context(&inst, &required).await?;
+                let ctx = self
+                    .create_context(&inst, &required, &payload["blobs"])
+                    .await?;
                 let state = life.create(&ctx, &desired).await?;
                 self.report_instance(
                     t.namespace.as_deref(),

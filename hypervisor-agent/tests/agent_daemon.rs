@@ -1388,3 +1388,97 @@ async fn a_cdrom_keeps_its_image_after_the_create() {
         "the cdrom still holds its image after power on:\n{xml}"
     );
 }
+
+/// `instance_create` makes disks from the blob its plan replicated to the node
+/// (payload `blobs`), not from a version that landed since: without the pin, the
+/// latest version's blob, absent here, makes the create wait (`NotReady`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_uses_the_blob_its_plan_replicated() {
+    if !privileged() {
+        return;
+    }
+    let env = setup().await;
+    let storage = env.dir.path().join("storage");
+    std::fs::create_dir_all(storage.join("blobs")).expect("blobs dir");
+    let (held, newer) = (
+        "0e0e0e0e-0000-4000-8000-000000000001",
+        "0e0e0e0e-0000-4000-8000-000000000002",
+    );
+    qemu_img(
+        &["create", "-q", "-f", "qcow2"],
+        &[&storage.join("blobs").join(held)],
+        Some("1M"),
+    );
+    env.gateway
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
+            "metadata": {"name": "img", "namespace": "demo"},
+            "spec": {"sourceUrl": "https://images.example/img.qcow2"},
+        }))
+        .await
+        .expect("artifact");
+    // Version 2 landed after the plan replicated version 1 here.
+    env.merge(
+        "Artifact",
+        Some("demo"),
+        "img",
+        json!({"state": "created", "versions": [
+            {"index": 1, "blob": held, "size": 1_048_576, "created": "2026-11-26T00:00:00Z"},
+            {"index": 2, "blob": newer, "size": 1_048_576, "created": "2026-11-26T00:05:00Z"}
+        ]}),
+    )
+    .await;
+    let instance = env
+        .gateway
+        .create(&json!({
+            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "pin-1", "namespace": "demo"},
+            "spec": {"cpus": 1, "memory": 256, "powerState": "off",
+                     "disks": [{"size": 1, "base": "img"}]},
+        }))
+        .await
+        .expect("instance");
+    let uid = instance["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    env.merge(
+        "Instance",
+        Some("demo"),
+        "pin-1",
+        json!({"state": "creating", "node": NODE}),
+    )
+    .await;
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let agent = env.agent(hv, "88888888-8888-4888-8888-888888888888");
+    let create = |payload: Value| {
+        let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+            "operationType": "instance_create",
+            "target": {"kind": "Instance", "name": "pin-1", "namespace": "demo", "uid": uid},
+            "node": NODE,
+            "payload": payload,
+        }))
+        .expect("spec");
+        let mut op = sf_schema::ClusterOperation::new("instance-pin-1-1-create", spec);
+        op.metadata.namespace = Some("demo".into());
+        op.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+        op
+    };
+    let unpinned = agent
+        .execute(&create(json!({"interfaces": [], "powerState": "off"})))
+        .await
+        .expect_err("the latest version is not on this node");
+    assert_eq!(unpinned.code(), "NotReady", "{unpinned}");
+    assert!(unpinned.to_string().contains(newer), "{unpinned}");
+    agent
+        .execute(&create(
+            json!({"interfaces": [], "powerState": "off", "blobs": {"img": held}}),
+        ))
+        .await
+        .expect("instance_create pinned to the replicated blob");
+    let backing =
+        backing_of(&storage.join("instances").join(&uid).join("disk-0.qcow2")).unwrap_or_default();
+    assert!(backing.ends_with(held), "{backing}");
+}

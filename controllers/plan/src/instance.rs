@@ -14,7 +14,10 @@
 //!   uses on the node (an `artifact_fetch` of that blob, with its sha512, named
 //!   `instance-<name>-<seq>-fetch-<artifact>` and targeting the Artifact, is emitted
 //!   when the blob is neither there nor being fetched there, and `instance_create`
-//!   depends on it or on the fetch under way).
+//!   depends on it or on the fetch under way). `instance_create`'s payload pins those
+//!   blobs (`blobs: {<image reference>: <blob>}`), so a version that lands between
+//!   the replication and the create does not send the agent looking for a blob this
+//!   node does not hold.
 //! - Created: power operations only when desired (`spec.powerState`) and observed
 //!   (`status.powerState`) differ, one at a time (none while any power operation is
 //!   outstanding): paused/running → `instance_pause`, off/running|paused|crashed →
@@ -35,7 +38,7 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use sf_schema::common::{ConditionStatus, ObjectRef};
 use sf_schema::instance::{DesiredPowerState, Instance, InstanceState, ObservedPowerState};
 use sf_schema::node::NodeState;
@@ -469,10 +472,14 @@ impl<'a> Ctx<'a> {
         self.plan.extend(network_ops);
         let mut fetch_ops = Vec::new();
         let mut blobs: Vec<&str> = Vec::new();
+        // The blob each image reference resolves to, as replicated here: the agent
+        // makes the disks from these, not from a version that lands meanwhile.
+        let mut pins = serde_json::Map::new();
         for artifact in &self.observed.artifacts {
             let Some(replica) = artifact.replica.as_ref() else {
                 continue;
             };
+            pins.insert(artifact.name.clone(), json!(replica.blob));
             if blobs.contains(&replica.blob.as_str()) {
                 continue;
             }
@@ -493,10 +500,13 @@ impl<'a> Ctx<'a> {
         let interfaces: Vec<String> = (0..spec.networks.len())
             .map(|i| boot_interface_name(&self.name, i))
             .collect();
-        let payload = json!({
+        let mut payload = json!({
             "interfaces": interfaces,
             "powerState": spec.power_state.as_str(),
         });
+        if !pins.is_empty() {
+            payload["blobs"] = Value::Object(pins);
+        }
         self.enqueue(OperationType::InstanceCreate, &node, depends_on, payload);
         self.set_state(InstanceState::Creating, None);
         self.condition("Ready", ConditionStatus::False, "Creating", String::new());
@@ -1405,6 +1415,17 @@ mod tests {
             assert_eq!(ops_of(&plan), ops, "{what}: {plan:?}");
             assert_eq!(create_deps(&plan), want_deps, "{what}");
             assert_eq!(set_state(&plan), Some(InstanceState::Creating), "{what}");
+            // Whether fetched now, present or fetched by another: the create is pinned
+            // to the blob replicated, not to whatever version is latest when it runs.
+            let pinned = plan.iter().find_map(|a| match a {
+                Action::EnqueueOperation {
+                    operation_type: T::InstanceCreate,
+                    payload,
+                    ..
+                } => Some(payload["blobs"].clone()),
+                _ => None,
+            });
+            assert_eq!(pinned, Some(json!({"debian-12": "blob-1"})), "{what}");
         }
         let plan = plan_instance(&i, &observe(replica(&["hv-2"], vec![])), &ctx());
         let Some(Action::EnqueueOperation {
