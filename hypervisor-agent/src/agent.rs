@@ -136,6 +136,14 @@ impl Default for AgentSettings {
     }
 }
 
+/// `path` when its file is here.
+async fn still_here(path: Option<PathBuf>) -> Option<PathBuf> {
+    match path {
+        Some(p) if tokio::fs::try_exists(&p).await.unwrap_or(false) => Some(p),
+        _ => None,
+    }
+}
+
 /// Why the agent stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -843,6 +851,17 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         for iface in &ifaces {
             nics.push(self.nic_context(&namespace, iface).await?);
         }
+        // After the create: the images it was made from, while their files are here.
+        let recorded = if images {
+            None
+        } else {
+            self.inner.life.recorded_images(&uid).await
+        };
+        let recorded_disks = recorded
+            .as_ref()
+            .map(|r| r.disks.as_slice())
+            .filter(|d| d.len() == inst.spec.disks.len())
+            .unwrap_or_default();
         let mut base_images = Vec::with_capacity(inst.spec.disks.len());
         for (i, disk) in inst.spec.disks.iter().enumerate() {
             base_images.push(match &disk.base {
@@ -850,10 +869,14 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     self.image(&namespace, b, &format!("spec.disks[{i}].base"), pin(b))
                         .await?,
                 ),
-                // After the create: what resolves here, if anything. A cdrom keeps its
-                // image; a disk exists already (one that is gone is not remade from
-                // nothing: `Lifecycle::define` refuses a based disk without its base).
-                Some(b) => self.resolve_leniently(&namespace, b).await?,
+                // After the create: the recorded image (a cdrom keeps its media), else
+                // what resolves here, if anything. A disk exists already (one that is
+                // gone is not remade from nothing: `Lifecycle::define` refuses a based
+                // disk without its base).
+                Some(b) => match still_here(recorded_disks.get(i).cloned().flatten()).await {
+                    Some(path) => Some(path),
+                    None => self.resolve_leniently(&namespace, b).await?,
+                },
                 None => None,
             });
         }
@@ -863,10 +886,19 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .await
             .unwrap_or(false);
         let nvram_template = match &inst.spec.nvram_template {
-            Some(t) if images || first_start => Some(
+            Some(t) if images => Some(
                 self.image(&namespace, t, "spec.nvramTemplate", pin(t))
                     .await?,
             ),
+            Some(t) if first_start => {
+                match still_here(recorded.as_ref().and_then(|r| r.nvram_template.clone())).await {
+                    Some(path) => Some(path),
+                    None => Some(
+                        self.image(&namespace, t, "spec.nvramTemplate", None)
+                            .await?,
+                    ),
+                }
+            }
             Some(t) => self.resolve_leniently(&namespace, t).await?,
             None => None,
         };

@@ -165,6 +165,12 @@ impl InstancePaths {
         self.dir.join("nvram.fd")
     }
 
+    /// The images the instance was created from (see
+    /// [`crate::instance::Lifecycle::recorded_images`]).
+    pub fn images(&self) -> PathBuf {
+        self.dir.join("images.json")
+    }
+
     /// The serial console log.
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")

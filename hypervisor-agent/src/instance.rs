@@ -5,9 +5,13 @@
 //!   are kept), power on of a running domain, power off of a stopped one, pause of a
 //!   paused one, delete of a missing one all succeed, and hot plug of a MAC already in
 //!   the definition does nothing.
-//! - Create: the instance directory `<STORAGE_PATH>/instances/<uid>/`, its disks
-//!   ([`crate::disks::ensure_disk`]), the config drive, the domain definition; then the
-//!   desired power state (on: start; paused: start then pause; off: defined only).
+//! - Create: the instance directory `<STORAGE_PATH>/instances/<uid>/`, the record of
+//!   the images it is defined from (`images.json`: per disk, and the NVRAM template;
+//!   rewritten by every definition, after the spec rendered), its disks ([`crate::disks::ensure_disk`]), the config drive, the domain
+//!   definition; then the desired power state (on: start; paused: start then pause;
+//!   off: defined only). Later operations take a cdrom's image and the NVRAM template
+//!   from that record ([`Lifecycle::recorded_images`]) while the file is there, so
+//!   a new version of an artifact never swaps a guest's media or empties its drive.
 //! - Power on rebuilds the config drive and the definition (so hot-plugged NICs are
 //!   in both) and starts the domain, retrying up to `power_on_attempts` times
 //!   `power_on_delay` apart.
@@ -32,6 +36,17 @@ use crate::domain_xml::{
     interface_macs,
 };
 use crate::hypervisor::{DomainState, Hypervisor, HypervisorError, domain_name};
+
+/// The images an instance was created from (`images.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedImages {
+    /// Per `spec.disks[i]`: the image file its base resolved to, if any.
+    pub disks: Vec<Option<PathBuf>>,
+    /// The NVRAM template file, if any.
+    #[serde(default)]
+    pub nvram_template: Option<PathBuf>,
+}
 
 /// Lifecycle settings.
 #[derive(Debug, Clone)]
@@ -201,6 +216,9 @@ pub enum LifecycleError {
         /// The last error.
         last: HypervisorError,
     },
+    /// A file of the instance directory could not be written.
+    #[error(transparent)]
+    Io(#[from] crate::FileError),
     /// The instance directory could not be removed.
     #[error("remove {path}: {source}")]
     Remove {
@@ -228,7 +246,7 @@ impl LifecycleError {
             Self::InstanceOff { .. } => "InstanceOff",
             Self::StartFailed { .. } => "DomainStartFailed",
             Self::StillAttached { .. } => "DeviceStillAttached",
-            Self::Remove { .. } => "DiskFailed",
+            Self::Remove { .. } | Self::Io(_) => "DiskFailed",
         }
     }
 
@@ -247,7 +265,8 @@ impl LifecycleError {
             | Self::Hypervisor(_)
             | Self::StartFailed { .. }
             | Self::StillAttached { .. }
-            | Self::Remove { .. } => true,
+            | Self::Remove { .. }
+            | Self::Io(_) => true,
         }
     }
 }
@@ -327,6 +346,7 @@ impl<H: Hypervisor> Lifecycle<H> {
     /// Renders, makes the disks and config drive, and defines the domain.
     pub async fn define(&self, ctx: &InstanceContext) -> Result<String, LifecycleError> {
         let xml = self.render(ctx)?;
+        self.record_images(ctx).await?;
         let paths = self.paths(&ctx.uid);
         for (i, disk) in ctx.spec.disks.iter().enumerate() {
             if disk.disk_type == sf_schema::instance::DiskType::Cdrom {
@@ -348,6 +368,48 @@ impl<H: Hypervisor> Lifecycle<H> {
         }
         self.write_config_drive(ctx).await?;
         Ok(self.hv.define(&xml).await?)
+    }
+
+    /// Writes `images.json` (atomically: a temporary file renamed over it) from the
+    /// context's resolved images.
+    async fn record_images(&self, ctx: &InstanceContext) -> Result<(), LifecycleError> {
+        let paths = self.paths(&ctx.uid);
+        tokio::fs::create_dir_all(&paths.dir)
+            .await
+            .map_err(crate::FileError::of("create directory", &paths.dir))?;
+        let record = RecordedImages {
+            disks: ctx.base_images.clone(),
+            nvram_template: ctx.nvram_template.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        let target = paths.images();
+        let temporary = paths.dir.join("images.json.tmp");
+        tokio::fs::write(&temporary, text)
+            .await
+            .map_err(crate::FileError::of("write", &temporary))?;
+        tokio::fs::rename(&temporary, &target)
+            .await
+            .map_err(crate::FileError::of("rename into", &target))?;
+        Ok(())
+    }
+
+    /// The images instance `uid` was created from, as recorded then; `None` when
+    /// there is no record (created by an older agent) or it cannot be read (logged).
+    pub async fn recorded_images(&self, uid: &str) -> Option<RecordedImages> {
+        let path = self.paths(uid).images();
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the image record");
+                return None;
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .inspect_err(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring a malformed image record");
+            })
+            .ok()
     }
 
     /// Creates the instance and brings it to `desired` (see the module contract).

@@ -1378,14 +1378,36 @@ async fn a_cdrom_keeps_its_image_after_the_create() {
         ))
         .await
         .expect("instance_create");
+    let record = storage.join("instances").join(&uid).join("images.json");
+    let recorded: Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("images.json")).expect("JSON");
+    assert_eq!(recorded["disks"][0], Value::Null, "{recorded}");
+    assert!(
+        recorded["disks"][1]
+            .as_str()
+            .is_some_and(|p| p.ends_with(blob)),
+        "{recorded}"
+    );
+    // A new version lands, its blob here too; version 1 is pruned from the artifact.
+    let newer = "0d0d0d0d-0000-4000-8000-000000000002";
+    std::fs::write(storage.join("blobs").join(newer), vec![1u8; 4096]).expect("iso 2");
+    env.merge(
+        "Artifact",
+        Some("demo"),
+        "iso",
+        json!({"versions": [
+            {"index": 2, "blob": newer, "size": 4096, "created": "2026-11-26T01:00:00Z"}
+        ]}),
+    )
+    .await;
     agent
         .execute(&op(2, "instance_power_on", json!({})))
         .await
         .expect("instance_power_on");
     let xml = hv.xml(&domain_name(&uid), false).await.expect("domain XML");
     assert!(
-        xml.contains(&format!("blobs/{blob}")),
-        "the cdrom still holds its image after power on:\n{xml}"
+        xml.contains(&format!("blobs/{blob}")) && !xml.contains(newer),
+        "the cdrom keeps the media it was created with, whatever the artifact's latest:\n{xml}"
     );
 }
 
