@@ -1187,6 +1187,57 @@ async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
         .json();
     assert_eq!(on_node, json!([]), "no replica on hv-1 yet");
 
+    // Its bytes: none in the database (an artifact's blob is on hypervisors), then a
+    // screenshot's, whole or from an offset; never another tenant's.
+    let none = raw_on(&a, "GET", &format!("/blobs/{blob_name}/data"), &[], None).await;
+    assert_eq!(none.status, 404, "{}", none.text());
+    assert!(
+        none.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("hypervisors")),
+        "{}",
+        none.text()
+    );
+    let bytes = b"shot-01".to_vec();
+    env.gateway
+        .call("put_blob_data", |mut g| {
+            let request = sf_proto::v1::PutBlobDataRequest {
+                uid: blob_uid.clone(),
+                data: bytes.clone(),
+                mime_type: "text/plain".into(),
+            };
+            async move { g.put_blob_data(request).await }
+        })
+        .await
+        .expect("put blob data");
+    let whole = raw_on(&a, "GET", &format!("/blobs/{blob_name}/data"), &[], None).await;
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    assert_eq!(whole.body, bytes);
+    assert_eq!(whole.headers["content-type"], "text/plain");
+    let rest = raw_on(
+        &a,
+        "GET",
+        &format!("/blobs/{blob_name}/data?offset=5"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(rest.body, b"01".to_vec());
+    for bad in ["offset=8", "offset=-1"] {
+        let refused = raw_on(
+            &a,
+            "GET",
+            &format!("/blobs/{blob_name}/data?{bad}"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text());
+        assert_eq!(refused.json()["status"], 400);
+    }
+    let hidden = raw_on(&b, "GET", &format!("/blobs/{blob_name}/data"), &[], None).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+
     // Events of each kind are keyed by the object's uid.
     for (i, (object_type, uid)) in [
         ("network", net_uuid.as_str()),

@@ -15,19 +15,25 @@
 //!   `transcodes` (empty).
 //! - `GET /nodes/{name}/events`, `GET /blobs/{uuid}/events`: v0.8 event rows as for
 //!   instances.
+//! - `GET /blobs/{uuid}/data` (`offset`: skip that many bytes, as v0.8 clients resume):
+//!   the bytes of a blob kept in the database (screenshots), with its MIME type; an
+//!   artifact's blob lives only on the hypervisors holding it and is 404 naming them;
+//!   an offset past the end is 400.
 
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{body_json, done, epoch, events_of, flatten, list_kind, not_found, param, text};
-use crate::auth::Caller;
-use crate::error::json_response;
+use super::{
+    body_json, done, epoch, error_response, events_of, flatten, list_kind, not_found, param, text,
+};
+use crate::auth::{Caller, sf_error};
+use crate::error::{ApiError, json_response};
 use crate::server::App;
 
 /// A Node in v0.8's shape.
@@ -116,6 +122,70 @@ pub(super) async fn blob_named(app: &App, caller: &Caller, uuid: &str) -> Result
                 || text(b, "/metadata/uid").as_deref() == Some(uuid)
         })
         .ok_or_else(|| not_found("Blob", uuid))
+}
+
+pub(super) async fn blob_data(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(uuid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let run = async {
+        let offset = match param(query.as_deref(), &Value::Null, "offset") {
+            None => 0,
+            Some(o) => o.parse::<usize>().map_err(|_| {
+                sf_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("offset must be a byte count, got {o:?}"),
+                )
+            })?,
+        };
+        let blob = blob_named(&app, &caller, &uuid).await?;
+        let uid = text(&blob, "/metadata/uid").unwrap_or_default();
+        let reply = match app.gateway.get_blob_data(&uid).await {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                let holders = blob_view(&blob)["locations"].clone();
+                return Err(sf_error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "blob {uuid} has no bytes in the database: an artifact's blob lives \
+                         on the hypervisors holding it ({holders}); only small blobs such \
+                         as screenshots are served here"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(error_response(&ApiError::from_gateway(
+                    &e,
+                    &Default::default(),
+                )));
+            }
+        };
+        if offset > reply.data.len() {
+            return Err(sf_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "offset {offset} is past the end of blob {uuid} ({} bytes)",
+                    reply.data.len()
+                ),
+            ));
+        }
+        let mime = text(&blob, "/spec/mimeType")
+            .filter(|m| !m.is_empty())
+            .or_else(|| (!reply.mime_type.is_empty()).then(|| reply.mime_type.clone()))
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let mut data = reply.data;
+        data.drain(..offset);
+        let mut response = (StatusCode::OK, data).into_response();
+        if let Ok(value) = http::HeaderValue::from_str(&mime) {
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, value);
+        }
+        Ok(response)
+    };
+    done(run.await)
 }
 
 pub(super) async fn list_nodes(State(app): State<Arc<App>>) -> Response {

@@ -55,7 +55,7 @@
 //! - `GET /{instances,networks}/{ref}/events` (a recently deleted one's too, by uuid):
 //!   v0.8 event rows, newest first (`event_type`
 //!   and `limit` from the query or the JSON body).
-//! - Interfaces and network addresses: [`interfaces`]; nodes and blobs: [`inventory`];
+//! - Interfaces and network addresses: [`interfaces`]; nodes, blobs and blob data: [`inventory`];
 //!   metadata items of every kind here: [`metadata`]; cluster operations:
 //!   [`operations`].
 //!
@@ -183,6 +183,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/blobs", get(inventory::list_blobs))
         .route("/blobs/{uuid}", get(inventory::get_blob))
         .route("/blobs/{uuid}/events", get(inventory::blob_events))
+        .route("/blobs/{uuid}/data", get(inventory::blob_data))
         .route("/clusteroperations", get(operations::list_operations))
         .route(
             "/clusteroperations/{reference}/chain",
@@ -299,7 +300,7 @@ fn epoch(v: &Value, pointer: &str) -> Option<f64> {
         .map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(super) fn error_response(e: &ApiError) -> Response {
     let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     sf_error(code, e.to_string())
 }
