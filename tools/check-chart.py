@@ -65,7 +65,8 @@ VARIANTS = {
     "defaults": BASE,
     "agent": BASE + ["agent.enabled=true", "agent.meshNic=bond0", "agent.metricsTls=true",
                      "agent.networkNode.enabled=true", "agent.networkNode.egressNic=eth1"],
-    "tls": BASE + ["api.tls.existingSecret=api-tls", "database.replicas=3"],
+    "tls": BASE + ["api.tls.existingSecret=api-tls", "database.replicas=3",
+                   "mariadb.tls.mode=verify-identity", "mariadb.tls.caSecret=mariadb-ca"],
 }
 
 
@@ -102,6 +103,7 @@ def refusals(chart):
         (BASE + ["imaginary=1"], "imaginary"),
         (BASE + ["agent.extraEnv.SHAKENFIST_ARTIFACT_MAX_BYTES=68719476736"], "extraEnv"),
         (BASE + ["agent.networkNode.nodeSelector=null"], "nodeSelector"),
+        (BASE + ["mariadb.tls.mode=verify_full"], "mode"),
     ]
     for sets, needle in cases:
         args = ["helm", "template", RELEASE, chart]

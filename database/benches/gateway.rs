@@ -690,7 +690,7 @@ async fn watch_latency(
 /// gateway, no resources, no revisions. What our queue is compared against.
 async fn naive_sql_queue(port: u16, database: &str, jobs: usize, batch: usize) -> Value {
     use sea_orm::sqlx::{self, Row, mysql::MySqlPoolOptions};
-    let url = format!("mysql://root@127.0.0.1:{port}/{database}");
+    let url = format!("mysql://root@127.0.0.1:{port}/{database}?ssl-mode=DISABLED");
     let pool = MySqlPoolOptions::new()
         .max_connections(CLAIMERS as u32 + 2)
         .connect(&url)
@@ -808,7 +808,7 @@ where
 /// reaches bounds what any gateway over this MariaDB can reach on this machine.
 async fn naive_full_pipeline(port: u16, database: &str, jobs: usize, batch: usize) -> Value {
     use sea_orm::sqlx::{self, Row, mysql::MySqlPoolOptions};
-    let url = format!("mysql://root@127.0.0.1:{port}/{database}");
+    let url = format!("mysql://root@127.0.0.1:{port}/{database}?ssl-mode=DISABLED");
     let producers = producers();
     // READ COMMITTED, like the gateway's sessions (REPEATABLE READ's gap locks make
     // concurrent inserts and SKIP LOCKED scans deadlock).
@@ -1066,14 +1066,20 @@ async fn main() {
     let mut report = serde_json::Map::new();
     let status_pool = sea_orm::sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
-        .connect(&format!("mysql://root@127.0.0.1:{}/{}", tdb.port, tdb.name))
+        .connect(&format!(
+            "mysql://root@127.0.0.1:{}/{}?ssl-mode=DISABLED",
+            tdb.port, tdb.name
+        ))
         .await
         .expect("status pool");
     if let Some(threshold_ms) = std::env::var("SF_BENCH_LOCKMON")
         .ok()
         .map(|v| v.parse::<i64>().unwrap_or(2000))
     {
-        let url = format!("mysql://root@127.0.0.1:{}/{}", tdb.port, tdb.name);
+        let url = format!(
+            "mysql://root@127.0.0.1:{}/{}?ssl-mode=DISABLED",
+            tdb.port, tdb.name
+        );
         tokio::spawn(async move {
             use sqlx::Row;
             let pool = sqlx::mysql::MySqlPoolOptions::new()

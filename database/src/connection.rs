@@ -5,12 +5,21 @@
 //! flags override them. The password is never printed: [`MariaDbArgs::target`] and
 //! `Debug` leave it out. [`connect`] turns the driver's errors into messages that say
 //! what to do.
+//!
+//! TLS: `SHAKENFIST_MARIADB_SSL_MODE` is `disabled` (the default: a MariaDB on the same
+//! host or a private link), `preferred`, `required` (encrypted, server not verified),
+//! `verify-ca` (its certificate chains to `SHAKENFIST_MARIADB_SSL_CA`, else to the
+//! system's roots) or `verify-identity` (and names the host connected to); a client
+//! certificate for accounts that `REQUIRE X509` is `SHAKENFIST_MARIADB_SSL_CERT` with
+//! `SHAKENFIST_MARIADB_SSL_KEY`. Both connection paths ([`connect`] and
+//! [`connect_pool`]) use the same settings; [`MariaDbArgs::validate`] refuses
+//! inconsistent ones before any connection.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sea_orm::sqlx::{self, Executor};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
@@ -72,7 +81,33 @@ pub struct MariaDbArgs {
     /// same machine: no TCP, so no loopback stack and no Nagle delays).
     #[arg(long = "mariadb-socket", env = "SHAKENFIST_MARIADB_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// TLS to MariaDB: disabled, preferred, required, verify-ca, verify-identity.
+    #[arg(
+        long = "mariadb-ssl-mode",
+        env = "SHAKENFIST_MARIADB_SSL_MODE",
+        default_value = "disabled"
+    )]
+    pub ssl_mode: String,
+    /// PEM file of the CA(s) that sign MariaDB's certificate (verify modes; else the
+    /// system's roots).
+    #[arg(long = "mariadb-ssl-ca", env = "SHAKENFIST_MARIADB_SSL_CA")]
+    pub ssl_ca: Option<PathBuf>,
+    /// PEM client certificate (with `SSL_KEY`), for accounts that require one.
+    #[arg(long = "mariadb-ssl-cert", env = "SHAKENFIST_MARIADB_SSL_CERT")]
+    pub ssl_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long = "mariadb-ssl-key", env = "SHAKENFIST_MARIADB_SSL_KEY")]
+    pub ssl_key: Option<PathBuf>,
 }
+
+/// The `SHAKENFIST_MARIADB_SSL_MODE` values, as written there.
+pub const SSL_MODES: [&str; 5] = [
+    "disabled",
+    "preferred",
+    "required",
+    "verify-ca",
+    "verify-identity",
+];
 
 impl fmt::Debug for MariaDbArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -92,6 +127,10 @@ impl fmt::Debug for MariaDbArgs {
             .field("pool_size", &self.pool_size)
             .field("acquire_timeout_secs", &self.acquire_timeout_secs)
             .field("socket", &self.socket)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_ca", &self.ssl_ca)
+            .field("ssl_cert", &self.ssl_cert)
+            .field("ssl_key", &self.ssl_key)
             .finish()
     }
 }
@@ -108,7 +147,82 @@ impl MariaDbArgs {
             pool_size: 8,
             acquire_timeout_secs: 30,
             socket: None,
+            ssl_mode: "disabled".into(),
+            ssl_ca: None,
+            ssl_cert: None,
+            ssl_key: None,
         }
+    }
+
+    /// Refuses TLS settings that cannot work: an unknown mode, a certificate without
+    /// its key (or the reverse), a file that cannot be read. Returns the environment
+    /// variable at fault and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !SSL_MODES.contains(&self.ssl_mode.as_str()) {
+            return Err((
+                "SHAKENFIST_MARIADB_SSL_MODE",
+                format!(
+                    "must be one of {}, got {:?}",
+                    SSL_MODES.join(", "),
+                    self.ssl_mode
+                ),
+            ));
+        }
+        if self.ssl_cert.is_some() != self.ssl_key.is_some() {
+            return Err((
+                "SHAKENFIST_MARIADB_SSL_CERT",
+                "a client certificate needs SHAKENFIST_MARIADB_SSL_KEY too, and a key its \
+                 certificate"
+                    .into(),
+            ));
+        }
+        for (key, path) in [
+            ("SHAKENFIST_MARIADB_SSL_CA", &self.ssl_ca),
+            ("SHAKENFIST_MARIADB_SSL_CERT", &self.ssl_cert),
+            ("SHAKENFIST_MARIADB_SSL_KEY", &self.ssl_key),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::File::open(path)
+            {
+                return Err((key, format!("cannot read {}: {e}", path.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The TLS mode in the driver's terms.
+    fn driver_ssl_mode(&self) -> MySqlSslMode {
+        match self.ssl_mode.as_str() {
+            "preferred" => MySqlSslMode::Preferred,
+            "required" => MySqlSslMode::Required,
+            "verify-ca" => MySqlSslMode::VerifyCa,
+            "verify-identity" => MySqlSslMode::VerifyIdentity,
+            _ => MySqlSslMode::Disabled,
+        }
+    }
+
+    /// The driver's options for these settings (host or socket, credentials, TLS).
+    fn connect_options(&self) -> MySqlConnectOptions {
+        let mut opts = MySqlConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.user)
+            .database(&self.database)
+            .charset("utf8mb4")
+            .ssl_mode(self.driver_ssl_mode());
+        if !self.password.is_empty() {
+            opts = opts.password(&self.password);
+        }
+        if let Some(socket) = &self.socket {
+            opts = opts.socket(socket);
+        }
+        if let Some(ca) = &self.ssl_ca {
+            opts = opts.ssl_ca(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.ssl_cert, &self.ssl_key) {
+            opts = opts.ssl_client_cert(cert).ssl_client_key(key);
+        }
+        opts
     }
 
     /// `user@host:port/database` (or `user@unix:<socket>/database`), for messages (no
@@ -134,16 +248,26 @@ impl MariaDbArgs {
                 percent_encode(&self.password)
             )
         };
-        let socket = self
-            .socket
-            .as_ref()
-            .map(|s| format!("?socket={}", percent_encode(&s.to_string_lossy())))
-            .unwrap_or_default();
+        let mut query = vec![format!(
+            "ssl-mode={}",
+            self.ssl_mode.replace('-', "_").to_ascii_uppercase()
+        )];
+        for (key, path) in [
+            ("socket", &self.socket),
+            ("ssl-ca", &self.ssl_ca),
+            ("ssl-cert", &self.ssl_cert),
+            ("ssl-key", &self.ssl_key),
+        ] {
+            if let Some(path) = path {
+                query.push(format!("{key}={}", percent_encode(&path.to_string_lossy())));
+            }
+        }
         format!(
-            "mysql://{auth}@{}:{}/{}{socket}",
+            "mysql://{auth}@{}:{}/{}?{}",
             self.host,
             self.port,
-            percent_encode(&self.database)
+            percent_encode(&self.database),
+            query.join("&")
         )
     }
 }
@@ -182,7 +306,14 @@ fn hint_for(err: &DbErr) -> &'static str {
     if text.contains("1049") || text.contains("Unknown database") {
         "The database does not exist: create it and its user with tools/bootstrap-mariadb.sql."
     } else if text.contains("1045") || text.contains("Access denied") {
-        "Check SHAKENFIST_MARIADB_USER and SHAKENFIST_MARIADB_PASSWORD (tools/bootstrap-mariadb.sql creates the user)."
+        "Check SHAKENFIST_MARIADB_USER and SHAKENFIST_MARIADB_PASSWORD (tools/bootstrap-mariadb.sql creates the user); an account that REQUIRE SSL also needs SHAKENFIST_MARIADB_SSL_MODE."
+    } else if text.contains("certificate")
+        || text.contains("tls")
+        || text.contains("TLS")
+        || text.contains("SSL")
+        || text.contains("ssl")
+    {
+        "TLS to MariaDB failed: check SHAKENFIST_MARIADB_SSL_MODE, and that SHAKENFIST_MARIADB_SSL_CA signs the server's certificate (verify-identity: for the host name connected to)."
     } else if text.contains("refused") || text.contains("timed out") || text.contains("resolve") {
         "Is MariaDB running and listening there? Check SHAKENFIST_MARIADB_HOST and SHAKENFIST_MARIADB_PORT (or SHAKENFIST_MARIADB_SOCKET)."
     } else if text.contains("No such file") {
@@ -229,18 +360,7 @@ pub enum PoolError {
 /// concurrent inserts and SKIP LOCKED claims do not deadlock on ranges) with a
 /// 10-second lock wait, utf8mb4.
 pub async fn connect_pool(args: &MariaDbArgs) -> Result<MySqlPool, PoolError> {
-    let mut opts = MySqlConnectOptions::new()
-        .host(&args.host)
-        .port(args.port)
-        .username(&args.user)
-        .database(&args.database)
-        .charset("utf8mb4");
-    if !args.password.is_empty() {
-        opts = opts.password(&args.password);
-    }
-    if let Some(socket) = &args.socket {
-        opts = opts.socket(socket);
-    }
+    let opts = args.connect_options();
     let capacity = statement_cache_capacity(args, &opts).await;
     let opts = opts.statement_cache_capacity(capacity);
     MySqlPoolOptions::new()
@@ -343,7 +463,15 @@ mod cache_tests {
         a.password = "p@ss:w/rd".into();
         assert_eq!(
             a.url(),
-            "mysql://sf%20user:p%40ss%3Aw%2Frd@127.0.0.1:3306/shakenfist"
+            "mysql://sf%20user:p%40ss%3Aw%2Frd@127.0.0.1:3306/shakenfist?ssl-mode=DISABLED"
+        );
+        a.ssl_mode = "verify-identity".into();
+        a.ssl_ca = Some("/etc/mariadb ca.pem".into());
+        assert!(
+            a.url()
+                .ends_with("?ssl-mode=VERIFY_IDENTITY&ssl-ca=%2Fetc%2Fmariadb%20ca.pem"),
+            "{}",
+            a.url()
         );
         let dbg = format!("{a:?}");
         assert!(!dbg.contains("p@ss"), "{dbg}");

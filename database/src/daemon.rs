@@ -99,6 +99,9 @@ impl Validate for Config {
                 "must differ from SHAKENFIST_MARIADB_GATEWAY_PORT",
             ));
         }
+        if let Err((key, why)) = self.mariadb.validate() {
+            return Err(ConfigError::invalid(key, why));
+        }
         if self.mariadb.pool_size == 0 {
             return Err(ConfigError::invalid(
                 "SHAKENFIST_MARIADB_POOL_SIZE",

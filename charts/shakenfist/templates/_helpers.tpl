@@ -81,7 +81,36 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.mariadb.user | quote }}
 - name: SHAKENFIST_MARIADB_DATABASE
   value: {{ .Values.mariadb.database | quote }}
+- name: SHAKENFIST_MARIADB_SSL_MODE
+  value: {{ .Values.mariadb.tls.mode | quote }}
+{{- if .Values.mariadb.tls.caSecret }}
+- name: SHAKENFIST_MARIADB_SSL_CA
+  value: /etc/shakenfist/mariadb-tls/ca.crt
+{{- end }}
 {{ include "sf.secretEnv" (dict "root" . "name" "SHAKENFIST_MARIADB_PASSWORD" "key" "mariadb-password") }}
+{{- end -}}
+
+{{/* The MariaDB CA's mount, for containers that connect to MariaDB. */}}
+{{- define "sf.mariadbTlsMount" -}}
+{{- if .Values.mariadb.tls.caSecret }}
+volumeMounts:
+  - name: mariadb-tls
+    mountPath: /etc/shakenfist/mariadb-tls
+    readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The MariaDB CA's volume, for pods whose containers mount it. */}}
+{{- define "sf.mariadbTlsVolume" -}}
+{{- if .Values.mariadb.tls.caSecret }}
+volumes:
+  - name: mariadb-tls
+    secret:
+      secretName: {{ .Values.mariadb.tls.caSecret }}
+      items:
+        - key: ca.crt
+          path: ca.crt
+{{- end }}
 {{- end -}}
 
 {{/* extraEnv (a map) as env entries. */}}

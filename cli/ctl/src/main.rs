@@ -254,6 +254,10 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    if let Err((key, why)) = cli.mariadb.validate() {
+        eprintln!("sf-ctl: invalid configuration: {key}: {why}");
+        return ExitCode::from(64);
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
