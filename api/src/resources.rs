@@ -304,8 +304,9 @@ pub fn tenant_artifact_rules(object: &Value) -> Result<(), ApiError> {
 }
 
 /// The host of an `http(s)://` URL when it names the hypervisor itself or an
-/// internal network: `localhost`, or a loopback, link-local, private (RFC 1918),
-/// unique-local, CGNAT, broadcast or unspecified address, written in any form the
+/// internal network: `localhost`, or an address `sf_schema::addresses::is_internal`
+/// refuses (loopback, link-local, private, unique-local, CGNAT, reserved, multicast,
+/// IPv6 forms carrying those, ...), written in any form the
 /// fetcher's resolver accepts (`127.1`, `0x7f.1`, `2130706433`, `0177.0.0.1`, a
 /// trailing dot, IPv4-mapped IPv6). A name that resolves to such an address, or a
 /// redirect to one, cannot be seen here: the agent refuses those when it fetches

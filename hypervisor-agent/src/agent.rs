@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,8 @@ pub struct AgentSettings {
     pub artifact_max_bytes: u64,
     /// Internal blocks a tenant's artifacts may be fetched from.
     pub artifact_tenant_allowed: Vec<sf_schema::addresses::Cidr>,
+    /// Blocks a tenant's artifacts are never fetched from.
+    pub artifact_tenant_denied: Vec<sf_schema::addresses::Cidr>,
 }
 
 impl Default for AgentSettings {
@@ -132,6 +134,7 @@ impl Default for AgentSettings {
             operation_delay: Duration::ZERO,
             artifact_max_bytes: crate::config::DEFAULT_ARTIFACT_MAX_BYTES,
             artifact_tenant_allowed: Vec::new(),
+            artifact_tenant_denied: Vec::new(),
         }
     }
 }
@@ -857,11 +860,6 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         } else {
             self.inner.life.recorded_images(&uid).await
         };
-        let recorded_disks = recorded
-            .as_ref()
-            .map(|r| r.disks.as_slice())
-            .filter(|d| d.len() == inst.spec.disks.len())
-            .unwrap_or_default();
         let mut base_images = Vec::with_capacity(inst.spec.disks.len());
         for (i, disk) in inst.spec.disks.iter().enumerate() {
             base_images.push(match &disk.base {
@@ -873,7 +871,14 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 // what resolves here, if anything. A disk exists already (one that is
                 // gone is not remade from nothing: `Lifecycle::define` refuses a based
                 // disk without its base).
-                Some(b) => match still_here(recorded_disks.get(i).cloned().flatten()).await {
+                Some(b) => match still_here(
+                    recorded
+                        .as_ref()
+                        .and_then(|r| r.disk(i, b))
+                        .map(Path::to_path_buf),
+                )
+                .await
+                {
                     Some(path) => Some(path),
                     None => self.resolve_leniently(&namespace, b).await?,
                 },
@@ -891,7 +896,14 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     .await?,
             ),
             Some(t) if first_start => {
-                match still_here(recorded.as_ref().and_then(|r| r.nvram_template.clone())).await {
+                match still_here(
+                    recorded
+                        .as_ref()
+                        .and_then(|r| r.nvram(t))
+                        .map(Path::to_path_buf),
+                )
+                .await
+                {
                     Some(path) => Some(path),
                     None => Some(
                         self.image(&namespace, t, "spec.nvramTemplate", None)
@@ -1305,10 +1317,14 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     s.storage_path.join("blobs"),
                     s.artifact_max_bytes,
                 );
-                // A tenant's artifact reaches only external addresses.
+                // A tenant's artifact reaches only external addresses, never the
+                // operator's denied blocks nor this host's own addresses.
+                let mut denied = s.artifact_tenant_denied.clone();
+                denied.extend(crate::artifact::host_addresses());
                 settings.policy = crate::artifact::AddressPolicy::for_namespace(
                     op.spec.target.namespace.as_deref(),
                     &s.artifact_tenant_allowed,
+                    &denied,
                 );
                 let fetched = crate::artifact::fetch(&settings, &request).await?;
                 Ok(fetched.to_result(self.node_name()))

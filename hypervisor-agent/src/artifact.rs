@@ -31,11 +31,15 @@
 //!   `system`) is fetched only from external addresses. Every hop, redirects
 //!   included, is checked: an IP literal before connecting, a name on the addresses it
 //!   resolves to, and the connection goes only to the addresses checked (no second
-//!   lookup a DNS answer could change in between). An internal address
-//!   ([`sf_schema::addresses::is_internal`]) outside the operator's allowed blocks is
-//!   [`FetchError::InternalAddress`], a `file://` source [`FetchError::SourceRefused`];
-//!   neither is retried. The system namespace's artifacts may use any address and
-//!   `file://`. A redirect to a scheme other than `http`/`https` is refused for all.
+//!   lookup a DNS answer could change in between). Refused: an internal address
+//!   ([`sf_schema::addresses::is_internal`]) outside the operator's allowed blocks,
+//!   and always the operator's denied blocks (the control plane's public addresses)
+//!   and this host's own addresses ([`host_addresses`]): [`FetchError::InternalAddress`].
+//!   A `file://` source is [`FetchError::SourceRefused`]; neither is retried. The
+//!   system namespace's artifacts may use any address and `file://`
+//!   ([`AddressPolicy::Any`], which callers choose explicitly: [`FetchSettings::new`]
+//!   starts from the tenant's policy). A redirect to a scheme other than
+//!   `http`/`https` is refused for all.
 //! - The per-operation heartbeat of the claim loop keeps the lease alive however long
 //!   a download takes; the error report's `retryable` comes from
 //!   [`FetchError::retryable`].
@@ -249,28 +253,45 @@ pub struct FetchSettings {
 }
 
 /// Where a fetch may connect (see the module contract).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressPolicy {
     /// Any address, and `file://`: the system namespace's artifacts.
-    #[default]
     Any,
-    /// External addresses, and internal ones inside `allowed`; no `file://`: a
-    /// tenant's artifacts.
+    /// External addresses but `denied`, and internal ones inside `allowed`; no
+    /// `file://`: a tenant's artifacts.
     External {
         /// Internal blocks the operator allows (local mirrors).
         allowed: Vec<Cidr>,
+        /// Blocks never reached, internal or not (the control plane's public
+        /// addresses, this host's own); they win over `allowed`.
+        denied: Vec<Cidr>,
     },
+}
+
+impl Default for AddressPolicy {
+    /// A tenant's, with no exceptions: whoever forgets to choose gets the safe one.
+    fn default() -> Self {
+        Self::External {
+            allowed: Vec::new(),
+            denied: Vec::new(),
+        }
+    }
 }
 
 impl AddressPolicy {
     /// The policy for an artifact in `namespace` (`None`: unknown, treated as a
-    /// tenant's).
-    pub fn for_namespace(namespace: Option<&str>, tenant_allowed: &[Cidr]) -> Self {
+    /// tenant's): a tenant's allows `tenant_allowed` and refuses `tenant_denied`.
+    pub fn for_namespace(
+        namespace: Option<&str>,
+        tenant_allowed: &[Cidr],
+        tenant_denied: &[Cidr],
+    ) -> Self {
         if namespace == Some(sf_schema::namespace::SYSTEM_NAMESPACE) {
             Self::Any
         } else {
             Self::External {
                 allowed: tenant_allowed.to_vec(),
+                denied: tenant_denied.to_vec(),
             }
         }
     }
@@ -279,23 +300,51 @@ impl AddressPolicy {
     pub fn refuses(&self, ip: IpAddr) -> bool {
         match self {
             Self::Any => false,
-            Self::External { allowed } => {
-                is_internal(ip) && !allowed.iter().any(|block| block.contains(ip))
+            Self::External { allowed, denied } => {
+                denied.iter().any(|block| block.contains(ip))
+                    || (is_internal(ip) && !allowed.iter().any(|block| block.contains(ip)))
             }
         }
     }
 }
 
+/// This host's own external addresses (every interface of the agent's network
+/// namespace), as single-address blocks: a tenant's download must not reach services
+/// listening on the hypervisor's public address. Its internal ones are refused already
+/// unless the operator allowed them. Empty when they cannot be listed (logged).
+pub fn host_addresses() -> Vec<Cidr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs().inspect_err(|e| {
+        tracing::warn!(error = %e, "cannot list this host's addresses");
+    }) else {
+        return Vec::new();
+    };
+    let mut blocks: Vec<Cidr> = interfaces
+        .filter_map(|i| {
+            let address = i.address?;
+            let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
+            (!is_internal(ip))
+                .then(|| Cidr::parse(&ip.to_string()).ok())
+                .flatten()
+        })
+        .collect();
+    blocks.dedup();
+    blocks
+}
+
 impl FetchSettings {
-    /// Settings for `blobs_dir` with `max_bytes` and the default timeouts (30 s to
-    /// connect, 120 s of silence).
+    /// Settings for `blobs_dir` with `max_bytes`, the default timeouts (30 s to
+    /// connect, 120 s of silence) and a tenant's address policy with no exceptions.
     pub fn new(blobs_dir: PathBuf, max_bytes: u64) -> Self {
         Self {
             blobs_dir,
             max_bytes,
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
-            policy: AddressPolicy::Any,
+            policy: AddressPolicy::default(),
         }
     }
 }
@@ -729,7 +778,15 @@ fn client(
 
 /// The absolute URL a redirect's `Location` names, relative to `base`.
 fn resolve_location(base: &http::Uri, location: &str) -> Option<String> {
-    if location.contains("://") {
+    // Absolute when it starts with a scheme (RFC 3986: a letter, then letters,
+    // digits, `+`, `-` or `.`, then `:`); a `://` further on (in a query) is not one.
+    let has_scheme = location.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    if has_scheme {
         return Some(location.to_owned());
     }
     let scheme = base.scheme_str()?;
@@ -934,6 +991,16 @@ mod tests {
             ("/b.qcow2", "http://127.0.0.1:8080/b.qcow2"),
             ("c.qcow2", "http://127.0.0.1:8080/images/c.qcow2"),
             ("//mirror/d", "http://mirror/d"),
+            (
+                "/dl?next=http://x/y",
+                "http://127.0.0.1:8080/dl?next=http://x/y",
+            ),
+            (
+                "e.qcow2?from=https://x",
+                "http://127.0.0.1:8080/images/e.qcow2?from=https://x",
+            ),
+            ("HTTPS://Other/z", "HTTPS://Other/z"),
+            ("file:///etc/passwd", "file:///etc/passwd"),
         ];
         for (location, want) in table {
             assert_eq!(resolve_location(&base, location).as_deref(), Some(want));

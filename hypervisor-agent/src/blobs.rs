@@ -7,7 +7,8 @@
 //!   already gone is success.
 //! - Never a file in use: first every file under the instances directory (two levels:
 //!   `<instances>/<uid>/<disk>`) whose qcow2 header names the blob as its backing
-//!   file, then every defined domain whose XML names the blob's path (a CD-ROM or raw
+//!   file, and every instance's image record (`images.json`) naming it, then every
+//!   defined domain whose XML names the blob's path (a CD-ROM or raw
 //!   disk on the blob itself; the caller passes those domain names). Paths are
 //!   compared as written and as resolved (symlinks). Any user makes it
 //!   [`RemoveError::InUse`], which carries them (its message only counts them: the
@@ -164,6 +165,14 @@ pub async fn backing_users(
             if !path.is_file() {
                 continue;
             }
+            // The images an instance was defined from, which its next definition
+            // reuses (a cdrom's image is no qcow2 backing file).
+            if path.file_name().is_some_and(|n| n == "images.json") {
+                if records(&path, blob_path).await {
+                    users.push(path.display().to_string());
+                }
+                continue;
+            }
             if let Some(backing) = backing_of(&path).await?
                 && (backing == wanted
                     || Path::new(&backing) == blob_path
@@ -175,6 +184,23 @@ pub async fn backing_users(
     }
     users.sort();
     Ok(users)
+}
+
+/// Whether the image record at `record` names `blob_path` (an unreadable record
+/// names nothing: the agent ignores it too).
+async fn records(record: &Path, blob_path: &Path) -> bool {
+    let Ok(bytes) = tokio::fs::read(record).await else {
+        return false;
+    };
+    let Ok(images) = serde_json::from_slice::<crate::instance::RecordedImages>(&bytes) else {
+        return false;
+    };
+    for path in images.paths() {
+        if path == blob_path || same_file(path, blob_path).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// Checks `blob` is a plain file name.

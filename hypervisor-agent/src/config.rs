@@ -188,6 +188,16 @@ pub struct Config {
         default_value = ""
     )]
     pub artifact_tenant_allowed_cidrs: String,
+    /// Address blocks (comma-separated CIDRs) a tenant's artifacts are never fetched
+    /// from, internal or not, whatever the allowed list says: the control plane's
+    /// public addresses (sf-api, sf-database, MariaDB). This host's own addresses are
+    /// always refused.
+    #[arg(
+        long,
+        env = "SHAKENFIST_ARTIFACT_TENANT_DENIED_CIDRS",
+        default_value = ""
+    )]
+    pub artifact_tenant_denied_cidrs: String,
     /// The event spool (`<STORAGE_PATH>/spool`).
     #[command(flatten)]
     pub spool: sf_database_client::spool::SpoolArgs,
@@ -236,6 +246,7 @@ impl Validate for Config {
             sf_database_client::DEFAULT_PORT,
         )?;
         self.artifact_tenant_allowed()?;
+        self.artifact_tenant_denied()?;
         for (key, value) in [
             (
                 "SHAKENFIST_AGENT_HEARTBEAT_INTERVAL",
@@ -355,16 +366,18 @@ impl Config {
 
     /// `SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS` as blocks.
     pub fn artifact_tenant_allowed(&self) -> Result<Vec<Cidr>, ConfigError> {
-        self.artifact_tenant_allowed_cidrs
-            .split(',')
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .map(|block| {
-                Cidr::parse(block).map_err(|why| {
-                    ConfigError::invalid("SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS", why)
-                })
-            })
-            .collect()
+        cidr_list(
+            "SHAKENFIST_ARTIFACT_TENANT_ALLOWED_CIDRS",
+            &self.artifact_tenant_allowed_cidrs,
+        )
+    }
+
+    /// `SHAKENFIST_ARTIFACT_TENANT_DENIED_CIDRS` as blocks.
+    pub fn artifact_tenant_denied(&self) -> Result<Vec<Cidr>, ConfigError> {
+        cidr_list(
+            "SHAKENFIST_ARTIFACT_TENANT_DENIED_CIDRS",
+            &self.artifact_tenant_denied_cidrs,
+        )
     }
 
     /// The agent settings.
@@ -386,9 +399,19 @@ impl Config {
             artifact_max_bytes: self.artifact_max_bytes,
             // Validated at start-up.
             artifact_tenant_allowed: self.artifact_tenant_allowed().unwrap_or_default(),
+            artifact_tenant_denied: self.artifact_tenant_denied().unwrap_or_default(),
             ..crate::agent::AgentSettings::default()
         }
     }
+}
+
+/// A comma-separated CIDR list (empty entries ignored); a bad block names `key`.
+fn cidr_list(key: &'static str, text: &str) -> Result<Vec<Cidr>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(|block| Cidr::parse(block).map_err(|why| ConfigError::invalid(key, why)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -465,5 +488,16 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(blocks, ["10.0.5.0/24", "fd00:5::/64"]);
+        let c = parse(&["--artifact-tenant-denied-cidrs=203.0.113.10"]).expect("config");
+        assert_eq!(
+            c.agent_settings("u".into()).artifact_tenant_denied,
+            [Cidr::parse("203.0.113.10/32").expect("a block")]
+        );
+        let err = parse(&["--artifact-tenant-denied-cidrs=public"]).expect_err("not a block");
+        assert!(
+            err.to_string()
+                .contains("SHAKENFIST_ARTIFACT_TENANT_DENIED_CIDRS"),
+            "{err}"
+        );
     }
 }

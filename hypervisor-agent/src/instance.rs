@@ -5,13 +5,15 @@
 //!   are kept), power on of a running domain, power off of a stopped one, pause of a
 //!   paused one, delete of a missing one all succeed, and hot plug of a MAC already in
 //!   the definition does nothing.
-//! - Create: the instance directory `<STORAGE_PATH>/instances/<uid>/`, the record of
-//!   the images it is defined from (`images.json`: per disk, and the NVRAM template;
-//!   rewritten by every definition, after the spec rendered), its disks ([`crate::disks::ensure_disk`]), the config drive, the domain
-//!   definition; then the desired power state (on: start; paused: start then pause;
-//!   off: defined only). Later operations take a cdrom's image and the NVRAM template
-//!   from that record ([`Lifecycle::recorded_images`]) while the file is there, so
-//!   a new version of an artifact never swaps a guest's media or empties its drive.
+//! - Create: the instance directory `<STORAGE_PATH>/instances/<uid>/`, its disks
+//!   ([`crate::disks::ensure_disk`]), the config drive, the domain definition, then the
+//!   record of the images it was defined from (`images.json`: per disk and for the
+//!   NVRAM template, the reference and its file; rewritten by every definition that
+//!   succeeds); then the desired power state (on: start; paused: start then pause;
+//!   off: defined only). Later operations take a cdrom's image (and, until the first
+//!   start, the NVRAM template) from that record ([`Lifecycle::recorded_images`])
+//!   while the reference is unchanged and the file is there, so a new version of an
+//!   artifact never swaps a guest's media or empties its drive.
 //! - Power on rebuilds the config drive and the definition (so hot-plugged NICs are
 //!   in both) and starts the domain, retrying up to `power_on_attempts` times
 //!   `power_on_delay` apart.
@@ -24,7 +26,7 @@
 //!   in an operation's error report.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sf_schema::instance::{ConsoleStatus, DesiredPowerState, InstanceSpec, InterfaceStatus};
@@ -37,15 +39,52 @@ use crate::domain_xml::{
 };
 use crate::hypervisor::{DomainState, Hypervisor, HypervisorError, domain_name};
 
-/// The images an instance was created from (`images.json`).
+/// The images an instance's domain was defined from (`images.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedImages {
-    /// Per `spec.disks[i]`: the image file its base resolved to, if any.
-    pub disks: Vec<Option<PathBuf>>,
-    /// The NVRAM template file, if any.
+    /// Per `spec.disks[i]`: its base and the image file it resolved to, if any.
+    pub disks: Vec<Option<RecordedImage>>,
+    /// The NVRAM template and its file, if any.
     #[serde(default)]
-    pub nvram_template: Option<PathBuf>,
+    pub nvram_template: Option<RecordedImage>,
+}
+
+/// One image reference of the spec and the file it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedImage {
+    /// The reference as the spec wrote it (a recorded file serves only that one).
+    pub reference: String,
+    /// The image file.
+    pub path: PathBuf,
+}
+
+impl RecordedImages {
+    /// The file recorded for `spec.disks[index]` while its base is still `reference`.
+    pub fn disk(&self, index: usize, reference: &str) -> Option<&Path> {
+        self.disks
+            .get(index)?
+            .as_ref()
+            .filter(|r| r.reference == reference)
+            .map(|r| r.path.as_path())
+    }
+
+    /// The file recorded for the NVRAM template while it is still `reference`.
+    pub fn nvram(&self, reference: &str) -> Option<&Path> {
+        self.nvram_template
+            .as_ref()
+            .filter(|r| r.reference == reference)
+            .map(|r| r.path.as_path())
+    }
+
+    /// Every recorded file.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.disks
+            .iter()
+            .flatten()
+            .chain(self.nvram_template.iter())
+            .map(|r| r.path.as_path())
+    }
 }
 
 /// Lifecycle settings.
@@ -346,7 +385,6 @@ impl<H: Hypervisor> Lifecycle<H> {
     /// Renders, makes the disks and config drive, and defines the domain.
     pub async fn define(&self, ctx: &InstanceContext) -> Result<String, LifecycleError> {
         let xml = self.render(ctx)?;
-        self.record_images(ctx).await?;
         let paths = self.paths(&ctx.uid);
         for (i, disk) in ctx.spec.disks.iter().enumerate() {
             if disk.disk_type == sf_schema::instance::DiskType::Cdrom {
@@ -367,33 +405,61 @@ impl<H: Hypervisor> Lifecycle<H> {
             disks::ensure_disk(&paths.disk(i), i, disk.size, base.as_deref()).await?;
         }
         self.write_config_drive(ctx).await?;
-        Ok(self.hv.define(&xml).await?)
+        let name = self.hv.define(&xml).await?;
+        self.record_images(ctx).await?;
+        Ok(name)
     }
 
-    /// Writes `images.json` (atomically: a temporary file renamed over it) from the
-    /// context's resolved images.
+    /// Writes `images.json` from the context's resolved images, once the domain is
+    /// defined from them: a temporary file, fsync'd, renamed over the record.
     async fn record_images(&self, ctx: &InstanceContext) -> Result<(), LifecycleError> {
         let paths = self.paths(&ctx.uid);
         tokio::fs::create_dir_all(&paths.dir)
             .await
             .map_err(crate::FileError::of("create directory", &paths.dir))?;
+        let pair = |reference: Option<&String>, path: Option<&PathBuf>| {
+            Some(RecordedImage {
+                reference: reference?.clone(),
+                path: path?.clone(),
+            })
+        };
         let record = RecordedImages {
-            disks: ctx.base_images.clone(),
-            nvram_template: ctx.nvram_template.clone(),
+            disks: ctx
+                .spec
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    pair(
+                        d.base.as_ref(),
+                        ctx.base_images.get(i).and_then(Option::as_ref),
+                    )
+                })
+                .collect(),
+            nvram_template: pair(
+                ctx.spec.nvram_template.as_ref(),
+                ctx.nvram_template.as_ref(),
+            ),
         };
         let text = serde_json::to_vec_pretty(&record).unwrap_or_default();
         let target = paths.images();
         let temporary = paths.dir.join("images.json.tmp");
-        tokio::fs::write(&temporary, text)
+        let mut file = tokio::fs::File::create(&temporary)
+            .await
+            .map_err(crate::FileError::of("create", &temporary))?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &text)
             .await
             .map_err(crate::FileError::of("write", &temporary))?;
+        file.sync_all()
+            .await
+            .map_err(crate::FileError::of("fsync", &temporary))?;
         tokio::fs::rename(&temporary, &target)
             .await
             .map_err(crate::FileError::of("rename into", &target))?;
         Ok(())
     }
 
-    /// The images instance `uid` was created from, as recorded then; `None` when
+    /// The images instance `uid`'s domain was last defined from, as recorded then; `None` when
     /// there is no record (created by an older agent) or it cannot be read (logged).
     pub async fn recorded_images(&self, uid: &str) -> Option<RecordedImages> {
         let path = self.paths(uid).images();

@@ -1382,12 +1382,24 @@ async fn a_cdrom_keeps_its_image_after_the_create() {
     let recorded: Value =
         serde_json::from_slice(&std::fs::read(&record).expect("images.json")).expect("JSON");
     assert_eq!(recorded["disks"][0], Value::Null, "{recorded}");
+    assert_eq!(recorded["disks"][1]["reference"], "iso", "{recorded}");
     assert!(
-        recorded["disks"][1]
+        recorded["disks"][1]["path"]
             .as_str()
             .is_some_and(|p| p.ends_with(blob)),
         "{recorded}"
     );
+    // The record alone keeps the blob from removal (no qcow2 backs onto a cdrom).
+    let kept = sf_agent::blobs::remove(
+        &storage.join("blobs"),
+        &storage.join("instances"),
+        blob,
+        Vec::new(),
+    )
+    .await
+    .expect_err("a recorded image is in use");
+    assert_eq!(kept.code(), "BlobInUse", "{kept}");
+    assert!(storage.join("blobs").join(blob).exists());
     // A new version lands, its blob here too; version 1 is pruned from the artifact.
     let newer = "0d0d0d0d-0000-4000-8000-000000000002";
     std::fs::write(storage.join("blobs").join(newer), vec![1u8; 4096]).expect("iso 2");

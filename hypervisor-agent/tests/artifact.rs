@@ -109,6 +109,14 @@ async fn serve_counting() -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), accepted)
 }
 
+/// Settings of a system-namespace fetch: any address (these tests serve on
+/// 127.0.0.1), as the agent chooses for the system namespace's artifacts.
+fn system_settings(blobs: std::path::PathBuf, max_bytes: u64) -> FetchSettings {
+    let mut settings = FetchSettings::new(blobs, max_bytes);
+    settings.policy = AddressPolicy::Any;
+    settings
+}
+
 fn request(url: &str, blob: &str, sha512: Option<String>) -> FetchRequest {
     FetchRequest {
         source_url: url.to_owned(),
@@ -140,7 +148,7 @@ const BLOB_C: &str = "c0000000-0000-4000-8000-000000000003";
 async fn an_http_download_is_hashed_kept_and_idempotent() {
     let base = serve().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
+    let settings = system_settings(dir.path().join("blobs"), 1 << 30);
     let want = image();
 
     let fetched = fetch(&settings, &request(&format!("{base}/image"), BLOB_A, None))
@@ -209,7 +217,7 @@ async fn an_http_download_is_hashed_kept_and_idempotent() {
 async fn a_replica_must_match_its_checksum_and_nothing_is_kept_when_it_does_not() {
     let base = serve().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
+    let settings = system_settings(dir.path().join("blobs"), 1 << 30);
     let want = image();
 
     let ok = fetch(
@@ -261,7 +269,7 @@ async fn a_replica_must_match_its_checksum_and_nothing_is_kept_when_it_does_not(
 async fn http_errors_are_retryable_and_name_the_status() {
     let base = serve().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
+    let settings = system_settings(dir.path().join("blobs"), 1 << 30);
 
     let err = fetch(
         &settings,
@@ -305,7 +313,7 @@ async fn oversized_stalled_and_cancelled_downloads_leave_no_partial_file() {
     let blobs = dir.path().join("blobs");
 
     // Larger than allowed (Content-Length says so up front).
-    let small = FetchSettings::new(blobs.clone(), 1000);
+    let small = system_settings(blobs.clone(), 1000);
     let err = fetch(&small, &request(&format!("{base}/image"), BLOB_A, None))
         .await
         .expect_err("too large");
@@ -317,7 +325,7 @@ async fn oversized_stalled_and_cancelled_downloads_leave_no_partial_file() {
     assert!(listing(&blobs).is_empty());
 
     // A body that goes silent fails after the idle timeout (retryable).
-    let mut impatient = FetchSettings::new(blobs.clone(), 1 << 30);
+    let mut impatient = system_settings(blobs.clone(), 1 << 30);
     impatient.idle_timeout = Duration::from_millis(300);
     let err = fetch(&impatient, &request(&format!("{base}/stall"), BLOB_B, None))
         .await
@@ -327,7 +335,7 @@ async fn oversized_stalled_and_cancelled_downloads_leave_no_partial_file() {
 
     // Dropped midway (the operation aborted, the agent shutting down): the partial
     // file goes with it.
-    let patient = FetchSettings::new(blobs.clone(), 1 << 30);
+    let patient = system_settings(blobs.clone(), 1 << 30);
     let req = request(&format!("{base}/stall"), BLOB_C, None);
     let partial = blobs.join(format!("{BLOB_C}.partial"));
     let mut download = Box::pin(fetch(&patient, &req));
@@ -359,7 +367,7 @@ async fn oversized_stalled_and_cancelled_downloads_leave_no_partial_file() {
 #[tokio::test]
 async fn a_file_source_is_copied_and_verified() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
+    let settings = system_settings(dir.path().join("blobs"), 1 << 30);
     let source = dir.path().join("source.qcow2");
     let want = image();
     std::fs::write(&source, &want).expect("source");
@@ -396,7 +404,7 @@ async fn a_tenants_fetch_reaches_no_internal_address() {
     let port = base.rsplit(':').next().expect("a port").to_owned();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
-    settings.policy = AddressPolicy::for_namespace(Some("demo"), &[]);
+    settings.policy = AddressPolicy::for_namespace(Some("demo"), &[], &[]);
 
     // A literal, a name, and a form only the resolver reads as 127.0.0.1.
     for (url, host) in [
@@ -435,7 +443,7 @@ async fn a_tenants_fetch_reaches_no_internal_address() {
     assert!(listing(&settings.blobs_dir).is_empty());
 
     // The system namespace's artifacts may use the same source.
-    let system = AddressPolicy::for_namespace(Some("system"), &[]);
+    let system = AddressPolicy::for_namespace(Some("system"), &[], &[]);
     assert_eq!(system, AddressPolicy::Any);
     settings.policy = system;
     let fetched = fetch(&settings, &request(&format!("{base}/image"), BLOB_A, None))
@@ -450,7 +458,7 @@ async fn an_allowed_mirror_cannot_redirect_a_tenant_inside() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
     let mirror = Cidr::parse("127.0.0.1/32").expect("a block");
-    settings.policy = AddressPolicy::for_namespace(Some("demo"), &[mirror]);
+    settings.policy = AddressPolicy::for_namespace(Some("demo"), &[mirror], &[]);
 
     // The operator allows the mirror: a tenant fetches from it.
     let fetched = fetch(&settings, &request(&format!("{base}/image"), BLOB_A, None))
@@ -488,4 +496,35 @@ async fn an_allowed_mirror_cannot_redirect_a_tenant_inside() {
     assert_eq!((err.code(), err.retryable()), ("UnsupportedSource", false));
     assert!(err.to_string().contains("file:///etc/hostname"), "{err}");
     assert_eq!(listing(&settings.blobs_dir), [BLOB_A]);
+}
+
+#[tokio::test]
+async fn denied_blocks_win_over_allowed_ones_and_the_default_is_a_tenants() {
+    let (base, accepted) = serve_counting().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Whoever forgets to choose a policy gets a tenant's.
+    let mut settings = FetchSettings::new(dir.path().join("blobs"), 1 << 30);
+    assert_eq!(settings.policy, AddressPolicy::default());
+    let err = fetch(&settings, &request(&format!("{base}/image"), BLOB_A, None))
+        .await
+        .expect_err("the default policy");
+    assert_eq!(err.code(), "InternalAddressRefused");
+
+    // This host's addresses that matter are its external ones (internal ones are
+    // refused anyway); a denied block beats an allowed mirror on the same address.
+    let host = sf_agent::artifact::host_addresses();
+    let loopback = Cidr::parse("127.0.0.1/32").expect("a block");
+    assert!(!host.contains(&loopback), "{host:?}");
+    let mut denied = host.clone();
+    denied.push(loopback);
+    settings.policy = AddressPolicy::for_namespace(Some("demo"), &[loopback], &denied);
+    let err = fetch(&settings, &request(&format!("{base}/image"), BLOB_A, None))
+        .await
+        .expect_err("denied");
+    assert_eq!(
+        (err.code(), err.retryable()),
+        ("InternalAddressRefused", false)
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    assert!(listing(&settings.blobs_dir).is_empty());
 }

@@ -3,11 +3,15 @@
 //! Contract (no I/O):
 //! - [`is_internal`] is true for every address a tenant-supplied URL must not reach:
 //!   loopback, unspecified, RFC 1918 private, link-local (cloud metadata services live
-//!   at 169.254.169.254), carrier-grade NAT (100.64.0.0/10), `0.0.0.0/8`, broadcast,
-//!   multicast, and on IPv6 also unique-local (`fc00::/7`), site-local (`fec0::/10`),
-//!   and every IPv6 form that carries an internal IPv4 address (IPv4-mapped
-//!   `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4
-//!   `2002::/16`).
+//!   at 169.254.169.254), carrier-grade NAT (100.64.0.0/10), `0.0.0.0/8`, IETF
+//!   protocol assignments (192.0.0.0/24), benchmarking (198.18.0.0/15), reserved
+//!   (240.0.0.0/4, which some clouds use inside), broadcast, multicast, and on IPv6
+//!   also unique-local (`fc00::/7`), site-local (`fec0::/10`), and every IPv6 form
+//!   that carries an internal IPv4 address (IPv4-mapped `::ffff:a.b.c.d`,
+//!   IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96` and the local-use
+//!   `64:ff9b:1::/48`, 6to4 `2002::/16`). It knows nothing of a site's own public
+//!   addresses: callers add those (the agent refuses its host's addresses and an
+//!   operator's list).
 //! - [`inet_aton`] reads an IPv4 address the way glibc's resolver does (`127.1`,
 //!   `0x7f.1`, `2130706433`), so a check on a URL's host sees the address the
 //!   resolver would connect to.
@@ -35,6 +39,9 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
         || ip.is_multicast()
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && ip.octets()[2] == 0)
+        || (a == 198 && (b == 18 || b == 19))
+        || a >= 240
 }
 
 fn internal_v6(ip: Ipv6Addr) -> bool {
@@ -56,6 +63,9 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         || (segments[..6] == [0; 6] && embedded(segments[6], segments[7]))
         // NAT64 well-known prefix 64:ff9b::/96.
         || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(segments[6], segments[7]))
+        // Local-use NAT64 64:ff9b:1::/48 (RFC 8215): the IPv4 address is the last 32
+        // bits under the common /96 layout.
+        || (segments[..3] == [0x64, 0xff9b, 1] && embedded(segments[6], segments[7]))
         // 6to4 2002:aabb:ccdd::/48 carries aa.bb.cc.dd.
         || (segments[0] == 0x2002 && embedded(segments[1], segments[2]))
 }
@@ -192,6 +202,11 @@ mod tests {
             "::10.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "2002:c0a8:0101::1",
+            "64:ff9b:1::a00:1",
+            "192.0.0.170",
+            "198.18.0.1",
+            "198.19.255.1",
+            "240.0.0.1",
         ] {
             assert!(is_internal(ip(internal)), "{internal} is internal");
         }
@@ -204,6 +219,9 @@ mod tests {
             "::ffff:1.1.1.1",
             "64:ff9b::101:101",
             "2002:0101:0101::1",
+            "192.0.2.1",
+            "198.20.0.1",
+            "223.255.255.1",
         ] {
             assert!(!is_internal(ip(external)), "{external} is external");
         }
