@@ -1213,28 +1213,14 @@ async fn a_disk_base_by_uid_never_reaches_another_namespace() {
             &[&storage.join("blobs").join(blob)],
             Some("1M"),
         );
-        let artifact = g
-            .create(&json!({
-                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
-                "metadata": {"name": "img", "namespace": ns},
-                "spec": {"sourceUrl": "https://images.example/img.qcow2"},
-            }))
-            .await
-            .expect("artifact");
-        env.merge(
-            "Artifact",
-            Some(ns),
-            "img",
-            json!({"state": "created", "versions": [
-                {"index": 1, "blob": blob, "size": 1_048_576, "created": "2026-11-26T00:00:00Z"}
-            ]}),
-        )
-        .await;
         uids.push(
-            artifact["metadata"]["uid"]
-                .as_str()
-                .expect("uid")
-                .to_owned(),
+            env.artifact(
+                ns,
+                "img",
+                json!([{"index": 1, "blob": blob, "size": 1_048_576,
+                        "created": "2026-11-26T00:00:00Z"}]),
+            )
+            .await,
         );
     }
     let hv = LibvirtHypervisor::connect(env.uri.clone())
@@ -1247,38 +1233,20 @@ async fn a_disk_base_by_uid_never_reaches_another_namespace() {
         let env = &env;
         let agent = &agent;
         async move {
-            let instance = env
-                .gateway
-                .create(&json!({
-                    "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
-                    "metadata": {"name": name, "namespace": "demo"},
-                    "spec": {"cpus": 1, "memory": 256, "powerState": "off",
-                             "disks": [{"size": 1, "base": base}]},
-                }))
-                .await
-                .expect("instance");
-            let uid = instance["metadata"]["uid"]
-                .as_str()
-                .expect("uid")
-                .to_owned();
-            env.merge(
-                "Instance",
-                Some("demo"),
+            let uid = env
+                .placed_instance(
+                    &name,
+                    json!({"cpus": 1, "memory": 256, "powerState": "off",
+                           "disks": [{"size": 1, "base": base}]}),
+                )
+                .await;
+            let op = instance_op(
+                &format!("instance-{name}-1-create"),
+                "instance_create",
                 &name,
-                json!({"state": "creating", "node": NODE}),
-            )
-            .await;
-            let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
-                "operationType": "instance_create",
-                "target": {"kind": "Instance", "name": name, "namespace": "demo", "uid": uid},
-                "node": NODE,
-                "payload": {"interfaces": [], "powerState": "off"},
-            }))
-            .expect("spec");
-            let mut op =
-                sf_schema::ClusterOperation::new(&format!("instance-{name}-1-create"), spec);
-            op.metadata.namespace = Some("demo".into());
-            op.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+                &uid,
+                json!({"interfaces": [], "powerState": "off"}),
+            );
             (uid, agent.execute(&op).await)
         }
     };
@@ -1312,63 +1280,35 @@ async fn a_cdrom_keeps_its_image_after_the_create() {
         return;
     }
     let env = setup().await;
-    let g = &env.gateway;
     let storage = env.dir.path().join("storage");
     std::fs::create_dir_all(storage.join("blobs")).expect("blobs dir");
     let blob = "0d0d0d0d-0000-4000-8000-000000000001";
     std::fs::write(storage.join("blobs").join(blob), vec![0u8; 4096]).expect("iso");
-    g.create(&json!({
-        "apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
-        "metadata": {"name": "iso", "namespace": "demo"},
-        "spec": {"sourceUrl": "https://images.example/boot.iso"},
-    }))
-    .await
-    .expect("artifact");
-    env.merge(
-        "Artifact",
-        Some("demo"),
+    env.artifact(
+        "demo",
         "iso",
-        json!({"state": "created", "versions": [
-            {"index": 1, "blob": blob, "size": 4096, "created": "2026-11-26T00:00:00Z"}
-        ]}),
+        json!([{"index": 1, "blob": blob, "size": 4096, "created": "2026-11-26T00:00:00Z"}]),
     )
     .await;
-    let instance = g
-        .create(&json!({
-            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
-            "metadata": {"name": "cd-1", "namespace": "demo"},
-            "spec": {"cpus": 1, "memory": 256, "powerState": "off",
-                     "disks": [{"size": 1}, {"base": "iso", "type": "cdrom"}]},
-        }))
-        .await
-        .expect("instance");
-    let uid = instance["metadata"]["uid"]
-        .as_str()
-        .expect("uid")
-        .to_owned();
-    env.merge(
-        "Instance",
-        Some("demo"),
-        "cd-1",
-        json!({"state": "creating", "node": NODE}),
-    )
-    .await;
+    let uid = env
+        .placed_instance(
+            "cd-1",
+            json!({"cpus": 1, "memory": 256, "powerState": "off",
+                   "disks": [{"size": 1}, {"base": "iso", "type": "cdrom"}]}),
+        )
+        .await;
     let hv = LibvirtHypervisor::connect(env.uri.clone())
         .await
         .expect("libvirt");
     let agent = env.agent(hv.clone(), "77777777-7777-4777-8777-777777777777");
     let op = |n: u32, operation_type: &str, payload: Value| {
-        let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
-            "operationType": operation_type,
-            "target": {"kind": "Instance", "name": "cd-1", "namespace": "demo", "uid": uid},
-            "node": NODE,
-            "payload": payload,
-        }))
-        .expect("spec");
-        let mut op = sf_schema::ClusterOperation::new(&format!("instance-cd-1-{n}"), spec);
-        op.metadata.namespace = Some("demo".into());
-        op.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
-        op
+        instance_op(
+            &format!("instance-cd-1-{n}"),
+            operation_type,
+            "cd-1",
+            &uid,
+            payload,
+        )
     };
     agent
         .execute(&op(
@@ -1443,62 +1383,35 @@ async fn a_create_uses_the_blob_its_plan_replicated() {
         &[&storage.join("blobs").join(held)],
         Some("1M"),
     );
-    env.gateway
-        .create(&json!({
-            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
-            "metadata": {"name": "img", "namespace": "demo"},
-            "spec": {"sourceUrl": "https://images.example/img.qcow2"},
-        }))
-        .await
-        .expect("artifact");
     // Version 2 landed after the plan replicated version 1 here.
-    env.merge(
-        "Artifact",
-        Some("demo"),
+    env.artifact(
+        "demo",
         "img",
-        json!({"state": "created", "versions": [
+        json!([
             {"index": 1, "blob": held, "size": 1_048_576, "created": "2026-11-26T00:00:00Z"},
             {"index": 2, "blob": newer, "size": 1_048_576, "created": "2026-11-26T00:05:00Z"}
-        ]}),
+        ]),
     )
     .await;
-    let instance = env
-        .gateway
-        .create(&json!({
-            "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
-            "metadata": {"name": "pin-1", "namespace": "demo"},
-            "spec": {"cpus": 1, "memory": 256, "powerState": "off",
-                     "disks": [{"size": 1, "base": "img"}]},
-        }))
-        .await
-        .expect("instance");
-    let uid = instance["metadata"]["uid"]
-        .as_str()
-        .expect("uid")
-        .to_owned();
-    env.merge(
-        "Instance",
-        Some("demo"),
-        "pin-1",
-        json!({"state": "creating", "node": NODE}),
-    )
-    .await;
+    let uid = env
+        .placed_instance(
+            "pin-1",
+            json!({"cpus": 1, "memory": 256, "powerState": "off",
+                   "disks": [{"size": 1, "base": "img"}]}),
+        )
+        .await;
     let hv = LibvirtHypervisor::connect(env.uri.clone())
         .await
         .expect("libvirt");
     let agent = env.agent(hv, "88888888-8888-4888-8888-888888888888");
     let create = |payload: Value| {
-        let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
-            "operationType": "instance_create",
-            "target": {"kind": "Instance", "name": "pin-1", "namespace": "demo", "uid": uid},
-            "node": NODE,
-            "payload": payload,
-        }))
-        .expect("spec");
-        let mut op = sf_schema::ClusterOperation::new("instance-pin-1-1-create", spec);
-        op.metadata.namespace = Some("demo".into());
-        op.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
-        op
+        instance_op(
+            "instance-pin-1-1-create",
+            "instance_create",
+            "pin-1",
+            &uid,
+            payload,
+        )
     };
     let unpinned = agent
         .execute(&create(json!({"interfaces": [], "powerState": "off"})))

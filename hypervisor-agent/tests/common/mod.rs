@@ -134,6 +134,56 @@ impl Env {
             .expect("merge status");
     }
 
+    /// An Artifact `name` in `ns` (an https source nobody fetches), `created` with
+    /// `versions` as the artifact controller records them; returns its uid.
+    pub async fn artifact(&self, ns: &str, name: &str, versions: Value) -> String {
+        let artifact = self
+            .gateway
+            .create(&json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Artifact",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"sourceUrl": format!("https://images.example/{name}")},
+            }))
+            .await
+            .expect("artifact");
+        self.merge(
+            "Artifact",
+            Some(ns),
+            name,
+            json!({"state": "created", "versions": versions}),
+        )
+        .await;
+        artifact["metadata"]["uid"]
+            .as_str()
+            .expect("uid")
+            .to_owned()
+    }
+
+    /// An Instance `name` in `demo` with `spec`, placed on [`NODE`] and `creating`, as
+    /// the instance controller leaves it for `instance_create`; returns its uid.
+    pub async fn placed_instance(&self, name: &str, spec: Value) -> String {
+        let instance = self
+            .gateway
+            .create(&json!({
+                "apiVersion": "shakenfist.io/v1alpha1", "kind": "Instance",
+                "metadata": {"name": name, "namespace": "demo"},
+                "spec": spec,
+            }))
+            .await
+            .expect("instance");
+        self.merge(
+            "Instance",
+            Some("demo"),
+            name,
+            json!({"state": "creating", "node": NODE}),
+        )
+        .await;
+        instance["metadata"]["uid"]
+            .as_str()
+            .expect("uid")
+            .to_owned()
+    }
+
     pub async fn enqueue(
         &self,
         name: &str,
@@ -236,6 +286,28 @@ impl Env {
             .map(|o| o.status.success())
             .unwrap_or(false)
     }
+}
+
+/// An operation `op_name` of `op_type` on Instance `instance` (uid `uid`) in `demo`,
+/// on [`NODE`], for `Agent::execute` (not queued).
+pub fn instance_op(
+    op_name: &str,
+    op_type: &str,
+    instance: &str,
+    uid: &str,
+    payload: Value,
+) -> sf_schema::ClusterOperation {
+    let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+        "operationType": op_type,
+        "target": {"kind": "Instance", "name": instance, "namespace": "demo", "uid": uid},
+        "node": NODE,
+        "payload": payload,
+    }))
+    .expect("spec");
+    let mut op = sf_schema::ClusterOperation::new(op_name, spec);
+    op.metadata.namespace = Some("demo".into());
+    op.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+    op
 }
 
 pub async fn setup() -> Env {
