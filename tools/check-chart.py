@@ -373,7 +373,7 @@ def main():
         refusals(args.chart)
         network_node_split(args.chart)
         long_release_names_fit(args.chart)
-        env_names_are_read(docs(helm_template(args.chart, VARIANTS["agent"] + ["api.tls.existingSecret=t"])), args.bin)
+        env_names_are_read(docs(helm_template(args.chart, VARIANTS["agent"] + ["api.tls.existingSecret=t", "mariadb.tls.caSecret=c"])), args.bin)
         boot(args.chart, args.bin)
     finally:
         for p in PROCS:

@@ -8,12 +8,15 @@
 //!
 //! TLS: `SHAKENFIST_MARIADB_SSL_MODE` is `disabled` (the default: a MariaDB on the same
 //! host or a private link), `preferred`, `required` (encrypted, server not verified),
-//! `verify-ca` (its certificate chains to `SHAKENFIST_MARIADB_SSL_CA`, else to the
-//! system's roots) or `verify-identity` (and names the host connected to); a client
-//! certificate for accounts that `REQUIRE X509` is `SHAKENFIST_MARIADB_SSL_CERT` with
-//! `SHAKENFIST_MARIADB_SSL_KEY`. Both connection paths ([`connect`] and
-//! [`connect_pool`]) use the same settings; [`MariaDbArgs::validate`] refuses
-//! inconsistent ones before any connection.
+//! `verify-ca` (its certificate chains to a trusted root) or `verify-identity` (and
+//! names the host connected to); a client certificate for accounts that `REQUIRE X509`
+//! is `SHAKENFIST_MARIADB_SSL_CERT` with `SHAKENFIST_MARIADB_SSL_KEY`. The driver
+//! trusts `SHAKENFIST_MARIADB_SSL_CA` *in addition to* the system's roots, so only
+//! `verify-identity` with a host name no public CA would certify (an internal name)
+//! pins the server; `verify-ca` is logged as weak. Both connection paths ([`connect`]
+//! and [`connect_pool`]) use the same settings; [`MariaDbArgs::validate`] refuses
+//! inconsistent ones before any connection, and a mode that slipped past it fails
+//! closed (treated as `verify-identity`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -181,23 +184,28 @@ impl MariaDbArgs {
             ("SHAKENFIST_MARIADB_SSL_CERT", &self.ssl_cert),
             ("SHAKENFIST_MARIADB_SSL_KEY", &self.ssl_key),
         ] {
-            if let Some(path) = path
-                && let Err(e) = std::fs::File::open(path)
-            {
-                return Err((key, format!("cannot read {}: {e}", path.display())));
+            if let Some(path) = path {
+                match std::fs::File::open(path).and_then(|f| f.metadata()) {
+                    Err(e) => return Err((key, format!("cannot read {}: {e}", path.display()))),
+                    Ok(meta) if !meta.is_file() => {
+                        return Err((key, format!("{} is not a file", path.display())));
+                    }
+                    Ok(_) => {}
+                }
             }
         }
         Ok(())
     }
 
-    /// The TLS mode in the driver's terms.
-    fn driver_ssl_mode(&self) -> MySqlSslMode {
+    /// The TLS mode in the driver's terms; an unknown one (never past
+    /// [`Self::validate`]) fails closed as `verify-identity`.
+    fn driver_ssl_mode(&self) -> (MySqlSslMode, &'static str) {
         match self.ssl_mode.as_str() {
-            "preferred" => MySqlSslMode::Preferred,
-            "required" => MySqlSslMode::Required,
-            "verify-ca" => MySqlSslMode::VerifyCa,
-            "verify-identity" => MySqlSslMode::VerifyIdentity,
-            _ => MySqlSslMode::Disabled,
+            "disabled" => (MySqlSslMode::Disabled, "DISABLED"),
+            "preferred" => (MySqlSslMode::Preferred, "PREFERRED"),
+            "required" => (MySqlSslMode::Required, "REQUIRED"),
+            "verify-ca" => (MySqlSslMode::VerifyCa, "VERIFY_CA"),
+            _ => (MySqlSslMode::VerifyIdentity, "VERIFY_IDENTITY"),
         }
     }
 
@@ -209,7 +217,7 @@ impl MariaDbArgs {
             .username(&self.user)
             .database(&self.database)
             .charset("utf8mb4")
-            .ssl_mode(self.driver_ssl_mode());
+            .ssl_mode(self.driver_ssl_mode().0);
         if !self.password.is_empty() {
             opts = opts.password(&self.password);
         }
@@ -248,10 +256,7 @@ impl MariaDbArgs {
                 percent_encode(&self.password)
             )
         };
-        let mut query = vec![format!(
-            "ssl-mode={}",
-            self.ssl_mode.replace('-', "_").to_ascii_uppercase()
-        )];
+        let mut query = vec![format!("ssl-mode={}", self.driver_ssl_mode().1)];
         for (key, path) in [
             ("socket", &self.socket),
             ("ssl-ca", &self.ssl_ca),
@@ -306,7 +311,7 @@ fn hint_for(err: &DbErr) -> &'static str {
     if text.contains("1049") || text.contains("Unknown database") {
         "The database does not exist: create it and its user with tools/bootstrap-mariadb.sql."
     } else if text.contains("1045") || text.contains("Access denied") {
-        "Check SHAKENFIST_MARIADB_USER and SHAKENFIST_MARIADB_PASSWORD (tools/bootstrap-mariadb.sql creates the user); an account that REQUIRE SSL also needs SHAKENFIST_MARIADB_SSL_MODE."
+        "Check SHAKENFIST_MARIADB_USER and SHAKENFIST_MARIADB_PASSWORD (tools/bootstrap-mariadb.sql creates the user); an account that REQUIRE SSL also needs SHAKENFIST_MARIADB_SSL_MODE, one that REQUIRE X509 SHAKENFIST_MARIADB_SSL_CERT and SHAKENFIST_MARIADB_SSL_KEY."
     } else if text.contains("certificate")
         || text.contains("tls")
         || text.contains("TLS")
@@ -317,7 +322,7 @@ fn hint_for(err: &DbErr) -> &'static str {
     } else if text.contains("refused") || text.contains("timed out") || text.contains("resolve") {
         "Is MariaDB running and listening there? Check SHAKENFIST_MARIADB_HOST and SHAKENFIST_MARIADB_PORT (or SHAKENFIST_MARIADB_SOCKET)."
     } else if text.contains("No such file") {
-        "No socket there: check SHAKENFIST_MARIADB_SOCKET (the server's `socket` setting)."
+        "A file is missing: check SHAKENFIST_MARIADB_SOCKET (the server's `socket` setting) and the TLS files (SHAKENFIST_MARIADB_SSL_CA, _SSL_CERT, _SSL_KEY)."
     } else {
         "Check the SHAKENFIST_MARIADB_* settings."
     }
@@ -360,6 +365,13 @@ pub enum PoolError {
 /// concurrent inserts and SKIP LOCKED claims do not deadlock on ranges) with a
 /// 10-second lock wait, utf8mb4.
 pub async fn connect_pool(args: &MariaDbArgs) -> Result<MySqlPool, PoolError> {
+    if args.ssl_mode == "verify-ca" {
+        tracing::warn!(
+            "SHAKENFIST_MARIADB_SSL_MODE=verify-ca accepts any certificate that chains to \
+             the system's roots or SHAKENFIST_MARIADB_SSL_CA, whatever host it names; use \
+             verify-identity with a host name only your CA certifies"
+        );
+    }
     let opts = args.connect_options();
     let capacity = statement_cache_capacity(args, &opts).await;
     let opts = opts.statement_cache_capacity(capacity);

@@ -125,10 +125,27 @@ async fn connections_use_tls_when_asked_and_verify_the_server() {
         bad.validate().map_err(|e| e.0),
         Err("SHAKENFIST_MARIADB_SSL_CERT")
     );
-    let mut bad = verified;
+    let mut bad = verified.clone();
     bad.ssl_ca = Some(dir.path().join("missing.pem"));
     assert_eq!(
         bad.validate().map_err(|e| e.0),
         Err("SHAKENFIST_MARIADB_SSL_CA")
     );
+    bad.ssl_ca = Some(dir.path().to_path_buf());
+    assert!(
+        bad.validate().is_err_and(|e| e.1.contains("not a file")),
+        "a directory is no CA file"
+    );
+
+    // A mode that slipped past validation fails closed: verified, not plain text.
+    let mut unknown = verified;
+    unknown.ssl_mode = "verify_full".into();
+    assert!(unknown.url().contains("ssl-mode=VERIFY_IDENTITY"));
+    connect_pool(&unknown)
+        .await
+        .expect("an unknown mode verifies the server");
+    unknown.ssl_ca = Some(other_ca);
+    connect_pool(&unknown)
+        .await
+        .expect_err("an unknown mode does not fall back to plain text");
 }

@@ -18,7 +18,8 @@
 //! - `GET /blobs/{uuid}/data` (`offset`: skip that many bytes, as v0.8 clients resume):
 //!   the bytes of a blob kept in the database (screenshots), with its MIME type; an
 //!   artifact's blob lives only on the hypervisors holding it and is 404 naming them;
-//!   an offset past the end is 400.
+//!   an offset past the end answers no bytes (v0.8 seeks there), one that is not a
+//!   byte count is 400.
 
 use std::sync::Arc;
 
@@ -162,21 +163,13 @@ pub(super) async fn blob_data(
                 )));
             }
         };
-        if offset > reply.data.len() {
-            return Err(sf_error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "offset {offset} is past the end of blob {uuid} ({} bytes)",
-                    reply.data.len()
-                ),
-            ));
-        }
         let mime = text(&blob, "/spec/mimeType")
             .filter(|m| !m.is_empty())
             .or_else(|| (!reply.mime_type.is_empty()).then(|| reply.mime_type.clone()))
             .unwrap_or_else(|| "application/octet-stream".into());
-        let mut data = reply.data;
-        data.drain(..offset);
+        // As v0.8 seeks: past the end is an empty answer, not an error.
+        let data = Bytes::from(reply.data);
+        let data = data.slice(offset.min(data.len())..);
         let mut response = (StatusCode::OK, data).into_response();
         if let Ok(value) = http::HeaderValue::from_str(&mime) {
             response

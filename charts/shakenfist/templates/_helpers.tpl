@@ -81,9 +81,10 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.mariadb.user | quote }}
 - name: SHAKENFIST_MARIADB_DATABASE
   value: {{ .Values.mariadb.database | quote }}
+{{- $tls := .Values.mariadb.tls | default dict }}
 - name: SHAKENFIST_MARIADB_SSL_MODE
-  value: {{ .Values.mariadb.tls.mode | quote }}
-{{- if .Values.mariadb.tls.caSecret }}
+  value: {{ $tls.mode | default "disabled" | quote }}
+{{- if $tls.caSecret }}
 - name: SHAKENFIST_MARIADB_SSL_CA
   value: /etc/shakenfist/mariadb-tls/ca.crt
 {{- end }}
@@ -92,7 +93,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The MariaDB CA's mount, for containers that connect to MariaDB. */}}
 {{- define "sf.mariadbTlsMount" -}}
-{{- if .Values.mariadb.tls.caSecret }}
+{{- if (.Values.mariadb.tls | default dict).caSecret }}
 volumeMounts:
   - name: mariadb-tls
     mountPath: /etc/shakenfist/mariadb-tls
@@ -102,11 +103,11 @@ volumeMounts:
 
 {{/* The MariaDB CA's volume, for pods whose containers mount it. */}}
 {{- define "sf.mariadbTlsVolume" -}}
-{{- if .Values.mariadb.tls.caSecret }}
+{{- with (.Values.mariadb.tls | default dict).caSecret }}
 volumes:
   - name: mariadb-tls
     secret:
-      secretName: {{ .Values.mariadb.tls.caSecret }}
+      secretName: {{ . | quote }}
       items:
         - key: ca.crt
           path: ca.crt

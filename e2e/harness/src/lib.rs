@@ -402,9 +402,13 @@ impl MariaDb {
         self.dir.join("mysqld.sock")
     }
 
-    /// A `mysql://` URL for `database` as root (no password) over TCP.
+    /// A `mysql://` URL for `database` as root (no password) over TCP, in plain text
+    /// (the driver would otherwise try TLS first).
     pub fn url(&self, database: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "mysql://root@127.0.0.1:{}/{database}?ssl-mode=DISABLED",
+            self.port
+        )
     }
 
     /// Runs `sql` as root through the `mariadb` command-line client.
