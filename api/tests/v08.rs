@@ -1223,7 +1223,20 @@ async fn interfaces_addresses_nodes_and_blobs_on_v08_paths() {
     )
     .await;
     assert_eq!(rest.body, b"01".to_vec());
-    for bad in ["offset=8", "offset=-1"] {
+    let past = raw_on(
+        &a,
+        "GET",
+        &format!("/blobs/{blob_name}/data?offset=99"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (past.status, past.body.len()),
+        (200, 0),
+        "v0.8 seeks past the end"
+    );
+    for bad in ["offset=x", "offset=-1"] {
         let refused = raw_on(
             &a,
             "GET",
@@ -1541,6 +1554,47 @@ async fn metadata_on_v08_paths() {
     )
     .await;
     assert_eq!(null.status, 400, "{}", null.text());
+
+    // Namespaces: system writes, the namespace's own callers read, others see nothing.
+    let set = env
+        .raw(
+            "POST",
+            "/auth/namespaces/ta/metadata/owner",
+            &[],
+            Some(json!({"value": "team-a"})),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(set.json(), json!({"owner": "team-a"}));
+    let own = raw_on(&a, "GET", "/auth/namespaces/ta/metadata", &[], None).await;
+    assert_eq!(own.json(), json!({"owner": "team-a"}), "{}", own.text());
+    let stored = env
+        .raw("GET", &format!("{api}/namespaces/ta"), &[], None)
+        .await
+        .json();
+    assert_eq!(
+        stored["metadata"]["annotations"]["shakenfist.io/metadata"], "{\"owner\":\"team-a\"}",
+        "{stored}"
+    );
+    let tenant_write = raw_on(
+        &a,
+        "PUT",
+        "/auth/namespaces/ta/metadata/owner",
+        &[],
+        Some(json!({"value": "me"})),
+    )
+    .await;
+    assert_eq!(tenant_write.status, 401, "{}", tenant_write.text());
+    let foreign = raw_on(&b, "GET", "/auth/namespaces/ta/metadata", &[], None).await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text());
+    let missing = env
+        .raw("GET", "/auth/namespaces/nope/metadata", &[], None)
+        .await;
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    let removed = env
+        .raw("DELETE", "/auth/namespaces/ta/metadata/owner", &[], None)
+        .await;
+    assert_eq!(removed.json(), json!({}), "{}", removed.text());
 }
 
 /// v0.8 artifact management: max_versions, share/unshare (system only), deleting

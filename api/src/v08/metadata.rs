@@ -1,5 +1,5 @@
 //! v0.8 metadata: free-form `key → JSON value` items on instances, networks,
-//! artifacts, interfaces, nodes and blobs.
+//! artifacts, interfaces, nodes, blobs and namespaces (`/auth/namespaces/{ns}/metadata`).
 //!
 //! Contract (`shared/research/shakenfist.md` §1):
 //! - Stored in the object's annotation [`METADATA_ANNOTATION`] as one JSON object, so
@@ -11,9 +11,10 @@
 //! - `PUT|POST /{plural}/{ref}/metadata/{key} {value}`: sets one item and answers all
 //!   of them; `DELETE /{plural}/{ref}/metadata/{key}`: removes it (404 when absent).
 //!   A body without `value` is 400. Artifacts are written in the caller's own namespace
-//!   only (a shared artifact of `system` is not the tenant's); nodes and blobs only by
-//!   `system` (401, as v0.8 answers callers outside `system`), as on the Kubernetes
-//!   paths.
+//!   only (a shared artifact of `system` is not the tenant's); nodes, blobs and
+//!   namespaces only by `system` (401, as v0.8 answers callers outside `system`), as on
+//!   the Kubernetes paths. A tenant reads its own namespace's items; another namespace
+//!   is 404.
 //! - The key `affinity` is refused (400): Shaken Fist's scheduler reads it, this one
 //!   does not, and storing it would promise a placement rule nobody applies. `POST
 //!   /instances {metadata}` stores the items the same way.
@@ -51,6 +52,7 @@ enum Owner {
     Interface,
     Node,
     Blob,
+    Namespace,
 }
 
 impl Owner {
@@ -62,12 +64,13 @@ impl Owner {
             Self::Interface => "NetworkInterface",
             Self::Node => "Node",
             Self::Blob => "Blob",
+            Self::Namespace => "Namespace",
         }
     }
 
     /// Whether only `system` writes this kind (as on the Kubernetes paths).
     fn system_written(self) -> bool {
-        matches!(self, Self::Node | Self::Blob)
+        matches!(self, Self::Node | Self::Blob | Self::Namespace)
     }
 }
 
@@ -83,6 +86,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
         ("interfaces", "uuid", Owner::Interface),
         ("nodes", "name", Owner::Node),
         ("blobs", "uuid", Owner::Blob),
+        ("auth/namespaces", "ns", Owner::Namespace),
     ] {
         let set_item = move |State(app): State<Arc<App>>,
                              Extension(caller): Extension<Caller>,
@@ -210,6 +214,24 @@ async fn find(
         Owner::Interface => super::interfaces::find_interface(app, caller, reference, query).await,
         Owner::Node => node_named(app, reference).await,
         Owner::Blob => blob_named(app, caller, reference).await,
+        Owner::Namespace => {
+            let hidden = || {
+                sf_error(
+                    StatusCode::NOT_FOUND,
+                    format!("namespace {reference} not found"),
+                )
+            };
+            if !caller.is_system() && caller.namespace != reference {
+                return Err(hidden());
+            }
+            match app.gateway.get("Namespace", "", reference).await {
+                Ok(object) => Ok(object),
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => Err(hidden()),
+                Err(e) => Err(super::error_response(
+                    &crate::error::ApiError::from_gateway(&e, &Default::default()),
+                )),
+            }
+        }
     }
 }
 

@@ -62,7 +62,7 @@
 //! - A method a path does not serve is 405 in the `{"error", "status"}` shape, with
 //!   `Allow`.
 //!
-//! Not served: the other v0.8 paths (artifact upload, namespace metadata, cluster operations, consoles, agent operations, ...).
+//! Not served: the other v0.8 paths (artifact upload, namespace trust, consoles, agent operations, node delete, ...).
 
 // Helpers fail with the finished v0.8 error response, which handlers return as is.
 #![allow(clippy::result_large_err)]
