@@ -422,6 +422,63 @@ async fn artifacts_on_v08_paths() {
     .await;
     assert_eq!(shared_versions.status, 200);
     assert_eq!(shared_versions.json(), json!([]));
+    // A shared artifact's Blob belongs to system: a tenant sees the version, not the
+    // Blob's owner, checksums, holders or reference count.
+    let sys_blob = env
+        .raw(
+            "POST",
+            "/apis/shakenfist.io/v1alpha1/blobs",
+            &[],
+            Some(json!({"metadata": {"name": "blob-sys"}, "spec": {"ownerNamespace": "system"}})),
+        )
+        .await;
+    assert_eq!(sys_blob.status, 201, "{}", sys_blob.text());
+    let status = env
+        .raw(
+            "PATCH",
+            &format!(
+                "/apis/shakenfist.io/v1alpha1/namespaces/system/artifacts/{shared_name}/status"
+            ),
+            &[("content-type", "application/merge-patch+json")],
+            Some(json!({"status": {"state": "created", "versions": [
+                {"index": 1, "blob": "blob-sys", "size": 9, "created": "2026-01-01T00:00:00Z"},
+            ]}})),
+        )
+        .await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    let seen = raw_on(
+        &b,
+        "GET",
+        &format!("/artifacts/{shared_uuid}/versions"),
+        &[],
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(seen[0]["uuid"], "blob-sys", "{seen}");
+    assert_eq!(
+        (seen[0]["index"].clone(), seen[0]["size"].clone()),
+        (json!(1), json!(9))
+    );
+    assert_eq!(seen[0]["state"], "created", "{seen}");
+    for hidden in [
+        "owner_namespace",
+        "checksums",
+        "locations",
+        "reference_count",
+    ] {
+        assert!(seen[0].get(hidden).is_none(), "{hidden}: {seen}");
+    }
+    let admin = env
+        .raw(
+            "GET",
+            &format!("/artifacts/{shared_uuid}/versions"),
+            &[],
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(admin[0]["owner_namespace"], "system", "{admin}");
 
     // Delete: the caller's namespace only; shared ones are not a tenant's to delete.
     for path in [

@@ -192,7 +192,7 @@ pub(super) async fn artifact_versions(
     let run = async {
         let artifact =
             resolve_artifact_for_read(&app, &caller, &reference, query.as_deref()).await?;
-        let out = version_views(&app, &artifact).await?;
+        let out = version_views(&app, &caller, &artifact).await?;
         Ok(json_response(StatusCode::OK, &out))
     };
     done(run.await)
@@ -200,8 +200,14 @@ pub(super) async fn artifact_versions(
 
 /// The versions of `artifact`, oldest first, each its blob's v0.8 view (`uuid`; state
 /// `missing` when the Blob is not stored) with the version's `index`, `size` and
-/// `created`.
-pub(super) async fn version_views(app: &App, artifact: &Value) -> Result<Vec<Value>, Response> {
+/// `created`. A Blob `caller` may not see (a tenant reading a shared artifact of
+/// `system`, whose Blobs `system` owns) shows only what the version itself records,
+/// with the artifact's state.
+pub(super) async fn version_views(
+    app: &App,
+    caller: &Caller,
+    artifact: &Value,
+) -> Result<Vec<Value>, Response> {
     {
         let versions = artifact
             .pointer("/status/versions")
@@ -216,7 +222,21 @@ pub(super) async fn version_views(app: &App, artifact: &Value) -> Result<Vec<Val
                 .unwrap_or_default()
                 .to_string();
             let mut view = match app.gateway.get("Blob", "", &blob).await {
-                Ok(object) => super::inventory::blob_view(&object),
+                Ok(object)
+                    if caller.is_system()
+                        || object
+                            .pointer("/spec/ownerNamespace")
+                            .and_then(Value::as_str)
+                            == Some(caller.namespace.as_str()) =>
+                {
+                    super::inventory::blob_view(&object)
+                }
+                // Not the caller's to see: no owner, checksums, holders or reference
+                // count of another namespace's Blob.
+                Ok(_) => json!({
+                    "uuid": blob,
+                    "state": artifact.pointer("/status/state").cloned().unwrap_or(Value::Null),
+                }),
                 Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                     json!({"uuid": blob, "state": "missing"})
                 }
@@ -344,6 +364,7 @@ pub(super) async fn artifact_events(
 /// namespace) to `value`, retried on a conflicting write; answers the artifact.
 async fn set_spec_field(
     app: &App,
+    caller: &Caller,
     ns: Option<String>,
     reference: &str,
     field: &str,
@@ -352,6 +373,7 @@ async fn set_spec_field(
     let what = format!("artifact {reference}");
     let object = read_change_write(
         app,
+        caller,
         &what,
         || resolve(app, "Artifact", ns.clone(), reference),
         |object| {
@@ -399,7 +421,7 @@ pub(super) async fn set_max_versions(
             )
         })?;
         let ns = lookup_namespace(&caller, param(query.as_deref(), &Value::Null, "namespace"))?;
-        set_spec_field(&app, ns, &reference, "maxVersions", json!(max)).await
+        set_spec_field(&app, &caller, ns, &reference, "maxVersions", json!(max)).await
     };
     done(run.await)
 }
@@ -431,6 +453,7 @@ pub(super) async fn artifact_action(
         // every namespace's disk base.
         set_spec_field(
             &app,
+            &caller,
             Some(SHARED_NAMESPACE.to_owned()),
             &reference,
             "shared",

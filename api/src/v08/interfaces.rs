@@ -392,6 +392,7 @@ pub(super) async fn interface_action(
         let query = query.as_deref();
         let iface = read_change_write(
             &app,
+            &caller,
             &what,
             || find_interface(&app, &caller, &uuid, query),
             |iface| {

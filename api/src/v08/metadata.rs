@@ -261,6 +261,7 @@ async fn change(
 ) -> Result<Response, Response> {
     let object = read_change_write(
         app,
+        caller,
         reference,
         || find(app, caller, owner, reference, query, true),
         |object| {

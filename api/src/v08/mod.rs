@@ -940,7 +940,7 @@ async fn set_routes(
     if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
         spec.insert("routedAddressCount".into(), json!(count));
     }
-    let updated = update_object(app, object).await?;
+    let updated = update_object(app, caller, object).await?;
     Ok(json_response(StatusCode::ACCEPTED, &flatten(&updated)))
 }
 
@@ -965,7 +965,7 @@ fn subject_of(app: &App, kind: &str, object: &Value) -> Result<crate::error::Sub
 /// Stores the main part (metadata and spec) of `object` (read from the store, then
 /// changed by the caller), admitted as an update with the read resourceVersion as precondition: a write
 /// made in between is a 409, never overwritten.
-async fn update_object(app: &App, mut object: Value) -> Result<Value, Response> {
+async fn update_object(app: &App, caller: &Caller, mut object: Value) -> Result<Value, Response> {
     let resource_version = object
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -974,6 +974,14 @@ async fn update_object(app: &App, mut object: Value) -> Result<Value, Response> 
         o.remove("status");
     }
     let (object, subject) = admitted(app, object)?;
+    // The same tenant rules as the Kubernetes paths' updates, whatever field changed.
+    if !caller.is_system() {
+        let kind = object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        crate::resources::tenant_rules(kind, &object).map_err(|e| error_response(&e))?;
+    }
     app.gateway
         .update(&object, resource_version, Part::Main, false)
         .await
@@ -1263,7 +1271,7 @@ async fn instance_snapshots(
                     continue;
                 }
                 let base = flatten(&artifact);
-                for mut blob in artifacts::version_views(&app, &artifact).await? {
+                for mut blob in artifacts::version_views(&app, &caller, &artifact).await? {
                     let mut row = base.clone();
                     if let (Some(row), Some(view)) = (row.as_object_mut(), blob.as_object_mut()) {
                         let blob_uuid = view.remove("uuid").unwrap_or(Value::Null);
@@ -1306,6 +1314,7 @@ const UPDATE_ATTEMPTS: usize = 5;
 /// or as read when there was nothing to write.
 async fn read_change_write<R, F, C>(
     app: &App,
+    caller: &Caller,
     what: &str,
     mut read: R,
     mut change: C,
@@ -1320,7 +1329,7 @@ where
         if !change(&mut object)? {
             return Ok(object);
         }
-        match update_object(app, object).await {
+        match update_object(app, caller, object).await {
             Ok(updated) => return Ok(updated),
             Err(response) if response.status() == StatusCode::CONFLICT => continue,
             Err(response) => return Err(response),
@@ -1369,6 +1378,7 @@ async fn power_action(
     let what = format!("instance {reference}");
     let object = read_change_write(
         app,
+        caller,
         &what,
         || instance_for(app, caller, reference, query, &body),
         |object| {
