@@ -27,11 +27,20 @@
 //! - Handlers are idempotent (see [`crate::instance`]); they write only the observed
 //!   Instance status fields `powerState`, `interfaces` and `console`, and the
 //!   NetworkInterface `status.node` of the instance's interfaces.
-//! - Start-up ([`Agent::reconcile_startup`]): orphan `sf:*` domains (no Instance
-//!   placed here) are removed — never any other domain; the domains of `created`
+//! - Start-up ([`Agent::reconcile_startup`]): an `sf:<uuid>` domain of no Instance
+//!   placed here is removed only when its Instance is known to be deleted (placed
+//!   here in state `deleted`, or removed with a tombstone); one the database does not
+//!   know, or places elsewhere, is left running with its disks and reported
+//!   (`orphans_kept`), so a wrong, empty or restored database or a renamed node never
+//!   costs a guest; never any other domain. The networks recorded on this node are
+//!   re-ensured first (a rebooted host has no bridges), then the domains of `created`
 //!   Instances placed here are re-defined when missing and brought to the desired
-//!   power state; the networks recorded on this node are re-ensured and stray
-//!   plumbing of other networks removed.
+//!   power state, then stray plumbing is removed: that of networks neither recorded
+//!   on this node nor used by an interface of an instance placed here.
+//! - Whether this node is the network node is read from its configuration or its
+//!   Node; a failed read fails the operation or skips the resync, never counts as
+//!   "plain node" (which would tear down every network's router, DHCP and NAT), and
+//!   a network_create_on_node reaching the network node plumbs it as such.
 //! - Polling ([`Agent::poll_states`]) reports every domain state change (a guest's
 //!   own shutdown or crash) into the Instance's `status.powerState`; the networks of
 //!   this node are re-ensured every `network_resync_interval` (mesh peers come and go).
@@ -283,8 +292,11 @@ impl HandlerError {
 /// What the start-up reconciliation did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReconcileReport {
-    /// Orphan domains removed (uids).
+    /// Domains of deleted instances removed (uids).
     pub orphans_removed: Vec<String>,
+    /// Domains of no instance placed here that are not known to be deleted, left
+    /// alone (uids).
+    pub orphans_kept: Vec<String>,
     /// Domains re-defined because they were missing (uids).
     pub redefined: Vec<String>,
     /// Domains started (uids).
@@ -1103,17 +1115,19 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         Ok(found.filter(|n| t.uid.is_empty() || n.metadata.uid.as_deref() == Some(t.uid.as_str())))
     }
 
-    async fn this_node_is_network_node(&self) -> bool {
+    /// Whether this node has the network role (configured, or on its Node). A failed
+    /// read is an error, never "no": a network node that took itself for a plain one
+    /// would tear down every network's router, DHCP and NAT.
+    async fn this_node_is_network_node(&self) -> Result<bool, GatewayError> {
         if self.inner.settings.network_node_role {
-            return true;
+            return Ok(true);
         }
-        self.inner
+        Ok(self
+            .inner
             .gateway
             .get::<Node>("Node", None, self.node_name())
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|n| n.spec.roles.contains(&NodeRole::Network))
+            .await?
+            .is_some_and(|n| n.spec.roles.contains(&NodeRole::Network)))
     }
 
     /// Re-ensures every network recorded on this node; removes stray plumbing when
@@ -1128,7 +1142,10 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .list("Network", None)
             .await
             .map_err(gw("list networks"))?;
-        let network_node = self.this_node_is_network_node().await;
+        let network_node = self
+            .this_node_is_network_node()
+            .await
+            .map_err(gw("read this Node's roles"))?;
         let me = self.node_name().to_owned();
         let mut wanted = HashSet::new();
         let mut ensured = Vec::new();
@@ -1162,6 +1179,10 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     wanted.insert(v);
                 }
             }
+            // So do the networks of interfaces of instances placed here, even before
+            // the network records this node (a network_create_on_node that completed
+            // just before a restart): their guests' taps are on those bridges.
+            wanted.extend(self.vxids_in_use_here(&networks).await?);
             let plumbed =
                 self.inner
                     .net
@@ -1284,7 +1305,12 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                             name: t.name.clone(),
                         })?;
                 let update = op.spec.operation_type == OperationType::NetworkUpdateDhcp;
-                let network_node = update || payload["networkNode"].as_bool().unwrap_or(false);
+                // Never plain plumbing on the network node (an instance's
+                // network_create_on_node can reach it before the network records it):
+                // that would tear its router, DHCP and NAT down.
+                let network_node = update
+                    || payload["networkNode"].as_bool().unwrap_or(false)
+                    || self.this_node_is_network_node().await?;
                 let hint = payload["vxid"].as_u64().and_then(|v| u32::try_from(v).ok());
                 let p = self.plumbing(&network, network_node, hint).await?;
                 if update {
@@ -1588,7 +1614,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             })?;
         let network = self.network_of(&namespace, &iface.spec.network).await?;
         // Shaken Fist ensures the network and its mesh exist here before plugging.
-        let network_node = self.this_node_is_network_node().await;
+        let network_node = self.this_node_is_network_node().await?;
         let p = self.plumbing(&network, network_node, None).await?;
         self.inner.net.ensure_network(&p).await?;
         let nic = self.nic_context(&namespace, &iface).await?;
@@ -1963,6 +1989,51 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         Ok(changes)
     }
 
+    /// The VXLAN ids of the networks that interfaces of instances placed on this node
+    /// (and not deleted) are on.
+    async fn vxids_in_use_here(&self, networks: &[Network]) -> Result<HashSet<u32>, AgentError> {
+        let g = &self.inner.gateway;
+        let me = self.node_name();
+        let instances: Vec<Instance> = g
+            .list("Instance", None)
+            .await
+            .map_err(gw("list instances"))?;
+        let placed: HashSet<(String, String)> = instances
+            .iter()
+            .filter(|i| {
+                i.status.as_ref().is_some_and(|s| {
+                    s.node.as_deref() == Some(me) && s.state != InstanceState::Deleted
+                })
+            })
+            .map(|i| {
+                (
+                    i.metadata.namespace.clone().unwrap_or_default(),
+                    i.metadata.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let interfaces: Vec<NetworkInterface> = g
+            .list("NetworkInterface", None)
+            .await
+            .map_err(gw("list network interfaces"))?;
+        let mut vxids = HashSet::new();
+        for iface in &interfaces {
+            let ns = iface.metadata.namespace.clone().unwrap_or_default();
+            if !placed.contains(&(ns.clone(), iface.spec.instance.clone())) {
+                continue;
+            }
+            let network = networks.iter().find(|n| {
+                n.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && (n.metadata.name.as_deref() == Some(iface.spec.network.as_str())
+                        || n.metadata.uid.as_deref() == Some(iface.spec.network.as_str()))
+            });
+            if let Some(v) = network.and_then(|n| n.status.as_ref()?.vxid) {
+                vxids.insert(v);
+            }
+        }
+        Ok(vxids)
+    }
+
     /// Start-up reconciliation (see the module contract).
     pub async fn reconcile_startup(&self) -> Result<ReconcileReport, AgentError> {
         let mut report = ReconcileReport::default();
@@ -1997,17 +2068,52 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             })?;
         for d in &domains {
             let Some(uid) = uid_of(&d.name) else { continue };
-            if !keep.contains(uid) {
-                tracing::warn!(domain = %d.name, "removing an orphan domain");
-                life.delete(uid)
-                    .await
-                    .map_err(|source| AgentError::Lifecycle {
-                        action: "remove an orphan domain",
-                        source,
-                    })?;
-                report.orphans_removed.push(uid.to_owned());
+            if keep.contains(uid) {
+                continue;
             }
+            // Only a domain whose Instance is confirmed gone goes: deleted (placed here,
+            // state deleted) or removed with a tombstone. One the database does not
+            // know (a wrong or restored database, a renamed node) or places elsewhere
+            // is left running, with its disks, for an operator to look at.
+            let known = instances
+                .iter()
+                .find(|i| i.metadata.uid.as_deref() == Some(uid));
+            let gone = match known {
+                Some(i) => {
+                    i.status.as_ref().and_then(|s| s.node.as_deref()) == Some(me.as_str())
+                        && i.status
+                            .as_ref()
+                            .is_some_and(|s| s.state == InstanceState::Deleted)
+                }
+                None => self
+                    .inner
+                    .gateway
+                    .get_deleted::<Instance>("Instance", uid)
+                    .await
+                    .map_err(gw("look for a removed instance"))?
+                    .is_some(),
+            };
+            if !gone {
+                tracing::warn!(
+                    domain = %d.name,
+                    placed_elsewhere = known.is_some(),
+                    "a domain of no instance placed here, and not known to be deleted: left alone"
+                );
+                report.orphans_kept.push(uid.to_owned());
+                continue;
+            }
+            tracing::warn!(domain = %d.name, "removing the domain of a deleted instance");
+            life.delete(uid)
+                .await
+                .map_err(|source| AgentError::Lifecycle {
+                    action: "remove an orphan domain",
+                    source,
+                })?;
+            report.orphans_removed.push(uid.to_owned());
         }
+        // Networks before instances: a rebooted host has no bridges, and every start
+        // would fail against them.
+        self.sync_networks(false).await?;
         for inst in placed.iter().filter(|i| {
             i.metadata.deletion_timestamp.is_none()
                 && i.status

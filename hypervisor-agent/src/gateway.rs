@@ -126,6 +126,26 @@ impl Gateway {
         kind: &str,
         uid: &str,
     ) -> Result<Option<K>, GatewayError> {
+        self.by_uid(kind, uid, false).await
+    }
+
+    /// The final state of a removed object by uid while sf-database keeps its
+    /// tombstone (Instances and Networks, for the change log's retention); `None`
+    /// when there is none.
+    pub async fn get_deleted<K: DeserializeOwned>(
+        &self,
+        kind: &str,
+        uid: &str,
+    ) -> Result<Option<K>, GatewayError> {
+        self.by_uid(kind, uid, true).await
+    }
+
+    async fn by_uid<K: DeserializeOwned>(
+        &self,
+        kind: &str,
+        uid: &str,
+        deleted: bool,
+    ) -> Result<Option<K>, GatewayError> {
         let k = key(kind, None, "");
         let uid = uid.to_owned();
         let reply = self
@@ -136,7 +156,7 @@ impl Gateway {
                     g.get_resource(pb::GetResourceRequest {
                         key: Some(k),
                         uid,
-                        deleted: false,
+                        deleted,
                     })
                     .await
                 }

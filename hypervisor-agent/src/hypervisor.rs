@@ -19,9 +19,12 @@ pub fn domain_name(uid: &str) -> String {
     format!("{DOMAIN_PREFIX}{uid}")
 }
 
-/// The instance uid of an agent-owned domain name, `None` for any other domain.
+/// The instance uid of an agent-owned domain name (`sf:<uuid>`), `None` for any other
+/// domain: a name whose rest is no UUID is not ours, and never becomes a path.
 pub fn uid_of(domain: &str) -> Option<&str> {
-    domain.strip_prefix(DOMAIN_PREFIX).filter(|u| !u.is_empty())
+    domain
+        .strip_prefix(DOMAIN_PREFIX)
+        .filter(|u| uuid::Uuid::parse_str(u).is_ok())
 }
 
 /// A domain's state as the agent reports it.
@@ -183,7 +186,10 @@ mod tests {
 
     #[test]
     fn only_sf_domains_have_uids() {
-        assert_eq!(uid_of(&domain_name("abc")), Some("abc"));
+        let uid = "2b4e28ba-2fa1-11d2-883f-0016d3cca427";
+        assert_eq!(uid_of(&domain_name(uid)), Some(uid));
+        assert_eq!(uid_of("sf:.."), None);
+        assert_eq!(uid_of("sf:abc"), None);
         assert_eq!(uid_of("test"), None);
         assert_eq!(uid_of("sf:"), None);
         assert_eq!(uid_of("xsf:abc"), None);

@@ -7,8 +7,9 @@
 //! CreateOperation → complete, Instance `status.powerState` running, bridge in the
 //! namespace → pause → screenshot into a Blob → a guest's own power-off seen by
 //! polling → a second agent with the same name refused → restart (a new connection:
-//! the test driver forgets its domains) brings the domain and the network back and
-//! removes an orphan `sf:*` domain but not a foreign one → delete.
+//! the test driver forgets its domains) brings the domain and the network back,
+//! removes the domain of a deleted instance but neither an unknown `sf:*` domain nor a
+//! foreign one → delete.
 
 mod common;
 
@@ -321,23 +322,45 @@ async fn agent_runs_operations_and_comes_back_after_a_restart() {
         hv2.list().await.expect("list").is_empty(),
         "the test driver forgot everything"
     );
-    // An orphan sf domain and a foreign domain appear before the agent starts.
-    let orphan = "99999999-9999-4999-8999-999999999999";
+    // Before the agent starts: the domain of an instance deleted meanwhile (its
+    // tombstone says so), one the database does not know (a wrong or restored
+    // database must not cost a guest), and a foreign domain.
+    let deleted = env
+        .placed_instance(
+            "gone-1",
+            json!({"cpus": 1, "memory": 256, "powerState": "off", "disks": [{"size": 1}]}),
+        )
+        .await;
+    env.gateway
+        .client()
+        .call("delete_resource", |mut g| async move {
+            g.delete_resource(pb::DeleteResourceRequest {
+                key: Some(pb::ObjectKey {
+                    kind: "Instance".into(),
+                    namespace: "demo".into(),
+                    name: "gone-1".into(),
+                }),
+                ..Default::default()
+            })
+            .await
+        })
+        .await
+        .expect("delete gone-1");
+    let unknown = "99999999-9999-4999-8999-999999999999";
     let foreign = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/golden/test_driver.xml"
     ))
     .expect("golden");
-    hv2.define(
-        &foreign
-            .replace(
-                "sf:8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11",
-                &domain_name(orphan),
-            )
-            .replace("8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11", orphan),
-    )
-    .await
-    .expect("orphan");
+    for uid in [deleted.as_str(), unknown] {
+        hv2.define(
+            &foreign
+                .replace("sf:8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11", &domain_name(uid))
+                .replace("8d3f5a52-6c0e-4f4e-9a55-2f3d1c0b7e11", uid),
+        )
+        .await
+        .expect("an sf domain");
+    }
     hv2.define(
         &foreign
             .replace(
@@ -353,7 +376,8 @@ async fn agent_runs_operations_and_comes_back_after_a_restart() {
     let shutdown2 = Shutdown::new();
     agent2.register().await.expect("same uuid registers again");
     let report = agent2.reconcile_startup().await.expect("reconcile");
-    assert_eq!(report.orphans_removed, vec![orphan.to_string()]);
+    assert_eq!(report.orphans_removed, vec![deleted.clone()]);
+    assert_eq!(report.orphans_kept, vec![unknown.to_string()]);
     assert_eq!(report.redefined, vec![inst_uid.clone()]);
     assert_eq!(report.started, vec![inst_uid.clone()]);
     assert_eq!(report.networks_ensured, vec![VXID]);
@@ -364,10 +388,15 @@ async fn agent_runs_operations_and_comes_back_after_a_restart() {
         .into_iter()
         .map(|d| d.name)
         .collect();
-    assert_eq!(
-        names,
-        vec![domain_name(&inst_uid), "someone-elses-vm".to_string()]
-    );
+    let mut want = vec![
+        domain_name(&inst_uid),
+        domain_name(unknown),
+        "someone-elses-vm".to_string(),
+    ];
+    want.sort();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, want);
     assert!(
         env.link_exists(&sf_hostnet::bridge_name(VXID)),
         "network re-ensured"
