@@ -669,7 +669,17 @@ fn snapshot_facts(ctx: &Context, artifact: &Artifact) -> Vec<SnapshotFact> {
             continue;
         };
         for taken in result.snapshots {
-            if taken.artifact_uid == uid {
+            // A blob collected meanwhile (its bytes are gone) never becomes a version.
+            let collected = ctx
+                .stores
+                .blobs
+                .get(&ObjectRef::<Blob>::new(&taken.blob))
+                .is_some_and(|b| {
+                    b.status
+                        .as_ref()
+                        .is_some_and(|s| s.state == sf_schema::ResourceState::Deleted)
+                });
+            if taken.artifact_uid == uid && !collected {
                 facts.push(SnapshotFact {
                     operation: op.name_any(),
                     completed_at,
@@ -686,6 +696,16 @@ fn snapshot_facts(ctx: &Context, artifact: &Artifact) -> Vec<SnapshotFact> {
         }
     }
     facts
+}
+
+/// Whether an `instance_snapshot` still queued or executing writes `blob`
+/// ([`sf_plan::blob::snapshot_writes`]).
+fn snapshot_in_progress(ctx: &Context, blob: &Blob) -> bool {
+    ctx.stores
+        .operations
+        .state()
+        .iter()
+        .any(|op| sf_plan::blob::snapshot_writes(blob, op))
 }
 
 /// Observes `artifact` (read fresh by the caller).
@@ -760,12 +780,12 @@ pub fn observe_blob(ctx: &Context, blob: &Blob) -> BlobObservation {
         && status.state != sf_schema::ResourceState::Deleted
         && !status.nodes.is_empty();
     let referenced = collectable
-        && ctx.stores.artifacts.state().iter().any(|a| {
+        && (ctx.stores.artifacts.state().iter().any(|a| {
             a.metadata.deletion_timestamp.is_none()
                 && a.status
                     .as_ref()
                     .is_some_and(|s| s.versions.iter().any(|v| v.blob == name))
-        });
+        }) || snapshot_in_progress(ctx, blob));
     let nodes = ctx
         .stores
         .nodes

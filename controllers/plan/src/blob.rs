@@ -32,6 +32,10 @@
 //!   deleted ([`Action::DeleteObject`]). Keep that longer than operations are kept
 //!   (`SHAKENFIST_CLEANER_DELAY`): while an artifact's completed fetch of the blob
 //!   is still there, the artifact controller would write the Blob anew.
+//! - A Blob an `instance_snapshot` still queued or executing writes counts as
+//!   referenced ([`snapshot_writes`]): a snapshot of several disks records each disk's
+//!   Blob as soon as it is captured, the later disks can take longer than the grace
+//!   period, and the version is recorded only once the operation completes.
 //! - Nothing changed → empty plan.
 
 use chrono::{DateTime, Utc};
@@ -52,6 +56,33 @@ pub const BLOB_KIND: &str = "Blob";
 pub const UNREFERENCED: &str = "Unreferenced";
 /// Condition of a `deleted` Blob: whether its files are gone from every node.
 pub const REMOVED: &str = "Removed";
+
+/// Whether `op` is an `instance_snapshot` still queued or executing that writes
+/// `blob`: the Blob's source (`sf://instance/<uid>/<device>`) names the instance the
+/// operation targets, and the agent names a snapshot's blob from the operation's uid
+/// and the device ([`sf_schema::common::derived_uuid`] of `<op uid>/<device>`).
+pub fn snapshot_writes(blob: &Blob, op: &sf_schema::ClusterOperation) -> bool {
+    let Some((instance_uid, device)) = blob
+        .spec
+        .source
+        .as_deref()
+        .and_then(|s| s.strip_prefix("sf://instance/"))
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return false;
+    };
+    let outstanding = op
+        .status
+        .as_ref()
+        .is_none_or(|s| matches!(s.state, OperationState::Queued | OperationState::Executing));
+    op.spec.operation_type == OperationType::InstanceSnapshot
+        && op.spec.target.uid == instance_uid
+        && outstanding
+        && op.metadata.uid.as_deref().is_some_and(|op_uid| {
+            blob.metadata.name.as_deref()
+                == Some(sf_schema::common::derived_uuid(&format!("{op_uid}/{device}")).as_str())
+        })
+}
 
 /// What the blob plan needs besides the Blob.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -330,6 +361,83 @@ mod tests {
             ..BlobStatus::default()
         });
         b
+    }
+
+    #[test]
+    fn a_snapshot_still_running_holds_the_blobs_it_writes() {
+        let op_uid = "5a5a5a5a-0000-4000-8000-000000000001";
+        let instance_uid = "1a1a1a1a-0000-4000-8000-000000000001";
+        let name = sf_schema::common::derived_uuid(&format!("{op_uid}/vda"));
+        let mut b = Blob::new(
+            &name,
+            BlobSpec {
+                owner_namespace: "demo".into(),
+                source: Some(format!("sf://instance/{instance_uid}/vda")),
+                ..BlobSpec::default()
+            },
+        );
+        b.metadata.uid = Some("blob-uid".into());
+        let snapshot = |state: Option<S>, uid: &str, target: &str| {
+            let spec: sf_schema::operation::ClusterOperationSpec = serde_json::from_value(json!({
+                "operationType": "instance_snapshot",
+                "target": {"kind": "Instance", "name": "web-1", "namespace": "demo",
+                           "uid": target},
+                "node": "hv-1",
+                "payload": {"all": true},
+            }))
+            .expect("spec");
+            let mut op = sf_schema::ClusterOperation::new("instance-web-1-3-snapshot", spec);
+            op.metadata.uid = Some(uid.into());
+            op.status = state.map(|state| sf_schema::ClusterOperationStatus {
+                state,
+                ..Default::default()
+            });
+            op
+        };
+        for (what, op, holds) in [
+            (
+                "queued",
+                snapshot(Some(S::Queued), op_uid, instance_uid),
+                true,
+            ),
+            (
+                "executing",
+                snapshot(Some(S::Executing), op_uid, instance_uid),
+                true,
+            ),
+            (
+                "not yet observed",
+                snapshot(None, op_uid, instance_uid),
+                true,
+            ),
+            (
+                "complete: the version holds it",
+                snapshot(Some(S::Complete), op_uid, instance_uid),
+                false,
+            ),
+            (
+                "failed",
+                snapshot(Some(S::Error), op_uid, instance_uid),
+                false,
+            ),
+            (
+                "another operation",
+                snapshot(Some(S::Executing), "other-op", instance_uid),
+                false,
+            ),
+            (
+                "another instance",
+                snapshot(Some(S::Executing), op_uid, "other-instance"),
+                false,
+            ),
+        ] {
+            assert_eq!(snapshot_writes(&b, &op), holds, "{what}");
+        }
+        b.spec.source = Some("https://images.example/x.qcow2".into());
+        assert!(!snapshot_writes(
+            &b,
+            &snapshot(Some(S::Executing), op_uid, instance_uid)
+        ));
     }
 
     fn with_conditions(mut b: Blob, conditions: Vec<sf_schema::Condition>) -> Blob {
