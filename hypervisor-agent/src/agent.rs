@@ -173,6 +173,20 @@ pub enum AgentError {
         /// Ours.
         uuid: String,
     },
+    /// Another agent took this node's name over while this one ran (it judged this
+    /// one gone): this one stops rather than run the same node twice.
+    #[error(
+        "node name {name} was taken over by another agent (uuid {other_uuid}; this agent's \
+         uuid is {uuid}); stopping so that the node is not run twice"
+    )]
+    NodeTakenOver {
+        /// The name.
+        name: String,
+        /// The other agent's UUID.
+        other_uuid: String,
+        /// Ours.
+        uuid: String,
+    },
     /// A sf-database call failed.
     #[error("{action}: {source}")]
     Gateway {
@@ -318,6 +332,8 @@ struct Inner<H, N> {
     sampler: Mutex<Sampler>,
     versions: Mutex<Option<HypervisorVersions>>,
     last_network_sync: Mutex<Option<Instant>>,
+    /// Set when another agent took this node's name over (see [`AgentError::NodeTakenOver`]).
+    taken_over: Mutex<Option<AgentError>>,
     /// Where operation events go (a durable local spool drained to sf-database).
     events: std::sync::OnceLock<Arc<EventSpool>>,
 }
@@ -405,6 +421,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 sampler: Mutex::new(Sampler::default()),
                 versions: Mutex::new(None),
                 last_network_sync: Mutex::new(None),
+                taken_over: Mutex::new(None),
                 events: std::sync::OnceLock::new(),
             }),
         }
@@ -461,6 +478,33 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .entry(key.to_owned())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone()
+    }
+
+    /// Takes the `blob:<name>` lock of every file among `paths` that is a blob of this
+    /// node (the lock a `blob_delete` runs under), in name order; a file gone by then
+    /// is `NotReady` (the plan replicates it again).
+    async fn hold_blobs(
+        &self,
+        paths: Vec<PathBuf>,
+    ) -> Result<Vec<tokio::sync::OwnedMutexGuard<()>>, HandlerError> {
+        let blobs_dir = self.inner.settings.storage_path.join("blobs");
+        let mut held: Vec<(String, PathBuf)> = paths
+            .into_iter()
+            .filter(|p| p.parent() == Some(blobs_dir.as_path()))
+            .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
+            .collect();
+        held.sort();
+        held.dedup_by(|a, b| a.0 == b.0);
+        let mut guards = Vec::with_capacity(held.len());
+        for (name, path) in held {
+            guards.push(self.lock_for(&format!("blob:{name}")).lock_owned().await);
+            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Err(HandlerError::NotReady(format!(
+                    "blob {name} was removed from this node meanwhile"
+                )));
+            }
+        }
+        Ok(guards)
     }
 
     fn set_reported(&self, uid: &str, state: Option<DomainState>) {
@@ -615,6 +659,18 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .get("Node", None, &s.node_name)
             .await
             .map_err(gw("read the Node"))?;
+        // Still ours? Another agent that judged this one gone owns the name now.
+        if let Some(other) = current
+            .as_ref()
+            .and_then(|n| n.metadata.annotations.as_ref()?.get(NODE_UUID_ANNOTATION))
+            .filter(|other| !other.is_empty() && **other != s.node_uuid)
+        {
+            return Err(AgentError::NodeTakenOver {
+                name: s.node_name.clone(),
+                other_uuid: other.clone(),
+                uuid: s.node_uuid.clone(),
+            });
+        }
         let state = current
             .and_then(|n| n.status)
             .map(|st| st.state)
@@ -1233,6 +1289,17 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 let ctx = self
                     .create_context(&inst, &required, &payload["blobs"])
                     .await?;
+                // Hold the blob files it is made from against a blob_delete until the
+                // disks back onto them and images.json names them; one deleted between
+                // the resolution and the lock is found missing here.
+                let images: Vec<PathBuf> = ctx
+                    .base_images
+                    .iter()
+                    .chain([&ctx.nvram_template])
+                    .flatten()
+                    .cloned()
+                    .collect();
+                let _held = self.hold_blobs(images).await?;
                 let state = life.create(&ctx, &desired).await?;
                 self.report_instance(
                     t.namespace.as_deref(),
@@ -2184,9 +2251,20 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             tokio::select! {
                 () = shutdown.wait() => return,
                 _ = heartbeat.tick() => {
-                    if let Err(e) = self.heartbeat().await {
-                        self.inner.metrics.heartbeat_failures.inc();
-                        tracing::warn!(error = %e, "node heartbeat failed");
+                    match self.heartbeat().await {
+                        Ok(()) => {}
+                        Err(e @ AgentError::NodeTakenOver { .. }) => {
+                            tracing::error!(error = %e, "stopping: this node runs elsewhere now");
+                            if let Ok(mut slot) = self.inner.taken_over.lock() {
+                                *slot = Some(e);
+                            }
+                            shutdown.trigger();
+                            return;
+                        }
+                        Err(e) => {
+                            self.inner.metrics.heartbeat_failures.inc();
+                            tracing::warn!(error = %e, "node heartbeat failed");
+                        }
                     }
                 }
                 _ = poll.tick() => {
@@ -2244,7 +2322,10 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         };
         self.claim_loop(shutdown).await;
         let _ = bg.await;
-        Ok(())
+        match self.inner.taken_over.lock().ok().and_then(|mut t| t.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

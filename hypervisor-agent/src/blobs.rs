@@ -14,6 +14,10 @@
 //!   [`RemoveError::InUse`], which carries them (its message only counts them: the
 //!   caller logs the list); nothing is removed. Not retryable as an operation: the
 //!   blob controller asks again later.
+//! - The agent runs it under the `blob:<name>` lock, which `instance_create` also
+//!   holds over the blob files it is made from until its disks back onto them and
+//!   its image record names them: the in-use checks and the removal cannot interleave
+//!   with a create.
 //! - The blob name must be a plain file name (no `/`, not `.` or `..`), so a payload
 //!   can never point outside the blobs directory.
 //! - qcow2 headers are read directly ([`qcow2_backing`]: magic `QFI\xfb`, backing

@@ -837,6 +837,24 @@ async fn a_stale_node_name_is_taken_over() {
     );
     let seen = node["status"]["lastSeen"].as_str().expect("lastSeen");
     assert_ne!(seen, an_hour_ago, "heartbeat written");
+
+    // The displaced agent, should it still run, stops at its next heartbeat instead
+    // of running the node a second time.
+    let hv = LibvirtHypervisor::connect(env.uri.clone())
+        .await
+        .expect("libvirt");
+    let displaced = env.agent(hv, "66666666-6666-4666-8666-666666666666");
+    let err = displaced.heartbeat().await.expect_err("no longer ours");
+    assert!(
+        matches!(err, sf_agent::agent::AgentError::NodeTakenOver { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("77777777-7777-4777-8777-777777777777"),
+        "{err}"
+    );
+    agent.heartbeat().await.expect("the new owner heartbeats");
 }
 
 /// With `SHAKENFIST_AGENT_TLS` on, the binary serves /metrics over HTTPS with its own
