@@ -2212,7 +2212,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         let ctx = self.instance_context(inst, &[]).await?;
         let mut state = life.observe(&ctx.uid).await?;
         if state.is_none() {
-            life.define(&ctx).await?;
+            life.redefine(&ctx).await?;
             report.redefined.push(ctx.uid.clone());
             state = life.observe(&ctx.uid).await?;
         }

@@ -50,6 +50,16 @@ pub enum DiskError {
         /// The base image path.
         path: PathBuf,
     },
+    /// A disk's file is gone after the instance was created: a later definition
+    /// (power on, start-up restore) never makes it anew, blank or from its base, which
+    /// would hand the guest a reset disk as if nothing happened.
+    #[error("spec.disks[{index}]: disk file {path} is missing; it is not remade")]
+    DiskMissing {
+        /// The disk index.
+        index: usize,
+        /// The missing file.
+        path: PathBuf,
+    },
     /// A disk's file is missing and its base names no image that resolves now: it is
     /// not remade blank.
     #[error(

@@ -15,7 +15,9 @@
 //!   while the reference is unchanged and the file is there, so a new version of an
 //!   artifact never swaps a guest's media or empties its drive.
 //! - Power on rebuilds the config drive and the definition (so hot-plugged NICs are
-//!   in both) and starts the domain, retrying up to `power_on_attempts` times
+//!   in both; [`Lifecycle::redefine`]: a disk file gone since the create is
+//!   [`DiskError::DiskMissing`], never remade blank or from its base) and starts the
+//!   domain, retrying up to `power_on_attempts` times
 //!   `power_on_delay` apart.
 //! - Pause and unpause are re-issued until the observed state matches, up to
 //!   `state_change_attempts` times `state_change_delay` apart; then
@@ -277,6 +279,7 @@ impl LifecycleError {
             Self::Disk(DiskError::NoSize { .. } | DiskError::UserData(_)) => "InvalidSpec",
             Self::Disk(DiskError::UnsafeBase { .. }) => "UnsafeBaseImage",
             Self::Disk(DiskError::BaseUnresolved { .. }) => "ImageNotFound",
+            Self::Disk(DiskError::DiskMissing { .. }) => "DiskMissing",
             Self::Disk(_) => "DiskFailed",
             Self::Hypervisor(HypervisorError::Connect { .. }) => "HypervisorUnavailable",
             Self::Hypervisor(_) => "HypervisorCallFailed",
@@ -297,7 +300,8 @@ impl LifecycleError {
                 DiskError::NoSize { .. }
                 | DiskError::UserData(_)
                 | DiskError::UnsafeBase { .. }
-                | DiskError::BaseUnresolved { .. },
+                | DiskError::BaseUnresolved { .. }
+                | DiskError::DiskMissing { .. },
             ) => false,
             Self::NotDefined { .. } => false,
             Self::Disk(_)
@@ -382,13 +386,35 @@ impl<H: Hypervisor> Lifecycle<H> {
         Ok(())
     }
 
-    /// Renders, makes the disks and config drive, and defines the domain.
+    /// Renders, makes the disks and config drive, and defines the domain: what
+    /// `instance_create` does ([`Self::create`]).
     pub async fn define(&self, ctx: &InstanceContext) -> Result<String, LifecycleError> {
+        self.define_domain(ctx, true).await
+    }
+
+    /// Defines the domain of an instance created before (power on, start-up restore):
+    /// its disks must exist ([`DiskError::DiskMissing`] otherwise: never remade).
+    pub async fn redefine(&self, ctx: &InstanceContext) -> Result<String, LifecycleError> {
+        self.define_domain(ctx, false).await
+    }
+
+    async fn define_domain(
+        &self,
+        ctx: &InstanceContext,
+        make_disks: bool,
+    ) -> Result<String, LifecycleError> {
         let xml = self.render(ctx)?;
         let paths = self.paths(&ctx.uid);
         for (i, disk) in ctx.spec.disks.iter().enumerate() {
             if disk.disk_type == sf_schema::instance::DiskType::Cdrom {
                 continue;
+            }
+            if !make_disks && !tokio::fs::try_exists(paths.disk(i)).await.unwrap_or(false) {
+                return Err(DiskError::DiskMissing {
+                    index: i,
+                    path: paths.disk(i),
+                }
+                .into());
             }
             let base = ctx.base_images.get(i).cloned().flatten();
             // A disk made from a base that no longer resolves is not remade blank.
@@ -544,7 +570,7 @@ impl<H: Hypervisor> Lifecycle<H> {
             Some(DomainState::Paused) => return self.unpause(&ctx.uid).await,
             _ => {}
         }
-        self.define(ctx).await?;
+        self.redefine(ctx).await?;
         self.start_with_retry(&ctx.uid).await
     }
 

@@ -242,6 +242,35 @@ async fn created_paused_and_off() {
     assert_eq!(hv.list().await.expect("list").len(), 2);
 }
 
+/// A disk file gone after the create is never remade (blank or from its base) by a
+/// later definition: the power on fails, not retried, and nothing is defined.
+#[tokio::test]
+async fn a_lost_disk_is_not_remade_blank() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = LibvirtHypervisor::connect(test_uri(dir.path()))
+        .await
+        .expect("connect");
+    let life = Lifecycle::new(hv.clone(), settings(dir.path()));
+    let ctx = context();
+    life.create(&ctx, &DesiredPowerState::Off)
+        .await
+        .expect("created off");
+    let disk = life.paths(UID).disk(0);
+    assert!(disk.exists());
+    // The host loses the disk and the domain (a rebuilt host, a wiped directory).
+    std::fs::remove_file(&disk).expect("remove the disk");
+    hv.undefine(&domain_name(UID)).await.expect("undefine");
+    let err = life.power_on(&ctx).await.expect_err("no disk");
+    assert_eq!(
+        (err.code(), err.retryable()),
+        ("DiskMissing", false),
+        "{err}"
+    );
+    assert!(err.to_string().contains("spec.disks[0]"), "{err}");
+    assert!(!disk.exists(), "not remade");
+    assert!(hv.list().await.expect("list").is_empty(), "nothing defined");
+}
+
 #[tokio::test]
 async fn bad_bus_fails_before_touching_the_host() {
     let dir = tempfile::tempdir().expect("tempdir");
