@@ -15,7 +15,12 @@
 //! - Failed `/auth` attempts are counted per (client address, namespace): after
 //!   [`AUTH_FAILURES_ALLOWED`] failures within [`AUTH_FAILURE_WINDOW`], every attempt
 //!   (right or wrong) is 429 with `Retry-After` until the oldest failure leaves the
-//!   window. A success clears the count. The count lives in this process only.
+//!   window. An attempt counts before its key is checked (parallel attempts cannot
+//!   all slip through) and a success clears the count; a full table forgets the
+//!   client tried longest ago, never stops counting. The count lives in this process
+//!   only. A namespace that is not a DNS label is 401 at once; at most
+//!   [`AUTH_VERIFICATIONS`] argon2 checks run at once, and a namespace without keys
+//!   costs the same check as a wrong key.
 //! - [`require_token`] guards every route but [`PUBLIC_PATHS`]: it needs
 //!   `Authorization: Bearer <jwt>` with a valid signature, this zone as issuer, an
 //!   unexpired `exp` and the current nonce of its key, else 401 `Status`. The nonces
@@ -107,6 +112,15 @@ pub fn generate_key() -> String {
         uuid::Uuid::new_v4().simple()
     )
 }
+
+/// An argon2 hash no key matches, checked when a namespace has no keys.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_key(&generate_key()).unwrap_or_default())
+}
+
+/// At most this many argon2 checks of `/auth` run at once.
+pub const AUTH_VERIFICATIONS: usize = 4;
 
 /// Whether `clear` is the key `phc` is the hash of (false for a malformed hash).
 pub fn verify_key(clear: &str, phc: &str) -> bool {
@@ -291,22 +305,39 @@ impl FailureLimiter {
         Some(AUTH_FAILURE_WINDOW.saturating_sub(now.duration_since(oldest)))
     }
 
-    /// Records a failure.
-    pub fn record_failure(&self, ip: IpAddr, namespace: &str) {
+    /// Starts an attempt: `Err(wait)` when this client may not try `namespace` now,
+    /// else the attempt is counted as a failure before the key is checked (so
+    /// parallel attempts cannot all pass the check), and [`Self::clear`] takes it
+    /// back when it succeeds.
+    pub fn begin(&self, ip: IpAddr, namespace: &str) -> Result<(), Duration> {
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= LIMITER_CAPACITY {
+        let key = (ip, namespace.to_string());
+        if let Some(times) = map.get_mut(&key) {
+            Self::prune(times, now);
+            if times.len() >= AUTH_FAILURES_ALLOWED
+                && let Some(oldest) = times.front()
+            {
+                return Err(AUTH_FAILURE_WINDOW.saturating_sub(now.duration_since(*oldest)));
+            }
+        } else if map.len() >= LIMITER_CAPACITY {
             map.retain(|_, times| {
                 Self::prune(times, now);
                 !times.is_empty()
             });
+            // Still full (a flood of clients): forget the one tried longest ago
+            // rather than stop counting, which would lift the limit for everyone.
+            if map.len() >= LIMITER_CAPACITY
+                && let Some(stalest) = map
+                    .iter()
+                    .min_by_key(|(_, times)| times.back().copied())
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&stalest);
+            }
         }
-        if map.len() >= LIMITER_CAPACITY {
-            return;
-        }
-        let times = map.entry((ip, namespace.to_string())).or_default();
-        Self::prune(times, now);
-        times.push_back(now);
+        map.entry(key).or_default().push_back(now);
+        Ok(())
     }
 
     /// Forgets the failures of a client that authenticated.
@@ -437,6 +468,8 @@ pub struct Auth {
     pub limiter: FailureLimiter,
     /// Key nonces.
     pub nonces: Arc<NonceCache>,
+    /// Slots for `/auth`'s argon2 checks ([`AUTH_VERIFICATIONS`]).
+    pub verifications: tokio::sync::Semaphore,
 }
 
 impl Auth {
@@ -446,6 +479,7 @@ impl Auth {
             signer,
             limiter: FailureLimiter::default(),
             nonces: Arc::new(NonceCache::default()),
+            verifications: tokio::sync::Semaphore::new(AUTH_VERIFICATIONS),
         }
     }
 
@@ -541,7 +575,13 @@ pub async fn post_auth(State(app): State<Arc<App>>, request: Request) -> Respons
             "the body must be {\"namespace\": ..., \"key\": ...}",
         );
     };
-    if let Some(wait) = app.auth.limiter.blocked(ip, &body.namespace) {
+    // Only a namespace name can have keys: anything else (padded, upper case, a
+    // path) is refused before it costs a lookup, a hash or a limiter entry, and a
+    // token always carries the canonical name.
+    if !sf_schema::validation::is_dns_label(&body.namespace) {
+        return sf_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    if let Err(wait) = app.auth.limiter.begin(ip, &body.namespace) {
         let mut response = sf_error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed authentication attempts, try again later",
@@ -563,7 +603,16 @@ pub async fn post_auth(State(app): State<Arc<App>>, request: Request) -> Respons
         }
     };
     let clear = body.key;
+    // argon2 costs ~19 MiB and a core per check: at most a few at once.
+    let Ok(_slot) = app.auth.verifications.acquire().await else {
+        return sf_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     let matched = tokio::task::spawn_blocking(move || {
+        if keys.is_empty() {
+            // The same work as a wrong key: no timing tells unknown namespaces apart.
+            let _ = verify_key(&clear, dummy_hash());
+            return None;
+        }
         keys.into_iter()
             .find(|k| verify_key(&clear, &k.key_hash))
             .map(|k| (k.key_name, k.nonce))
@@ -572,7 +621,7 @@ pub async fn post_auth(State(app): State<Arc<App>>, request: Request) -> Respons
     .ok()
     .flatten();
     let Some((key_name, nonce)) = matched else {
-        app.auth.limiter.record_failure(ip, &body.namespace);
+        // Counted already by `begin`.
         tracing::info!(namespace = %body.namespace, client = %ip, "authentication failed");
         return sf_error(StatusCode::UNAUTHORIZED, "unauthorized");
     };
@@ -690,7 +739,7 @@ mod tests {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         for _ in 0..AUTH_FAILURES_ALLOWED {
             assert!(limiter.blocked(ip, "demo").is_none());
-            limiter.record_failure(ip, "demo");
+            assert!(limiter.begin(ip, "demo").is_ok());
         }
         let wait = limiter.blocked(ip, "demo").expect("blocked");
         assert!(wait <= AUTH_FAILURE_WINDOW && wait > Duration::from_secs(50));
@@ -702,6 +751,30 @@ mod tests {
         );
         limiter.clear(ip, "demo");
         assert!(limiter.blocked(ip, "demo").is_none());
+    }
+
+    #[test]
+    fn attempts_count_before_the_check_and_a_full_table_keeps_counting() {
+        let limiter = FailureLimiter::default();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Parallel attempts: each counts on the way in, the sixth is refused.
+        for _ in 0..AUTH_FAILURES_ALLOWED {
+            assert!(limiter.begin(ip, "system").is_ok());
+        }
+        assert!(limiter.begin(ip, "system").is_err());
+        // A success takes the count back.
+        limiter.clear(ip, "system");
+        assert!(limiter.begin(ip, "system").is_ok());
+        // A flood of other clients fills the table: counting goes on for new ones.
+        for i in 0..LIMITER_CAPACITY {
+            let other = IpAddr::V4(Ipv4Addr::from(u32::try_from(i).unwrap_or(0) + 1));
+            assert!(limiter.begin(other, "system").is_ok());
+        }
+        let late = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        for _ in 0..AUTH_FAILURES_ALLOWED {
+            assert!(limiter.begin(late, "system").is_ok());
+        }
+        assert!(limiter.begin(late, "system").is_err(), "still limited");
     }
 
     #[test]

@@ -231,26 +231,68 @@ impl Requests {
     }
 }
 
-/// The route template of `path`: names and namespaces replaced by placeholders.
+/// The resource plurals of the group: any other segment there is `{plural}` in a
+/// route, so requests (answered 404 or 401) cannot mint metric series.
+const PLURALS: &[&str] = &[
+    "artifacts",
+    "blobs",
+    "clusteroperations",
+    "instances",
+    "ipamleases",
+    "namespaces",
+    "networkinterfaces",
+    "networks",
+    "nodes",
+];
+
+/// The subresources and actions after an object's name; any other is `{sub}`.
+const SUBRESOURCES: &[&str] = &[
+    "status",
+    "data",
+    "events",
+    "reboot",
+    "screenshot",
+    "snapshot",
+    "plan",
+];
+
+fn known(segment: &str, names: &[&str], placeholder: &str) -> String {
+    if names.contains(&segment) {
+        segment.to_string()
+    } else {
+        placeholder.to_string()
+    }
+}
+
+/// The route template of `path`: names and namespaces replaced by placeholders, and
+/// any plural or subresource the API does not have too (a label value never comes
+/// from an unknown request).
 pub fn route_template(path: &str) -> String {
     const GROUP: &str = "/apis/shakenfist.io/v1alpha1/";
     if let Some(rest) = path.strip_prefix(GROUP) {
         let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        let plural = |p: &str| known(p, PLURALS, "{plural}");
+        let tail = |t: &[&str]| -> Vec<String> {
+            t.iter()
+                .take(1)
+                .map(|s| known(s, SUBRESOURCES, "{sub}"))
+                .collect()
+        };
         let shaped: Vec<String> = match segments.as_slice() {
-            ["namespaces", _, plural, rest @ ..] => {
-                let mut out = vec!["namespaces".into(), "{ns}".into(), (*plural).to_string()];
-                if let [_, tail @ ..] = rest {
+            ["namespaces", _, p, rest @ ..] => {
+                let mut out = vec!["namespaces".into(), "{ns}".into(), plural(p)];
+                if let [_, t @ ..] = rest {
                     out.push("{name}".into());
-                    out.extend(tail.iter().take(1).map(|s| (*s).to_string()));
+                    out.extend(tail(t));
                 }
                 out
             }
             ["namespaces", _] => vec!["namespaces".into(), "{name}".into()],
-            [plural, rest @ ..] => {
-                let mut out = vec![(*plural).to_string()];
-                if let [_, tail @ ..] = rest {
+            [p, rest @ ..] => {
+                let mut out = vec![plural(p)];
+                if let [_, t @ ..] = rest {
                     out.push("{name}".into());
-                    out.extend(tail.iter().take(1).map(|s| (*s).to_string()));
+                    out.extend(tail(t));
                 }
                 out
             }
@@ -312,6 +354,19 @@ mod tests {
             "/auth/namespaces/{ns}/keys/{key_name}"
         );
         assert_eq!(route_template("/secret-name-probe"), "other");
+        // Unknown plurals and subresources never become label values.
+        assert_eq!(
+            route_template(&format!("{g}/x1b2c3")),
+            format!("{g}/{{plural}}")
+        );
+        assert_eq!(
+            route_template(&format!("{g}/namespaces/demo/zz9/a/b")),
+            format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/{{sub}}")
+        );
+        assert_eq!(
+            route_template(&format!("{g}/instances/a/random-probe")),
+            format!("{g}/instances/{{name}}/{{sub}}")
+        );
     }
 
     #[test]

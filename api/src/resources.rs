@@ -389,6 +389,48 @@ fn check_tenant_rules(target: &Target, object: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The finalizers the controllers own (`shakenfist.io/...`): their cleanup (the guest,
+/// its addresses, its blobs) runs before the object goes.
+const SYSTEM_FINALIZER_PREFIX: &str = "shakenfist.io/";
+
+/// A tenant's update keeps the controllers' finalizers of the stored object: without
+/// them a delete would remove the row at once and skip the cleanup (a guest left
+/// running, addresses never released). Adding or removing its own finalizers is the
+/// tenant's business.
+fn keep_system_finalizers(target: &Target, stored: &Value, object: &mut Value) {
+    if target.tenant.is_none() {
+        return;
+    }
+    let held: Vec<Value> = stored
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|f| {
+            f.as_str()
+                .is_some_and(|f| f.starts_with(SYSTEM_FINALIZER_PREFIX))
+        })
+        .cloned()
+        .collect();
+    if held.is_empty() {
+        return;
+    }
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if !finalizers.is_array() {
+        *finalizers = json!([]);
+    }
+    if let Some(list) = finalizers.as_array_mut() {
+        for f in held {
+            if !list.contains(&f) {
+                list.push(f);
+            }
+        }
+    }
+}
+
 /// Whether a tenant-scoped target may see `object` (a Blob it does not own: no).
 fn visible(target: &Target, object: &Value) -> bool {
     match &target.owner_namespace {
@@ -951,13 +993,14 @@ async fn replace(
     let rv = require_rv(&object, &subject)?;
     let candidate = match part {
         Part::Main => {
-            if has_immutable_fields(&target.kind.kind) {
+            if has_immutable_fields(&target.kind.kind) || target.tenant.is_some() {
                 let stored = app
                     .gateway
                     .get(&target.kind.kind, target.namespace_str(), name)
                     .await
                     .map_err(|e| ApiError::from_gateway(&e, &subject))?;
                 check_immutable(target, &stored, &object)?;
+                keep_system_finalizers(target, &stored, &mut object);
             }
             object
         }
@@ -1075,6 +1118,7 @@ async fn patch(
         check_tenant_rules(target, &patched)?;
         if part == Part::Main {
             check_immutable(target, &current, &patched)?;
+            keep_system_finalizers(target, &current, &mut patched);
         }
         for (field, pointer) in [
             ("apiVersion", "/apiVersion"),

@@ -185,6 +185,15 @@ async fn keys_tokens_rotation_and_rate_limit() {
     assert!(limited.headers.contains_key("retry-after"));
     // Other namespaces are not affected.
     assert_eq!(env.auth("system", common::SYSTEM_KEY).await.status, 200);
+    // A name that is no namespace name (padded, upper case) never reaches a key,
+    // even the right one: no fresh attempts per spelling, no token for "system ".
+    for spelling in ["system ", "SYSTEM", "system\t", ""] {
+        assert_eq!(
+            env.auth(spelling, common::SYSTEM_KEY).await.status,
+            401,
+            "{spelling:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, instance, instance_json, start};
+use common::{Env, instance, instance_json, raw_on, start};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sf_schema::{Instance, StringEnum};
@@ -581,4 +581,57 @@ async fn cluster_scoped_kinds_and_all_namespace_lists() {
     );
     let value: Value = serde_json::to_value(&listed.items[0]).unwrap();
     assert_eq!(value["apiVersion"], "shakenfist.io/v1alpha1");
+}
+
+/// A tenant's update cannot drop the controllers' finalizers (their cleanup would be
+/// skipped by the next delete); its own finalizers are its business.
+#[tokio::test]
+async fn a_tenant_keeps_the_controllers_finalizers() {
+    let env = start().await;
+    let tenant = env.tenant("fin", "key-fin").await;
+    let path = "/apis/shakenfist.io/v1alpha1/namespaces/fin/instances";
+    let mut held = instance_json("held");
+    held["metadata"]["namespace"] = json!("fin");
+    let made = raw_on(&tenant, "POST", path, &[], Some(held)).await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    // The controller's finalizer, as the instance controller adds it.
+    let held = env
+        .raw(
+            "PATCH",
+            &format!("{path}/held"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(json!({"metadata": {"finalizers": ["shakenfist.io/cleanup"]}})),
+        )
+        .await;
+    assert_eq!(held.status, 200, "{}", held.text());
+    let finalizers = |v: &Value| v["metadata"]["finalizers"].clone();
+
+    // A merge patch that clears them keeps the controller's, sets the tenant's own.
+    let patched = raw_on(
+        &tenant,
+        "PATCH",
+        &format!("{path}/held"),
+        &[("content-type", "application/merge-patch+json")],
+        Some(json!({"metadata": {"finalizers": ["example.com/mine"]}})),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(
+        finalizers(&patched.json()),
+        json!(["example.com/mine", "shakenfist.io/cleanup"])
+    );
+    // A PUT without finalizers: the same.
+    let mut body = patched.json();
+    body["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("finalizers");
+    let put = raw_on(&tenant, "PUT", &format!("{path}/held"), &[], Some(body)).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(finalizers(&put.json()), json!(["shakenfist.io/cleanup"]));
+    // So a delete waits for the controller.
+    let deleted = raw_on(&tenant, "DELETE", &format!("{path}/held"), &[], None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert!(deleted.json()["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(env.count_rows("Instance"), 1);
 }
