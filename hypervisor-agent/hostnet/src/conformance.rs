@@ -539,6 +539,12 @@ pub async fn suite_egress<H: HostNet, F: Fabric>(
         f.ping("g1", outside).await?,
         "NAT: guest on node 1 cannot reach the outside host"
     );
+    // The network node's own address on the floating network is no destination for
+    // guests: behind it are the node's services.
+    check!(
+        !f.ping("g1", fnb.router()).await?,
+        "a guest reaches the network node's own floating-network address"
+    );
     let who = f.identify("x", FLOATING_IP).await?;
     check!(
         who.as_deref() == Some("g0"),

@@ -36,7 +36,7 @@ use crate::names::{
     network_namespace_name, parse_vxid_from_bridge, parse_vxid_from_vxlan, router_inner_name,
     router_outer_name, vxlan_name,
 };
-use crate::nft::render_nat_ruleset;
+use crate::nft::{render_filter_ruleset, render_nat_ruleset};
 use crate::worker::{in_netns, netns_path, run_command, run_command_stdin};
 use crate::{HostNet, HostNetConfig, HostNetError, NetworkPlumbing, VXLAN_PORT};
 
@@ -288,7 +288,19 @@ impl NetlinkHostNet {
             ],
         )
         .await?;
-        let rules = render_nat_ruleset(vxid, &nb.to_string(), p.provide_nat, &p.floating_ips);
+        let mut rules = render_nat_ruleset(vxid, &nb.to_string(), p.provide_nat, &p.floating_ips);
+        // What guests may reach through the namespace: never the node's own addresses
+        // (its address on the floating network, its mesh address).
+        let mut refused = vec![self.cfg.mesh_address];
+        if let Some(f) = self.floating {
+            refused.push(f.router());
+        }
+        rules.push_str(&render_filter_ruleset(
+            vxid,
+            &nb.to_string(),
+            &p.routed_ips,
+            &refused,
+        ));
         run_command_stdin(
             "ip",
             &["netns", "exec", &ns, "nft", "-f", "-"],
