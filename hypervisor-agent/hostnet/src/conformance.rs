@@ -584,6 +584,29 @@ pub async fn suite_egress<H: HostNet, F: Fabric>(
     check!(st.dnat.is_empty(), "stale dnat kept: {:?}", st.dnat);
     check!(st.routed.is_empty(), "stale route kept: {:?}", st.routed);
     check!(!st.nat_masquerade, "masquerade kept without provide_nat");
+
+    // A guest network inside the floating network is never plumbed on the network
+    // node: it would answer for the floating addresses on the shared egress bridge.
+    let mut inside = p0.clone();
+    inside.vxid = vxid + 1;
+    inside.uid = format!("{}-inside", p0.uid);
+    inside.netblock = FLOATING_NETBLOCK.to_owned();
+    inside.dhcp_hosts.clear();
+    inside.floating_gateway = None;
+    match n.net[0].ensure_network(&inside).await {
+        Err(crate::HostNetError::InvalidPlumbing { reason, .. }) => {
+            check!(reason.contains("overlaps the floating network"), "{reason}");
+        }
+        other => {
+            return Err(format!(
+                "an overlapping netblock was not refused: {other:?}"
+            ));
+        }
+    }
+    check!(
+        f.network_node_state(0, vxid + 1).await?.is_none(),
+        "an overlapping network left plumbing behind"
+    );
     Ok(())
 }
 

@@ -139,6 +139,11 @@ impl Netblock {
     pub fn contains(&self, a: Ipv4Addr) -> bool {
         u32::from(a) & Self::mask_bits(self.prefix) == u32::from(self.network)
     }
+
+    /// Whether the two netblocks share an address (one holds the other's network).
+    pub fn overlaps(&self, other: &Netblock) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
 }
 
 impl std::fmt::Display for Netblock {
@@ -183,6 +188,17 @@ mod tests {
             network_namespace_name("hv-1", 7)
         );
         assert!(network_namespace_name("hv-1", 7).ends_with("-000007"));
+    }
+
+    #[test]
+    fn netblocks_overlap_when_one_holds_the_others_network() {
+        let nb = |s: &str| Netblock::parse(s).expect("netblock");
+        let floating = nb("192.168.20.0/24");
+        assert!(floating.overlaps(&nb("192.168.20.0/30")));
+        assert!(nb("192.168.0.0/16").overlaps(&floating));
+        assert!(floating.overlaps(&floating));
+        assert!(!floating.overlaps(&nb("192.168.21.0/24")));
+        assert!(!floating.overlaps(&nb("10.0.0.0/8")));
     }
 
     #[test]

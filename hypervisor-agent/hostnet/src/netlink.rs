@@ -358,6 +358,20 @@ impl NetlinkHostNet {
 impl HostNet for NetlinkHostNet {
     async fn ensure_network(&self, p: &NetworkPlumbing) -> Result<(), HostNetError> {
         let nb = Self::validate(p)?;
+        // A guest network inside the floating network would answer for its addresses
+        // (the node's router among them) on the shared egress bridge and take other
+        // networks' egress: never plumbed.
+        if let Some(f) = self.floating
+            && p.network_node
+            && nb.overlaps(&f)
+        {
+            return Err(HostNetError::InvalidPlumbing {
+                uid: p.uid.clone(),
+                reason: format!(
+                    "netblock {nb} overlaps the floating network {f}; choose another netblock"
+                ),
+            });
+        }
         let lock = self.lock_for(p.vxid);
         let _guard = lock.lock().await;
         let (vxid, mtu) = (p.vxid, p.mtu);
