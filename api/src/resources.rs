@@ -389,6 +389,61 @@ fn check_tenant_rules(target: &Target, object: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A new Network's netblock must not overlap the floating network's: its router would
+/// answer for floating addresses on the network node's shared egress (the network
+/// node refuses to plumb it; this says so at once, with the field). No floating
+/// network yet: nothing to overlap.
+pub async fn check_floating_overlap(
+    app: &App,
+    object: &Value,
+    subject: &crate::error::Subject,
+) -> Result<(), ApiError> {
+    if object.get("kind").and_then(Value::as_str) != Some("Network") {
+        return Ok(());
+    }
+    let Some(netblock) = object.pointer("/spec/netblock").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let floating = match app
+        .gateway
+        .get_by_uid("Network", sf_schema::network::FLOATING_NETWORK_UID)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok(()),
+        Err(e) => return Err(ApiError::from_gateway(&e, subject)),
+    };
+    let parse = |text: &str| sf_schema::validation::parse_netblock(text).ok();
+    let (Some(mine), Some(theirs)) = (
+        parse(netblock),
+        floating
+            .pointer("/spec/netblock")
+            .and_then(Value::as_str)
+            .and_then(parse),
+    ) else {
+        return Ok(());
+    };
+    let block = |(a, p): (std::net::Ipv4Addr, u8)| {
+        let mask = u32::MAX.checked_shl(32 - u32::from(p)).unwrap_or(0);
+        (u32::from(a) & mask, mask)
+    };
+    let ((a, ma), (b, mb)) = (block(mine), block(theirs));
+    if a & mb == b || b & ma == a {
+        return Err(ApiError::Invalid {
+            subject: subject.clone(),
+            causes: vec![crate::error::Cause {
+                reason: "FieldValueInvalid".into(),
+                message: format!(
+                    "spec.netblock: {netblock} overlaps the floating network {}/{}",
+                    theirs.0, theirs.1
+                ),
+                field: "spec.netblock".into(),
+            }],
+        });
+    }
+    Ok(())
+}
+
 /// The finalizers the controllers own (`shakenfist.io/...`): their cleanup (the guest,
 /// its addresses, its blobs) runs before the object goes.
 const SYSTEM_FINALIZER_PREFIX: &str = "shakenfist.io/";
@@ -925,6 +980,7 @@ async fn create(
     let subject = target.subject_named(&name);
     let admitted = admit(&target.kind, object, Part::Main, params.field_validation)
         .map_err(|e| e.into_api(&subject))?;
+    check_floating_overlap(app, &admitted.object, &subject).await?;
     let mut created = if target.kind.kind == "Namespace" && !params.dry_run {
         create_namespace(app, &admitted.object, &subject).await?
     } else {

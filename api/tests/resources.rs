@@ -635,3 +635,62 @@ async fn a_tenant_keeps_the_controllers_finalizers() {
     assert!(deleted.json()["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(env.count_rows("Instance"), 1);
 }
+
+/// A Network whose netblock overlaps the floating network is refused at once, on
+/// both faces, with the field named; nothing is stored.
+#[tokio::test]
+async fn a_netblock_inside_the_floating_network_is_refused() {
+    let env = start().await;
+    let mut args = sf_database::MariaDbArgs::local_root(env.db.port, &env.db.name);
+    args.pool_size = 1;
+    let store = sf_database::Store::new(sf_database::connect_pool(&args).await.expect("pool"));
+    store
+        .ensure_floating_network("192.168.20.0/24")
+        .await
+        .expect("the floating network");
+    let path = "/apis/shakenfist.io/v1alpha1/namespaces/demo/networks";
+    let network = |name: &str, netblock: &str| {
+        json!({"apiVersion": "shakenfist.io/v1alpha1", "kind": "Network",
+               "metadata": {"name": name, "namespace": "demo"},
+               "spec": {"netblock": netblock}})
+    };
+    let before = env.count_rows("Network");
+    for netblock in ["192.168.20.0/24", "192.168.20.64/26", "192.168.0.0/16"] {
+        let refused = env
+            .raw("POST", path, &[], Some(network("inside", netblock)))
+            .await;
+        assert_eq!(refused.status, 422, "{netblock}: {}", refused.text());
+        assert_eq!(
+            refused.json()["details"]["causes"][0]["field"],
+            "spec.netblock",
+            "{}",
+            refused.text()
+        );
+    }
+    let v08 = env
+        .raw(
+            "POST",
+            "/networks",
+            &[],
+            Some(json!({"name": "inside", "netblock": "192.168.20.0/28", "namespace": "demo"})),
+        )
+        .await;
+    assert_eq!(v08.status, 422, "{}", v08.text());
+    assert!(
+        v08.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("floating network")),
+        "{}",
+        v08.text()
+    );
+    assert_eq!(env.count_rows("Network"), before, "nothing stored");
+    let fine = env
+        .raw(
+            "POST",
+            path,
+            &[],
+            Some(network("outside", "192.168.21.0/24")),
+        )
+        .await;
+    assert_eq!(fine.status, 201, "{}", fine.text());
+}

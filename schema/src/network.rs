@@ -15,6 +15,10 @@ use crate::common::{Condition, ResourceState};
 /// The most routed addresses a network may ask for (`spec.routedAddressCount`).
 pub const MAX_ROUTED_ADDRESSES: u32 = 64;
 
+/// The floating network's well-known uid (DESIGN: Resources): the cluster-scoped
+/// Network whose netblock holds floating addresses and the network node's egress.
+pub const FLOATING_NETWORK_UID: &str = "f10a7f10-a7f1-4a7f-a10a-7f10a7f10a7f";
+
 /// The desired state of a network.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(

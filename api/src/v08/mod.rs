@@ -551,6 +551,9 @@ fn admitted(app: &App, object: Value) -> Result<(Value, crate::error::Subject), 
 /// Creates `object` in `namespace` once [`admitted`]; a missing namespace is 404.
 async fn create_object(app: &App, object: Value, namespace: &str) -> Result<Value, Response> {
     let (object, subject) = admitted(app, object)?;
+    crate::resources::check_floating_overlap(app, &object, &subject)
+        .await
+        .map_err(|e| error_response(&e))?;
     app.gateway
         .create(&object, false)
         .await

@@ -16,7 +16,7 @@ use sf_plan::{NodeConfig, SchedulerConfig};
 use crate::maintenance::{CompactionConfig, PurgeConfig, ReaperConfig, RetentionConfig};
 
 /// The floating network's well-known uid.
-pub const FLOATING_NETWORK_UID: &str = "f10a7f10-a7f1-4a7f-a10a-7f10a7f10a7f";
+pub use sf_schema::network::FLOATING_NETWORK_UID;
 
 /// sf-cluster: the Shaken Fist controllers and maintenance services.
 #[derive(Debug, Clone, clap::Parser)]

@@ -735,7 +735,7 @@ fn unchanged(row: Row0) -> Stored {
 }
 
 /// The floating network's well-known uid (DESIGN: Resources).
-pub const FLOATING_NETWORK_UID: &str = "f10a7f10-a7f1-4a7f-a10a-7f10a7f10a7f";
+pub use sf_schema::network::FLOATING_NETWORK_UID;
 /// The floating network's name.
 pub const FLOATING_NETWORK_NAME: &str = "floating";
 
