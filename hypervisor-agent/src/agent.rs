@@ -729,18 +729,27 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     ns == Some(namespace) || (ns == Some("system") && a.spec.shared)
                 });
         }
-        let versions = artifact
-            .and_then(|a| a.status)
-            .map(|s| s.versions)
-            .unwrap_or_default();
+        let Some(artifact) = artifact else {
+            return Ok(None);
+        };
+        let versions = artifact.status.map(|s| s.versions).unwrap_or_default();
+        let blobs_dir = self.inner.settings.storage_path.join("blobs");
+        // A pinned version pruned since the plan replicated it: its file, while this
+        // node still holds it, rather than a version the plan did not choose.
+        if let Some(blob) = pin
+            && !versions.iter().any(|v| v.blob == blob)
+            && crate::blobs::check_name(blob).is_ok()
+        {
+            let path = crate::artifact::blob_path(&blobs_dir, blob);
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Ok(Some(path));
+            }
+        }
         let pinned = pin.and_then(|blob| versions.iter().find(|v| v.blob == blob));
         let Some(version) = pinned.or(versions.last()) else {
             return Ok(None);
         };
-        let path = crate::artifact::blob_path(
-            &self.inner.settings.storage_path.join("blobs"),
-            &version.blob,
-        );
+        let path = crate::artifact::blob_path(&blobs_dir, &version.blob);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             Ok(Some(path))
         } else {

@@ -1475,4 +1475,36 @@ async fn a_create_uses_the_blob_its_plan_replicated() {
     let backing =
         backing_of(&storage.join("instances").join(&uid).join("disk-0.qcow2")).unwrap_or_default();
     assert!(backing.ends_with(held), "{backing}");
+
+    // Version 1 pruned before a second instance's create ran: its pinned file, still
+    // here, is used, not the latest version the plan did not choose.
+    env.merge(
+        "Artifact",
+        Some("demo"),
+        "img",
+        json!({"versions": [
+            {"index": 2, "blob": newer, "size": 1_048_576, "created": "2026-11-26T00:05:00Z"}
+        ]}),
+    )
+    .await;
+    let uid2 = env
+        .placed_instance(
+            "pin-2",
+            json!({"cpus": 1, "memory": 256, "powerState": "off",
+                   "disks": [{"size": 1, "base": "img"}]}),
+        )
+        .await;
+    agent
+        .execute(&instance_op(
+            "instance-pin-2-1-create",
+            "instance_create",
+            "pin-2",
+            &uid2,
+            json!({"interfaces": [], "powerState": "off", "blobs": {"img": held}}),
+        ))
+        .await
+        .expect("instance_create pinned to a pruned version's file");
+    let backing =
+        backing_of(&storage.join("instances").join(&uid2).join("disk-0.qcow2")).unwrap_or_default();
+    assert!(backing.ends_with(held), "{backing}");
 }
