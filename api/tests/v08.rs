@@ -5,6 +5,31 @@ mod common;
 use common::{raw_on, start};
 use serde_json::json;
 
+/// A Blob `blob` owned by `ns`, recorded as version 1 (`size` bytes) of artifact
+/// `artifact` in `ns`, as the artifact controller records a fetch.
+async fn recorded_version(env: &common::Env, ns: &str, artifact: &str, blob: &str, size: u64) {
+    let made = env
+        .raw(
+            "POST",
+            "/apis/shakenfist.io/v1alpha1/blobs",
+            &[],
+            Some(json!({"metadata": {"name": blob}, "spec": {"ownerNamespace": ns}})),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let status = env
+        .raw(
+            "PATCH",
+            &format!("/apis/shakenfist.io/v1alpha1/namespaces/{ns}/artifacts/{artifact}/status"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(json!({"status": {"state": "created", "versions": [
+                {"index": 1, "blob": blob, "size": size, "created": "2026-01-01T00:00:00Z"},
+            ]}})),
+        )
+        .await;
+    assert_eq!(status.status, 200, "{}", status.text());
+}
+
 #[tokio::test]
 async fn instances_and_networks_on_v08_paths() {
     let env = start().await;
@@ -373,26 +398,7 @@ async fn artifacts_on_v08_paths() {
     assert_eq!(got.json()["uuid"], own_uuid.as_str());
 
     // Versions: what the artifact controller records, with the blob's view.
-    let blob = env
-        .raw(
-            "POST",
-            "/apis/shakenfist.io/v1alpha1/blobs",
-            &[],
-            Some(json!({"metadata": {"name": "blob-1"}, "spec": {"ownerNamespace": "ta"}})),
-        )
-        .await;
-    assert_eq!(blob.status, 201, "{}", blob.text());
-    let status = env
-        .raw(
-            "PATCH",
-            &format!("/apis/shakenfist.io/v1alpha1/namespaces/ta/artifacts/{mine_name}/status"),
-            &[("content-type", "application/merge-patch+json")],
-            Some(json!({"status": {"state": "created", "versions": [
-                {"index": 1, "blob": "blob-1", "size": 5, "created": "2026-01-01T00:00:00Z"},
-            ]}})),
-        )
-        .await;
-    assert_eq!(status.status, 200, "{}", status.text());
+    recorded_version(&env, "ta", &mine_name, "blob-1", 5).await;
     let versions = raw_on(
         &a,
         "GET",
@@ -424,28 +430,7 @@ async fn artifacts_on_v08_paths() {
     assert_eq!(shared_versions.json(), json!([]));
     // A shared artifact's Blob belongs to system: a tenant sees the version, not the
     // Blob's owner, checksums, holders or reference count.
-    let sys_blob = env
-        .raw(
-            "POST",
-            "/apis/shakenfist.io/v1alpha1/blobs",
-            &[],
-            Some(json!({"metadata": {"name": "blob-sys"}, "spec": {"ownerNamespace": "system"}})),
-        )
-        .await;
-    assert_eq!(sys_blob.status, 201, "{}", sys_blob.text());
-    let status = env
-        .raw(
-            "PATCH",
-            &format!(
-                "/apis/shakenfist.io/v1alpha1/namespaces/system/artifacts/{shared_name}/status"
-            ),
-            &[("content-type", "application/merge-patch+json")],
-            Some(json!({"status": {"state": "created", "versions": [
-                {"index": 1, "blob": "blob-sys", "size": 9, "created": "2026-01-01T00:00:00Z"},
-            ]}})),
-        )
-        .await;
-    assert_eq!(status.status, 200, "{}", status.text());
+    recorded_version(&env, "system", &shared_name, "blob-sys", 9).await;
     let seen = raw_on(
         &b,
         "GET",
