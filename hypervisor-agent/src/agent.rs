@@ -148,6 +148,11 @@ impl Default for AgentSettings {
     }
 }
 
+/// The lock the operations on network `name` of `ns` run under (and the resync).
+fn network_lock_key(ns: &str, name: &str) -> String {
+    format!("network:{ns}/{name}")
+}
+
 /// `path` when its file is here.
 async fn still_here(path: Option<PathBuf>) -> Option<PathBuf> {
     match path {
@@ -1226,7 +1231,29 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 .and_then(|s| s.vxid)
                 .unwrap_or_default();
             wanted.insert(vxid);
-            match self.plumbing(network, network_node, None).await {
+            // Under the lock a network operation runs under, from a fresh read: a
+            // network_delete (or a floating change) that ran since the list must not
+            // be undone by plumbing from the older snapshot.
+            let ns = network.metadata.namespace.clone().unwrap_or_default();
+            let name = network.metadata.name.clone().unwrap_or_default();
+            let lock = self.lock_for(&network_lock_key(&ns, &name));
+            let _guard = lock.lock().await;
+            let fresh: Option<Network> = self
+                .inner
+                .gateway
+                .get("Network", Some(&ns), &name)
+                .await
+                .map_err(gw("read a network"))?;
+            let Some(network) = fresh.filter(|n| {
+                n.metadata.uid == network.metadata.uid
+                    && n.metadata.deletion_timestamp.is_none()
+                    && n.status
+                        .as_ref()
+                        .is_some_and(|s| s.vxid == Some(vxid) && s.nodes.contains(&me))
+            }) else {
+                continue;
+            };
+            match self.plumbing(&network, network_node, None).await {
                 Ok(p) => match self.inner.net.ensure_network(&p).await {
                     Ok(()) => ensured.push(vxid),
                     Err(e) => tracing::warn!(vxid, error = %e, "re-ensuring a network failed"),
@@ -1752,7 +1779,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             }
             OperationType::NetworkCreateOnNode
             | OperationType::NetworkUpdateDhcp
-            | OperationType::NetworkDelete => format!("network:{ns}/{}", t.name),
+            | OperationType::NetworkDelete => network_lock_key(ns, &t.name),
             OperationType::ArtifactFetch => format!("artifact:{ns}/{}", t.name),
             OperationType::BlobDelete => format!("blob:{}", t.name),
             _ => instance_lock_key(ns, &t.name),
