@@ -274,11 +274,15 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
     match app.gateway.ready().await {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("sf-database is not reachable: {e}"),
-        )
-            .into_response(),
+        Err(e) => {
+            // The details are for the operator's log, not for whoever asks.
+            tracing::warn!(error = %e, "not ready: sf-database is not reachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sf-database is not reachable",
+            )
+                .into_response()
+        }
     }
 }
 

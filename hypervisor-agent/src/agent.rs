@@ -1455,6 +1455,12 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                     &s.artifact_tenant_allowed,
                     &denied,
                 );
+                // The blob's own lock (blob_delete runs under it): a removal never
+                // unlinks a download in progress.
+                let _blob = self
+                    .lock_for(&format!("blob:{}", request.blob))
+                    .lock_owned()
+                    .await;
                 let fetched = crate::artifact::fetch(&settings, &request).await?;
                 Ok(fetched.to_result(self.node_name()))
             }
