@@ -30,7 +30,7 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
@@ -291,18 +291,27 @@ async fn blob_data(app: &App, blob: &Value) -> Result<Response, ApiError> {
         .get_blob_data(uid)
         .await
         .map_err(|e| ApiError::from_gateway(&e, &subject))?;
+    Ok(blob_bytes_response(
+        blob,
+        &reply.mime_type,
+        reply.data.into(),
+    ))
+}
+
+/// 200 with a blob's bytes, typed by the Blob's `spec.mimeType`, else the type stored
+/// with the bytes, else `application/octet-stream` (both faces answer blob data so).
+pub fn blob_bytes_response(blob: &Value, stored_mime_type: &str, data: Bytes) -> Response {
     let mime = blob
         .pointer("/spec/mimeType")
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
-        .map(str::to_string)
-        .or_else(|| (!reply.mime_type.is_empty()).then(|| reply.mime_type.clone()))
-        .unwrap_or_else(|| "application/octet-stream".into());
-    let mut response = (StatusCode::OK, reply.data).into_response();
-    if let Ok(value) = HeaderValue::from_str(&mime) {
+        .or((!stored_mime_type.is_empty()).then_some(stored_mime_type))
+        .unwrap_or("application/octet-stream");
+    let mut response = (StatusCode::OK, data).into_response();
+    if let Ok(value) = HeaderValue::from_str(mime) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
-    Ok(response)
+    response
 }
 
 async fn events(

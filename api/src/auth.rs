@@ -292,17 +292,22 @@ impl FailureLimiter {
         }
     }
 
-    /// `Some(wait)` when this client may not try `namespace` now.
-    pub fn blocked(&self, ip: IpAddr, namespace: &str) -> Option<Duration> {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let times = map.get_mut(&(ip, namespace.to_string()))?;
+    /// `Some(wait)` when the failures in `times` (pruned to the window) allow no
+    /// attempt now.
+    fn wait_of(times: &mut VecDeque<Instant>, now: Instant) -> Option<Duration> {
         Self::prune(times, now);
         if times.len() < AUTH_FAILURES_ALLOWED {
             return None;
         }
         let oldest = *times.front()?;
         Some(AUTH_FAILURE_WINDOW.saturating_sub(now.duration_since(oldest)))
+    }
+
+    /// `Some(wait)` when this client may not try `namespace` now.
+    pub fn blocked(&self, ip: IpAddr, namespace: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        Self::wait_of(map.get_mut(&(ip, namespace.to_string()))?, now)
     }
 
     /// Starts an attempt: `Err(wait)` when this client may not try `namespace` now,
@@ -314,11 +319,8 @@ impl FailureLimiter {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let key = (ip, namespace.to_string());
         if let Some(times) = map.get_mut(&key) {
-            Self::prune(times, now);
-            if times.len() >= AUTH_FAILURES_ALLOWED
-                && let Some(oldest) = times.front()
-            {
-                return Err(AUTH_FAILURE_WINDOW.saturating_sub(now.duration_since(*oldest)));
+            if let Some(wait) = Self::wait_of(times, now) {
+                return Err(wait);
             }
         } else if map.len() >= LIMITER_CAPACITY {
             map.retain(|_, times| {

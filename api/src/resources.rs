@@ -413,7 +413,7 @@ pub async fn check_floating_overlap(
         Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok(()),
         Err(e) => return Err(ApiError::from_gateway(&e, subject)),
     };
-    let parse = |text: &str| sf_schema::validation::parse_netblock(text).ok();
+    let parse = |text: &str| sf_schema::addresses::Cidr::parse(text).ok();
     let (Some(mine), Some(theirs)) = (
         parse(netblock),
         floating
@@ -423,19 +423,13 @@ pub async fn check_floating_overlap(
     ) else {
         return Ok(());
     };
-    let block = |(a, p): (std::net::Ipv4Addr, u8)| {
-        let mask = u32::MAX.checked_shl(32 - u32::from(p)).unwrap_or(0);
-        (u32::from(a) & mask, mask)
-    };
-    let ((a, ma), (b, mb)) = (block(mine), block(theirs));
-    if a & mb == b || b & ma == a {
+    if mine.overlaps(&theirs) {
         return Err(ApiError::Invalid {
             subject: subject.clone(),
             causes: vec![crate::error::Cause {
                 reason: "FieldValueInvalid".into(),
                 message: format!(
-                    "spec.netblock: {netblock} overlaps the floating network {}/{}",
-                    theirs.0, theirs.1
+                    "spec.netblock: {netblock} overlaps the floating network {theirs}"
                 ),
                 field: "spec.netblock".into(),
             }],

@@ -1200,12 +1200,8 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .is_some_and(|n| n.spec.roles.contains(&NodeRole::Network)))
     }
 
-    /// Re-ensures every network recorded on this node; removes stray plumbing when
-    /// `remove_stray`. Returns `(ensured, removed)` vxids.
-    pub async fn sync_networks(
-        &self,
-        remove_stray: bool,
-    ) -> Result<(Vec<u32>, Vec<u32>), AgentError> {
+    /// Re-ensures every network recorded on this node. Returns the vxids ensured.
+    pub async fn sync_networks(&self) -> Result<Vec<u32>, AgentError> {
         let networks: Vec<Network> = self
             .inner
             .gateway
@@ -1217,7 +1213,6 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
             .await
             .map_err(gw("read this Node's roles"))?;
         let me = self.node_name().to_owned();
-        let mut wanted = HashSet::new();
         let mut ensured = Vec::new();
         for network in networks.iter().filter(|n| {
             n.metadata.deletion_timestamp.is_none()
@@ -1230,7 +1225,6 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 .as_ref()
                 .and_then(|s| s.vxid)
                 .unwrap_or_default();
-            wanted.insert(vxid);
             // Under the lock a network operation runs under, from a fresh read: a
             // network_delete (or a floating change) that ran since the list must not
             // be undone by plumbing from the older snapshot.
@@ -1261,40 +1255,50 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 Err(e) => tracing::warn!(vxid, error = %e, "cannot build a network's plumbing"),
             }
         }
-        let mut removed = Vec::new();
-        if remove_stray {
-            // Deleting networks keep their plumbing until their network_delete runs.
-            for n in &networks {
-                if let Some(v) = n.status.as_ref().and_then(|s| s.vxid)
-                    && n.status.as_ref().is_some_and(|s| s.nodes.contains(&me))
-                {
-                    wanted.insert(v);
-                }
-            }
-            // So do the networks of interfaces of instances placed here, even before
-            // the network records this node (a network_create_on_node that completed
-            // just before a restart): their guests' taps are on those bridges.
-            wanted.extend(self.vxids_in_use_here(&networks).await?);
-            let plumbed =
-                self.inner
-                    .net
-                    .list_networks()
-                    .await
-                    .map_err(|source| AgentError::HostNet {
-                        action: "list plumbed networks",
-                        source,
-                    })?;
-            for vxid in plumbed.into_iter().filter(|v| !wanted.contains(v)) {
-                match self.inner.net.delete_network(vxid).await {
-                    Ok(()) => removed.push(vxid),
-                    Err(e) => tracing::warn!(vxid, error = %e, "removing stray plumbing failed"),
-                }
-            }
-        }
         if let Ok(mut t) = self.inner.last_network_sync.lock() {
             *t = Some(Instant::now());
         }
-        Ok((ensured, removed))
+        Ok(ensured)
+    }
+
+    /// Removes the plumbing of networks neither recorded on this node (deleting ones
+    /// keep theirs until their network_delete runs) nor used by an interface of an
+    /// instance placed here. Returns the vxids removed.
+    pub async fn remove_stray_plumbing(&self) -> Result<Vec<u32>, AgentError> {
+        let networks: Vec<Network> = self
+            .inner
+            .gateway
+            .list("Network", None)
+            .await
+            .map_err(gw("list networks"))?;
+        let me = self.node_name().to_owned();
+        let mut wanted: HashSet<u32> = networks
+            .iter()
+            .filter_map(|n| n.status.as_ref())
+            .filter(|s| s.nodes.contains(&me))
+            .filter_map(|s| s.vxid)
+            .collect();
+        // Interfaces of instances placed here keep their network's plumbing even
+        // before the network records this node (a network_create_on_node that
+        // completed just before a restart): their guests' taps are on those bridges.
+        wanted.extend(self.vxids_in_use_here(&networks).await?);
+        let plumbed =
+            self.inner
+                .net
+                .list_networks()
+                .await
+                .map_err(|source| AgentError::HostNet {
+                    action: "list plumbed networks",
+                    source,
+                })?;
+        let mut removed = Vec::new();
+        for vxid in plumbed.into_iter().filter(|v| !wanted.contains(v)) {
+            match self.inner.net.delete_network(vxid).await {
+                Ok(()) => removed.push(vxid),
+                Err(e) => tracing::warn!(vxid, error = %e, "removing stray plumbing failed"),
+            }
+        }
+        Ok(removed)
     }
 
     // --- Operations --------------------------------------------------------------
@@ -2222,7 +2226,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
         }
         // Networks before instances: a rebooted host has no bridges, and every start
         // would fail against them.
-        self.sync_networks(false).await?;
+        report.networks_ensured = self.sync_networks().await?;
         for inst in placed.iter().filter(|i| {
             i.metadata.deletion_timestamp.is_none()
                 && i.status
@@ -2239,9 +2243,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                 tracing::error!(instance = %name, uid = %uid, error = %e, "cannot restore an instance at start-up");
             }
         }
-        let (ensured, removed) = self.sync_networks(true).await?;
-        report.networks_ensured = ensured;
-        report.networks_removed = removed;
+        report.networks_removed = self.remove_stray_plumbing().await?;
         Ok(report)
     }
 
@@ -2321,7 +2323,7 @@ impl<H: Hypervisor, N: HostNet> Agent<H, N> {
                         .and_then(|t| *t)
                         .is_none_or(|t| t.elapsed() >= s.network_resync_interval);
                     if due
-                        && let Err(e) = self.sync_networks(false).await {
+                        && let Err(e) = self.sync_networks().await {
                             tracing::warn!(error = %e, "network resync failed");
                         }
                 }

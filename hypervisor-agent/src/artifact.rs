@@ -611,11 +611,7 @@ pub async fn fetch(
     let mut partial_name = request.blob.clone();
     partial_name.push_str(".partial");
     let mut partial = Partial::create(dir.join(partial_name), settings.max_bytes, url).await?;
-    let scheme = url
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase())
-        .unwrap_or_default();
-    let content_type = match scheme.as_str() {
+    let content_type = match scheme_of(url).as_str() {
         "http" | "https" => download(settings, url, &mut partial).await?,
         "file" if settings.policy != AddressPolicy::Any => {
             return Err(FetchError::SourceRefused(url.to_owned()));
@@ -776,6 +772,13 @@ fn client(
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
+/// The lower-case scheme of `url` (`<scheme>://...`), empty when it has none.
+fn scheme_of(url: &str) -> String {
+    url.split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// The absolute URL a redirect's `Location` names, relative to `base`.
 fn resolve_location(base: &http::Uri, location: &str) -> Option<String> {
     // Absolute when it starts with a scheme (RFC 3986: a letter, then letters,
@@ -815,11 +818,7 @@ async fn download(
     let mut current = url.to_owned();
     let mut hops = 0;
     let response = loop {
-        let scheme = current
-            .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase())
-            .unwrap_or_default();
-        if scheme != "http" && scheme != "https" {
+        if !matches!(scheme_of(&current).as_str(), "http" | "https") {
             return Err(FetchError::UnsupportedSource(current));
         }
         let uri: http::Uri = current

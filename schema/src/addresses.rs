@@ -148,6 +148,11 @@ impl Cidr {
         ip.is_ipv4() == self.network.is_ipv4() && self.masked(ip) == self.network
     }
 
+    /// Whether the two blocks share an address (one holds the other's network).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
     fn masked(&self, ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V4(v4) => {
@@ -255,6 +260,9 @@ mod tests {
                 .contains(ip("1.2.3.4"))
         );
         assert_eq!(block.to_string(), "10.20.0.0/16");
+        assert!(block.overlaps(&Cidr::parse("10.20.8.0/24").expect("inside")));
+        assert!(Cidr::parse("10.0.0.0/8").expect("around").overlaps(&block));
+        assert!(!block.overlaps(&Cidr::parse("10.21.0.0/16").expect("beside")));
         assert!(Cidr::parse("10.20.0.1/16").is_err_and(|e| e.contains("host bits")));
         assert!(Cidr::parse("10.0.0.0/33").is_err_and(|e| e.contains("prefix length")));
         assert!(Cidr::parse("mirror/8").is_err_and(|e| e.contains("not an IP address")));

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -163,20 +163,14 @@ pub(super) async fn blob_data(
                 )));
             }
         };
-        let mime = text(&blob, "/spec/mimeType")
-            .filter(|m| !m.is_empty())
-            .or_else(|| (!reply.mime_type.is_empty()).then(|| reply.mime_type.clone()))
-            .unwrap_or_else(|| "application/octet-stream".into());
         // As v0.8 seeks: past the end is an empty answer, not an error.
         let data = Bytes::from(reply.data);
         let data = data.slice(offset.min(data.len())..);
-        let mut response = (StatusCode::OK, data).into_response();
-        if let Ok(value) = http::HeaderValue::from_str(&mime) {
-            response
-                .headers_mut()
-                .insert(http::header::CONTENT_TYPE, value);
-        }
-        Ok(response)
+        Ok(crate::actions::blob_bytes_response(
+            &blob,
+            &reply.mime_type,
+            data,
+        ))
     };
     done(run.await)
 }
